@@ -85,6 +85,7 @@
 //!
 //! - A task is any `fn(I) -> O` or `fn(I) -> Result<O, E>` where `I: DeserializeOwned`,
 //!   `O: Serialize` and `E: Display`. Initializers have the same shape; their output is ignored.
+//!   A function that never returns (it exits or aborts) is declared `-> ()`, not `-> !`.
 //! - A panic inside a task never unwinds into the runner: it is caught and reported as a `panic`
 //!   record with its message and source location, and the worker goes on with the next task.
 //!   Do not build plugins with `panic = "abort"`: a panic would then kill the worker.
@@ -302,20 +303,37 @@ pub mod __private {
     }
 
     pub fn input_type_name<A, R, F: Fn(A) -> R>(_task: &F) -> &'static str {
-        short_type_name(std::any::type_name::<A>())
+        Box::leak(short_type_name(std::any::type_name::<A>()).into_boxed_str())
     }
 
     pub fn output_type_name<A, R, F: Fn(A) -> R>(_task: &F) -> &'static str {
-        short_type_name(std::any::type_name::<R>())
+        Box::leak(short_type_name(std::any::type_name::<R>()).into_boxed_str())
     }
 
-    /// `alloc::string::String` reads better as `String` in messages and listings.
-    fn short_type_name(full: &'static str) -> &'static str {
-        match full {
-            "alloc::string::String" => "String",
-            "serde_json::value::Value" => "any JSON value",
-            _ => full,
+    /// `core::option::Option<alloc::string::String>` reads better as `Option<String>`: every
+    /// path keeps its last segment. A bare `serde_json::Value` means "any JSON value".
+    pub fn short_type_name(full: &str) -> String {
+        if full == "serde_json::value::Value" {
+            return "any JSON value".to_owned();
         }
+        let mut out = String::with_capacity(full.len());
+        let mut segment_start = 0;
+        let bytes = full.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b':' && bytes.get(i + 1) == Some(&b':') {
+                out.truncate(segment_start);
+                i += 2;
+                continue;
+            }
+            let c = bytes[i];
+            out.push(c as char);
+            if !(c.is_ascii_alphanumeric() || c == b'_') {
+                segment_start = out.len();
+            }
+            i += 1;
+        }
+        out
     }
 
     fn encode<T: Serialize>(value: &T, out: &mut RVec<u8>) -> Result<(), Failure> {
@@ -512,6 +530,15 @@ mod tests {
         let mut out = RVec::new();
         let status = __loky_plugin_call(index, RSlice::from_slice(input.as_bytes()), &mut out);
         (status, String::from_utf8(out.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn type_names_are_short() {
+        use __private::short_type_name as s;
+        assert_eq!(s("core::option::Option<alloc::string::String>"), "Option<String>");
+        assert_eq!(s("core::result::Result<i64, alloc::string::String>"), "Result<i64, String>");
+        assert_eq!(s("alloc::vec::Vec<(u8, my_crate::Doc)>"), "Vec<(u8, Doc)>");
+        assert_eq!(s("serde_json::value::Value"), "any JSON value");
     }
 
     #[test]

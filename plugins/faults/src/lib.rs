@@ -1,1 +1,286 @@
+//! `faults`: fault-injection tasks for testing how loky-run handles misbehaving workers.
+//!
+//! The tasks that end the worker (`abort`, `segfault`, `exit`, ...) return `()` rather than `!`:
+//! `export_plugin!` needs a `Serialize` output type, which `!` is not on stable Rust.
 
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::thread;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Memory deliberately kept alive for the rest of the worker's life by `leak_mb`.
+static LEAKED: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+const MIB: usize = 1 << 20;
+const PAGE_SIZE: usize = 4096;
+
+/// Input of `crash_once`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrashOnce {
+    /// The file whose existence means "already crashed once".
+    pub marker: PathBuf,
+}
+
+/// Input of `append_line`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppendLine {
+    /// The file to append to (created if missing).
+    pub path: PathBuf,
+    /// The value whose JSON text is appended as one line.
+    pub value: Value,
+}
+
+/// Kills the calling process with a real SIGSEGV (default disposition, so no handler runs).
+fn die_by_sigsegv() -> ! {
+    // SAFETY: deliberate crash. `signal` and `pthread_sigmask` only change this process's
+    // SIGSEGV disposition and this thread's signal mask, with valid arguments (`set` is a
+    // properly initialised sigset_t); `raise` then delivers SIGSEGV with its default action,
+    // which terminates the process.
+    unsafe {
+        libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGSEGV);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::raise(libc::SIGSEGV);
+    }
+    // Unreachable in practice: an unblocked default-disposition SIGSEGV ends the process.
+    std::process::abort()
+}
+
+/// Panics with `message`.
+pub fn panic(message: String) {
+    panic!("{message}")
+}
+
+/// Aborts the worker process (SIGABRT).
+pub fn abort(_input: Value) {
+    std::process::abort()
+}
+
+/// Kills the worker process with SIGSEGV.
+pub fn segfault(_input: Value) {
+    die_by_sigsegv()
+}
+
+/// Exits the worker process with exit status `code`.
+pub fn exit(code: i32) {
+    std::process::exit(code)
+}
+
+/// Returns a task error with `message`.
+pub fn fail(message: String) -> Result<(), String> {
+    Err(message)
+}
+
+/// Sleeps `n` milliseconds, then returns `n`.
+pub fn sleep_ms(n: u64) -> u64 {
+    thread::sleep(Duration::from_millis(n));
+    n
+}
+
+/// Allocates `n` MiB, touches every page so RSS grows, keeps it until the worker exits; returns `n`.
+pub fn leak_mb(n: u64) -> Result<u64, String> {
+    let bytes = usize::try_from(n)
+        .ok()
+        .and_then(|n| n.checked_mul(MIB))
+        .ok_or_else(|| format!("{n} MiB cannot be allocated on this machine"))?;
+    let mut block = Vec::new();
+    block
+        .try_reserve_exact(bytes)
+        .map_err(|e| format!("cannot allocate {n} MiB: {e}"))?;
+    block.resize(bytes, 0);
+    // Fresh allocations may be mapped lazily: write to each page to make it resident.
+    for byte in block.iter_mut().step_by(PAGE_SIZE) {
+        *byte = 1;
+    }
+    LEAKED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(block);
+    Ok(n)
+}
+
+/// Writes `n` lines `faults line {i} of {n}` to the worker's stdout, flushes, returns `n`.
+pub fn print_stdout(n: u64) -> Result<u64, String> {
+    let write = || -> io::Result<()> {
+        let mut stdout = io::stdout().lock();
+        for i in 1..=n {
+            writeln!(stdout, "faults line {i} of {n}")?;
+        }
+        stdout.flush()
+    };
+    write().map_err(|e| format!("cannot write to stdout: {e}"))?;
+    Ok(n)
+}
+
+/// Crashes with SIGSEGV after durably creating `marker` if it does not exist; else returns true.
+pub fn crash_once(input: CrashOnce) -> Result<bool, String> {
+    let marker = &input.marker;
+    match OpenOptions::new().write(true).create_new(true).open(marker) {
+        Ok(file) => {
+            sync_new_file(&file, marker)
+                .map_err(|e| format!("cannot sync marker {}: {e}", marker.display()))?;
+            die_by_sigsegv()
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(true),
+        Err(e) => Err(format!("cannot create marker {}: {e}", marker.display())),
+    }
+}
+
+/// Makes a newly created file durable: its contents and its directory entry.
+fn sync_new_file(file: &File, path: &Path) -> io::Result<()> {
+    file.sync_all()?;
+    let parent = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    File::open(parent)?.sync_all()
+}
+
+/// Appends the JSON text of `value` plus a newline to `path` in one write; returns `value`.
+pub fn append_line(input: AppendLine) -> Result<Value, String> {
+    let AppendLine { path, value } = input;
+    let mut line = serde_json::to_string(&value).map_err(|e| e.to_string())?;
+    line.push('\n');
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&path)
+        // A single write of the whole line: O_APPEND keeps concurrent writers' lines whole.
+        .and_then(|mut file| file.write_all(line.as_bytes()))
+        .map_err(|e| format!("cannot append to {}: {e}", path.display()))?;
+    Ok(value)
+}
+
+/// Initializer that always fails, with its arguments' JSON text as the message.
+pub fn init_fail(args: Value) -> Result<(), String> {
+    Err(args.to_string())
+}
+
+/// Initializer that kills the worker with SIGSEGV.
+pub fn init_segfault(_args: Value) {
+    die_by_sigsegv()
+}
+
+plugin_api::export_plugin! {
+    name: "faults",
+    tasks: [
+        panic,
+        abort,
+        segfault,
+        exit,
+        fail,
+        sleep_ms,
+        leak_mb,
+        print_stdout,
+        crash_once,
+        append_line,
+    ],
+    initializers: [init_fail, init_segfault],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A fresh directory under the system temp dir, unique to this process and test.
+    fn scratch_dir(test: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("loky-run-faults-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn fail_returns_its_message() {
+        assert_eq!(fail("nope".to_owned()), Err("nope".to_owned()));
+    }
+
+    #[test]
+    fn init_fail_reports_its_args_as_json() {
+        assert_eq!(
+            init_fail(json!({"why": "test"})),
+            Err(r#"{"why":"test"}"#.to_owned())
+        );
+    }
+
+    #[test]
+    fn sleep_ms_returns_its_input() {
+        assert_eq!(sleep_ms(3), 3);
+    }
+
+    #[test]
+    fn leak_mb_keeps_the_memory() {
+        let before = LEAKED.lock().unwrap().len();
+        assert_eq!(leak_mb(1), Ok(1));
+        let leaked = LEAKED.lock().unwrap();
+        assert_eq!(leaked.len(), before + 1);
+        assert_eq!(leaked.last().map(Vec::len), Some(MIB));
+        assert!(leak_mb(u64::MAX).is_err());
+    }
+
+    #[test]
+    fn print_stdout_returns_its_count() {
+        assert_eq!(print_stdout(0), Ok(0));
+        assert_eq!(print_stdout(2), Ok(2));
+    }
+
+    #[test]
+    fn append_line_appends_json_lines() {
+        let dir = scratch_dir("append");
+        let path = dir.join("out.jsonl");
+        for value in [json!(1), json!({"a": "b\nc"}), json!(null)] {
+            let input = AppendLine {
+                path: path.clone(),
+                value: value.clone(),
+            };
+            assert_eq!(append_line(input), Ok(value));
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "1\n{\"a\":\"b\\nc\"}\nnull\n");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn append_line_decodes_its_input() {
+        let input: AppendLine =
+            serde_json::from_value(json!({"path": "/tmp/x", "value": [1, 2]})).unwrap();
+        assert_eq!(input.path, Path::new("/tmp/x"));
+        assert_eq!(input.value, json!([1, 2]));
+    }
+
+    #[test]
+    fn crash_once_returns_true_when_the_marker_exists() {
+        let dir = scratch_dir("crash-once");
+        let marker = dir.join("marker");
+        std::fs::write(&marker, b"").unwrap();
+        assert_eq!(
+            crash_once(CrashOnce {
+                marker: marker.clone()
+            }),
+            Ok(true)
+        );
+        let input: CrashOnce = serde_json::from_value(json!({"marker": marker})).unwrap();
+        assert_eq!(crash_once(input), Ok(true));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn crash_once_reports_an_uncreatable_marker() {
+        let dir = scratch_dir("crash-once-missing");
+        let marker = dir.join("no-such-dir").join("marker");
+        let error = crash_once(CrashOnce { marker }).unwrap_err();
+        assert!(error.starts_with("cannot create marker"), "{error}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
