@@ -203,7 +203,7 @@ pub mod __private {
     use super::*;
 
     pub use abi_stable::library::{
-        CheckTypeLayout, LibHeader, RootModuleResult, __call_root_module_loader,
+        __call_root_module_loader, CheckTypeLayout, LibHeader, RootModuleResult,
     };
     pub use abi_stable::prefix_type::PrefixTypeTrait;
     pub use abi_stable::std_types::{RSlice, RStr, RVec};
@@ -252,7 +252,12 @@ pub mod __private {
     }
 
     /// Runs one call with panics caught, and flattens the result into the ABI's shape.
-    pub fn guarded_call(adapters: &[Adapter], index: u32, input: &[u8], out: &mut RVec<u8>) -> CallStatus {
+    pub fn guarded_call(
+        adapters: &[Adapter],
+        index: u32,
+        input: &[u8],
+        out: &mut RVec<u8>,
+    ) -> CallStatus {
         install_panic_hook();
         out.clear();
         let Some(adapter) = adapters.get(index as usize) else {
@@ -353,7 +358,9 @@ pub mod __private {
             Self(Cell::new(Some(value)))
         }
         fn take(&self) -> T {
-            self.0.take().expect("a task's return value is finished once")
+            self.0
+                .take()
+                .expect("a task's return value is finished once")
         }
     }
 
@@ -400,7 +407,12 @@ pub mod __private {
         .leak_into_prefix()
     }
 
-    pub fn task_info(name: &'static str, kind: TaskKind, input: &'static str, output: &'static str) -> TaskInfo {
+    pub fn task_info(
+        name: &'static str,
+        kind: TaskKind,
+        input: &'static str,
+        output: &'static str,
+    ) -> TaskInfo {
         TaskInfo {
             name: RStr::from_str(name),
             kind,
@@ -439,11 +451,13 @@ macro_rules! export_plugin {
         #[doc(hidden)]
         static __LOKY_PLUGIN_ADAPTERS: &[$crate::__private::Adapter] = &[
             $( |input, out| {
+                #[allow(unused_imports)]
                 use $crate::__private::{ViaResult as _, ViaValue as _};
                 let arg = $crate::__private::decode_input(&$task, stringify!($task), input)?;
                 (&&$crate::__private::Ret::new($task(arg))).loky_finish(out)
             }, )*
             $( $( |input, out| {
+                #[allow(unused_imports)]
                 use $crate::__private::{ViaResult as _, ViaValue as _};
                 let arg = $crate::__private::decode_input(&$init, stringify!($init), input)?;
                 (&&$crate::__private::Ret::new($init(arg))).loky_finish(out)
@@ -513,7 +527,11 @@ mod tests {
         x * 2
     }
     pub fn half(x: i64) -> Result<i64, String> {
-        if x % 2 == 0 { Ok(x / 2) } else { Err(format!("{x} is odd")) }
+        if x % 2 == 0 {
+            Ok(x / 2)
+        } else {
+            Err(format!("{x} is odd"))
+        }
     }
     pub fn boom(msg: String) -> i64 {
         panic!("{msg}")
@@ -535,8 +553,14 @@ mod tests {
     #[test]
     fn type_names_are_short() {
         use __private::short_type_name as s;
-        assert_eq!(s("core::option::Option<alloc::string::String>"), "Option<String>");
-        assert_eq!(s("core::result::Result<i64, alloc::string::String>"), "Result<i64, String>");
+        assert_eq!(
+            s("core::option::Option<alloc::string::String>"),
+            "Option<String>"
+        );
+        assert_eq!(
+            s("core::result::Result<i64, alloc::string::String>"),
+            "Result<i64, String>"
+        );
         assert_eq!(s("alloc::vec::Vec<(u8, my_crate::Doc)>"), "Vec<(u8, Doc)>");
         assert_eq!(s("serde_json::value::Value"), "any JSON value");
     }
@@ -555,10 +579,16 @@ mod tests {
     #[test]
     fn values_errors_panics_and_bad_input() {
         assert_eq!(call(0, "21"), (CallStatus::OK, "42".to_owned()));
-        assert_eq!(call(1, "3"), (CallStatus::TASK_ERROR, "3 is odd".to_owned()));
+        assert_eq!(
+            call(1, "3"),
+            (CallStatus::TASK_ERROR, "3 is odd".to_owned())
+        );
         let (status, message) = call(2, "\"kaboom\"");
         assert_eq!(status, CallStatus::PANIC);
-        assert!(message.contains("kaboom") && message.contains("lib.rs:"), "{message}");
+        assert!(
+            message.contains("kaboom") && message.contains("lib.rs:"),
+            "{message}"
+        );
         let (status, message) = call(0, "\"x\"");
         assert_eq!(status, CallStatus::BAD_INPUT);
         assert!(message.contains("`double` expects i64"), "{message}");

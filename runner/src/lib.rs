@@ -1,1 +1,22 @@
+//! loky-run: a declarative, crash-proof process-pool job runner.
+//!
+//! The binary is a thin layer over this library: [`cli`] parses the command line, [`config`]
+//! loads a pipeline, [`run`] plans and runs it on a [`pool`] of worker processes (each one a
+//! [`worker`] that loads [`plugin`]s), speaking the frames of [`protocol`]; results go through
+//! [`output`], life-cycle facts to [`events`] and [`manifest`].
 
+pub mod cli;
+pub mod config;
+pub mod console;
+pub mod error;
+pub mod events;
+pub mod input;
+pub mod manifest;
+pub mod output;
+pub mod plugin;
+pub mod pool;
+pub mod progress;
+pub mod protocol;
+pub mod run;
+pub mod sys;
+pub mod worker;

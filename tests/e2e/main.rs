@@ -1,1 +1,8 @@
+//! End-to-end tests: the real `loky-run` binary on real pipelines and plugins.
+//! (One test binary for all of them, as `autotests = false` in runner/Cargo.toml arranges.)
 
+mod support;
+
+mod bad_input;
+mod basics;
+mod failures;

@@ -1,0 +1,287 @@
+//! The command line: `run` (also the default), `validate`, `tasks`.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, LoadOptions, PluginSpec};
+use crate::console::{Console, Verbosity};
+use crate::error::Error;
+use crate::plugin::{PluginInfo, TaskKind, probe, resolve};
+use crate::run::{self, RunOptions};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "loky-run",
+    version,
+    about = "A declarative, crash-proof process-pool job runner",
+    after_help = "`loky-run PIPELINE.toml [OPTIONS]` is the same as `loky-run run PIPELINE.toml [OPTIONS]`."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// More detail (plugin ABI reports, pool decisions).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a pipeline.
+    Run(RunArgs),
+    /// Parse a pipeline, resolve and load its plugins, check its tasks exist; run nothing.
+    Validate(ConfigArgs),
+    /// List the tasks and initializers a plugin exports.
+    Tasks {
+        /// A plugin name (searched for), a path to a .so, or a path to a plugin crate.
+        plugin: String,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConfigArgs {
+    /// The pipeline file.
+    pub pipeline: PathBuf,
+    /// Override a setting: `pool.max_workers=4`, `stage.NAME.retries=2`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Finish an interrupted run without re-running completed tasks.
+    #[arg(long)]
+    pub resume: bool,
+    /// With --resume: accept a changed pipeline, re-running the stages that changed.
+    #[arg(long, requires = "resume")]
+    pub force: bool,
+    /// Write life-cycle events as JSON lines to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub events: Option<PathBuf>,
+    /// Progress bars: when stderr is a terminal (auto), always, or never.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+    /// Print the plan (stages, inputs, pool decisions) and run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    Auto,
+    Always,
+    Never,
+}
+
+const SUBCOMMANDS: [&str; 4] = ["run", "validate", "tasks", "help"];
+
+/// `loky-run PIPELINE.toml ...` means `loky-run run PIPELINE.toml ...`.
+fn with_default_subcommand(mut args: Vec<OsString>) -> Vec<OsString> {
+    let first_positional = args
+        .iter()
+        .skip(1)
+        .position(|a| !a.to_string_lossy().starts_with('-'));
+    if let Some(i) = first_positional {
+        let word = args[i + 1].to_string_lossy().into_owned();
+        if !SUBCOMMANDS.contains(&word.as_str()) {
+            args.insert(1, "run".into());
+        }
+    }
+    args
+}
+
+/// Parses the arguments, runs the command, and returns the process exit code.
+pub fn main(args: Vec<OsString>) -> i32 {
+    let cli = match Cli::try_parse_from(with_default_subcommand(args)) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    let verbosity = match (cli.quiet, cli.verbose) {
+        (true, _) => Verbosity::Quiet,
+        (false, 0) => Verbosity::Normal,
+        _ => Verbosity::Verbose,
+    };
+    let console = Arc::new(Console::new(verbosity));
+    let result = match cli.command {
+        Command::Run(args) => cmd_run(args, &console),
+        Command::Validate(args) => cmd_validate(args, &console),
+        Command::Tasks { plugin } => cmd_tasks(&plugin, &console),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            match &e {
+                Error::Config(_) => eprintln!("{e}"),
+                _ => eprintln!("error: {e}"),
+            }
+            e.exit_code()
+        }
+    }
+}
+
+fn load(args: &ConfigArgs) -> Result<config::Pipeline, Error> {
+    let opts = LoadOptions {
+        file: args.pipeline.clone(),
+        sets: args.sets.clone(),
+        env: std::env::vars().collect(),
+    };
+    Ok(config::load(&opts)?)
+}
+
+fn cmd_run(args: RunArgs, console: &Arc<Console>) -> Result<i32, Error> {
+    if args.resume {
+        return Err(Error::Usage(
+            "--resume is not available yet in this version of loky-run".into(),
+        ));
+    }
+    let pipeline = load(&args.config)?;
+    let plan = run::plan(pipeline, console.verbosity() >= Verbosity::Verbose)?;
+    if args.dry_run {
+        print_plan(&plan);
+        return Ok(0);
+    }
+    let opts = RunOptions {
+        events: args.events.clone(),
+        dry_run: false,
+    };
+    let report = run::execute(&plan, &opts, console)?;
+    run::print_summary(&report, &plan.pipeline, console);
+    Ok(report.exit_code)
+}
+
+fn cmd_validate(args: ConfigArgs, console: &Arc<Console>) -> Result<i32, Error> {
+    let pipeline = load(&args)?;
+    let plan = run::plan(pipeline, console.verbosity() >= Verbosity::Verbose)?;
+    println!("{}: valid", plan.pipeline.file.display());
+    print_plan(&plan);
+    Ok(0)
+}
+
+/// The plan as `--dry-run` and `validate` show it: plugins, then each stage with its inputs,
+/// workers and the pool decision the run would take.
+fn print_plan(plan: &run::Plan) {
+    println!(
+        "pipeline {} -> {}",
+        plan.pipeline.name,
+        plan.pipeline.output_dir.display()
+    );
+    for p in &plan.plugins {
+        println!(
+            "plugin {} {} (plugin-api {}): {}",
+            p.name,
+            p.version,
+            p.api_version,
+            p.path.display()
+        );
+    }
+    let decisions = run::dry_run_decisions(plan);
+    for (i, decision) in decisions.iter().enumerate() {
+        let (stage, planned) = plan.stage(i);
+        let inputs = match (&stage.input, planned.total) {
+            (_, Some(n)) => format!("{n} inputs"),
+            (config::InputSpec::From(s), None) => format!("outputs of {s}"),
+            _ => "inputs".to_owned(),
+        };
+        println!(
+            "stage {}: {} over {inputs}, {} worker(s); pool {}: {}",
+            stage.name,
+            stage.task,
+            planned.workers,
+            decision.kind(),
+            decision.reason()
+        );
+    }
+}
+
+fn cmd_tasks(plugin: &str, console: &Arc<Console>) -> Result<i32, Error> {
+    let cwd = std::env::current_dir().map_err(|source| Error::Io {
+        context: "no current directory".into(),
+        source,
+    })?;
+    let spec = classify_plugin_arg(plugin, &cwd);
+    let path = resolve::resolve(&spec, &cwd).map_err(|e| Error::Usage(e.to_string()))?;
+    let info = probe::probe(&path, console.verbosity() >= Verbosity::Verbose)
+        .map_err(|e| Error::Usage(e.to_string()))?;
+    print_tasks(&info);
+    Ok(0)
+}
+
+fn classify_plugin_arg(arg: &str, cwd: &Path) -> PluginSpec {
+    let path = cwd.join(arg);
+    let kind = if arg.contains('/') || arg.ends_with(".so") || arg.starts_with('.') || path.is_dir()
+    {
+        if path.is_dir() {
+            config::PluginSpecKind::Crate(path)
+        } else {
+            config::PluginSpecKind::Library(path)
+        }
+    } else {
+        config::PluginSpecKind::Name(arg.to_owned())
+    };
+    PluginSpec {
+        written: arg.to_owned(),
+        kind,
+    }
+}
+
+fn print_tasks(info: &PluginInfo) {
+    println!(
+        "plugin {} {} (plugin-api {})",
+        info.name, info.version, info.api_version
+    );
+    println!("  {}", info.path.display());
+    for (kind, title) in [
+        (TaskKind::Task, "tasks"),
+        (TaskKind::Initializer, "initializers"),
+    ] {
+        let items: Vec<_> = info.tasks.iter().filter(|t| t.kind == kind).collect();
+        if items.is_empty() {
+            continue;
+        }
+        println!("{title}:");
+        let width = items.iter().map(|t| t.name.len()).max().unwrap_or(0) + info.name.len() + 2;
+        for t in items {
+            let name = format!("{}::{}", info.name, t.name);
+            println!("  {name:width$}  {} -> {}", t.input_type, t.output_type);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(args: &[&str]) -> Vec<String> {
+        with_default_subcommand(args.iter().map(OsString::from).collect())
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn bare_pipeline_means_run() {
+        assert_eq!(
+            words(&["loky-run", "p.toml", "--dry-run"]),
+            ["loky-run", "run", "p.toml", "--dry-run"]
+        );
+        assert_eq!(
+            words(&["loky-run", "-v", "p.toml"]),
+            ["loky-run", "run", "-v", "p.toml"]
+        );
+        assert_eq!(
+            words(&["loky-run", "validate", "p.toml"]),
+            ["loky-run", "validate", "p.toml"]
+        );
+        assert_eq!(words(&["loky-run", "--help"]), ["loky-run", "--help"]);
+    }
+}

@@ -1,0 +1,170 @@
+//! The resolved pipeline: what every other module consumes. Produced by [`super::load`] after
+//! layering (file, environment, `--set`), defaults and validation. Paths are absolute.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// A whole pipeline, ready to plan and run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Pipeline {
+    pub name: String,
+    /// Absolute path of the pipeline file.
+    pub file: PathBuf,
+    /// The directory every relative path in the file is resolved against.
+    pub base_dir: PathBuf,
+    pub plugins: Vec<PluginSpec>,
+    /// Absolute; default `<base_dir>/out/<name>`.
+    pub output_dir: PathBuf,
+    /// After a first interrupt, how long running tasks may finish before they are killed.
+    #[serde(with = "humantime_serde_compat")]
+    pub grace_period: Duration,
+    pub stages: Vec<Stage>,
+}
+
+/// One entry of `[pipeline] plugins`, classified but not yet looked up on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PluginSpec {
+    /// As written in the file (for messages).
+    pub written: String,
+    pub kind: PluginSpecKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginSpecKind {
+    /// A bare name such as `demo`: searched for as `lib<name>.so`.
+    Name(String),
+    /// A path (absolute) to a shared library.
+    Library(PathBuf),
+    /// A path (absolute) to a plugin crate directory, built with cargo before the run.
+    Crate(PathBuf),
+}
+
+/// `plugin::task`, or a bare `task` when only one loaded plugin exports that name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct TaskRef {
+    pub plugin: Option<String>,
+    pub name: String,
+}
+
+impl std::fmt::Display for TaskRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.plugin {
+            Some(plugin) => write!(f, "{plugin}::{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Stage {
+    pub name: String,
+    pub task: TaskRef,
+    pub input: InputSpec,
+    pub settings: PoolSettings,
+    /// `true`: this stage starts on fresh worker processes.
+    pub kill_workers: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InputSpec {
+    /// The integers `start <= i < end`.
+    Range {
+        start: i64,
+        end: i64,
+    },
+    Items(Vec<serde_json::Value>),
+    /// Absolute path of a JSON-lines file.
+    File(PathBuf),
+    /// The outputs of an earlier stage, in order, skipping its failed items.
+    From(String),
+}
+
+/// A stage's pool settings: its own keys over `[pool]`, over the defaults.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PoolSettings {
+    /// `None`: the usable CPU count, decided when the pool is planned.
+    pub max_workers: Option<NonZeroUsize>,
+    /// `None`: workers never exit for being idle (`"0s"` in the file). Default 10 s.
+    #[serde(with = "humantime_serde_compat::option")]
+    pub idle_timeout: Option<Duration>,
+    pub reuse: Reuse,
+    pub env: BTreeMap<String, String>,
+    pub initializer: Option<Initializer>,
+    /// 0 = unlimited.
+    pub max_tasks_per_worker: u64,
+    /// Bytes; `None` = unlimited.
+    pub max_memory_growth: Option<u64>,
+    /// `None` = no timeout (`"0s"` in the file).
+    #[serde(with = "humantime_serde_compat::option")]
+    pub task_timeout: Option<Duration>,
+    pub retries: u32,
+    pub on_error: OnError,
+    pub chunksize: ChunkSize,
+    pub launcher: Launcher,
+    /// Extra arguments for `srun` when `launcher = "slurm"`.
+    pub srun_args: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Initializer {
+    pub task: TaskRef,
+    /// Default `null`.
+    pub args: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reuse {
+    Auto,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    Fail,
+    Continue,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChunkSize {
+    Auto,
+    Fixed(NonZeroUsize),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Launcher {
+    Local,
+    Slurm,
+}
+
+/// Durations serialize as humantime strings ("10s") so the manifest reads like the file.
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+
+    pub mod option {
+        use std::time::Duration;
+
+        pub fn serialize<S: serde::Serializer>(
+            d: &Option<Duration>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => s.collect_str(&humantime::format_duration(*d)),
+                None => s.serialize_str("0s"),
+            }
+        }
+    }
+}

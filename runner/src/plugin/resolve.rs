@@ -1,0 +1,194 @@
+//! Turning `[pipeline] plugins` entries into library files: search by name, take a path, or build
+//! a plugin crate with cargo.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::config::{PluginSpec, PluginSpecKind};
+use crate::sys;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("plugin `{name}` not found; looked for {file} in:\n{}", list(searched))]
+    NotFound {
+        name: String,
+        file: String,
+        searched: Vec<PathBuf>,
+    },
+    #[error("plugin file {} does not exist", .0.display())]
+    Missing(PathBuf),
+    #[error("building plugin crate {} failed ({status}); see cargo's messages above", dir.display())]
+    BuildFailed { dir: PathBuf, status: String },
+    #[error("could not run cargo to build plugin crate {}: {source}", dir.display())]
+    Cargo {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("plugin crate {} builds no cdylib: add `[lib] crate-type = [\"cdylib\"]` to its Cargo.toml", .0.display())]
+    NoCdylib(PathBuf),
+}
+
+fn list(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| format!("  {}", p.display()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The file name a plugin crate named `name` builds to.
+pub fn library_file_name(name: &str) -> String {
+    format!("lib{}.so", name.replace('-', "_"))
+}
+
+/// Where plugins named by a bare name are searched, in order: the pipeline's directory,
+/// `LOKY_RUN_PLUGIN_PATH`, then the cargo target directories next to this binary.
+pub fn search_dirs(base_dir: &Path, plugin_path: Option<&std::ffi::OsStr>) -> Vec<PathBuf> {
+    let mut dirs = vec![base_dir.to_owned()];
+    if let Some(p) = plugin_path {
+        dirs.extend(std::env::split_paths(p).filter(|p| !p.as_os_str().is_empty()));
+    }
+    // target/<profile>/loky-run, or target/<profile>/deps/... for test binaries.
+    if let Some(exe_dir) = sys::current_exe().parent() {
+        let target = exe_dir
+            .ancestors()
+            .find(|d| d.file_name().is_some_and(|n| n == "target"))
+            .map(Path::to_owned);
+        dirs.push(exe_dir.to_owned());
+        if let Some(target) = target {
+            for profile in ["release", "debug"] {
+                let d = target.join(profile);
+                if !dirs.contains(&d) {
+                    dirs.push(d);
+                }
+            }
+        }
+    }
+    dirs
+}
+
+/// Resolves one plugin entry to an absolute library path, building crates as needed.
+pub fn resolve(spec: &PluginSpec, base_dir: &Path) -> Result<PathBuf, ResolveError> {
+    match &spec.kind {
+        PluginSpecKind::Library(path) => {
+            if path.exists() {
+                Ok(path.clone())
+            } else {
+                Err(ResolveError::Missing(path.clone()))
+            }
+        }
+        PluginSpecKind::Name(name) => {
+            let file = library_file_name(name);
+            let searched = search_dirs(
+                base_dir,
+                std::env::var_os("LOKY_RUN_PLUGIN_PATH").as_deref(),
+            );
+            searched
+                .iter()
+                .map(|d| d.join(&file))
+                .find(|p| p.is_file())
+                .ok_or(ResolveError::NotFound {
+                    name: name.clone(),
+                    file,
+                    searched,
+                })
+        }
+        PluginSpecKind::Crate(dir) => build_crate(dir),
+    }
+}
+
+/// Builds a plugin crate (release profile) and returns its cdylib, as cargo reports it.
+pub fn build_crate(dir: &Path) -> Result<PathBuf, ResolveError> {
+    let manifest = dir.join("Cargo.toml");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut child = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--lib",
+            "--message-format=json-render-diagnostics",
+            "--manifest-path",
+        ])
+        .arg(&manifest)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|source| ResolveError::Cargo {
+            dir: dir.to_owned(),
+            source,
+        })?;
+    let wanted = std::fs::canonicalize(&manifest).unwrap_or(manifest);
+    let mut found = None;
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let Ok(line) = line else { break };
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if msg["reason"] != "compiler-artifact" {
+            continue;
+        }
+        let same_manifest = msg["manifest_path"].as_str().is_some_and(|p| {
+            std::fs::canonicalize(p)
+                .map(|p| p == wanted)
+                .unwrap_or(false)
+        });
+        let is_cdylib = msg["target"]["kind"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k == "cdylib"));
+        if same_manifest && is_cdylib {
+            found = msg["filenames"]
+                .as_array()
+                .and_then(|f| {
+                    f.iter()
+                        .filter_map(|f| f.as_str())
+                        .find(|f| f.ends_with(".so"))
+                })
+                .map(PathBuf::from);
+        }
+    }
+    let status = child.wait().map_err(|source| ResolveError::Cargo {
+        dir: dir.to_owned(),
+        source,
+    })?;
+    if !status.success() {
+        return Err(ResolveError::BuildFailed {
+            dir: dir.to_owned(),
+            status: sys::describe_exit(status),
+        });
+    }
+    found.ok_or_else(|| ResolveError::NoCdylib(dir.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_use_underscores() {
+        assert_eq!(library_file_name("my-plugin"), "libmy_plugin.so");
+    }
+
+    #[test]
+    fn search_starts_at_the_pipeline_and_honours_plugin_path() {
+        let dirs = search_dirs(Path::new("/pipes"), Some("/a:/b".as_ref()));
+        assert_eq!(
+            &dirs[..3],
+            &[PathBuf::from("/pipes"), "/a".into(), "/b".into()]
+        );
+    }
+
+    #[test]
+    fn missing_names_list_where_they_looked() {
+        let spec = PluginSpec {
+            written: "nope".into(),
+            kind: PluginSpecKind::Name("nope_such_plugin".into()),
+        };
+        let err = resolve(&spec, Path::new("/tmp")).unwrap_err().to_string();
+        assert!(
+            err.contains("libnope_such_plugin.so") && err.contains("/tmp"),
+            "{err}"
+        );
+    }
+}

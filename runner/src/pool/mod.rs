@@ -1,0 +1,433 @@
+//! The pool of worker processes, kept alive across stages like loky's reusable executor.
+//!
+//! The pool owns the worker processes and their pipes. Each worker has a reader thread (frames
+//! in, then its exit status) and an output thread (its stdout/stderr, forwarded line by line);
+//! both report to one channel that the dispatcher of the running stage drains. Nothing else is
+//! shared: the dispatcher is the single owner of the state a user sees.
+
+pub mod decision;
+pub mod spawn;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::File;
+use std::io::{self, BufRead, BufReader};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+pub use decision::{Decision, WorkerSpec, decide};
+
+use crate::events::{Event, EventLog};
+use crate::progress::ProgressSlot;
+use crate::protocol::{FrameBuf, FrameReader, InitMsg, StageMsg, send, tag};
+use crate::sys::{self, ProcessEnd};
+
+/// What the reader and output threads report.
+pub enum WorkerEvent {
+    /// A frame from a worker (tag at index 0).
+    Frame { worker: u32, frame: Vec<u8> },
+    /// The worker's result stream ended and the process was reaped.
+    Exited {
+        worker: u32,
+        end: ProcessEnd,
+        peak_rss: u64,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerState {
+    /// Spawned, loading plugins / running the initializer.
+    Starting,
+    Ready,
+    /// Told to exit (or killed); its exit is expected.
+    Stopping,
+}
+
+pub struct Worker {
+    pub id: u32,
+    pub pid: u32,
+    commands: File,
+    pub progress: ProgressSlot,
+    pub state: WorkerState,
+    /// Chunk ids sent and not fully answered, oldest first.
+    pub in_flight: VecDeque<u64>,
+    pub tasks_done: u64,
+    pub idle_since: Instant,
+    /// The reason reported when this worker's exit is seen, if it was asked to stop.
+    pub stop_reason: Option<&'static str>,
+    exited: Arc<AtomicBool>,
+}
+
+impl Worker {
+    pub fn is_available(&self) -> bool {
+        self.state == WorkerState::Ready
+    }
+}
+
+pub struct Pool {
+    spec: Option<WorkerSpec>,
+    size: usize,
+    workers: BTreeMap<u32, Worker>,
+    next_id: u32,
+    tx: Sender<WorkerEvent>,
+    rx: Receiver<WorkerEvent>,
+    frame: FrameBuf,
+    /// Exits seen while no stage was listening (e.g. between stages); replayed to the next.
+    stray: VecDeque<WorkerEvent>,
+}
+
+/// How long a graceful stop may take before the workers are killed.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+impl Default for Pool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Pool {
+    pub fn new() -> Self {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Self {
+            spec: None,
+            size: 0,
+            workers: BTreeMap::new(),
+            next_id: 1,
+            tx,
+            rx,
+            frame: FrameBuf::new(),
+            stray: VecDeque::new(),
+        }
+    }
+
+    pub fn spec(&self) -> Option<&WorkerSpec> {
+        self.spec.as_ref()
+    }
+
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    pub fn workers(&self) -> impl Iterator<Item = &Worker> {
+        self.workers.values()
+    }
+
+    pub fn worker(&self, id: u32) -> Option<&Worker> {
+        self.workers.get(&id)
+    }
+
+    pub fn worker_mut(&mut self, id: u32) -> Option<&mut Worker> {
+        self.workers.get_mut(&id)
+    }
+
+    /// Workers that are alive and not being stopped.
+    pub fn active_count(&self) -> usize {
+        self.workers
+            .values()
+            .filter(|w| w.state != WorkerState::Stopping)
+            .count()
+    }
+
+    /// Carries out a decision before a stage: stop everything for a restart, retire extra
+    /// workers for a shrink; new workers are started on demand by [`Self::fill`].
+    pub fn apply(
+        &mut self,
+        decision: &Decision,
+        spec: WorkerSpec,
+        size: usize,
+        stage: &str,
+        events: &EventLog,
+    ) {
+        if matches!(decision, Decision::Restart { .. }) {
+            self.stop_all("restart", events);
+        }
+        self.spec = Some(spec);
+        self.size = size;
+        // Shrink: retire the extra workers, newest first (older ones are warmer).
+        let extra = self.active_count().saturating_sub(size);
+        let victims: Vec<u32> = self
+            .workers
+            .values()
+            .rev()
+            .filter(|w| w.state != WorkerState::Stopping)
+            .take(extra)
+            .map(|w| w.id)
+            .collect();
+        for id in victims {
+            self.retire(id, "resize");
+        }
+        let msg = StageMsg {
+            name: stage.to_owned(),
+        };
+        let frame = self.frame.json(tag::STAGE, &msg).to_vec();
+        for w in self
+            .workers
+            .values_mut()
+            .filter(|w| w.state != WorkerState::Stopping)
+        {
+            let _ = send(&mut w.commands, &frame);
+        }
+    }
+
+    /// Starts workers until the pool has its target size. Returns the ids started.
+    pub fn fill(
+        &mut self,
+        stage: &str,
+        events: &EventLog,
+        console: &Arc<crate::console::Console>,
+    ) -> io::Result<Vec<u32>> {
+        let mut started = Vec::new();
+        while self.active_count() < self.size {
+            started.push(self.spawn_one(stage, events, console)?);
+        }
+        Ok(started)
+    }
+
+    fn spawn_one(
+        &mut self,
+        stage: &str,
+        events: &EventLog,
+        console: &Arc<crate::console::Console>,
+    ) -> io::Result<u32> {
+        let spec = self
+            .spec
+            .as_ref()
+            .expect("a pool is configured before it starts workers");
+        let id = self.next_id;
+        self.next_id += 1;
+        let threads = (sys::usable_cpus() / self.size.max(1)).max(1);
+        let spawned = spawn::spawn_worker(&spawn::SpawnRequest {
+            worker_id: id,
+            env: &spec.env,
+            threads_per_worker: threads,
+            stage,
+        })?;
+        let exited = Arc::new(AtomicBool::new(false));
+
+        let tx = self.tx.clone();
+        let pid = spawned.pid;
+        let reaped = exited.clone();
+        let results = spawned.results;
+        std::thread::Builder::new()
+            .name(format!("worker-{id}-frames"))
+            .spawn(move || {
+                let mut reader = FrameReader::new(BufReader::with_capacity(1 << 16, results));
+                while let Ok(Some(_)) = reader.next_frame() {
+                    if tx
+                        .send(WorkerEvent::Frame {
+                            worker: id,
+                            frame: reader.take_frame(),
+                        })
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+                let (end, peak_rss) = wait_and_reap(pid, &reaped);
+                let _ = tx.send(WorkerEvent::Exited {
+                    worker: id,
+                    end,
+                    peak_rss,
+                });
+            })?;
+        let output = spawned.output;
+        let console = console.clone();
+        std::thread::Builder::new()
+            .name(format!("worker-{id}-output"))
+            .spawn(move || {
+                for line in BufReader::new(output).split(b'\n') {
+                    let Ok(line) = line else { break };
+                    console.worker_line(id, &line);
+                }
+            })?;
+
+        let mut commands = spawned.commands;
+        let init = InitMsg {
+            worker_id: id,
+            plugins: spec.plugins.clone(),
+            initializer: spec.initializer.clone(),
+        };
+        // A worker that died at once shows up as an exit; the write error itself says nothing more.
+        let _ = send(&mut commands, self.frame.json(tag::INIT, &init));
+        self.workers.insert(
+            id,
+            Worker {
+                id,
+                pid,
+                commands,
+                progress: spawned.progress,
+                state: WorkerState::Starting,
+                in_flight: VecDeque::new(),
+                tasks_done: 0,
+                idle_since: Instant::now(),
+                stop_reason: None,
+                exited,
+            },
+        );
+        events.emit(&Event::WorkerStarted {
+            worker: id,
+            pid,
+            stage,
+        });
+        Ok(id)
+    }
+
+    /// Sends a prepared frame to a worker. A failed write means the worker died; its exit
+    /// event follows and is handled there.
+    pub fn send_to(&mut self, id: u32, frame: &[u8]) -> bool {
+        match self.workers.get_mut(&id) {
+            Some(w) => send(&mut w.commands, frame).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Asks a worker to exit once it has finished what it holds.
+    pub fn retire(&mut self, id: u32, reason: &'static str) {
+        let frame = {
+            self.frame.begin(tag::SHUTDOWN);
+            self.frame.finish().to_vec()
+        };
+        if let Some(w) = self.workers.get_mut(&id) {
+            if w.state != WorkerState::Stopping {
+                w.state = WorkerState::Stopping;
+                w.stop_reason = Some(reason);
+                let _ = send(&mut w.commands, &frame);
+            }
+        }
+    }
+
+    /// Kills a worker's process group at once.
+    pub fn kill(&mut self, id: u32, reason: &'static str) {
+        if let Some(w) = self.workers.get_mut(&id) {
+            w.state = WorkerState::Stopping;
+            w.stop_reason.get_or_insert(reason);
+            if !w.exited.load(Ordering::Acquire) {
+                spawn::kill_group(w.pid, libc::SIGKILL);
+            }
+        }
+    }
+
+    /// The next event, waiting at most `timeout`.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Option<WorkerEvent> {
+        if let Some(e) = self.stray.pop_front() {
+            return Some(e);
+        }
+        match self.rx.recv_timeout(timeout) {
+            Ok(e) => Some(e),
+            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => None,
+        }
+    }
+
+    /// Takes a worker out of the pool once its exit is seen, and reports it. Returns the worker
+    /// (with the reason it was stopped, if it was) so the dispatcher can handle its chunks.
+    pub fn on_exit(
+        &mut self,
+        id: u32,
+        end: ProcessEnd,
+        peak_rss: u64,
+        events: &EventLog,
+    ) -> Option<Worker> {
+        let w = self.workers.remove(&id)?;
+        let reason = w.stop_reason.unwrap_or("crashed");
+        let (signal, exit_code) = match end {
+            ProcessEnd::Signal(s) => (Some(sys::signal_name(s)), None),
+            ProcessEnd::Exit(c) => (None, Some(c)),
+        };
+        events.emit(&Event::WorkerExited {
+            worker: id,
+            pid: w.pid,
+            reason,
+            signal,
+            exit_code,
+            peak_rss,
+            tasks: w.tasks_done,
+        });
+        Some(w)
+    }
+
+    /// Stops every worker: a graceful shutdown message, then SIGKILL for those still alive
+    /// after a grace period. Waits until all are reaped.
+    pub fn stop_all(&mut self, reason: &'static str, events: &EventLog) {
+        let ids: Vec<u32> = self.workers.keys().copied().collect();
+        for id in &ids {
+            self.retire(*id, reason);
+        }
+        self.wait_until_empty(STOP_GRACE, events);
+        let ids: Vec<u32> = self.workers.keys().copied().collect();
+        for id in ids {
+            self.kill(id, reason);
+        }
+        self.wait_until_empty(Duration::from_secs(10), events);
+    }
+
+    fn wait_until_empty(&mut self, limit: Duration, events: &EventLog) {
+        let deadline = Instant::now() + limit;
+        while !self.workers.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match self.recv_timeout(left) {
+                Some(WorkerEvent::Exited {
+                    worker,
+                    end,
+                    peak_rss,
+                }) => {
+                    self.on_exit(worker, end, peak_rss, events);
+                }
+                Some(WorkerEvent::Frame { .. }) | None => {}
+            }
+        }
+    }
+
+    /// Keeps an event that arrived while nobody could handle it (e.g. an exit seen during a
+    /// restart of other workers) for the next stage's dispatcher.
+    pub fn defer(&mut self, event: WorkerEvent) {
+        self.stray.push_back(event);
+    }
+
+    /// Ends the pool at the end of a run.
+    pub fn shutdown(&mut self, events: &EventLog) {
+        self.stop_all("shutdown", events);
+        self.spec = None;
+        self.size = 0;
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Whatever path led here (an error, a panic), no worker may outlive the pool.
+        for w in self.workers.values() {
+            if !w.exited.load(Ordering::Acquire) {
+                spawn::kill_group(w.pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Waits for the worker to become a zombie, kills what is left of its process group (a plugin's
+/// own children), then reaps it. The flag tells the pool not to signal a reaped pid.
+fn wait_and_reap(pid: u32, reaped: &AtomicBool) -> (ProcessEnd, u64) {
+    // SAFETY: an all-zero siginfo_t is a valid value for waitid to overwrite.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: valid pointer to `info`; WNOWAIT leaves the zombie in place so its process
+        // group id cannot be reused while we signal the group.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if r == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            break;
+        }
+    }
+    spawn::kill_group(pid, libc::SIGKILL);
+    reaped.store(true, Ordering::Release);
+    spawn::reap(pid)
+}

@@ -1,0 +1,176 @@
+//! Starting one local worker process, with the protocol on descriptors 3, 4 and 5.
+//!
+//! Each worker gets its own process group (so the terminal's Ctrl-C reaches only the runner, and
+//! `killpg` also reaches what a plugin started) and a parent-death signal (so a `kill -9` of the
+//! runner takes its workers along). The parent-death signal fires when the *thread* that forked
+//! exits: workers are only ever spawned from the runner's main thread.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+use crate::progress::ProgressSlot;
+use crate::sys;
+use crate::worker::{COMMAND_FD, PROGRESS_FD, RESULT_FD, WORKER_ARG};
+
+/// The runner's ends of a freshly started worker.
+pub struct SpawnedWorker {
+    pub pid: u32,
+    /// Frames to the worker.
+    pub commands: File,
+    /// Frames from the worker.
+    pub results: File,
+    /// The worker's stdout and stderr, merged.
+    pub output: File,
+    pub progress: ProgressSlot,
+}
+
+/// Threads the oversubscription guard sets (unless the user did): numerical libraries would
+/// otherwise start one thread per CPU in every worker.
+pub const THREAD_LIMIT_VARS: [&str; 4] = [
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "RAYON_NUM_THREADS",
+];
+
+pub struct SpawnRequest<'a> {
+    pub worker_id: u32,
+    /// Merged over the runner's environment.
+    pub env: &'a BTreeMap<String, String>,
+    /// Value for the thread-limit variables.
+    pub threads_per_worker: usize,
+    pub stage: &'a str,
+}
+
+pub fn spawn_worker(req: &SpawnRequest<'_>) -> io::Result<SpawnedWorker> {
+    let (cmd_read, cmd_write) = pipe()?;
+    let (res_read, res_write) = pipe()?;
+    let (out_read, out_write) = pipe()?;
+    let (progress_fd, progress) = ProgressSlot::create()?;
+
+    // Move the child's ends above the fixed numbers 3..=5 so that the dup2 calls in the child can
+    // never overwrite one source with another.
+    let child_cmd = dup_above(&cmd_read, 10)?;
+    let child_res = dup_above(&res_write, 10)?;
+    let child_progress = dup_above(&progress_fd, 10)?;
+    let (child_cmd_fd, child_res_fd, child_progress_fd) = (
+        child_cmd.as_raw_fd(),
+        child_res.as_raw_fd(),
+        child_progress.as_raw_fd(),
+    );
+    let parent_pid = std::process::id() as libc::pid_t;
+
+    let mut command = Command::new(sys::self_exe());
+    command
+        .arg0("loky-run-worker")
+        .arg(WORKER_ARG)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out_write.try_clone()?))
+        .stderr(Stdio::from(out_write))
+        .process_group(0)
+        .env("LOKY_WORKER_ID", req.worker_id.to_string())
+        .env("LOKY_STAGE", req.stage);
+    let threads = req.threads_per_worker.max(1).to_string();
+    for var in THREAD_LIMIT_VARS {
+        if std::env::var_os(var).is_none() && !req.env.contains_key(var) {
+            command.env(var, &threads);
+        }
+    }
+    command.envs(req.env);
+    // SAFETY: only async-signal-safe calls (dup2, prctl, getppid, _exit) run between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::dup2(child_cmd_fd, COMMAND_FD) < 0
+                || libc::dup2(child_res_fd, RESULT_FD) < 0
+                || libc::dup2(child_progress_fd, PROGRESS_FD) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            // The runner may have died between fork and prctl: then nobody would ever kill us.
+            if libc::getppid() != parent_pid {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn()?;
+    let pid = child.id();
+    // The worker is reaped with wait4 by its reader thread (for its exit status and peak RSS);
+    // dropping `Child` neither waits nor kills.
+    drop(child);
+    drop((
+        cmd_read,
+        res_write,
+        child_cmd,
+        child_res,
+        child_progress,
+        progress_fd,
+    ));
+    Ok(SpawnedWorker {
+        pid,
+        commands: cmd_write.into(),
+        results: res_read.into(),
+        output: out_read.into(),
+        progress,
+    })
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded; both descriptors are new and owned here.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn dup_above(fd: &OwnedFd, min: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC on a valid descriptor returns a new one or -1.
+    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `new` is a fresh descriptor owned here.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// Sends `signal` to a worker's whole process group.
+pub fn kill_group(pid: u32, signal: i32) {
+    // SAFETY: killpg has no memory-safety preconditions; a stale pid group fails with ESRCH.
+    unsafe { libc::killpg(pid as libc::pid_t, signal) };
+}
+
+/// Waits for a worker to exit and returns how it ended and its peak RSS (bytes).
+pub fn reap(pid: u32) -> (sys::ProcessEnd, u64) {
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: valid pointers to `status` and `usage`.
+        let r = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
+        if r == pid as libc::pid_t {
+            return (
+                sys::describe_wait_status(status),
+                usage.ru_maxrss.max(0) as u64 * 1024,
+            );
+        }
+        if r < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return (sys::ProcessEnd::Exit(-1), 0);
+        }
+    }
+}

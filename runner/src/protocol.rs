@@ -1,0 +1,385 @@
+//! Frames between the runner and its workers.
+//!
+//! A frame is `[u32 LE body length][u8 tag][payload]`. Control messages (rare) carry JSON
+//! payloads; the hot messages (chunks of task inputs and their results) use a hand-rolled binary
+//! layout so that encoding costs a few copies and no per-item allocation. The same frames travel
+//! over any byte stream: pipes for local workers, TCP for remote ones.
+
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Largest frame body accepted from a peer; a larger announced length is a protocol error
+/// (a peer announcing 4 GiB is dropped, not trusted).
+pub const MAX_FRAME_LEN: usize = 1 << 30;
+
+/// Runner → worker.
+pub mod tag {
+    pub const INIT: u8 = 1;
+    pub const CHUNK: u8 = 2;
+    pub const SHUTDOWN: u8 = 3;
+    pub const STAGE: u8 = 4;
+    /// Worker → runner.
+    pub const READY: u8 = 10;
+    pub const RESULTS: u8 = 11;
+}
+
+/// Per-item status in a results frame; the values are those of `plugin_api::CallStatus`.
+pub mod status {
+    pub const OK: u8 = 0;
+    pub const TASK_ERROR: u8 = 1;
+    pub const PANIC: u8 = 2;
+    pub const BAD_INPUT: u8 = 3;
+    pub const UNKNOWN_TASK: u8 = 4;
+}
+
+/// First message to a new worker: what to load and which initializer to run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InitMsg {
+    pub worker_id: u32,
+    pub plugins: Vec<PathBuf>,
+    pub initializer: Option<InitCall>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InitCall {
+    /// `plugin::name`, for messages.
+    pub name: String,
+    pub plugin: u16,
+    pub task: u32,
+    /// JSON text of the initializer's args.
+    pub args: String,
+}
+
+/// The worker's answer to [`InitMsg`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadyMsg {
+    Ready {
+        pid: u32,
+    },
+    /// A plugin failed to load (`kind = "plugin"`) or the initializer failed
+    /// (`kind = "initializer"`).
+    Failed {
+        kind: String,
+        message: String,
+    },
+}
+
+/// Sent when a stage starts on a worker, so it can expose `LOKY_STAGE` to tasks.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StageMsg {
+    pub name: String,
+}
+
+/// Builds one frame in place: reserve the header, append payload, patch the length.
+#[derive(Default)]
+pub struct FrameBuf {
+    buf: Vec<u8>,
+}
+
+impl FrameBuf {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts a new frame, discarding anything not yet sent.
+    pub fn begin(&mut self, tag: u8) {
+        self.buf.clear();
+        self.buf.extend_from_slice(&[0, 0, 0, 0, tag]);
+    }
+
+    pub fn put_u8(&mut self, v: u8) {
+        self.buf.push(v);
+    }
+    pub fn put_u16(&mut self, v: u16) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    pub fn put_u32(&mut self, v: u32) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    pub fn put_u64(&mut self, v: u64) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    /// A length-prefixed byte string.
+    pub fn put_bytes(&mut self, v: &[u8]) {
+        self.put_u32(v.len() as u32);
+        self.buf.extend_from_slice(v);
+    }
+    /// Overwrites a u32 written earlier at `offset` (from [`Self::len`]).
+    pub fn patch_u32(&mut self, offset: usize, v: u32) {
+        self.buf[offset..offset + 4].copy_from_slice(&v.to_le_bytes());
+    }
+
+    /// Overwrites a u64 written earlier at `offset`.
+    pub fn patch_u64(&mut self, offset: usize, v: u64) {
+        self.buf[offset..offset + 8].copy_from_slice(&v.to_le_bytes());
+    }
+
+    /// Bytes in the frame so far, header included.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.len() <= 5
+    }
+
+    /// Patches the length and returns the whole frame, ready to write.
+    pub fn finish(&mut self) -> &[u8] {
+        let body = (self.buf.len() - 4) as u32;
+        self.buf[..4].copy_from_slice(&body.to_le_bytes());
+        &self.buf
+    }
+
+    /// Appends a JSON control message as a whole frame.
+    pub fn json<T: Serialize>(&mut self, tag: u8, msg: &T) -> &[u8] {
+        self.begin(tag);
+        serde_json::to_writer(&mut self.buf, msg).expect("control messages serialize");
+        self.finish()
+    }
+}
+
+/// Writes one complete frame built by [`FrameBuf`].
+pub fn send(w: &mut impl Write, frame: &[u8]) -> io::Result<()> {
+    w.write_all(frame)?;
+    w.flush()
+}
+
+/// Reads frames from a byte stream.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+}
+
+impl<R: Read> FrameReader<R> {
+    pub fn new(inner: R) -> Self {
+        Self {
+            inner,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The next frame as `(tag, payload)`, or `None` at a clean end of stream.
+    pub fn next_frame(&mut self) -> io::Result<Option<(u8, &[u8])>> {
+        let mut header = [0u8; 4];
+        match read_full(&mut self.inner, &mut header)? {
+            0 => return Ok(None),
+            4 => {}
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "truncated frame header",
+                ));
+            }
+        }
+        let len = u32::from_le_bytes(header) as usize;
+        if len == 0 || len > MAX_FRAME_LEN {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("frame length {len} out of bounds"),
+            ));
+        }
+        self.buf.resize(len, 0);
+        self.inner.read_exact(&mut self.buf)?;
+        Ok(Some((self.buf[0], &self.buf[1..])))
+    }
+
+    /// Takes the buffer of the last frame (tag included at index 0), to hand it to another thread.
+    pub fn take_frame(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+}
+
+/// Like `read_exact`, but tells a clean EOF before the first byte (returns 0) from a short read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Reads the binary payloads of hot frames.
+pub struct Cursor<'a> {
+    data: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    pub fn new(data: &'a [u8]) -> Self {
+        Self { data }
+    }
+
+    fn take(&mut self, n: usize) -> io::Result<&'a [u8]> {
+        if self.data.len() < n {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "frame payload too short",
+            ));
+        }
+        let (head, tail) = self.data.split_at(n);
+        self.data = tail;
+        Ok(head)
+    }
+
+    pub fn u8(&mut self) -> io::Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+    pub fn u16(&mut self) -> io::Result<u16> {
+        Ok(u16::from_le_bytes(self.take(2)?.try_into().unwrap()))
+    }
+    pub fn u32(&mut self) -> io::Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+    pub fn u64(&mut self) -> io::Result<u64> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+    pub fn bytes(&mut self) -> io::Result<&'a [u8]> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+    pub fn rest(&self) -> &'a [u8] {
+        self.data
+    }
+}
+
+/// Header of a chunk frame: `chunk_id u64, plugin u16, task u32, count u32`, then `count`
+/// length-prefixed inputs.
+pub struct ChunkHeader {
+    pub chunk_id: u64,
+    pub plugin: u16,
+    pub task: u32,
+    pub count: u32,
+}
+
+impl ChunkHeader {
+    pub fn write(&self, f: &mut FrameBuf) {
+        f.begin(tag::CHUNK);
+        f.put_u64(self.chunk_id);
+        f.put_u16(self.plugin);
+        f.put_u32(self.task);
+        f.put_u32(self.count);
+    }
+
+    pub fn read(c: &mut Cursor<'_>) -> io::Result<Self> {
+        Ok(Self {
+            chunk_id: c.u64()?,
+            plugin: c.u16()?,
+            task: c.u32()?,
+            count: c.u32()?,
+        })
+    }
+}
+
+/// Header of a results frame: `chunk_id u64, first u32, count u32, busy_ns u64`, then `count`
+/// items `status u8, len-prefixed bytes` for the chunk's positions `first..first+count`.
+pub struct ResultsHeader {
+    pub chunk_id: u64,
+    pub first: u32,
+    pub count: u32,
+    /// Time the worker spent running these items.
+    pub busy_ns: u64,
+}
+
+impl ResultsHeader {
+    pub const COUNT_OFFSET: usize = 5 + 8 + 4;
+    pub const BUSY_OFFSET: usize = 5 + 8 + 4 + 4;
+
+    pub fn write(&self, f: &mut FrameBuf) {
+        f.begin(tag::RESULTS);
+        f.put_u64(self.chunk_id);
+        f.put_u32(self.first);
+        f.put_u32(self.count);
+        f.put_u64(self.busy_ns);
+    }
+
+    pub fn read(c: &mut Cursor<'_>) -> io::Result<Self> {
+        Ok(Self {
+            chunk_id: c.u64()?,
+            first: c.u32()?,
+            count: c.u32()?,
+            busy_ns: c.u64()?,
+        })
+    }
+}
+
+/// Packs the position of the item a worker is running into one word of shared memory:
+/// `chunk_id << 24 | position + 1` (0 = idle). Chunks never exceed 2^24 - 2 items.
+pub fn pack_cursor(chunk_id: u64, position: u32) -> u64 {
+    (chunk_id << 24) | (u64::from(position) + 1)
+}
+
+/// Inverse of [`pack_cursor`]: `None` when the worker was between items.
+pub fn unpack_cursor(word: u64) -> Option<(u64, u32)> {
+    let low = (word & 0xFF_FFFF) as u32;
+    (low != 0).then(|| (word >> 24, low - 1))
+}
+
+/// Largest chunk the cursor encoding allows.
+pub const MAX_CHUNK_ITEMS: usize = 0xFF_FFFE;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let mut f = FrameBuf::new();
+        let mut wire = Vec::new();
+        ChunkHeader {
+            chunk_id: 7,
+            plugin: 1,
+            task: 3,
+            count: 2,
+        }
+        .write(&mut f);
+        f.put_bytes(b"12");
+        f.put_bytes(b"\"x\"");
+        send(&mut wire, f.finish()).unwrap();
+        let msg = InitMsg {
+            worker_id: 1,
+            plugins: vec!["/a.so".into()],
+            initializer: None,
+        };
+        send(&mut wire, f.json(tag::INIT, &msg)).unwrap();
+
+        let mut r = FrameReader::new(&wire[..]);
+        let (t, payload) = r.next_frame().unwrap().unwrap();
+        assert_eq!(t, tag::CHUNK);
+        let mut c = Cursor::new(payload);
+        let h = ChunkHeader::read(&mut c).unwrap();
+        assert_eq!((h.chunk_id, h.plugin, h.task, h.count), (7, 1, 3, 2));
+        assert_eq!(c.bytes().unwrap(), b"12");
+        assert_eq!(c.bytes().unwrap(), b"\"x\"");
+        let (t, payload) = r.next_frame().unwrap().unwrap();
+        assert_eq!(t, tag::INIT);
+        assert_eq!(serde_json::from_slice::<InitMsg>(payload).unwrap(), msg);
+        assert!(r.next_frame().unwrap().is_none());
+    }
+
+    #[test]
+    fn oversized_and_truncated_frames_are_errors() {
+        let huge = (u32::MAX).to_le_bytes();
+        assert!(FrameReader::new(&huge[..]).next_frame().is_err());
+        let short = [5u8, 0, 0];
+        assert!(FrameReader::new(&short[..]).next_frame().is_err());
+        let cut = [5u8, 0, 0, 0, 1, 2];
+        assert!(FrameReader::new(&cut[..]).next_frame().is_err());
+    }
+
+    #[test]
+    fn cursor_packing() {
+        assert_eq!(unpack_cursor(0), None);
+        assert_eq!(unpack_cursor(pack_cursor(42, 0)), Some((42, 0)));
+        assert_eq!(
+            unpack_cursor(pack_cursor(1 << 30, MAX_CHUNK_ITEMS as u32)),
+            Some((1 << 30, MAX_CHUNK_ITEMS as u32))
+        );
+    }
+}

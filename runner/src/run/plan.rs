@@ -1,0 +1,350 @@
+//! From a loaded pipeline to a plan: plugin files found (or built), their exports probed, every
+//! task and initializer looked up, input files checked. Everything here happens before any
+//! worker starts, and every problem is a configuration error (exit 2).
+
+use std::path::PathBuf;
+
+use crate::config::{InputSpec, Pipeline, Stage, TaskRef};
+use crate::input;
+use crate::plugin::{PluginInfo, TaskKind, probe, resolve};
+use crate::pool::WorkerSpec;
+use crate::protocol::InitCall;
+
+/// One problem found while planning.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanProblem {
+    pub message: String,
+    pub help: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{}", render(.0))]
+pub struct PlanError(pub Vec<PlanProblem>);
+
+fn render(problems: &[PlanProblem]) -> String {
+    problems
+        .iter()
+        .map(|p| match &p.help {
+            Some(help) => format!("{}\n  = help: {help}", p.message),
+            None => p.message.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join("\nerror: ")
+}
+
+pub struct Plan {
+    pub pipeline: Pipeline,
+    pub plugins: Vec<PluginInfo>,
+    pub stages: Vec<PlannedStage>,
+}
+
+pub struct PlannedStage {
+    pub plugin: u16,
+    pub task: u32,
+    pub spec: WorkerSpec,
+    /// Resolved worker count (`max_workers` or the usable CPU count).
+    pub workers: usize,
+    /// Number of inputs, when known before the run (`from` stages learn it from their source).
+    pub total: Option<u64>,
+    /// Index of the stage named by `from`.
+    pub from: Option<usize>,
+}
+
+impl Plan {
+    pub fn stage(&self, i: usize) -> (&Stage, &PlannedStage) {
+        (&self.pipeline.stages[i], &self.stages[i])
+    }
+}
+
+/// Resolves and probes the plugins, then checks every stage against them.
+pub fn plan(pipeline: Pipeline, verbose: bool) -> Result<Plan, PlanError> {
+    let mut problems = Vec::new();
+    let mut plugins = Vec::new();
+    for spec in &pipeline.plugins {
+        let path = match resolve::resolve(spec, &pipeline.base_dir) {
+            Ok(path) => path,
+            Err(e) => {
+                problems.push(PlanProblem {
+                    message: e.to_string(),
+                    help: None,
+                });
+                continue;
+            }
+        };
+        match probe::probe(&path, verbose) {
+            Ok(info) => plugins.push(info),
+            Err(e) => problems.push(PlanProblem {
+                message: e.to_string(),
+                help: None,
+            }),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(PlanError(problems));
+    }
+    for (i, p) in plugins.iter().enumerate() {
+        if let Some(other) = plugins[..i].iter().find(|o| o.name == p.name) {
+            problems.push(PlanProblem {
+                message: format!(
+                    "two plugins are named `{}`: {} and {}",
+                    p.name,
+                    other.path.display(),
+                    p.path.display()
+                ),
+                help: Some("task references (`plugin::task`) need unique plugin names".into()),
+            });
+        }
+    }
+
+    let cpus = crate::sys::usable_cpus();
+    let plugin_paths: Vec<PathBuf> = plugins.iter().map(|p| p.path.clone()).collect();
+    let mut stages = Vec::new();
+    for (i, stage) in pipeline.stages.iter().enumerate() {
+        let task = lookup(
+            &plugins,
+            &stage.task,
+            TaskKind::Task,
+            &format!("stage `{}`", stage.name),
+        );
+        let initializer = match &stage.settings.initializer {
+            Some(init) => {
+                match lookup(
+                    &plugins,
+                    &init.task,
+                    TaskKind::Initializer,
+                    &format!("stage `{}`", stage.name),
+                ) {
+                    Ok((plugin, task)) => Some(InitCall {
+                        name: qualified(&plugins, plugin, &init.task),
+                        plugin,
+                        task,
+                        args: init.args.to_string(),
+                    }),
+                    Err(p) => {
+                        problems.push(p);
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        let (plugin, task) = match task {
+            Ok(found) => found,
+            Err(p) => {
+                problems.push(p);
+                (0, 0)
+            }
+        };
+        let from = match &stage.input {
+            InputSpec::From(name) => pipeline.stages[..i].iter().position(|s| &s.name == name),
+            _ => None,
+        };
+        let total = match &stage.input {
+            InputSpec::Range { start, end } => Some(end.saturating_sub(*start).max(0) as u64),
+            InputSpec::Items(items) => Some(items.len() as u64),
+            InputSpec::File(path) => match input::check_file(path) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    problems.push(PlanProblem {
+                        message: format!("stage `{}`: {e}", stage.name),
+                        help: None,
+                    });
+                    None
+                }
+            },
+            InputSpec::From(_) => None,
+        };
+        let workers = stage.settings.max_workers.map(|n| n.get()).unwrap_or(cpus);
+        let spec = WorkerSpec {
+            plugins: plugin_paths.clone(),
+            env: stage.settings.env.clone(),
+            initializer,
+            launcher: stage.settings.launcher,
+        };
+        stages.push(PlannedStage {
+            plugin,
+            task,
+            spec,
+            workers,
+            total,
+            from,
+        });
+    }
+    if problems.is_empty() {
+        Ok(Plan {
+            pipeline,
+            plugins,
+            stages,
+        })
+    } else {
+        Err(PlanError(problems))
+    }
+}
+
+fn qualified(plugins: &[PluginInfo], plugin: u16, task: &TaskRef) -> String {
+    format!("{}::{}", plugins[plugin as usize].name, task.name)
+}
+
+/// Finds `task` among the plugins' exports of the given kind.
+fn lookup(
+    plugins: &[PluginInfo],
+    task: &TaskRef,
+    kind: TaskKind,
+    context: &str,
+) -> Result<(u16, u32), PlanProblem> {
+    let what = match kind {
+        TaskKind::Task => "task",
+        TaskKind::Initializer => "initializer",
+    };
+    let candidates: Vec<(usize, &PluginInfo)> = match &task.plugin {
+        Some(name) => {
+            let found: Vec<_> = plugins
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| &p.name == name)
+                .collect();
+            if found.is_empty() {
+                let names: Vec<&str> = plugins.iter().map(|p| p.name.as_str()).collect();
+                return Err(PlanProblem {
+                    message: format!(
+                        "{context}: no plugin named `{name}` is loaded (loaded: {})",
+                        names.join(", ")
+                    ),
+                    help: closest(name, &names)
+                        .map(|c| format!("did you mean `{c}::{}`?", task.name)),
+                });
+            }
+            found
+        }
+        None => plugins.iter().enumerate().collect(),
+    };
+    let hits: Vec<(usize, u32)> = candidates
+        .iter()
+        .filter_map(|(i, p)| p.find(&task.name, kind).map(|t| (*i, t)))
+        .collect();
+    match hits.as_slice() {
+        [(plugin, index)] => Ok((*plugin as u16, *index)),
+        [] => {
+            let exported: Vec<String> = candidates
+                .iter()
+                .flat_map(|(_, p)| {
+                    p.names(kind)
+                        .into_iter()
+                        .map(move |n| format!("{}::{n}", p.name))
+                })
+                .collect();
+            let bare: Vec<&str> = candidates.iter().flat_map(|(_, p)| p.names(kind)).collect();
+            let other_kind = candidates.iter().any(|(_, p)| {
+                p.tasks
+                    .iter()
+                    .any(|t| t.name == task.name && t.kind != kind)
+            });
+            let mut message = format!("{context}: unknown {what} `{task}`");
+            if other_kind {
+                message.push_str(&format!(" (it exists, but is not exported as a {what})"));
+            }
+            message.push_str(&format!(
+                "; {} {}",
+                if exported.len() == 1 {
+                    "the only one exported is"
+                } else {
+                    "exported:"
+                },
+                if exported.is_empty() {
+                    "none".to_owned()
+                } else {
+                    exported.join(", ")
+                }
+            ));
+            Err(PlanProblem {
+                message,
+                help: closest(&task.name, &bare).map(|c| format!("did you mean `{c}`?")),
+            })
+        }
+        many => Err(PlanProblem {
+            message: format!(
+                "{context}: {what} `{task}` is exported by several plugins ({})",
+                many.iter()
+                    .map(|(p, _)| plugins[*p].name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            help: Some(format!(
+                "name the plugin: `{}::{}`",
+                plugins[many[0].0].name, task.name
+            )),
+        }),
+    }
+}
+
+/// The closest name, if it is close enough to be a likely typo.
+pub fn closest<'a>(wanted: &str, names: &[&'a str]) -> Option<&'a str> {
+    names
+        .iter()
+        .map(|n| (strsim::jaro_winkler(wanted, n), *n))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, n)| n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::TaskInfo;
+
+    fn plugin(name: &str, tasks: &[(&str, TaskKind)]) -> PluginInfo {
+        PluginInfo {
+            path: format!("/p/lib{name}.so").into(),
+            name: name.into(),
+            version: "0.1.0".into(),
+            api_version: "0.1.0".into(),
+            tasks: tasks
+                .iter()
+                .map(|(n, k)| TaskInfo {
+                    name: (*n).into(),
+                    kind: *k,
+                    input_type: "i64".into(),
+                    output_type: "i64".into(),
+                })
+                .collect(),
+        }
+    }
+
+    fn tref(plugin: Option<&str>, name: &str) -> TaskRef {
+        TaskRef {
+            plugin: plugin.map(Into::into),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn lookups_and_their_errors() {
+        let plugins = vec![
+            plugin(
+                "demo",
+                &[("square", TaskKind::Task), ("setup", TaskKind::Initializer)],
+            ),
+            plugin(
+                "faults",
+                &[("panic", TaskKind::Task), ("square", TaskKind::Task)],
+            ),
+        ];
+        assert_eq!(
+            lookup(&plugins, &tref(Some("demo"), "square"), TaskKind::Task, "s").unwrap(),
+            (0, 0)
+        );
+        assert_eq!(
+            lookup(&plugins, &tref(None, "panic"), TaskKind::Task, "s").unwrap(),
+            (1, 0)
+        );
+        let e = lookup(&plugins, &tref(Some("demo"), "sqare"), TaskKind::Task, "s").unwrap_err();
+        assert!(e.message.contains("demo::square"), "{e:?}");
+        assert_eq!(e.help.as_deref(), Some("did you mean `square`?"));
+        let e = lookup(&plugins, &tref(None, "square"), TaskKind::Task, "s").unwrap_err();
+        assert!(e.message.contains("several plugins"), "{e:?}");
+        let e = lookup(&plugins, &tref(Some("demo"), "setup"), TaskKind::Task, "s").unwrap_err();
+        assert!(e.message.contains("not exported as a task"), "{e:?}");
+        let e = lookup(&plugins, &tref(Some("dmeo"), "square"), TaskKind::Task, "s").unwrap_err();
+        assert_eq!(e.help.as_deref(), Some("did you mean `demo::square`?"));
+    }
+}

@@ -1,0 +1,555 @@
+//! The dispatcher of one stage: hands chunks of inputs to workers, collects results in input
+//! order, and turns failures (task errors, panics, crashed workers) into records and retries.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::{ChunkSize, OnError, Stage};
+use crate::console::Console;
+use crate::events::{Event, EventLog};
+use crate::input::InputSource;
+use crate::output::{ErrorKind, OrderedWriter};
+use crate::pool::{Pool, WorkerEvent, WorkerState};
+use crate::protocol::{self, ChunkHeader, Cursor, FrameBuf, ReadyMsg, ResultsHeader, status, tag};
+use crate::sys::{self, ProcessEnd};
+
+/// Chunks a worker holds at once: one running, one queued behind it, so it never waits for a
+/// round trip to the runner.
+const CHUNKS_PER_WORKER: usize = 2;
+/// Automatic chunks aim at this much work each.
+const TARGET_CHUNK_NS: f64 = 2_000_000.0;
+const MAX_AUTO_CHUNK: usize = 65_536;
+/// Inputs are not handed out further than this ahead of the next index to write, and not while
+/// the reorder buffer holds this many bytes: memory stays flat however many tasks a stage has.
+const WINDOW_ITEMS: u64 = 1 << 18;
+const WINDOW_BYTES: usize = 32 << 20;
+/// How long the dispatcher sleeps when nothing happens (timers are checked at least this often).
+const TICK: Duration = Duration::from_millis(50);
+/// How many failures the summary keeps.
+const KEEP_ERRORS: usize = 5;
+/// Offset of the item count in a chunk frame (after length, tag, id, plugin and task).
+const CHUNK_COUNT_OFFSET: usize = 5 + 8 + 2 + 4;
+
+/// What the plan knows about a stage before it runs.
+pub struct StageJob<'a> {
+    pub stage: &'a Stage,
+    pub plugin: u16,
+    pub task: u32,
+    pub total: u64,
+    pub input: Box<dyn InputSource>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FailureSummary {
+    pub index: u64,
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// `on_error = "fail"` and a task failed.
+    FirstFailure,
+    /// A worker could not load the plugins or run the initializer.
+    WorkerStart(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct StageOutcome {
+    pub total: u64,
+    pub ok: u64,
+    pub failed: u64,
+    pub retried: u64,
+    pub wall: Duration,
+    pub stopped: Option<StopReason>,
+    pub first_errors: Vec<FailureSummary>,
+}
+
+impl StageOutcome {
+    pub fn not_run(&self) -> u64 {
+        self.total.saturating_sub(self.ok + self.failed)
+    }
+}
+
+/// A chunk sent to a worker and not fully answered.
+struct InFlight {
+    /// The frame as sent: kept to re-send single inputs after a crash.
+    frame: Vec<u8>,
+    indices: Vec<u64>,
+    /// Attempts already made for each item before this one.
+    attempts: Vec<u32>,
+    /// Results received so far (positions `0..received`).
+    received: u32,
+}
+
+impl InFlight {
+    fn input(&self, position: u32) -> Vec<u8> {
+        let mut c = Cursor::new(&self.frame[5..]);
+        ChunkHeader::read(&mut c).expect("own frame");
+        for _ in 0..position {
+            c.bytes().expect("own frame");
+        }
+        c.bytes().expect("own frame").to_vec()
+    }
+}
+
+/// An input waiting to be (re)sent.
+struct Pending {
+    index: u64,
+    input: Vec<u8>,
+    attempts: u32,
+    /// After a crash or timeout the retry goes to a worker started after this one.
+    newer_than: Option<u32>,
+}
+
+struct ChunkSizer {
+    fixed: Option<usize>,
+    ns_per_item: Option<f64>,
+}
+
+impl ChunkSizer {
+    fn next(&self, remaining: u64, workers: usize) -> usize {
+        if let Some(fixed) = self.fixed {
+            return fixed.min(protocol::MAX_CHUNK_ITEMS);
+        }
+        let Some(ns) = self.ns_per_item else { return 1 };
+        let by_time = (TARGET_CHUNK_NS / ns.max(1.0)) as usize;
+        // Near the end, smaller chunks keep every worker busy until the last item.
+        let tail = (remaining / (workers.max(1) as u64 * 4)).max(1) as usize;
+        by_time.clamp(1, MAX_AUTO_CHUNK).min(tail)
+    }
+
+    fn observe(&mut self, busy_ns: u64, count: u32) {
+        if count == 0 {
+            return;
+        }
+        let sample = busy_ns as f64 / count as f64;
+        self.ns_per_item = Some(match self.ns_per_item {
+            Some(old) => old * 0.7 + sample * 0.3,
+            None => sample,
+        });
+    }
+}
+
+pub struct Dispatcher<'a> {
+    job: StageJob<'a>,
+    pool: &'a mut Pool,
+    writer: &'a mut OrderedWriter,
+    events: &'a EventLog,
+    console: &'a Arc<Console>,
+    frame: FrameBuf,
+    next_chunk: u64,
+    in_flight: HashMap<u64, InFlight>,
+    requeue: VecDeque<Pending>,
+    next_index: u64,
+    inputs_done: bool,
+    sizer: ChunkSizer,
+    outcome: StageOutcome,
+}
+
+impl<'a> Dispatcher<'a> {
+    pub fn new(
+        job: StageJob<'a>,
+        pool: &'a mut Pool,
+        writer: &'a mut OrderedWriter,
+        events: &'a EventLog,
+        console: &'a Arc<Console>,
+    ) -> Self {
+        let fixed = match job.stage.settings.chunksize {
+            ChunkSize::Auto => None,
+            ChunkSize::Fixed(n) => Some(n.get()),
+        };
+        let total = job.total;
+        Self {
+            job,
+            pool,
+            writer,
+            events,
+            console,
+            frame: FrameBuf::new(),
+            next_chunk: 1,
+            in_flight: HashMap::new(),
+            requeue: VecDeque::new(),
+            next_index: 0,
+            inputs_done: total == 0,
+            sizer: ChunkSizer {
+                fixed,
+                ns_per_item: None,
+            },
+            outcome: StageOutcome {
+                total,
+                ok: 0,
+                failed: 0,
+                retried: 0,
+                wall: Duration::ZERO,
+                stopped: None,
+                first_errors: Vec::new(),
+            },
+        }
+    }
+
+    fn stage_name(&self) -> &'a str {
+        &self.job.stage.name
+    }
+
+    fn has_work(&self) -> bool {
+        self.outcome.stopped.is_none() && (!self.inputs_done || !self.requeue.is_empty())
+    }
+
+    pub fn run(mut self) -> io::Result<StageOutcome> {
+        let started = Instant::now();
+        loop {
+            if self.has_work() {
+                self.pool
+                    .fill(self.stage_name(), self.events, self.console)?;
+                self.dispatch()?;
+            }
+            if self.in_flight.is_empty() && !self.has_work() {
+                break;
+            }
+            if let Some(event) = self.pool.recv_timeout(TICK) {
+                self.handle(event)?;
+            }
+        }
+        self.outcome.wall = started.elapsed();
+        Ok(self.outcome)
+    }
+
+    /// Tops up every ready worker to its chunk allowance.
+    fn dispatch(&mut self) -> io::Result<()> {
+        let ready: Vec<u32> = self
+            .pool
+            .workers()
+            .filter(|w| w.is_available() && w.in_flight.len() < CHUNKS_PER_WORKER)
+            .map(|w| w.id)
+            .collect();
+        for id in ready {
+            while self
+                .pool
+                .worker(id)
+                .is_some_and(|w| w.in_flight.len() < CHUNKS_PER_WORKER)
+            {
+                if !self.send_chunk(id)? {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn window_open(&self) -> bool {
+        self.next_index < self.writer.next_index() + WINDOW_ITEMS
+            && self.writer.pending_bytes() < WINDOW_BYTES
+    }
+
+    /// Builds and sends one chunk to `worker`; `false` when there was nothing to send.
+    fn send_chunk(&mut self, worker: u32) -> io::Result<bool> {
+        let chunk_id = self.next_chunk;
+        let header = ChunkHeader {
+            chunk_id,
+            plugin: self.job.plugin,
+            task: self.job.task,
+            count: 0,
+        };
+        header.write(&mut self.frame);
+        let mut indices = Vec::new();
+        let mut attempts = Vec::new();
+
+        // Retries and requeued inputs first, one chunk of them at a time.
+        if let Some(pos) = self
+            .requeue
+            .iter()
+            .position(|p| p.newer_than.is_none_or(|w| worker > w))
+        {
+            let p = self.requeue.remove(pos).expect("position is valid");
+            self.frame.put_bytes(&p.input);
+            indices.push(p.index);
+            attempts.push(p.attempts);
+        } else {
+            let remaining = self.job.total.saturating_sub(self.next_index);
+            let size = self.sizer.next(remaining, self.pool.size());
+            while indices.len() < size && !self.inputs_done && self.window_open() {
+                if self.job.input.next_into(&mut self.frame)? {
+                    indices.push(self.next_index);
+                    attempts.push(0);
+                    self.next_index += 1;
+                } else {
+                    self.inputs_done = true;
+                }
+            }
+            if self.next_index >= self.job.total {
+                self.inputs_done = true;
+            }
+        }
+        if indices.is_empty() {
+            return Ok(false);
+        }
+        self.frame
+            .patch_u32(CHUNK_COUNT_OFFSET, indices.len() as u32);
+        let frame = self.frame.finish().to_vec();
+        self.next_chunk += 1;
+        let sent = self.pool.send_to(worker, &frame);
+        if let Some(w) = self.pool.worker_mut(worker) {
+            w.in_flight.push_back(chunk_id);
+        }
+        self.in_flight.insert(
+            chunk_id,
+            InFlight {
+                frame,
+                indices,
+                attempts,
+                received: 0,
+            },
+        );
+        // A failed write means the worker died: its exit event requeues this chunk.
+        let _ = sent;
+        Ok(true)
+    }
+
+    fn handle(&mut self, event: WorkerEvent) -> io::Result<()> {
+        match event {
+            WorkerEvent::Frame { worker, frame } => match frame[0] {
+                tag::READY => self.on_ready(worker, &frame[1..]),
+                tag::RESULTS => self.on_results(worker, &frame[1..])?,
+                _ => {}
+            },
+            WorkerEvent::Exited {
+                worker,
+                end,
+                peak_rss,
+            } => self.on_exit(worker, end, peak_rss)?,
+        }
+        Ok(())
+    }
+
+    fn on_ready(&mut self, worker: u32, payload: &[u8]) {
+        match serde_json::from_slice::<ReadyMsg>(payload) {
+            Ok(ReadyMsg::Ready { .. }) => {
+                if let Some(w) = self.pool.worker_mut(worker) {
+                    if w.state == WorkerState::Starting {
+                        w.state = WorkerState::Ready;
+                        w.idle_since = Instant::now();
+                    }
+                }
+            }
+            Ok(ReadyMsg::Failed { kind, message }) => {
+                if let Some(w) = self.pool.worker_mut(worker) {
+                    w.state = WorkerState::Stopping;
+                    w.stop_reason = Some(if kind == "initializer" {
+                        "initializer"
+                    } else {
+                        "plugin"
+                    });
+                }
+                self.stop_for_worker_start(message);
+            }
+            Err(_) => self.pool.kill(worker, "killed"),
+        }
+    }
+
+    /// No worker can start: stop the stage, with one record saying why at the first index that
+    /// has no result yet.
+    fn stop_for_worker_start(&mut self, message: String) {
+        if self.outcome.stopped.is_some() {
+            return;
+        }
+        self.console
+            .error(&format!("stage {}: {message}", self.stage_name()));
+        self.outcome.stopped = Some(StopReason::WorkerStart(message.clone()));
+        let index = self
+            .requeue
+            .iter()
+            .map(|p| p.index)
+            .min()
+            .unwrap_or(self.next_index)
+            .min(self.next_index);
+        if index < self.job.total && self.in_flight.is_empty() {
+            let _ = self
+                .writer
+                .error(index, ErrorKind::Initializer, &message, 1);
+            self.record_failure(index, ErrorKind::Initializer, &message, 1, None);
+        }
+    }
+
+    fn on_results(&mut self, worker: u32, payload: &[u8]) -> io::Result<()> {
+        let mut c = Cursor::new(payload);
+        let header = ResultsHeader::read(&mut c)?;
+        let Some(mut chunk) = self.in_flight.remove(&header.chunk_id) else {
+            return Ok(()); // a chunk already written off (its worker was killed)
+        };
+        self.sizer.observe(header.busy_ns, header.count);
+        for position in header.first..header.first + header.count {
+            let code = c.u8()?;
+            let bytes = c.bytes()?;
+            let index = chunk.indices[position as usize];
+            let attempts = chunk.attempts[position as usize] + 1;
+            if code == status::OK {
+                self.writer.ok(index, bytes)?;
+                self.outcome.ok += 1;
+            } else {
+                let kind = if code == status::PANIC {
+                    ErrorKind::Panic
+                } else {
+                    ErrorKind::TaskError
+                };
+                let message = String::from_utf8_lossy(bytes).into_owned();
+                let input = chunk.input(position);
+                self.fail(index, input, attempts, kind, message, worker, false)?;
+            }
+        }
+        chunk.received = header.first + header.count;
+        if let Some(w) = self.pool.worker_mut(worker) {
+            w.tasks_done += u64::from(header.count);
+        }
+        if chunk.received as usize >= chunk.indices.len() {
+            if let Some(w) = self.pool.worker_mut(worker) {
+                w.in_flight.retain(|id| *id != header.chunk_id);
+                if w.in_flight.is_empty() {
+                    w.idle_since = Instant::now();
+                }
+            }
+        } else {
+            self.in_flight.insert(header.chunk_id, chunk);
+        }
+        Ok(())
+    }
+
+    /// A failed attempt: retry it if attempts remain, else record it.
+    #[allow(clippy::too_many_arguments)]
+    fn fail(
+        &mut self,
+        index: u64,
+        input: Vec<u8>,
+        attempts: u32,
+        kind: ErrorKind,
+        message: String,
+        worker: u32,
+        needs_fresh_worker: bool,
+    ) -> io::Result<()> {
+        if attempts <= self.job.stage.settings.retries && self.outcome.stopped.is_none() {
+            self.outcome.retried += 1;
+            self.events.emit(&Event::TaskRetried {
+                stage: self.stage_name(),
+                index,
+                attempt: attempts + 1,
+                kind: kind.as_str(),
+                message: &message,
+            });
+            let pending = Pending {
+                index,
+                input,
+                attempts,
+                newer_than: needs_fresh_worker.then_some(worker),
+            };
+            self.requeue.push_back(pending);
+            return Ok(());
+        }
+        self.writer.error(index, kind, &message, attempts)?;
+        self.record_failure(index, kind, &message, attempts, Some(worker));
+        if self.job.stage.settings.on_error == OnError::Fail && self.outcome.stopped.is_none() {
+            self.outcome.stopped = Some(StopReason::FirstFailure);
+        }
+        Ok(())
+    }
+
+    fn record_failure(
+        &mut self,
+        index: u64,
+        kind: ErrorKind,
+        message: &str,
+        attempts: u32,
+        worker: Option<u32>,
+    ) {
+        self.outcome.failed += 1;
+        if self.outcome.first_errors.len() < KEEP_ERRORS {
+            self.outcome.first_errors.push(FailureSummary {
+                index,
+                kind,
+                message: message.to_owned(),
+            });
+        }
+        self.events.emit(&Event::TaskFailed {
+            stage: self.stage_name(),
+            index,
+            kind: kind.as_str(),
+            message,
+            attempts,
+            worker,
+        });
+    }
+
+    fn on_exit(&mut self, worker: u32, end: ProcessEnd, peak_rss: u64) -> io::Result<()> {
+        let Some(w) = self.pool.on_exit(worker, end, peak_rss, self.events) else {
+            return Ok(());
+        };
+        let expected = w.stop_reason.is_some();
+        if w.state == WorkerState::Starting && !expected {
+            // Died before it was ready: loading a plugin or the initializer crashed it.
+            let what = match self.pool.spec().and_then(|s| s.initializer.as_ref()) {
+                Some(init) => format!("while loading plugins or running initializer {}", init.name),
+                None => "while loading plugins".to_owned(),
+            };
+            self.stop_for_worker_start(format!("worker {worker} (pid {}) {end} {what}", w.pid));
+        }
+        // The item it was running, from the progress slot.
+        let running = protocol::unpack_cursor(w.progress.read().0);
+        let chunk_ids: Vec<u64> = w.in_flight.iter().copied().collect();
+        for chunk_id in chunk_ids {
+            let Some(chunk) = self.in_flight.remove(&chunk_id) else {
+                continue;
+            };
+            let blamed = match running {
+                Some((id, pos)) if id == chunk_id && pos >= chunk.received => Some(pos),
+                _ => None,
+            };
+            for position in chunk.received..chunk.indices.len() as u32 {
+                let index = chunk.indices[position as usize];
+                let prior = chunk.attempts[position as usize];
+                let input = chunk.input(position);
+                if Some(position) == blamed {
+                    let (kind, message) = self.crash_record(&w, end, peak_rss, index);
+                    self.fail(index, input, prior + 1, kind, message, worker, true)?;
+                } else if self.outcome.stopped.is_none() {
+                    // Never started, or finished but not yet reported: run it again elsewhere.
+                    self.requeue.push_back(Pending {
+                        index,
+                        input,
+                        attempts: prior,
+                        newer_than: None,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn crash_record(
+        &self,
+        w: &crate::pool::Worker,
+        end: ProcessEnd,
+        peak_rss: u64,
+        index: u64,
+    ) -> (ErrorKind, String) {
+        let task = self.job.stage.task.to_string();
+        match w.stop_reason {
+            Some("timeout") => (
+                ErrorKind::Timeout,
+                format!(
+                    "task {task} on input {index} exceeded the task timeout; worker {} (pid {}) was stopped",
+                    w.id, w.pid
+                ),
+            ),
+            _ => (
+                ErrorKind::Crashed,
+                format!(
+                    "worker {} (pid {}) {end} while running task {task} on input {index}; its peak RSS was {}",
+                    w.id,
+                    w.pid,
+                    sys::format_bytes(peak_rss)
+                ),
+            ),
+        }
+    }
+}

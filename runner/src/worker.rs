@@ -1,0 +1,235 @@
+//! The worker process: `loky-run __worker`.
+//!
+//! Started by the pool with the protocol on inherited descriptors (3: commands in, 4: results
+//! out, 5: the progress slot), never on stdout: whatever a plugin prints goes to stdout/stderr,
+//! which the runner forwards. The worker loads every plugin of the pipeline, runs its
+//! initializer once, then runs chunks of task inputs until told to stop or until the runner
+//! goes away (end of the command stream), whichever comes first.
+
+use std::fs::File;
+use std::io::{self, BufReader, Write};
+use std::os::fd::FromRawFd;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use abi_stable::std_types::RVec;
+
+use crate::plugin::host::{self, LoadedPlugin};
+use crate::progress::ProgressSlot;
+use crate::protocol::{
+    ChunkHeader, Cursor, FrameBuf, FrameReader, InitMsg, ReadyMsg, ResultsHeader, StageMsg,
+    pack_cursor, send, tag,
+};
+use crate::sys;
+
+/// The hidden subcommand that runs a worker.
+pub const WORKER_ARG: &str = "__worker";
+pub const COMMAND_FD: i32 = 3;
+pub const RESULT_FD: i32 = 4;
+pub const PROGRESS_FD: i32 = 5;
+
+/// Exit codes a worker uses for its own failures (the runner reads the reason from the
+/// `Failed` message; these only make `ps`/logs clearer).
+const EXIT_PROTOCOL: i32 = 70;
+const EXIT_INIT_FAILED: i32 = 71;
+
+/// Results are sent when a chunk ends, or earlier when this much time or data has piled up, so
+/// that slow chunks still report steadily.
+const FLUSH_AFTER: Duration = Duration::from_millis(2);
+const FLUSH_BYTES: usize = 1 << 20;
+
+pub fn worker_main() -> i32 {
+    for fd in [COMMAND_FD, RESULT_FD, PROGRESS_FD] {
+        // SAFETY: fcntl on an fd number; harmless if the fd is not open. Keeps the protocol
+        // descriptors out of processes a plugin starts.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    // SAFETY: the pool passes these descriptors open; this process takes ownership of them once.
+    let (commands, results) =
+        unsafe { (File::from_raw_fd(COMMAND_FD), File::from_raw_fd(RESULT_FD)) };
+    let progress = ProgressSlot::map(PROGRESS_FD).ok();
+    match run(commands, results, progress) {
+        Ok(()) => 0,
+        Err(WorkerExit(code)) => code,
+    }
+}
+
+struct WorkerExit(i32);
+
+impl From<io::Error> for WorkerExit {
+    fn from(_: io::Error) -> Self {
+        // The runner is gone or the stream is corrupt: nothing useful can be reported.
+        WorkerExit(EXIT_PROTOCOL)
+    }
+}
+
+fn run(
+    commands: File,
+    mut results: File,
+    progress: Option<ProgressSlot>,
+) -> Result<(), WorkerExit> {
+    // Commands are read on their own thread: the runner's writes never wait for a busy task, and
+    // the end of the stream (the runner exited or was killed) ends this process at once.
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    std::thread::Builder::new()
+        .name("commands".into())
+        .spawn(move || {
+            let mut reader = FrameReader::new(BufReader::with_capacity(1 << 16, commands));
+            while let Ok(Some(_)) = reader.next_frame() {
+                if tx.send(reader.take_frame()).is_err() {
+                    break;
+                }
+            }
+            // SAFETY: _exit has no preconditions; it skips destructors and atexit handlers on
+            // purpose, since the main thread may be inside a task.
+            unsafe { libc::_exit(0) }
+        })
+        .map_err(|_| WorkerExit(EXIT_PROTOCOL))?;
+
+    let mut frame = FrameBuf::new();
+    let first = rx.recv().map_err(|_| WorkerExit(EXIT_PROTOCOL))?;
+    if first[0] != tag::INIT {
+        return Err(WorkerExit(EXIT_PROTOCOL));
+    }
+    let init: InitMsg =
+        serde_json::from_slice(&first[1..]).map_err(|_| WorkerExit(EXIT_PROTOCOL))?;
+    let plugins = match init
+        .plugins
+        .iter()
+        .map(|p| host::load(p, false))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(plugins) => plugins,
+        Err(e) => {
+            let msg = ReadyMsg::Failed {
+                kind: "plugin".into(),
+                message: e.to_string(),
+            };
+            send(&mut results, frame.json(tag::READY, &msg))?;
+            return Err(WorkerExit(EXIT_INIT_FAILED));
+        }
+    };
+    let mut out = RVec::with_capacity(256);
+    if let Some(call) = &init.initializer {
+        let status = match plugins.get(call.plugin as usize) {
+            Some(p) => p.call(call.task, call.args.as_bytes(), &mut out),
+            None => plugin_api::CallStatus::UNKNOWN_TASK,
+        };
+        if status != plugin_api::CallStatus::OK {
+            let message = format!(
+                "initializer {} failed: {}",
+                call.name,
+                String::from_utf8_lossy(&out)
+            );
+            send(
+                &mut results,
+                frame.json(
+                    tag::READY,
+                    &ReadyMsg::Failed {
+                        kind: "initializer".into(),
+                        message,
+                    },
+                ),
+            )?;
+            return Err(WorkerExit(EXIT_INIT_FAILED));
+        }
+    }
+    send(
+        &mut results,
+        frame.json(
+            tag::READY,
+            &ReadyMsg::Ready {
+                pid: std::process::id(),
+            },
+        ),
+    )?;
+
+    let mut runner = ChunkRunner {
+        plugins,
+        out,
+        frame,
+        progress,
+    };
+    while let Ok(msg) = rx.recv() {
+        match msg[0] {
+            tag::CHUNK => runner.run_chunk(&msg[1..], &mut results)?,
+            tag::STAGE => {
+                if let Ok(stage) = serde_json::from_slice::<StageMsg>(&msg[1..]) {
+                    // SAFETY: tasks run on this thread only, between which this is called; the
+                    // command thread never reads the environment.
+                    unsafe { std::env::set_var("LOKY_STAGE", stage.name) };
+                }
+            }
+            tag::SHUTDOWN => break,
+            _ => return Err(WorkerExit(EXIT_PROTOCOL)),
+        }
+    }
+    let _ = io::stdout().flush();
+    Ok(())
+}
+
+struct ChunkRunner {
+    plugins: Vec<LoadedPlugin>,
+    out: RVec<u8>,
+    frame: FrameBuf,
+    progress: Option<ProgressSlot>,
+}
+
+impl ChunkRunner {
+    fn run_chunk(&mut self, payload: &[u8], results: &mut File) -> io::Result<()> {
+        let mut cursor = Cursor::new(payload);
+        let chunk = ChunkHeader::read(&mut cursor)?;
+        let plugin = self
+            .plugins
+            .get(chunk.plugin as usize)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no such plugin"))?;
+
+        let mut first = 0u32;
+        let mut count = 0u32;
+        let mut batch_started = Instant::now();
+        ResultsHeader {
+            chunk_id: chunk.chunk_id,
+            first,
+            count: 0,
+            busy_ns: 0,
+        }
+        .write(&mut self.frame);
+        for position in 0..chunk.count {
+            let input = cursor.bytes()?;
+            if let Some(progress) = &self.progress {
+                progress.start(pack_cursor(chunk.chunk_id, position), sys::monotonic_ns());
+            }
+            let status = plugin.call(chunk.task, input, &mut self.out);
+            self.frame.put_u8(status.0);
+            self.frame.put_bytes(&self.out);
+            count += 1;
+
+            let last = position + 1 == chunk.count;
+            if last || self.frame.len() >= FLUSH_BYTES || batch_started.elapsed() >= FLUSH_AFTER {
+                let busy = batch_started.elapsed().as_nanos() as u64;
+                self.frame.patch_u32(ResultsHeader::COUNT_OFFSET, count);
+                self.frame.patch_u64(ResultsHeader::BUSY_OFFSET, busy);
+                if let (true, Some(progress)) = (last, &self.progress) {
+                    progress.idle();
+                }
+                send(results, self.frame.finish())?;
+                first += count;
+                count = 0;
+                batch_started = Instant::now();
+                if !last {
+                    ResultsHeader {
+                        chunk_id: chunk.chunk_id,
+                        first,
+                        count: 0,
+                        busy_ns: 0,
+                    }
+                    .write(&mut self.frame);
+                }
+            }
+        }
+        if chunk.count == 0 {
+            send(results, self.frame.finish())?;
+        }
+        Ok(())
+    }
+}

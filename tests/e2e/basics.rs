@@ -1,0 +1,309 @@
+//! Runs that succeed: inputs of every kind, ordered outputs, the pool kept between stages,
+//! manifest and events.
+
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+#[test]
+fn three_chained_stages_give_ordered_outputs() {
+    let fx = Fixture::new();
+    let text = header("chain", "max_workers = 2")
+        + r#"
+[[stage]]
+name = "squares"
+task = "demo::square"
+input = { range = [0, 50] }
+
+[[stage]]
+name = "echoed"
+task = "demo::echo"
+input = { from = "squares" }
+
+[[stage]]
+name = "cpu"
+task = "cpu"
+input = { items = [0, 1, 2] }
+"#;
+    let p = fx.write("pipeline.toml", &text);
+    fx.run(&[p.to_str().unwrap()]).assert_code(0);
+    let squares = fx.records("squares");
+    assert_eq!(squares.len(), 50);
+    for (i, r) in squares.iter().enumerate() {
+        assert_eq!(r, &json!({"index": i, "output": i * i}));
+    }
+    assert_eq!(fx.outputs("echoed"), fx.outputs("squares"));
+    assert_eq!(
+        fx.outputs("cpu"),
+        [json!(0), json!(332833500u64), json!(2664667000u64)]
+    );
+}
+
+#[test]
+fn many_tasks_across_stages_stay_ordered_and_identical_for_any_worker_count() {
+    let fx = Fixture::new();
+    let stages = r#"
+[[stage]]
+name = "a"
+task = "demo::square"
+input = { range = [0, 100000] }
+
+[[stage]]
+name = "b"
+task = "demo::echo"
+input = { from = "a" }
+
+[[stage]]
+name = "c"
+task = "demo::echo"
+input = { from = "b" }
+"#;
+    let p = fx.write(
+        "pipeline.toml",
+        &(header("big", "max_workers = 2") + stages),
+    );
+    fx.run(&[p.to_str().unwrap()]).assert_code(0);
+    let c = std::fs::read(fx.path().join("out/c.jsonl")).unwrap();
+    let records = read_jsonl(&fx.path().join("out/c.jsonl"));
+    assert_eq!(records.len(), 100_000);
+    for (i, r) in records.iter().enumerate().step_by(997) {
+        assert_eq!(r["index"], i);
+        assert_eq!(r["output"], (i as u64) * (i as u64));
+    }
+    // Byte-identical with one worker and a fixed chunk size.
+    std::fs::rename(fx.path().join("out"), fx.path().join("out-2")).unwrap();
+    fx.run(&[
+        p.to_str().unwrap(),
+        "--set",
+        "pool.max_workers=1",
+        "--set",
+        "pool.chunksize=7",
+    ])
+    .assert_code(0);
+    assert_eq!(std::fs::read(fx.path().join("out/c.jsonl")).unwrap(), c);
+}
+
+#[test]
+fn equal_pool_settings_keep_the_same_worker_processes() {
+    let fx = Fixture::new();
+    let text = header("reuse", "max_workers = 2")
+        + r#"
+[[stage]]
+name = "first"
+task = "demo::pid"
+input = { items = [30, 30, 30, 30, 30, 30] }
+
+[[stage]]
+name = "second"
+task = "demo::pid"
+input = { items = [30, 30, 30, 30, 30, 30] }
+"#;
+    let p = fx.write("pipeline.toml", &text);
+    fx.run(&[p.to_str().unwrap(), "--events", "events.jsonl"])
+        .assert_code(0);
+    let pids = |stage| {
+        let mut v: Vec<u64> = fx
+            .outputs(stage)
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let (first, second) = (pids("first"), pids("second"));
+    assert!(!first.is_empty());
+    assert_eq!(first, second);
+    let events = fx.events();
+    let started = started_pids(&events);
+    assert_eq!(
+        started.len(),
+        2,
+        "only two workers were ever started: {events:?}"
+    );
+    let decisions: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "pool_decision")
+        .collect();
+    assert_eq!(decisions[0]["decision"], "start");
+    assert_eq!(decisions[1]["decision"], "reuse");
+    // Stopped cleanly at the end: every worker exited with reason shutdown, none is alive.
+    let exits: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "worker_exited")
+        .collect();
+    assert_eq!(exits.len(), 2);
+    assert!(exits.iter().all(|e| e["reason"] == "shutdown"), "{exits:?}");
+    assert!(started.iter().all(|pid| !alive(*pid)));
+}
+
+#[test]
+fn file_inputs_env_and_initializer_reach_the_tasks() {
+    let fx = Fixture::new();
+    fx.write(
+        "names.jsonl",
+        "\"GREETING\"\n\n\"LOKY_WORKER_ID\"\n\"NOT_SET_ANYWHERE\"\n",
+    );
+    let text = header(
+        "env",
+        "max_workers = 1\nenv = { GREETING = \"hi\" }\ninitializer = { task = \"demo::setup\", args = { level = \"info\" } }",
+    ) + r#"
+[[stage]]
+name = "vars"
+task = "demo::getenv"
+input = { file = "names.jsonl" }
+
+[[stage]]
+name = "state"
+task = "demo::state"
+input = { range = [0, 3] }
+"#;
+    let p = fx.write("pipeline.toml", &text);
+    fx.run(&[p.to_str().unwrap()]).assert_code(0);
+    assert_eq!(fx.outputs("vars"), [json!("hi"), json!("1"), Value::Null]);
+    assert_eq!(fx.outputs("state"), vec![json!({"level": "info"}); 3]);
+}
+
+#[test]
+fn manifest_and_events_describe_the_run() {
+    let fx = Fixture::new();
+    let text = header("manifest", "max_workers = 2")
+        + "[[stage]]\nname = \"s\"\ntask = \"demo::square\"\ninput = { range = [0, 10] }\n";
+    let p = fx.write("pipeline.toml", &text);
+    fx.run(&[p.to_str().unwrap(), "--events", "events.jsonl"])
+        .assert_code(0);
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(fx.path().join("out/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["status"], "succeeded");
+    assert_eq!(manifest["runner_version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(manifest["plugins"][0]["name"], "demo");
+    assert_eq!(manifest["plugins"][0]["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(manifest["stages"][0]["ok"], 10);
+    assert_eq!(manifest["stages"][0]["pool_decision"]["decision"], "start");
+    assert_eq!(manifest["config"]["stages"][0]["name"], "s");
+    assert!(manifest["finished_at"].is_string());
+    let events = fx.events();
+    for kind in [
+        "run_started",
+        "pool_decision",
+        "stage_started",
+        "worker_started",
+        "stage_finished",
+        "worker_exited",
+        "run_finished",
+    ] {
+        assert!(
+            events.iter().any(|e| e["event"] == kind),
+            "no {kind} event in {events:?}"
+        );
+    }
+    assert!(events.iter().all(|e| e["time"].is_string()));
+    let finished = events
+        .iter()
+        .find(|e| e["event"] == "stage_finished")
+        .unwrap();
+    assert_eq!(
+        (finished["ok"].as_u64(), finished["failed"].as_u64()),
+        (Some(10), Some(0))
+    );
+}
+
+#[test]
+fn plugin_output_on_stdout_does_not_disturb_results() {
+    let fx = Fixture::new();
+    let text = header("stdout", "max_workers = 2")
+        + "[[stage]]\nname = \"noisy\"\ntask = \"faults::print_stdout\"\ninput = { items = [3, 100, 2] }\n";
+    let p = fx.write("pipeline.toml", &text);
+    let r = fx.run(&[p.to_str().unwrap()]);
+    r.assert_code(0);
+    assert_eq!(fx.outputs("noisy"), [json!(3), json!(100), json!(2)]);
+    let forwarded = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("faults line"))
+        .count();
+    assert_eq!(forwarded, 105, "{}", r.stderr);
+}
+
+#[test]
+fn validate_checks_without_running_and_tasks_lists_exports() {
+    let fx = Fixture::new();
+    let text = header("validate", "")
+        + "[[stage]]\nname = \"s\"\ntask = \"demo::square\"\ninput = { range = [0, 10] }\n";
+    let p = fx.write("pipeline.toml", &text);
+    let r = fx.run(&["validate", p.to_str().unwrap()]);
+    r.assert_code(0);
+    assert!(
+        !fx.path().join("out").exists(),
+        "validate must not write outputs"
+    );
+
+    let r = fx.run(&["tasks", plugin_path("demo").to_str().unwrap()]);
+    r.assert_code(0);
+    for name in [
+        "demo::square",
+        "demo::cpu",
+        "demo::sleep_ms",
+        "demo::getenv",
+        "demo::pid",
+        "demo::echo",
+        "demo::state",
+        "demo::setup",
+        "initializers",
+    ] {
+        assert!(
+            r.stdout.contains(name),
+            "tasks output lacks {name}:\n{}",
+            r.stdout
+        );
+    }
+    let r = fx.run(&["tasks", "faults"]);
+    r.assert_code(0);
+    assert!(r.stdout.contains("faults::crash_once"), "{}", r.stdout);
+}
+
+#[test]
+fn dry_run_prints_the_plan_and_runs_nothing() {
+    let fx = Fixture::new();
+    let text = header("dry", "max_workers = 2")
+        + r#"
+[[stage]]
+name = "a"
+task = "demo::square"
+input = { range = [0, 10] }
+
+[[stage]]
+name = "b"
+task = "demo::square"
+input = { range = [0, 10] }
+max_workers = 3
+
+[[stage]]
+name = "c"
+task = "demo::square"
+input = { range = [0, 10] }
+max_workers = 3
+kill_workers = true
+"#;
+    let p = fx.write("pipeline.toml", &text);
+    let r = fx.run(&[p.to_str().unwrap(), "--dry-run"]);
+    r.assert_code(0);
+    assert!(
+        r.stdout.contains("stage a") && r.stdout.contains("start"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("resize") && r.stdout.contains("2 -> 3"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("restart") && r.stdout.contains("kill_workers"),
+        "{}",
+        r.stdout
+    );
+    assert!(!fx.path().join("out").exists());
+}

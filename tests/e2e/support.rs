@@ -1,0 +1,191 @@
+//! Helpers for end-to-end tests: the real `loky-run` binary, real plugins, temp directories.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+/// Builds the test plugins once per test process (a no-op when they are up to date), so that
+/// `cargo test` alone is enough.
+pub fn plugin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "demo", "-p", "faults"])
+            .current_dir(workspace_root())
+            .stdout(Stdio::null())
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the test plugins failed");
+        let exe = PathBuf::from(env!("CARGO_BIN_EXE_loky-run"));
+        let dir = exe.parent().unwrap().to_owned();
+        assert!(
+            dir.join("libdemo.so").is_file(),
+            "libdemo.so not next to {}",
+            exe.display()
+        );
+        dir
+    })
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+pub fn plugin_path(name: &str) -> PathBuf {
+    plugin_dir().join(format!("lib{name}.so"))
+}
+
+/// A temporary directory holding pipelines and their outputs.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    pub fn new() -> Self {
+        plugin_dir();
+        Self {
+            dir: tempfile::Builder::new()
+                .prefix("loky-e2e-")
+                .tempdir()
+                .unwrap(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes `pipeline.toml` (or another name) and returns its path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Runs `loky-run ARGS...` in the fixture directory, without progress bars.
+    pub fn run(&self, args: &[&str]) -> RunResult {
+        let mut cmd = self.command();
+        cmd.args(args);
+        if args
+            .first()
+            .is_some_and(|a| *a == "run" || a.ends_with(".toml"))
+        {
+            cmd.args(["--progress", "never"]);
+        }
+        RunResult::from(cmd.output().unwrap())
+    }
+
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_loky-run"));
+        cmd.current_dir(self.path())
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("LOKY_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd
+    }
+
+    /// The records of `<output_dir>/<stage>.jsonl` (output_dir `out` by default in tests).
+    pub fn records(&self, stage: &str) -> Vec<Value> {
+        read_jsonl(&self.path().join("out").join(format!("{stage}.jsonl")))
+    }
+
+    pub fn outputs(&self, stage: &str) -> Vec<Value> {
+        self.records(stage)
+            .into_iter()
+            .map(|r| r["output"].clone())
+            .collect()
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        read_jsonl(&self.path().join("events.jsonl"))
+    }
+}
+
+pub fn read_jsonl(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect()
+}
+
+pub struct RunResult {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for RunResult {
+    fn from(o: Output) -> Self {
+        Self {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl RunResult {
+    #[track_caller]
+    pub fn assert_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code, code,
+            "exit code\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// Asserts stderr mentions every fragment (case-sensitive).
+    #[track_caller]
+    pub fn assert_stderr_has(&self, fragments: &[&str]) -> &Self {
+        for f in fragments {
+            assert!(
+                self.stderr.contains(f),
+                "stderr lacks {f:?}:\n{}",
+                self.stderr
+            );
+        }
+        self
+    }
+}
+
+/// A pipeline header using the test plugins, writing to `out/`.
+pub fn header(name: &str, extra_pool: &str) -> String {
+    format!(
+        "[pipeline]\nname = \"{name}\"\nplugins = [\"{}\", \"{}\"]\noutput_dir = \"out\"\n\n[pool]\n{extra_pool}\n",
+        plugin_path("demo").display(),
+        plugin_path("faults").display()
+    )
+}
+
+/// Whether a process exists (and is not a zombie).
+pub fn alive(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// PIDs of the workers started, from the event log.
+pub fn started_pids(events: &[Value]) -> Vec<u64> {
+    events
+        .iter()
+        .filter(|e| e["event"] == "worker_started")
+        .map(|e| e["pid"].as_u64().unwrap())
+        .collect()
+}
