@@ -150,6 +150,8 @@ fn cmd_run(args: RunArgs, console: &Arc<Console>) -> Result<i32, Error> {
         print_plan(&plan);
         return Ok(0);
     }
+    // From here on a signal stops the run in order (see `run::stage`); before, it kills us.
+    crate::interrupt::install();
     let opts = RunOptions {
         events: args.events.clone(),
         dry_run: false,

@@ -11,6 +11,7 @@ pub mod console;
 pub mod error;
 pub mod events;
 pub mod input;
+pub mod interrupt;
 pub mod manifest;
 pub mod output;
 pub mod plugin;

@@ -20,6 +20,8 @@ pub mod tag {
     pub const CHUNK: u8 = 2;
     pub const SHUTDOWN: u8 = 3;
     pub const STAGE: u8 = 4;
+    /// Finish the item in progress, report what is done, and exit (an interrupt).
+    pub const STOP: u8 = 5;
     /// Worker → runner.
     pub const READY: u8 = 10;
     pub const RESULTS: u8 = 11;

@@ -9,6 +9,7 @@
 use std::fs::File;
 use std::io::{self, BufReader, Write};
 use std::os::fd::FromRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,9 @@ const EXIT_INIT_FAILED: i32 = 71;
 /// that slow chunks still report steadily.
 const FLUSH_AFTER: Duration = Duration::from_millis(2);
 const FLUSH_BYTES: usize = 1 << 20;
+
+/// Set by the command thread on `STOP`: the task loop stops before its next item.
+static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
 
 pub fn worker_main() -> i32 {
     for fd in [COMMAND_FD, RESULT_FD, PROGRESS_FD] {
@@ -75,7 +79,10 @@ fn run(
         .name("commands".into())
         .spawn(move || {
             let mut reader = FrameReader::new(BufReader::with_capacity(1 << 16, commands));
-            while let Ok(Some(_)) = reader.next_frame() {
+            while let Ok(Some((tag, _))) = reader.next_frame() {
+                if tag == tag::STOP {
+                    STOP_REQUESTED.store(true, Ordering::Release);
+                }
                 if tx.send(reader.take_frame()).is_err() {
                     break;
                 }
@@ -151,6 +158,9 @@ fn run(
         progress,
     };
     while let Ok(msg) = rx.recv() {
+        if STOP_REQUESTED.load(Ordering::Acquire) {
+            break;
+        }
         match msg[0] {
             tag::CHUNK => runner.run_chunk(&msg[1..], &mut results)?,
             tag::STAGE => {
@@ -160,7 +170,7 @@ fn run(
                     unsafe { std::env::set_var("LOKY_STAGE", stage.name) };
                 }
             }
-            tag::SHUTDOWN => break,
+            tag::SHUTDOWN | tag::STOP => break,
             _ => return Err(WorkerExit(EXIT_PROTOCOL)),
         }
     }
@@ -195,6 +205,19 @@ impl ChunkRunner {
         }
         .write(&mut self.frame);
         for position in 0..chunk.count {
+            if STOP_REQUESTED.load(Ordering::Relaxed) {
+                // Interrupted: report what is done; the rest of the chunk is left unrun.
+                if count > 0 {
+                    let busy = batch_started.elapsed().as_nanos() as u64;
+                    self.frame.patch_u32(ResultsHeader::COUNT_OFFSET, count);
+                    self.frame.patch_u64(ResultsHeader::BUSY_OFFSET, busy);
+                    send(results, self.frame.finish())?;
+                }
+                if let Some(progress) = &self.progress {
+                    progress.idle();
+                }
+                return Ok(());
+            }
             let input = cursor.bytes()?;
             if let Some(progress) = &self.progress {
                 progress.start(pack_cursor(chunk.chunk_id, position), sys::monotonic_ns());

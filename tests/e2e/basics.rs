@@ -214,17 +214,17 @@ fn manifest_and_events_describe_the_run() {
 fn plugin_output_on_stdout_does_not_disturb_results() {
     let fx = Fixture::new();
     let text = header("stdout", "max_workers = 2")
-        + "[[stage]]\nname = \"noisy\"\ntask = \"faults::print_stdout\"\ninput = { items = [3, 100, 2] }\n";
+        + "[[stage]]\nname = \"noisy\"\ntask = \"faults::print_stdout\"\ninput = { items = [3, 10000, 2] }\n";
     let p = fx.write("pipeline.toml", &text);
     let r = fx.run(&[p.to_str().unwrap()]);
     r.assert_code(0);
-    assert_eq!(fx.outputs("noisy"), [json!(3), json!(100), json!(2)]);
+    assert_eq!(fx.outputs("noisy"), [json!(3), json!(10000), json!(2)]);
     let forwarded = r
         .stderr
         .lines()
         .filter(|l| l.contains("faults line"))
         .count();
-    assert_eq!(forwarded, 105, "{}", r.stderr);
+    assert_eq!(forwarded, 10005, "{}", r.stderr);
 }
 
 #[test]

@@ -125,3 +125,353 @@ fn a_failing_initializer_stops_the_stage_without_respawning_forever() {
     assert_eq!(records[0]["error"]["kind"], "initializer");
     assert!(started_pids(&fx.events()).len() <= 2);
 }
+
+#[track_caller]
+fn assert_one_crash(records: &[Value], needle: &str) {
+    assert_eq!(records.len(), 100);
+    for (i, r) in records.iter().enumerate() {
+        if i == 37 {
+            assert_eq!(r["error"]["kind"], "crashed", "{r}");
+            let m = r["error"]["message"].as_str().unwrap();
+            assert!(
+                m.contains(needle) && m.contains("input 37") && m.contains("peak RSS"),
+                "{m}"
+            );
+        } else {
+            assert!(r.get("output").is_some(), "index {i}: {r}");
+        }
+    }
+}
+
+#[test]
+fn abort_and_exit_fail_only_their_own_task() {
+    let fx = Fixture::new();
+    let text = header("abort", "max_workers = 2\non_error = \"continue\"")
+        + &stage("a", "faults::abort", "{ items = [0] }", "")
+        + &stage("x", "faults::exit", "{ items = [3] }", "")
+        + &stage("ok", "demo::square", "{ range = [0, 99] }", "");
+    let p = fx.write("pipeline.toml", &text);
+    fx.run(&[p.to_str().unwrap()]).assert_code(1);
+    let a = &fx.records("a")[0]["error"];
+    assert_eq!(a["kind"], "crashed");
+    assert!(a["message"].as_str().unwrap().contains("SIGABRT"), "{a}");
+    let x = &fx.records("x")[0]["error"];
+    assert_eq!(x["kind"], "crashed");
+    assert!(x["message"].as_str().unwrap().contains("code 3"), "{x}");
+    assert_eq!(
+        fx.outputs("ok").len(),
+        99,
+        "the next stage runs on a healthy pool"
+    );
+}
+
+#[test]
+fn one_crash_among_a_hundred_tasks() {
+    // crash_once crashes the first time it sees a marker: one item of a hundred, no retries.
+    let fx = Fixture::new();
+    let marker = fx.path().join("m37");
+    let items: Vec<String> = (0..100)
+        .map(|i| {
+            if i == 37 {
+                format!("{{ marker = \"{}\" }}", marker.display())
+            } else {
+                format!("{{ marker = \"{}\" }}", fx.path().join("pre").display())
+            }
+        })
+        .collect();
+    std::fs::write(fx.path().join("pre"), "").unwrap();
+    let text = header("one", "max_workers = 2\non_error = \"continue\"")
+        + &stage(
+            "s",
+            "faults::crash_once",
+            &format!("{{ items = [{}] }}", items.join(", ")),
+            "",
+        );
+    let p = fx.write("pipeline.toml", &text);
+    fx.run(&[p.to_str().unwrap()]).assert_code(1);
+    assert_one_crash(&fx.records("s"), "SIGSEGV");
+}
+
+#[test]
+fn a_worker_killed_from_outside_fails_only_its_task() {
+    let fx = Fixture::new();
+    let text = header("kill9", "max_workers = 2\non_error = \"continue\"")
+        + &stage(
+            "s",
+            "faults::sleep_ms",
+            &format!("{{ items = [{}] }}", vec!["60"; 60].join(", ")),
+            "chunksize = 1",
+        );
+    let p = fx.write("pipeline.toml", &text);
+    let mut child = fx
+        .command()
+        .args([
+            p.to_str().unwrap(),
+            "--progress",
+            "never",
+            "--events",
+            "events.jsonl",
+        ])
+        .spawn()
+        .unwrap();
+    let events_path = fx.path().join("events.jsonl");
+    let victim = wait_for(|| {
+        let text = std::fs::read_to_string(&events_path).ok()?;
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|e| e["event"] == "worker_started")
+            .and_then(|e| e["pid"].as_u64())
+    });
+    // Let it get going, then kill it while it sleeps in a task (it is busy ~100% of the time).
+    wait_for(|| {
+        (std::fs::read_to_string(&events_path)
+            .ok()?
+            .matches("worker_started")
+            .count()
+            >= 2)
+            .then_some(())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // SAFETY: sending a signal to a pid we read from the event log.
+    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    let records = fx.records("s");
+    assert_eq!(records.len(), 60);
+    let crashed: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["error"]["kind"] == "crashed")
+        .collect();
+    assert_eq!(crashed.len(), 1, "{records:?}");
+    assert!(
+        crashed[0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("SIGKILL")
+    );
+    assert_eq!(
+        records.iter().filter(|r| r.get("output").is_some()).count(),
+        59
+    );
+}
+
+#[test]
+fn a_panic_keeps_the_worker() {
+    let fx = Fixture::new();
+    let text = header("panic", "max_workers = 1\non_error = \"continue\"")
+        + &stage(
+            "p",
+            "faults::panic",
+            r#"{ items = ["first", "second"] }"#,
+            "",
+        )
+        + &stage("after", "demo::pid", "{ items = [0] }", "");
+    let p = fx.write("pipeline.toml", &text);
+    fx.run(&[p.to_str().unwrap(), "--events", "events.jsonl"])
+        .assert_code(1);
+    let records = fx.records("p");
+    assert!(records.iter().all(|r| r["error"]["kind"] == "panic"));
+    assert!(
+        records[1]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("second")
+    );
+    let started = started_pids(&fx.events());
+    assert_eq!(started.len(), 1, "one worker served everything");
+    assert_eq!(fx.outputs("after"), [json!(started[0])]);
+}
+
+#[test]
+fn a_task_over_its_timeout_is_stopped_and_the_rest_complete() {
+    let fx = Fixture::new();
+    let text = header(
+        "timeout",
+        "max_workers = 2\non_error = \"continue\"\ntask_timeout = \"200ms\"",
+    ) + &stage(
+        "s",
+        "faults::sleep_ms",
+        "{ items = [10, 10, 5000, 10, 10, 10, 10, 10] }",
+        "",
+    );
+    let p = fx.write("pipeline.toml", &text);
+    let started = std::time::Instant::now();
+    fx.run(&[p.to_str().unwrap(), "--events", "events.jsonl"])
+        .assert_code(1);
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(4500),
+        "the 5 s task was not cut short"
+    );
+    let records = fx.records("s");
+    assert_eq!(records[2]["error"]["kind"], "timeout");
+    assert_eq!(
+        records.iter().filter(|r| r.get("output").is_some()).count(),
+        7
+    );
+    assert_eq!(
+        fx.events()
+            .iter()
+            .filter(|e| e["event"] == "worker_exited" && e["reason"] == "timeout")
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn retries_run_a_crashed_task_again_on_a_fresh_worker() {
+    let fx = Fixture::new();
+    let items: Vec<String> = (0..20)
+        .map(|i| {
+            format!(
+                "{{ marker = \"{}\" }}",
+                fx.path().join(format!("m{i}")).display()
+            )
+        })
+        .collect();
+    let text = header("retry", "max_workers = 2\nretries = 1")
+        + &stage(
+            "s",
+            "faults::crash_once",
+            &format!("{{ items = [{}] }}", items.join(", ")),
+            "",
+        );
+    let p = fx.write("pipeline.toml", &text);
+    fx.run(&[p.to_str().unwrap(), "--events", "events.jsonl"])
+        .assert_code(0);
+    assert_eq!(fx.outputs("s"), vec![json!(true); 20]);
+    let retried = fx
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "task_retried")
+        .count();
+    assert_eq!(retried, 20);
+}
+
+#[test]
+fn retries_give_up_after_the_last_attempt() {
+    let fx = Fixture::new();
+    let text = header("giveup", "max_workers = 1\nretries = 2")
+        + &stage("s", "faults::segfault", "{ items = [0] }", "");
+    let p = fx.write("pipeline.toml", &text);
+    fx.run(&[p.to_str().unwrap(), "--events", "events.jsonl"])
+        .assert_code(1);
+    let error = &fx.records("s")[0]["error"];
+    assert_eq!(error["kind"], "crashed");
+    assert_eq!(error["attempts"], 3);
+    assert_eq!(
+        fx.events()
+            .iter()
+            .filter(|e| e["event"] == "task_retried")
+            .count(),
+        2
+    );
+}
+
+fn spawn_long_run(fx: &Fixture, item_ms: u64, grace: &str) -> std::process::Child {
+    let text = format!(
+        "[pipeline]\nname = \"long\"\nplugins = [\"{}\"]\noutput_dir = \"out\"\ngrace_period = \"{grace}\"\n\n[pool]\nmax_workers = 2\n",
+        plugin_path("faults").display()
+    ) + &stage(
+        "s",
+        "faults::sleep_ms",
+        &format!(
+            "{{ items = [{}] }}",
+            vec![item_ms.to_string(); 200].join(", ")
+        ),
+        "",
+    );
+    let p = fx.write("pipeline.toml", &text);
+    let child = fx
+        .command()
+        .args([
+            p.to_str().unwrap(),
+            "--progress",
+            "never",
+            "--events",
+            "events.jsonl",
+        ])
+        .spawn()
+        .unwrap();
+    let events = fx.path().join("events.jsonl");
+    wait_for(|| {
+        (std::fs::read_to_string(&events)
+            .ok()?
+            .matches("worker_started")
+            .count()
+            >= 2)
+            .then_some(())
+    });
+    child
+}
+
+#[test]
+fn sigint_lets_running_tasks_finish_then_exits_130_leaving_no_worker() {
+    let fx = Fixture::new();
+    let mut child = spawn_long_run(&fx, 300, "3s");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    // SAFETY: signalling the child we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3 + 5),
+        "exit within the grace period plus a margin"
+    );
+    let pids = started_pids(&fx.events());
+    assert!(pids.iter().all(|p| !alive(*p)), "a worker survived");
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(fx.path().join("out/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["status"], "interrupted");
+    let records = fx.records("s");
+    assert!(
+        records.len() < 200 && records.iter().all(|r| r.get("output").is_some()),
+        "completed tasks kept, nothing recorded as failed"
+    );
+}
+
+#[test]
+fn a_second_sigint_kills_at_once() {
+    let fx = Fixture::new();
+    let mut child = spawn_long_run(&fx, 20_000, "60s");
+    let started = std::time::Instant::now();
+    for _ in 0..2 {
+        // SAFETY: signalling the child we spawned.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "did not wait for the 20 s tasks"
+    );
+    assert!(started_pids(&fx.events()).iter().all(|p| !alive(*p)));
+}
+
+#[test]
+fn sigterm_exits_143() {
+    let fx = Fixture::new();
+    let mut child = spawn_long_run(&fx, 300, "2s");
+    // SAFETY: signalling the child we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(143));
+    assert!(started_pids(&fx.events()).iter().all(|p| !alive(*p)));
+}
+
+#[test]
+fn an_initializer_that_segfaults_is_reported_and_not_respawned_in_a_loop() {
+    let fx = Fixture::new();
+    let text = header(
+        "initsegv",
+        "max_workers = 2\ninitializer = { task = \"faults::init_segfault\" }",
+    ) + &stage("s", "demo::square", "{ range = [0, 10] }", "");
+    let p = fx.write("pipeline.toml", &text);
+    let r = fx.run(&[p.to_str().unwrap(), "--events", "events.jsonl"]);
+    r.assert_code(1)
+        .assert_stderr_has(&["SIGSEGV", "faults::init_segfault"]);
+    assert_eq!(fx.records("s")[0]["error"]["kind"], "initializer");
+    assert!(started_pids(&fx.events()).len() <= 2, "no respawn loop");
+}

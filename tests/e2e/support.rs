@@ -189,3 +189,19 @@ pub fn started_pids(events: &[Value]) -> Vec<u64> {
         .map(|e| e["pid"].as_u64().unwrap())
         .collect()
 }
+
+/// Polls `check` until it returns `Some`, for at most 60 s (generous for a loaded machine).
+#[track_caller]
+pub fn wait_for<T>(mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not reached within 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

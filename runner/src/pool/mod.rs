@@ -54,15 +54,29 @@ pub struct Worker {
     /// Chunk ids sent and not fully answered, oldest first.
     pub in_flight: VecDeque<u64>,
     pub tasks_done: u64,
+    /// Tasks sent to it (done or in flight), for `max_tasks_per_worker`.
+    pub tasks_assigned: u64,
     pub idle_since: Instant,
     /// The reason reported when this worker's exit is seen, if it was asked to stop.
     pub stop_reason: Option<&'static str>,
+    /// Due for recycling (`max_tasks`, `memory_growth`): gets no new work, retires once idle.
+    pub recycle: Option<&'static str>,
+    /// RSS after its first task, and when RSS was last read.
+    pub rss_baseline: Option<u64>,
+    pub rss_checked: Instant,
+    /// When a terminated worker gets SIGKILL if it is still alive.
+    pub kill_at: Option<Instant>,
     exited: Arc<AtomicBool>,
 }
 
 impl Worker {
+    /// Ready for more work.
     pub fn is_available(&self) -> bool {
-        self.state == WorkerState::Ready
+        self.state == WorkerState::Ready && self.recycle.is_none()
+    }
+
+    pub fn has_exited(&self) -> bool {
+        self.exited.load(Ordering::Acquire)
     }
 }
 
@@ -261,8 +275,13 @@ impl Pool {
                 state: WorkerState::Starting,
                 in_flight: VecDeque::new(),
                 tasks_done: 0,
+                tasks_assigned: 0,
                 idle_since: Instant::now(),
                 stop_reason: None,
+                recycle: None,
+                rss_baseline: None,
+                rss_checked: Instant::now(),
+                kill_at: None,
                 exited,
             },
         );
@@ -296,6 +315,56 @@ impl Pool {
                 let _ = send(&mut w.commands, &frame);
             }
         }
+    }
+
+    /// Asks a worker to finish the item in progress and exit (an interrupt): it reports what
+    /// it completed and leaves the rest of its chunks unrun.
+    pub fn stop_after_current(&mut self, id: u32, reason: &'static str) {
+        let frame = {
+            self.frame.begin(tag::STOP);
+            self.frame.finish().to_vec()
+        };
+        if let Some(w) = self.workers.get_mut(&id) {
+            w.state = WorkerState::Stopping;
+            w.stop_reason.get_or_insert(reason);
+            let _ = send(&mut w.commands, &frame);
+        }
+    }
+
+    /// SIGTERM to a worker's process group now, SIGKILL after `grace` (see
+    /// [`Self::escalate_kills`]).
+    pub fn terminate(&mut self, id: u32, reason: &'static str, grace: Duration) {
+        if let Some(w) = self.workers.get_mut(&id) {
+            w.state = WorkerState::Stopping;
+            w.stop_reason.get_or_insert(reason);
+            w.kill_at.get_or_insert(Instant::now() + grace);
+            if !w.exited.load(Ordering::Acquire) {
+                spawn::kill_group(w.pid, libc::SIGTERM);
+            }
+        }
+    }
+
+    /// SIGKILLs terminated workers whose grace period is over; returns the earliest pending
+    /// deadline.
+    pub fn escalate_kills(&mut self, now: Instant) -> Option<Instant> {
+        let mut next = None::<Instant>;
+        for w in self.workers.values_mut() {
+            match w.kill_at {
+                Some(at) if at <= now => {
+                    if !w.exited.load(Ordering::Acquire) {
+                        spawn::kill_group(w.pid, libc::SIGKILL);
+                    }
+                    w.kill_at = None;
+                }
+                Some(at) => next = Some(next.map_or(at, |n| n.min(at))),
+                None => {}
+            }
+        }
+        next
+    }
+
+    pub fn ids(&self) -> Vec<u32> {
+        self.workers.keys().copied().collect()
     }
 
     /// Kills a worker's process group at once.

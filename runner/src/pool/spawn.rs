@@ -71,9 +71,7 @@ pub fn spawn_worker(req: &SpawnRequest<'_>) -> io::Result<SpawnedWorker> {
         .stdin(Stdio::null())
         .stdout(Stdio::from(out_write.try_clone()?))
         .stderr(Stdio::from(out_write))
-        .process_group(0)
-        .env("LOKY_WORKER_ID", req.worker_id.to_string())
-        .env("LOKY_STAGE", req.stage);
+        .process_group(0);
     let threads = req.threads_per_worker.max(1).to_string();
     for var in THREAD_LIMIT_VARS {
         if std::env::var_os(var).is_none() && !req.env.contains_key(var) {
@@ -81,6 +79,10 @@ pub fn spawn_worker(req: &SpawnRequest<'_>) -> io::Result<SpawnedWorker> {
         }
     }
     command.envs(req.env);
+    // Ours last: a user's `env` cannot fake a worker's identity.
+    command
+        .env("LOKY_WORKER_ID", req.worker_id.to_string())
+        .env("LOKY_STAGE", req.stage);
     // SAFETY: only async-signal-safe calls (dup2, prctl, getppid, _exit) run between fork and exec.
     unsafe {
         command.pre_exec(move || {

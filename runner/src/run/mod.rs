@@ -141,6 +141,7 @@ pub fn execute(plan: &Plan, opts: &RunOptions, console: &Arc<Console>) -> Result
             task: planned.task,
             total,
             input: source,
+            grace: pipeline.grace_period,
         };
         let outcome = stage::Dispatcher::new(job, &mut pool, &mut writer, &events, console)
             .run()
@@ -188,8 +189,21 @@ pub fn execute(plan: &Plan, opts: &RunOptions, console: &Arc<Console>) -> Result
     }
     pool.shutdown(&events);
 
-    let exit_code = if failed_any { 1 } else { 0 };
-    manifest.status = if failed_any { "failed" } else { "succeeded" };
+    let interrupted = reports.iter().find_map(
+        |(_, o, _): &(String, StageOutcome, Decision)| match o.stopped {
+            Some(StopReason::Interrupted(sig)) => Some(sig),
+            _ => None,
+        },
+    );
+    let exit_code = match interrupted {
+        Some(sig) => crate::interrupt::exit_code(sig),
+        None => i32::from(failed_any),
+    };
+    manifest.status = match (interrupted, failed_any) {
+        (Some(_), _) => "interrupted",
+        (None, true) => "failed",
+        (None, false) => "succeeded",
+    };
     manifest.exit_code = Some(exit_code);
     manifest.finished_at = Some(crate::events::now_rfc3339());
     manifest.write(out_dir).map_err(io_err(format!(
@@ -292,6 +306,11 @@ pub fn print_summary(report: &RunReport, pipeline: &Pipeline, console: &Console)
                 "  {name} stopped at its first failure (on_error = \"fail\"); set on_error = \"continue\" to run every task"
             )),
             Some(StopReason::WorkerStart(msg)) => lines.push(format!("  {name} stopped: {msg}")),
+            Some(StopReason::Interrupted(sig)) => lines.push(format!(
+                "  {name} interrupted by {}: completed results are kept; finish with `loky-run run --resume {}`",
+                crate::sys::signal_name(*sig),
+                pipeline.file.display()
+            )),
             None => {}
         }
     }

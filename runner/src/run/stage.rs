@@ -10,6 +10,7 @@ use crate::config::{ChunkSize, OnError, Stage};
 use crate::console::Console;
 use crate::events::{Event, EventLog};
 use crate::input::InputSource;
+use crate::interrupt;
 use crate::output::{ErrorKind, OrderedWriter};
 use crate::pool::{Pool, WorkerEvent, WorkerState};
 use crate::protocol::{self, ChunkHeader, Cursor, FrameBuf, ReadyMsg, ResultsHeader, status, tag};
@@ -27,6 +28,10 @@ const WINDOW_ITEMS: u64 = 1 << 18;
 const WINDOW_BYTES: usize = 32 << 20;
 /// How long the dispatcher sleeps when nothing happens (timers are checked at least this often).
 const TICK: Duration = Duration::from_millis(50);
+/// How often a worker's RSS is read (only while it reports results), for `max_memory_growth`.
+const RSS_CHECK_EVERY: Duration = Duration::from_millis(50);
+/// After SIGTERM for a timeout, how long before SIGKILL.
+const TIMEOUT_KILL_GRACE: Duration = Duration::from_millis(500);
 /// How many failures the summary keeps.
 const KEEP_ERRORS: usize = 5;
 /// Offset of the item count in a chunk frame (after length, tag, id, plugin and task).
@@ -39,6 +44,8 @@ pub struct StageJob<'a> {
     pub task: u32,
     pub total: u64,
     pub input: Box<dyn InputSource>,
+    /// After a first interrupt, how long running tasks may finish before they are killed.
+    pub grace: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -54,6 +61,8 @@ pub enum StopReason {
     FirstFailure,
     /// A worker could not load the plugins or run the initializer.
     WorkerStart(String),
+    /// SIGINT, SIGTERM or SIGHUP (the signal number).
+    Interrupted(i32),
 }
 
 #[derive(Debug, Clone)]
@@ -147,6 +156,12 @@ pub struct Dispatcher<'a> {
     inputs_done: bool,
     sizer: ChunkSizer,
     outcome: StageOutcome,
+    /// Interrupting signals already acted on.
+    signals_seen: usize,
+    /// After a first interrupt: when the workers still running get killed.
+    interrupt_kill_at: Option<Instant>,
+    /// Workers stopped for a timeout, and the cursor of the item that timed out.
+    timed_out: HashMap<u32, u64>,
 }
 
 impl<'a> Dispatcher<'a> {
@@ -187,6 +202,9 @@ impl<'a> Dispatcher<'a> {
                 stopped: None,
                 first_errors: Vec::new(),
             },
+            signals_seen: 0,
+            interrupt_kill_at: None,
+            timed_out: HashMap::new(),
         }
     }
 
@@ -201,20 +219,139 @@ impl<'a> Dispatcher<'a> {
     pub fn run(mut self) -> io::Result<StageOutcome> {
         let started = Instant::now();
         loop {
+            self.check_interrupt();
             if self.has_work() {
                 self.pool
                     .fill(self.stage_name(), self.events, self.console)?;
                 self.dispatch()?;
             }
+            let next_timer = self.check_timers();
             if self.in_flight.is_empty() && !self.has_work() {
                 break;
             }
-            if let Some(event) = self.pool.recv_timeout(TICK) {
+            let wait = next_timer.map_or(TICK, |at| {
+                at.saturating_duration_since(Instant::now()).min(TICK)
+            });
+            if let Some(event) = self.pool.recv_timeout(wait) {
                 self.handle(event)?;
             }
         }
         self.outcome.wall = started.elapsed();
         Ok(self.outcome)
+    }
+
+    /// First signal: stop handing out work and let running tasks finish for the grace period;
+    /// second signal (or the end of the grace period): kill every worker at once.
+    fn check_interrupt(&mut self) {
+        let count = interrupt::count();
+        if count > self.signals_seen {
+            if self.signals_seen == 0 {
+                let sig = interrupt::first_signal().unwrap_or(libc::SIGINT);
+                self.outcome.stopped = Some(StopReason::Interrupted(sig));
+                self.console.warn(&format!(
+                    "{} received: finishing running tasks (at most {}); interrupt again to stop at once",
+                    crate::sys::signal_name(sig),
+                    humantime::format_duration(self.job.grace)
+                ));
+                for id in self.pool.ids() {
+                    self.pool.stop_after_current(id, "interrupted");
+                }
+                self.interrupt_kill_at = Some(Instant::now() + self.job.grace);
+            }
+            if count >= 2 {
+                self.kill_all_workers();
+            }
+            self.signals_seen = count;
+        }
+        if self
+            .interrupt_kill_at
+            .is_some_and(|at| Instant::now() >= at)
+        {
+            self.kill_all_workers();
+        }
+    }
+
+    fn kill_all_workers(&mut self) {
+        self.interrupt_kill_at = None;
+        for id in self.pool.ids() {
+            self.pool.kill(id, "killed");
+        }
+    }
+
+    /// Idle timeouts, task timeouts, recycling and kill escalation. Returns the earliest time
+    /// something is due, so the event wait can end then.
+    fn check_timers(&mut self) -> Option<Instant> {
+        let now = Instant::now();
+        let settings = &self.job.stage.settings;
+        let mut next = self.pool.escalate_kills(now);
+        let mut due = |at: Instant| next = Some(next.map_or(at, |n: Instant| n.min(at)));
+        if let Some(at) = self.interrupt_kill_at {
+            due(at);
+        }
+        let now_ns = sys::monotonic_ns();
+        let mut retire = Vec::new();
+        let mut timeouts = Vec::new();
+        for w in self.pool.workers() {
+            if w.state != WorkerState::Ready {
+                continue;
+            }
+            if w.in_flight.is_empty() {
+                if let Some(reason) = w.recycle {
+                    retire.push((w.id, reason));
+                } else if let Some(idle) = settings.idle_timeout {
+                    let at = w.idle_since + idle;
+                    if at <= now {
+                        retire.push((w.id, "idle_timeout"));
+                    } else {
+                        due(at);
+                    }
+                }
+            } else if let Some(limit) = settings.task_timeout {
+                let (cursor, started_ns) = w.progress.read();
+                if cursor != 0 {
+                    let limit_ns = limit.as_nanos() as u64;
+                    let ran = now_ns.saturating_sub(started_ns);
+                    if ran >= limit_ns {
+                        timeouts.push((w.id, cursor));
+                    } else {
+                        due(now + Duration::from_nanos(limit_ns - ran));
+                    }
+                }
+            }
+        }
+        for (id, reason) in retire {
+            self.pool.retire(id, reason);
+        }
+        for (id, cursor) in timeouts {
+            self.timed_out.insert(id, cursor);
+            self.pool.terminate(id, "timeout", TIMEOUT_KILL_GRACE);
+            due(now + TIMEOUT_KILL_GRACE);
+        }
+        next
+    }
+
+    /// Reads a worker's RSS (rate-limited) and marks it for recycling when it grew too much.
+    fn check_memory(&mut self, worker: u32) {
+        let Some(limit) = self.job.stage.settings.max_memory_growth else {
+            return;
+        };
+        let Some(w) = self.pool.worker_mut(worker) else {
+            return;
+        };
+        if w.recycle.is_some()
+            || (w.rss_baseline.is_some() && w.rss_checked.elapsed() < RSS_CHECK_EVERY)
+        {
+            return;
+        }
+        w.rss_checked = Instant::now();
+        let Some(rss) = sys::rss_bytes(w.pid) else {
+            return;
+        };
+        match w.rss_baseline {
+            None => w.rss_baseline = Some(rss),
+            Some(base) if rss > base.saturating_add(limit) => w.recycle = Some("memory_growth"),
+            Some(_) => {}
+        }
     }
 
     /// Tops up every ready worker to its chunk allowance.
@@ -269,7 +406,12 @@ impl<'a> Dispatcher<'a> {
             attempts.push(p.attempts);
         } else {
             let remaining = self.job.total.saturating_sub(self.next_index);
-            let size = self.sizer.next(remaining, self.pool.size());
+            let mut size = self.sizer.next(remaining, self.pool.size());
+            let max_tasks = self.job.stage.settings.max_tasks_per_worker;
+            if max_tasks > 0 {
+                let assigned = self.pool.worker(worker).map_or(0, |w| w.tasks_assigned);
+                size = size.min(max_tasks.saturating_sub(assigned) as usize);
+            }
             while indices.len() < size && !self.inputs_done && self.window_open() {
                 if self.job.input.next_into(&mut self.frame)? {
                     indices.push(self.next_index);
@@ -291,8 +433,13 @@ impl<'a> Dispatcher<'a> {
         let frame = self.frame.finish().to_vec();
         self.next_chunk += 1;
         let sent = self.pool.send_to(worker, &frame);
+        let max_tasks = self.job.stage.settings.max_tasks_per_worker;
         if let Some(w) = self.pool.worker_mut(worker) {
             w.in_flight.push_back(chunk_id);
+            w.tasks_assigned += indices.len() as u64;
+            if max_tasks > 0 && w.tasks_assigned >= max_tasks {
+                w.recycle = Some("max_tasks");
+            }
         }
         self.in_flight.insert(
             chunk_id,
@@ -403,6 +550,7 @@ impl<'a> Dispatcher<'a> {
         if let Some(w) = self.pool.worker_mut(worker) {
             w.tasks_done += u64::from(header.count);
         }
+        self.check_memory(worker);
         if chunk.received as usize >= chunk.indices.len() {
             if let Some(w) = self.pool.worker_mut(worker) {
                 w.in_flight.retain(|id| *id != header.chunk_id);
@@ -493,8 +641,16 @@ impl<'a> Dispatcher<'a> {
             };
             self.stop_for_worker_start(format!("worker {worker} (pid {}) {end} {what}", w.pid));
         }
-        // The item it was running, from the progress slot.
-        let running = protocol::unpack_cursor(w.progress.read().0);
+        // The item it was running: from the progress slot for a crash, or the one that timed
+        // out. A worker stopped on purpose (interrupt, retire) is blamed for nothing.
+        let running = match w.stop_reason {
+            None => protocol::unpack_cursor(w.progress.read().0),
+            Some("timeout") => self
+                .timed_out
+                .remove(&worker)
+                .and_then(protocol::unpack_cursor),
+            Some(_) => None,
+        };
         let chunk_ids: Vec<u64> = w.in_flight.iter().copied().collect();
         for chunk_id in chunk_ids {
             let Some(chunk) = self.in_flight.remove(&chunk_id) else {
