@@ -92,9 +92,11 @@ impl Manifest {
 
     pub fn write(&self, dir: &Path) -> io::Result<()> {
         let tmp = dir.join(".manifest.json.tmp");
+        // One write: serde_json writes in small pieces, each a syscall on an unbuffered file.
+        let mut text = serde_json::to_vec_pretty(self)?;
+        text.push(b'\n');
         let mut f = File::create(&tmp)?;
-        serde_json::to_writer_pretty(&mut f, self)?;
-        f.write_all(b"\n")?;
+        f.write_all(&text)?;
         f.sync_all()?;
         std::fs::rename(&tmp, dir.join("manifest.json"))
     }
