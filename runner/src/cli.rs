@@ -4,9 +4,10 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 use crate::config::{self, LoadOptions, PluginSpec};
+pub use crate::console::ProgressMode;
 use crate::console::{Console, Verbosity};
 use crate::error::Error;
 use crate::plugin::{PluginInfo, TaskKind, probe, resolve};
@@ -56,10 +57,12 @@ pub struct ConfigArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
-    /// Finish an interrupted run without re-running completed tasks.
+    /// Finish an interrupted (or killed) run in the output directory without re-running
+    /// completed tasks; refused if the pipeline or its inputs changed since.
     #[arg(long)]
     pub resume: bool,
-    /// With --resume: accept a changed pipeline, re-running the stages that changed.
+    /// With --resume: accept a changed pipeline, rerunning the first changed stage and the ones
+    /// after it.
     #[arg(long, requires = "resume")]
     pub force: bool,
     /// Write life-cycle events as JSON lines to FILE.
@@ -71,13 +74,6 @@ pub struct RunArgs {
     /// Print the plan (stages, inputs, pool decisions) and run nothing.
     #[arg(long)]
     pub dry_run: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ProgressMode {
-    Auto,
-    Always,
-    Never,
 }
 
 const SUBCOMMANDS: [&str; 4] = ["run", "validate", "tasks", "help"];
@@ -111,7 +107,11 @@ pub fn main(args: Vec<OsString>) -> i32 {
         (false, 0) => Verbosity::Normal,
         _ => Verbosity::Verbose,
     };
-    let console = Arc::new(Console::new(verbosity));
+    let progress = match &cli.command {
+        Command::Run(args) => args.progress,
+        _ => ProgressMode::Never,
+    };
+    let console = Arc::new(Console::with_progress(verbosity, progress));
     let result = match cli.command {
         Command::Run(args) => cmd_run(args, &console),
         Command::Validate(args) => cmd_validate(args, &console),
@@ -139,11 +139,6 @@ fn load(args: &ConfigArgs) -> Result<config::Pipeline, Error> {
 }
 
 fn cmd_run(args: RunArgs, console: &Arc<Console>) -> Result<i32, Error> {
-    if args.resume {
-        return Err(Error::Usage(
-            "--resume is not available yet in this version of loky-run".into(),
-        ));
-    }
     let pipeline = load(&args.config)?;
     let plan = run::plan(pipeline, console.verbosity() >= Verbosity::Verbose)?;
     if args.dry_run {
@@ -155,6 +150,10 @@ fn cmd_run(args: RunArgs, console: &Arc<Console>) -> Result<i32, Error> {
     let opts = RunOptions {
         events: args.events.clone(),
         dry_run: false,
+        resume: run::ResumeMode {
+            resume: args.resume,
+            force: args.force,
+        },
     };
     let report = run::execute(&plan, &opts, console)?;
     run::print_summary(&report, &plan.pipeline, console);

@@ -1,8 +1,15 @@
 //! Everything the runner prints while it runs goes through here: forwarded worker output,
-//! warnings, and (later) progress bars, so lines never interleave mid-line.
+//! warnings, and progress bars, so that lines never interleave mid-line and never vanish.
+//!
+//! While bars are drawn, a line is printed through `MultiProgress::suspend` (the bars are
+//! cleared, the line written, the bars redrawn). `MultiProgress::println` is not used: it prints
+//! nothing when the bars are hidden, which would lose lines in CI logs.
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// How chatty the runner is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -12,21 +19,65 @@ pub enum Verbosity {
     Verbose,
 }
 
+/// `--progress`: when to draw bars.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressMode {
+    /// When stderr is a terminal (and `TERM` is not `dumb`).
+    Auto,
+    Always,
+    Never,
+}
+
 pub struct Console {
     verbosity: Verbosity,
     lock: Mutex<()>,
+    bars: Option<MultiProgress>,
 }
+
+/// How often bars are redrawn; updates in between only touch counters.
+const REFRESH_HZ: u8 = 10;
+const UPDATE_EVERY: Duration = Duration::from_millis(100);
 
 impl Console {
     pub fn new(verbosity: Verbosity) -> Self {
         Self {
             verbosity,
             lock: Mutex::new(()),
+            bars: None,
+        }
+    }
+
+    /// A console that draws progress bars according to `mode`.
+    pub fn with_progress(verbosity: Verbosity, mode: ProgressMode) -> Self {
+        let draw = match mode {
+            ProgressMode::Never => false,
+            ProgressMode::Always => true,
+            ProgressMode::Auto => {
+                io::stderr().is_terminal() && std::env::var("TERM").map_or(true, |t| t != "dumb")
+            }
+        };
+        let bars = (draw && verbosity > Verbosity::Quiet).then(|| {
+            // `term_like` draws even when stderr is not a terminal (`--progress always`).
+            let target = ProgressDrawTarget::term_like_with_hz(
+                Box::new(::console::Term::stderr()),
+                REFRESH_HZ,
+            );
+            MultiProgress::with_draw_target(target)
+        });
+        Self {
+            verbosity,
+            lock: Mutex::new(()),
+            bars,
         }
     }
 
     pub fn verbosity(&self) -> Verbosity {
         self.verbosity
+    }
+
+    /// Whether progress bars are drawn.
+    pub fn draws_bars(&self) -> bool {
+        self.bars.is_some()
     }
 
     /// One line a worker wrote to its stdout or stderr, prefixed with the worker id.
@@ -63,8 +114,113 @@ impl Console {
 
     fn write_raw(&self, bytes: &[u8]) {
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let mut err = io::stderr().lock();
-        let _ = err.write_all(bytes);
-        let _ = err.flush();
+        let write = || {
+            let mut err = io::stderr().lock();
+            let _ = err.write_all(bytes);
+            let _ = err.flush();
+        };
+        match &self.bars {
+            Some(bars) => bars.suspend(write),
+            None => write(),
+        }
+    }
+
+    /// Bars for one running stage: its own, and a line about the pool. Without bars, a handle
+    /// whose updates cost nothing.
+    pub fn stage_progress(&self, stage: &str, total: u64) -> StageProgress {
+        let Some(bars) = &self.bars else {
+            return StageProgress::hidden();
+        };
+        let bar = bars.add(ProgressBar::new(total));
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>14} [{bar:30}] {pos}/{len} {rate:>10} ETA {eta:>4} {msg}",
+            )
+            .expect("valid template")
+            .with_key(
+                "rate",
+                |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.0}/s", state.per_sec());
+                },
+            )
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(stage.to_owned());
+        let pool = bars.add(ProgressBar::new_spinner());
+        pool.set_style(ProgressStyle::with_template("{prefix:>14} {msg}").expect("valid template"));
+        pool.set_prefix("pool");
+        StageProgress {
+            bars: Some((bar, pool)),
+            last: Mutex::new(None),
+        }
+    }
+}
+
+/// Live counters of a stage, drawn as bars when the console draws them.
+pub struct StageProgress {
+    bars: Option<(ProgressBar, ProgressBar)>,
+    last: Mutex<Option<Instant>>,
+}
+
+/// What the pool line shows.
+pub struct PoolStatus {
+    pub alive: usize,
+    pub busy: usize,
+    pub restarts: u64,
+    pub replaced: u64,
+}
+
+impl StageProgress {
+    pub fn hidden() -> Self {
+        Self {
+            bars: None,
+            last: Mutex::new(None),
+        }
+    }
+
+    /// Updates the counters (rate-limited unless `force`).
+    pub fn update(
+        &self,
+        done: u64,
+        failed: u64,
+        retried: u64,
+        pool: impl FnOnce() -> PoolStatus,
+        force: bool,
+    ) {
+        let Some((bar, pool_bar)) = &self.bars else {
+            return;
+        };
+        {
+            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            if !force && last.is_some_and(|t| t.elapsed() < UPDATE_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        bar.set_position(done);
+        let mut msg = String::new();
+        if failed > 0 {
+            msg.push_str(&format!("{failed} failed"));
+        }
+        if retried > 0 {
+            msg.push_str(&format!(
+                "{}{retried} retried",
+                if msg.is_empty() { "" } else { ", " }
+            ));
+        }
+        bar.set_message(msg);
+        let p = pool();
+        pool_bar.set_message(format!(
+            "{} worker(s) alive, {} busy · {} restart(s), {} replaced",
+            p.alive, p.busy, p.restarts, p.replaced
+        ));
+    }
+
+    /// Removes the bars (the summary follows).
+    pub fn finish(&self) {
+        if let Some((bar, pool)) = &self.bars {
+            bar.finish_and_clear();
+            pool.finish_and_clear();
+        }
     }
 }

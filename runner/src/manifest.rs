@@ -1,13 +1,16 @@
 //! `<output_dir>/manifest.json`: what is needed to reproduce a run.
 //!
-//! Written when the run starts (status `running`) and rewritten after every stage and at the
-//! end, each time atomically (write a temporary file, then rename), so it is never torn.
+//! Written when the run starts (status `running`, every stage `pending`) and rewritten when each
+//! stage starts and ends and at the end, each time atomically (write a temporary file, then
+//! rename), so it is never torn. `--resume` reads it back ([`PreviousRun`]): the stages' status
+//! and fingerprints say what can be kept.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::Pipeline;
@@ -21,10 +24,13 @@ pub struct Manifest {
     pub status: &'static str,
     pub exit_code: Option<i32>,
     pub started_at: String,
+    /// When the run was continued with `--resume`, oldest first.
+    pub resumed_at: Vec<String>,
     pub finished_at: Option<String>,
     pub pipeline_file: PathBuf,
     pub pipeline_sha256: String,
     pub plugins: Vec<PluginRecord>,
+    /// Every stage of the pipeline, in order, from the start of the run (status `pending`).
     pub stages: Vec<StageRecord>,
     /// The resolved configuration (after defaults, environment and `--set`).
     pub config: Pipeline,
@@ -39,26 +45,117 @@ pub struct PluginRecord {
     pub api_version: String,
 }
 
-#[derive(Debug, Serialize)]
+/// Where a stage is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageStatus {
+    /// Not started yet.
+    Pending,
+    /// Started; a run killed outright (`kill -9`, a power cut) leaves its stage in this state.
+    Running,
+    /// Every input has a record.
+    Done,
+    /// Ended early for good: `on_error = "fail"`, or workers that cannot start.
+    Stopped,
+    /// Stopped by a signal; `--resume` continues it.
+    Interrupted,
+}
+
+impl StageStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageStatus::Pending => "pending",
+            StageStatus::Running => "running",
+            StageStatus::Done => "done",
+            StageStatus::Stopped => "stopped",
+            StageStatus::Interrupted => "interrupted",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StageRecord {
     pub name: String,
+    pub status: StageStatus,
     pub task: String,
     pub output: String,
+    /// What the stage's results depend on, part by part (task, plugin file, input, initializer,
+    /// env, retries, ...), as short values or SHA-256 digests. `--resume` refuses to continue a
+    /// stage whose fingerprint changed (unless `--force`).
+    pub fingerprint: BTreeMap<String, String>,
     pub tasks: u64,
     pub ok: u64,
     pub failed: u64,
     pub retried: u64,
     pub not_run: u64,
     pub wall_time_s: f64,
-    pub pool_decision: DecisionRecord,
+    /// `null` until the stage starts.
+    pub pool_decision: Option<DecisionRecord>,
 }
 
-#[derive(Debug, Serialize)]
+impl StageRecord {
+    /// A stage not started yet.
+    pub fn pending(name: &str, task: String, fingerprint: BTreeMap<String, String>) -> Self {
+        Self {
+            name: name.to_owned(),
+            status: StageStatus::Pending,
+            task,
+            output: format!("{name}.jsonl"),
+            fingerprint,
+            tasks: 0,
+            ok: 0,
+            failed: 0,
+            retried: 0,
+            not_run: 0,
+            wall_time_s: 0.0,
+            pool_decision: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DecisionRecord {
-    pub decision: &'static str,
+    pub decision: String,
     pub from: usize,
     pub to: usize,
     pub reason: String,
+}
+
+/// What `--resume` reads back from the manifest of the run it continues.
+#[derive(Debug, Deserialize)]
+pub struct PreviousRun {
+    pub runner_version: String,
+    pub status: String,
+    pub exit_code: Option<i32>,
+    pub started_at: String,
+    #[serde(default)]
+    pub resumed_at: Vec<String>,
+    pub pipeline_file: PathBuf,
+    pub stages: Vec<StageRecord>,
+}
+
+impl PreviousRun {
+    /// The manifest in `dir`: `Ok(None)` when there is none, `Err` (a message) when it cannot
+    /// be used.
+    pub fn read(dir: &Path) -> Result<Option<Self>, String> {
+        let path = dir.join("manifest.json");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        serde_json::from_str(&text).map(Some).map_err(|e| {
+            format!(
+                "{} is not a manifest this loky-run can resume from ({e})",
+                path.display()
+            )
+        })
+    }
+
+    /// The run ended (successfully or not) rather than being interrupted or killed.
+    pub fn finished(&self) -> bool {
+        matches!(self.status.as_str(), "succeeded" | "failed")
+    }
 }
 
 impl Manifest {
@@ -81,6 +178,7 @@ impl Manifest {
             status: "running",
             exit_code: None,
             started_at: crate::events::now_rfc3339(),
+            resumed_at: Vec::new(),
             finished_at: None,
             pipeline_file: pipeline.file.clone(),
             pipeline_sha256: sha256_file(&pipeline.file)?,
@@ -102,6 +200,15 @@ impl Manifest {
     }
 }
 
+/// The SHA-256 of some bytes, in hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 pub fn sha256_file(path: &Path) -> io::Result<String> {
     let mut hasher = Sha256::new();
     let mut reader = BufReader::new(File::open(path)?);
@@ -113,11 +220,7 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(hex(&hasher.finalize()))
 }
 
 #[cfg(test)]
@@ -133,5 +236,36 @@ mod tests {
             sha256_file(&path).unwrap(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn a_previous_run_reads_back_its_stage_records() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(PreviousRun::read(dir.path()).unwrap().is_none());
+        let mut record = StageRecord::pending(
+            "s",
+            "demo::square".into(),
+            [("retries".to_owned(), "0".to_owned())].into(),
+        );
+        record.status = StageStatus::Interrupted;
+        record.ok = 7;
+        let text = serde_json::json!({
+            "runner_version": "0.1.0",
+            "status": "interrupted",
+            "exit_code": 130,
+            "started_at": "2026-01-01T00:00:00.000Z",
+            "pipeline_file": "/p.toml",
+            "stages": [record],
+            "config": {"ignored": true},
+        });
+        std::fs::write(dir.path().join("manifest.json"), text.to_string()).unwrap();
+        let prev = PreviousRun::read(dir.path()).unwrap().unwrap();
+        assert!(!prev.finished());
+        assert_eq!(prev.stages[0].status, StageStatus::Interrupted);
+        assert_eq!(prev.stages[0].ok, 7);
+        assert_eq!(prev.stages[0].fingerprint["retries"], "0");
+        assert!(prev.resumed_at.is_empty());
+        std::fs::write(dir.path().join("manifest.json"), "{\"status\": 1}").unwrap();
+        assert!(PreviousRun::read(dir.path()).is_err());
     }
 }

@@ -7,3 +7,5 @@ mod bad_input;
 mod basics;
 mod failures;
 mod pool;
+mod resume;
+mod terminal;

@@ -88,8 +88,9 @@ pub struct Pool {
     tx: Sender<WorkerEvent>,
     rx: Receiver<WorkerEvent>,
     frame: FrameBuf,
-    /// Exits seen while no stage was listening (e.g. between stages); replayed to the next.
-    stray: VecDeque<WorkerEvent>,
+    /// Restarts of the whole pool, and workers replaced after a crash, timeout or recycling.
+    pub restarts: u64,
+    pub replaced: u64,
 }
 
 /// How long a graceful stop may take before the workers are killed.
@@ -112,7 +113,8 @@ impl Pool {
             tx,
             rx,
             frame: FrameBuf::new(),
-            stray: VecDeque::new(),
+            restarts: 0,
+            replaced: 0,
         }
     }
 
@@ -155,6 +157,7 @@ impl Pool {
         events: &EventLog,
     ) {
         if matches!(decision, Decision::Restart { .. }) {
+            self.restarts += 1;
             self.stop_all("restart", events);
         }
         self.spec = Some(spec);
@@ -380,9 +383,6 @@ impl Pool {
 
     /// The next event, waiting at most `timeout`.
     pub fn recv_timeout(&mut self, timeout: Duration) -> Option<WorkerEvent> {
-        if let Some(e) = self.stray.pop_front() {
-            return Some(e);
-        }
         match self.rx.recv_timeout(timeout) {
             Ok(e) => Some(e),
             Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => None,
@@ -400,6 +400,12 @@ impl Pool {
     ) -> Option<Worker> {
         let w = self.workers.remove(&id)?;
         let reason = w.stop_reason.unwrap_or("crashed");
+        if matches!(
+            reason,
+            "crashed" | "timeout" | "max_tasks" | "memory_growth"
+        ) {
+            self.replaced += 1;
+        }
         let (signal, exit_code) = match end {
             ProcessEnd::Signal(s) => (Some(sys::signal_name(s)), None),
             ProcessEnd::Exit(c) => (None, Some(c)),
@@ -449,12 +455,6 @@ impl Pool {
                 Some(WorkerEvent::Frame { .. }) | None => {}
             }
         }
-    }
-
-    /// Keeps an event that arrived while nobody could handle it (e.g. an exit seen during a
-    /// restart of other workers) for the next stage's dispatcher.
-    pub fn defer(&mut self, event: WorkerEvent) {
-        self.stray.push_back(event);
     }
 
     /// Ends the pool at the end of a run.

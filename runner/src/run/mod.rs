@@ -1,6 +1,7 @@
 //! Running a pipeline: plan it, then run its stages in order on one reusable pool.
 
 pub mod plan;
+pub mod resume;
 pub mod stage;
 
 use std::path::{Path, PathBuf};
@@ -8,25 +9,31 @@ use std::sync::Arc;
 use std::time::Instant;
 
 pub use plan::{Plan, PlanError, plan};
+pub use resume::ResumeMode;
 pub use stage::{StageOutcome, StopReason};
 
-use crate::config::Pipeline;
+use crate::config::{OnError, Pipeline};
 use crate::console::Console;
 use crate::error::Error;
 use crate::events::{Event, EventLog};
 use crate::input;
-use crate::manifest::{DecisionRecord, Manifest, StageRecord};
+use crate::manifest::{DecisionRecord, Manifest, StageRecord, StageStatus};
 use crate::output::OrderedWriter;
 use crate::pool::{Decision, Pool, decide};
 
 pub struct RunOptions {
     pub events: Option<PathBuf>,
     pub dry_run: bool,
+    /// `--resume` and `--force`.
+    pub resume: ResumeMode,
 }
 
 /// What a finished run reports back to the command line.
 pub struct RunReport {
     pub exit_code: i32,
+    /// Stages finished in an earlier run and kept by `--resume` (they come first).
+    pub kept: Vec<(String, StageOutcome)>,
+    /// Stages run now.
     pub stages: Vec<(String, StageOutcome, Decision)>,
     pub output_dir: PathBuf,
     pub events: Option<PathBuf>,
@@ -52,11 +59,46 @@ pub fn dry_run_decisions(plan: &Plan) -> Vec<Decision> {
         .collect()
 }
 
-/// Runs every stage of a plan.
+/// Runs every stage of a plan (with `--resume`: what an earlier run left unfinished).
 pub fn execute(plan: &Plan, opts: &RunOptions, console: &Arc<Console>) -> Result<RunReport, Error> {
     let pipeline = &plan.pipeline;
     let out_dir = &pipeline.output_dir;
     prepare_output_dir(out_dir)?;
+    let _lock = resume::lock_output_dir(out_dir)?;
+    let io_err = |context: String| move |source| Error::Io { context, source };
+    let mut manifest =
+        Manifest::new(pipeline, &plan.plugins).map_err(io_err("cannot hash plugins".into()))?;
+    manifest.stages = resume::fingerprints(plan, &manifest)?
+        .into_iter()
+        .zip(pipeline.stages.iter().zip(&plan.stages))
+        .map(|(fingerprint, (stage, planned))| {
+            let task = format!(
+                "{}::{}",
+                plan.plugins[planned.plugin as usize].name, stage.task.name
+            );
+            StageRecord::pending(&stage.name, task, fingerprint)
+        })
+        .collect();
+    let starts = match resume::prepare(plan, &mut manifest, opts.resume, console)? {
+        resume::Prepared::Run(starts) => starts,
+        resume::Prepared::Finished {
+            status,
+            exit_code,
+            stages,
+        } => {
+            console.info(&format!(
+                "nothing to resume: the run in {} already finished ({status}); its outputs are complete",
+                out_dir.display()
+            ));
+            return Ok(RunReport {
+                exit_code,
+                kept: stages.iter().map(kept_outcome).collect(),
+                stages: Vec::new(),
+                output_dir: out_dir.clone(),
+                events: None,
+            });
+        }
+    };
     let events = match &opts.events {
         Some(path) => EventLog::create(path).map_err(|source| Error::Io {
             context: format!("cannot create event log {}", path.display()),
@@ -64,13 +106,13 @@ pub fn execute(plan: &Plan, opts: &RunOptions, console: &Arc<Console>) -> Result
         })?,
         None => EventLog::disabled(),
     };
-    let io_err = |context: String| move |source| Error::Io { context, source };
-    let mut manifest =
-        Manifest::new(pipeline, &plan.plugins).map_err(io_err("cannot hash plugins".into()))?;
-    manifest.write(out_dir).map_err(io_err(format!(
-        "cannot write the manifest in {}",
-        out_dir.display()
-    )))?;
+    let write_manifest = |manifest: &Manifest| {
+        manifest.write(out_dir).map_err(io_err(format!(
+            "cannot write the manifest in {}",
+            out_dir.display()
+        )))
+    };
+    write_manifest(&manifest)?;
     events.emit(&Event::RunStarted {
         pipeline: &pipeline.name,
         file: &pipeline.file,
@@ -81,10 +123,23 @@ pub fn execute(plan: &Plan, opts: &RunOptions, console: &Arc<Console>) -> Result
     let run_started = Instant::now();
     let mut pool = Pool::new();
     let mut reports = Vec::new();
+    let mut kept = Vec::new();
     let mut ok_counts: Vec<u64> = Vec::new();
     let mut failed_any = false;
     for (i, stage) in pipeline.stages.iter().enumerate() {
         let planned = &plan.stages[i];
+        if let resume::StageStart::Keep(record) = &starts[i] {
+            // Finished in an earlier run: its output stands (and feeds `from` stages).
+            let stopped = record.status == StageStatus::Stopped;
+            failed_any |= record.failed > 0 || stopped;
+            ok_counts.push(record.ok);
+            kept.push(kept_outcome(record));
+            manifest.stages[i] = (**record).clone();
+            if stopped {
+                break;
+            }
+            continue;
+        }
         let decision = decide(
             pool.spec().map(|s| (s, pool.size())),
             &planned.spec,
@@ -127,8 +182,22 @@ pub fn execute(plan: &Plan, opts: &RunOptions, console: &Arc<Console>) -> Result
             stage.name
         )))?;
         let out_path = output_file(out_dir, &stage.name);
-        let mut writer = OrderedWriter::create(&out_path)
-            .map_err(io_err(format!("cannot create {}", out_path.display())))?;
+        let record = &mut manifest.stages[i];
+        let previous_wall = record.wall_time_s;
+        record.status = StageStatus::Running;
+        record.tasks = total;
+        write_manifest(&manifest)?;
+        let mut writer = match starts[i] {
+            resume::StageStart::Resume => {
+                let w = OrderedWriter::resume(&out_path)
+                    .map_err(io_err(format!("cannot resume {}", out_path.display())))?;
+                report_resumed(console, &stage.name, &w, total);
+                w
+            }
+            _ => OrderedWriter::create(&out_path)
+                .map_err(io_err(format!("cannot create {}", out_path.display())))?,
+        };
+        let resumed = writer.resumed();
         events.emit(&Event::StageStarted {
             stage: &stage.name,
             task: stage.task.to_string(),
@@ -143,12 +212,32 @@ pub fn execute(plan: &Plan, opts: &RunOptions, console: &Arc<Console>) -> Result
             input: source,
             grace: pipeline.grace_period,
         };
-        let outcome = stage::Dispatcher::new(job, &mut pool, &mut writer, &events, console)
-            .run()
-            .map_err(io_err(format!("stage {} failed", stage.name)))?;
-        writer
-            .finish()
-            .map_err(io_err(format!("cannot write {}", out_path.display())))?;
+        let mut outcome = if resumed.failed > 0 && stage.settings.on_error == OnError::Fail {
+            // The run being resumed had already hit a failure: the stage stopped there.
+            StageOutcome {
+                total,
+                ok: 0,
+                failed: 0,
+                retried: 0,
+                wall: std::time::Duration::ZERO,
+                stopped: Some(StopReason::FirstFailure),
+                first_errors: Vec::new(),
+            }
+        } else {
+            stage::Dispatcher::new(job, &mut pool, &mut writer, &events, console)
+                .run()
+                .map_err(io_err(format!("stage {} failed", stage.name)))?
+        };
+        outcome.ok += resumed.ok;
+        outcome.failed += resumed.failed;
+        let interrupted = matches!(outcome.stopped, Some(StopReason::Interrupted(_)));
+        if interrupted {
+            // Held results stay in the journal: `--resume` takes them back.
+            writer.suspend()
+        } else {
+            writer.finish()
+        }
+        .map_err(io_err(format!("cannot write {}", out_path.display())))?;
 
         let wall = outcome.wall.as_secs_f64();
         events.emit(&Event::StageFinished {
@@ -161,22 +250,23 @@ pub fn execute(plan: &Plan, opts: &RunOptions, console: &Arc<Console>) -> Result
             wall_time_s: wall,
             tasks_per_s: rate(outcome.ok + outcome.failed, wall),
         });
-        manifest.stages.push(StageRecord {
-            name: stage.name.clone(),
-            task: stage.task.to_string(),
-            output: format!("{}.jsonl", stage.name),
-            tasks: outcome.total,
-            ok: outcome.ok,
-            failed: outcome.failed,
-            retried: outcome.retried,
-            not_run: outcome.not_run(),
-            wall_time_s: wall,
-            pool_decision: DecisionRecord {
-                decision: decision.kind(),
-                from,
-                to,
-                reason: decision.reason(),
-            },
+        let record = &mut manifest.stages[i];
+        record.status = match outcome.stopped {
+            None => StageStatus::Done,
+            Some(StopReason::Interrupted(_)) => StageStatus::Interrupted,
+            Some(_) => StageStatus::Stopped,
+        };
+        record.tasks = outcome.total;
+        record.ok = outcome.ok;
+        record.failed = outcome.failed;
+        record.retried = outcome.retried;
+        record.not_run = outcome.not_run();
+        record.wall_time_s = previous_wall + wall;
+        record.pool_decision = Some(DecisionRecord {
+            decision: decision.kind().to_owned(),
+            from,
+            to,
+            reason: decision.reason(),
         });
         let _ = manifest.write(out_dir);
         failed_any |= outcome.failed > 0 || outcome.stopped.is_some();
@@ -206,20 +296,48 @@ pub fn execute(plan: &Plan, opts: &RunOptions, console: &Arc<Console>) -> Result
     };
     manifest.exit_code = Some(exit_code);
     manifest.finished_at = Some(crate::events::now_rfc3339());
-    manifest.write(out_dir).map_err(io_err(format!(
-        "cannot write the manifest in {}",
-        out_dir.display()
-    )))?;
+    write_manifest(&manifest)?;
     events.emit(&Event::RunFinished {
         exit_code,
         wall_time_s: run_started.elapsed().as_secs_f64(),
     });
     Ok(RunReport {
         exit_code,
+        kept,
         stages: reports,
         output_dir: out_dir.clone(),
         events: opts.events.clone(),
     })
+}
+
+/// A stage finished in an earlier run, as the summary shows it.
+fn kept_outcome(record: &StageRecord) -> (String, StageOutcome) {
+    let outcome = StageOutcome {
+        total: record.tasks,
+        ok: record.ok,
+        failed: record.failed,
+        retried: record.retried,
+        wall: std::time::Duration::try_from_secs_f64(record.wall_time_s).unwrap_or_default(),
+        stopped: None,
+        first_errors: Vec::new(),
+    };
+    (record.name.clone(), outcome)
+}
+
+/// Says how much of a resumed stage was already recorded, and what was cut off as torn.
+fn report_resumed(console: &Console, stage: &str, writer: &OrderedWriter, total: u64) {
+    let r = writer.resumed();
+    console.info(&format!(
+        "stage {stage}: {} of {total} results already recorded ({} failed); running the rest",
+        r.records(),
+        r.failed
+    ));
+    if r.dropped_output_bytes > 0 || r.dropped_journal_bytes > 0 {
+        console.info(&format!(
+            "stage {stage}: cut off a partly written record at the end of its output ({} bytes) or journal ({} bytes); its task runs again",
+            r.dropped_output_bytes, r.dropped_journal_bytes
+        ));
+    }
 }
 
 pub fn output_file(dir: &Path, stage: &str) -> PathBuf {
@@ -246,9 +364,11 @@ fn prepare_output_dir(dir: &Path) -> Result<(), Error> {
 /// Printed at the end of every run, terminal or not.
 pub fn print_summary(report: &RunReport, pipeline: &Pipeline, console: &Console) {
     let width = report
-        .stages
+        .kept
         .iter()
-        .map(|(n, ..)| n.len())
+        .map(|(n, _)| n)
+        .chain(report.stages.iter().map(|(n, ..)| n))
+        .map(|n| n.len())
         .max()
         .unwrap_or(5)
         .max(5);
@@ -256,6 +376,17 @@ pub fn print_summary(report: &RunReport, pipeline: &Pipeline, console: &Console)
         "{:width$}  {:>9} {:>7} {:>7}  {:>8}  {:>11}  pool",
         "stage", "ok", "failed", "retried", "time", "tasks/s"
     )];
+    for (name, o) in &report.kept {
+        let secs = o.wall.as_secs_f64();
+        lines.push(format!(
+            "{name:width$}  {:>9} {:>7} {:>7}  {:>7.2}s  {:>11.0}  kept (finished in an earlier run)",
+            o.ok,
+            o.failed,
+            o.retried,
+            secs,
+            rate(o.ok + o.failed, secs),
+        ));
+    }
     for (name, o, d) in &report.stages {
         let secs = o.wall.as_secs_f64();
         lines.push(format!(
@@ -272,7 +403,7 @@ pub fn print_summary(report: &RunReport, pipeline: &Pipeline, console: &Console)
     let not_started: Vec<&str> = pipeline
         .stages
         .iter()
-        .skip(report.stages.len())
+        .skip(report.kept.len() + report.stages.len())
         .map(|s| s.name.as_str())
         .collect();
     if !not_started.is_empty() {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{ChunkSize, OnError, Stage};
-use crate::console::Console;
+use crate::console::{Console, PoolStatus, StageProgress};
 use crate::events::{Event, EventLog};
 use crate::input::InputSource;
 use crate::interrupt;
@@ -162,6 +162,7 @@ pub struct Dispatcher<'a> {
     interrupt_kill_at: Option<Instant>,
     /// Workers stopped for a timeout, and the cursor of the item that timed out.
     timed_out: HashMap<u32, u64>,
+    progress: StageProgress,
 }
 
 impl<'a> Dispatcher<'a> {
@@ -177,6 +178,7 @@ impl<'a> Dispatcher<'a> {
             ChunkSize::Fixed(n) => Some(n.get()),
         };
         let total = job.total;
+        let progress = console.stage_progress(&job.stage.name, total);
         Self {
             job,
             pool,
@@ -205,6 +207,7 @@ impl<'a> Dispatcher<'a> {
             signals_seen: 0,
             interrupt_kill_at: None,
             timed_out: HashMap::new(),
+            progress,
         }
     }
 
@@ -235,9 +238,31 @@ impl<'a> Dispatcher<'a> {
             if let Some(event) = self.pool.recv_timeout(wait) {
                 self.handle(event)?;
             }
+            // [journal] What this event recorded reaches the kernel now (a no-op when nothing).
+            self.writer.flush()?;
+            self.show_progress(false);
         }
+        self.show_progress(true);
+        self.progress.finish();
         self.outcome.wall = started.elapsed();
         Ok(self.outcome)
+    }
+
+    fn show_progress(&self, force: bool) {
+        let o = &self.outcome;
+        let pool = &*self.pool;
+        self.progress.update(
+            o.ok + o.failed,
+            o.failed,
+            o.retried,
+            || PoolStatus {
+                alive: pool.workers().count(),
+                busy: pool.workers().filter(|w| !w.in_flight.is_empty()).count(),
+                restarts: pool.restarts,
+                replaced: pool.replaced,
+            },
+            force,
+        );
     }
 
     /// First signal: stop handing out work and let running tasks finish for the grace period;
@@ -412,7 +437,20 @@ impl<'a> Dispatcher<'a> {
                 let assigned = self.pool.worker(worker).map_or(0, |w| w.tasks_assigned);
                 size = size.min(max_tasks.saturating_sub(assigned) as usize);
             }
+            // [resume] Inputs whose result an interrupted run already recorded are consumed
+            // from the source and skipped (`OrderedWriter::is_done`).
+            let mut skipped: Option<FrameBuf> = None;
             while indices.len() < size && !self.inputs_done && self.window_open() {
+                if self.writer.is_done(self.next_index) {
+                    let scratch = skipped.get_or_insert_with(FrameBuf::new);
+                    scratch.begin(tag::CHUNK);
+                    if self.job.input.next_into(scratch)? {
+                        self.next_index += 1;
+                    } else {
+                        self.inputs_done = true;
+                    }
+                    continue;
+                }
                 if self.job.input.next_into(&mut self.frame)? {
                     indices.push(self.next_index);
                     attempts.push(0);

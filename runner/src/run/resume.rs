@@ -1,0 +1,416 @@
+//! `--resume`: what an earlier run in the output directory left, and what to do with each stage.
+//!
+//! Every stage's manifest record carries a fingerprint of what its results depend on. A resume
+//! compares the pipeline as it is now with the manifest stage by stage: stages that finished are
+//! kept as they are, the stage that was running continues from its output file and journal (see
+//! [`crate::output`]), later ones run. If anything changed (a setting that affects results, a
+//! plugin file, an input file's content, the stages themselves), the resume is refused (exit 2)
+//! unless `--force`, which reruns the first changed stage and every stage after it.
+//!
+//! Without `--resume`, a run starts over: it deletes what an earlier run left for this
+//! pipeline's stages (outputs and journals), and says so if that run was unfinished.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::config::InputSpec;
+use crate::console::Console;
+use crate::error::Error;
+use crate::manifest::{Manifest, PreviousRun, StageRecord, StageStatus, sha256_file, sha256_hex};
+use crate::output::{self, JOURNAL_DIR};
+
+use super::{Plan, output_file};
+
+/// What `--resume` / `--force` asked for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResumeMode {
+    pub resume: bool,
+    pub force: bool,
+}
+
+/// How a stage starts in this run.
+#[derive(Debug, Clone)]
+pub enum StageStart {
+    /// From scratch (its old output and journal, if any, are already deleted).
+    Fresh,
+    /// Continues the interrupted stage: results already recorded are kept, not run again.
+    Resume,
+    /// Finished in an earlier run: kept as recorded, not run.
+    Keep(Box<StageRecord>),
+}
+
+pub enum Prepared {
+    /// One entry per stage of the pipeline.
+    Run(Vec<StageStart>),
+    /// `--resume` of a run that had already finished, unchanged: nothing to do.
+    Finished {
+        status: String,
+        exit_code: i32,
+        stages: Vec<StageRecord>,
+    },
+}
+
+/// The fingerprint of every stage: what its results depend on, part by part. Worker count,
+/// chunk size, idle timeout and the recycling limits are left out: outputs do not depend on them,
+/// so a resume may change them.
+pub fn fingerprints(
+    plan: &Plan,
+    manifest: &Manifest,
+) -> Result<Vec<BTreeMap<String, String>>, Error> {
+    let mut all: Vec<BTreeMap<String, String>> = Vec::new();
+    for (i, stage) in plan.pipeline.stages.iter().enumerate() {
+        let planned = &plan.stages[i];
+        let plugin_sha = |p: u16| manifest.plugins[p as usize].sha256.as_str();
+        let mut f = BTreeMap::new();
+        let plugin = &plan.plugins[planned.plugin as usize];
+        f.insert(
+            "task".into(),
+            format!("{}::{}", plugin.name, stage.task.name),
+        );
+        f.insert(
+            "plugin".into(),
+            format!("sha256:{}", plugin_sha(planned.plugin)),
+        );
+        let input = match &stage.input {
+            InputSpec::Range { start, end } => format!("range [{start}, {end})"),
+            InputSpec::Items(items) => format!(
+                "items sha256:{}",
+                sha256_hex(&serde_json::to_vec(items).expect("JSON values serialize"))
+            ),
+            InputSpec::File(path) => {
+                let sha = sha256_file(path).map_err(|source| Error::Io {
+                    context: format!("cannot read input file {}", path.display()),
+                    source,
+                })?;
+                format!("file sha256:{sha}")
+            }
+            InputSpec::From(name) => {
+                let source = planned.from.map(|j| digest(&all[j])).unwrap_or_default();
+                format!("from {name} sha256:{source}")
+            }
+        };
+        f.insert("input".into(), input);
+        let init = match &planned.spec.initializer {
+            None => "none".to_owned(),
+            Some(init) => format!(
+                "{} sha256:{}",
+                init.name,
+                sha256_hex(format!("{}\n{}", init.args, plugin_sha(init.plugin)).as_bytes())
+            ),
+        };
+        f.insert("initializer".into(), init);
+        let env = serde_json::to_vec(&stage.settings.env).expect("strings serialize");
+        f.insert("env".into(), format!("sha256:{}", sha256_hex(&env)));
+        let settings = &stage.settings;
+        f.insert("retries".into(), settings.retries.to_string());
+        f.insert(
+            "on_error".into(),
+            serde_json::to_value(settings.on_error)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+        );
+        f.insert(
+            "task_timeout".into(),
+            settings.task_timeout.map_or("0s".to_owned(), |d| {
+                humantime::format_duration(d).to_string()
+            }),
+        );
+        all.push(f);
+    }
+    Ok(all)
+}
+
+/// One digest of a whole fingerprint (what a `from` stage records of its source).
+fn digest(fingerprint: &BTreeMap<String, String>) -> String {
+    let text: String = fingerprint
+        .iter()
+        .map(|(k, v)| format!("{k}={v}\n"))
+        .collect();
+    sha256_hex(text.as_bytes())
+}
+
+/// The parts of a fingerprint that differ, by name.
+fn changed_parts(before: &BTreeMap<String, String>, now: &BTreeMap<String, String>) -> Vec<String> {
+    let mut keys: Vec<&String> = before.keys().chain(now.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| before.get(*k) != now.get(*k))
+        .map(|k| match (k.as_str(), now.get(k)) {
+            ("input", Some(v)) if v.starts_with("file ") => "input file content".to_owned(),
+            ("input", Some(v)) if v.starts_with("from ") => {
+                "input (its source stage changed)".to_owned()
+            }
+            ("plugin", _) => "plugin file".to_owned(),
+            _ => k.clone(),
+        })
+        .collect()
+}
+
+/// Decides how each stage starts, deletes what must not be reused, and carries the previous
+/// run's history into `manifest` (whose `stages` hold this run's pending records).
+pub fn prepare(
+    plan: &Plan,
+    manifest: &mut Manifest,
+    mode: ResumeMode,
+    console: &Console,
+) -> Result<Prepared, Error> {
+    let pipeline = &plan.pipeline;
+    let out_dir = &pipeline.output_dir;
+    let previous = PreviousRun::read(out_dir);
+    if !mode.resume {
+        if let Ok(Some(prev)) = &previous {
+            if !prev.finished() {
+                console.warn(&format!(
+                    "{} held an unfinished run (started {}, {}); starting over. To continue it instead: loky-run run --resume {}",
+                    out_dir.display(),
+                    prev.started_at,
+                    prev.status,
+                    prev.pipeline_file.display()
+                ));
+            }
+        }
+        let names = pipeline.stages.iter().map(|s| s.name.as_str());
+        discard(out_dir, names)?;
+        let _ = std::fs::remove_dir_all(out_dir.join(JOURNAL_DIR));
+        return Ok(Prepared::Run(vec![
+            StageStart::Fresh;
+            pipeline.stages.len()
+        ]));
+    }
+
+    let prev = match previous {
+        Ok(Some(prev)) => prev,
+        Ok(None) => {
+            return Err(Error::Usage(format!(
+                "nothing to resume in {}: no earlier run of a pipeline wrote there (no manifest.json); run without --resume to start one",
+                out_dir.display()
+            )));
+        }
+        Err(message) => {
+            return Err(Error::Usage(format!(
+                "cannot resume the run in {}: {message}; run without --resume to start over",
+                out_dir.display()
+            )));
+        }
+    };
+
+    // What changed, stage by stage (by position).
+    let now = &manifest.stages;
+    let mut changes: Vec<(usize, String)> = Vec::new();
+    if prev.runner_version != manifest.runner_version {
+        changes.push((
+            0,
+            format!(
+                "the run was started by loky-run {}, this is {}",
+                prev.runner_version, manifest.runner_version
+            ),
+        ));
+    }
+    for i in 0..now.len().max(prev.stages.len()) {
+        match (prev.stages.get(i), now.get(i)) {
+            (Some(before), Some(after)) if before.name != after.name => changes.push((
+                i,
+                format!("stage {} is now stage `{}`", before.name, after.name),
+            )),
+            (Some(before), Some(after)) => {
+                let parts = changed_parts(&before.fingerprint, &after.fingerprint);
+                if !parts.is_empty() {
+                    changes.push((i, format!("stage `{}`: {}", after.name, parts.join(", "))));
+                } else if matches!(before.status, StageStatus::Done | StageStatus::Stopped)
+                    && !output_file(out_dir, &before.name).is_file()
+                {
+                    changes.push((
+                        i,
+                        format!(
+                            "stage `{}`: its output {} is missing",
+                            before.name, before.output
+                        ),
+                    ));
+                }
+            }
+            (None, Some(after)) => changes.push((i, format!("stage `{}` is new", after.name))),
+            (Some(before), None) => {
+                changes.push((i, format!("stage `{}` was removed", before.name)))
+            }
+            (None, None) => unreachable!(),
+        }
+    }
+    let first_changed = changes.iter().map(|(i, _)| *i).min();
+
+    if !changes.is_empty() && !mode.force {
+        let list: Vec<String> = changes.iter().map(|(_, c)| format!("  {c}")).collect();
+        let rerun = first_changed
+            .and_then(|i| now.get(i))
+            .map(|s| format!(" (reruns stage `{}` and the stages after it)", s.name))
+            .unwrap_or_default();
+        return Err(Error::Usage(format!(
+            "cannot resume the run in {}: the pipeline or its inputs changed since it started:\n{}\n  = help: resume anyway with `--resume --force`{rerun}, or run without --resume to start over",
+            out_dir.display(),
+            list.join("\n")
+        )));
+    }
+    if changes.is_empty() && prev.finished() {
+        return Ok(Prepared::Finished {
+            status: prev.status.clone(),
+            exit_code: prev.exit_code.unwrap_or(0),
+            stages: prev.stages,
+        });
+    }
+
+    let mut starts = Vec::new();
+    let mut notes = Vec::new();
+    for (i, record) in manifest.stages.iter_mut().enumerate() {
+        let before = prev.stages.get(i);
+        let start = match (first_changed, before) {
+            (Some(c), _) if i >= c => StageStart::Fresh,
+            (_, Some(b)) if matches!(b.status, StageStatus::Done | StageStatus::Stopped) => {
+                StageStart::Keep(Box::new(b.clone()))
+            }
+            (_, Some(b)) if matches!(b.status, StageStatus::Running | StageStatus::Interrupted) => {
+                record.wall_time_s = b.wall_time_s; // time spent so far
+                StageStart::Resume
+            }
+            _ => StageStart::Fresh,
+        };
+        let note = match &start {
+            StageStart::Keep(_) => "kept",
+            StageStart::Resume => "continues",
+            StageStart::Fresh if first_changed.is_some_and(|c| i >= c) => "reruns",
+            StageStart::Fresh => "runs",
+        };
+        notes.push(format!("{} {note}", record.name));
+        starts.push(start);
+    }
+    // Outputs that must not be reused: stages that start afresh, stages that no longer exist.
+    let now = &manifest.stages;
+    let fresh = now
+        .iter()
+        .zip(&starts)
+        .filter(|(_, s)| matches!(s, StageStart::Fresh))
+        .map(|(r, _)| r.name.as_str());
+    let removed = prev
+        .stages
+        .iter()
+        .filter(|b| !now.iter().any(|r| r.name == b.name))
+        .map(|b| b.name.as_str());
+    discard(out_dir, fresh.chain(removed))?;
+
+    if first_changed.is_some() {
+        let list: Vec<&str> = changes.iter().map(|(_, c)| c.as_str()).collect();
+        console.warn(&format!(
+            "--force: rerunning what changed since the run started: {}",
+            list.join("; ")
+        ));
+    }
+    console.info(&format!(
+        "resuming the run in {} (started {}): {}",
+        out_dir.display(),
+        prev.started_at,
+        notes.join(", ")
+    ));
+    manifest.started_at = prev.started_at;
+    manifest.resumed_at = prev.resumed_at;
+    manifest.resumed_at.push(crate::events::now_rfc3339());
+    Ok(Prepared::Run(starts))
+}
+
+/// Takes the output directory for this run: two runners writing the same outputs (a `--resume`
+/// while the interrupted run is still finishing, say) would corrupt them. The lock is an
+/// `flock` on `<output_dir>/.lock`, released by the kernel however the runner ends (even
+/// `kill -9`); hold the returned file for the whole run.
+pub fn lock_output_dir(dir: &Path) -> Result<std::fs::File, Error> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+
+    let path = dir.join(".lock");
+    let io_err = |source| Error::Io {
+        context: format!("cannot lock {}", path.display()),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_err)?;
+    // SAFETY: flock on a descriptor we own, for the lifetime of `file`; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(io_err(err));
+        }
+        let mut pid = String::new();
+        let _ = file.read_to_string(&mut pid);
+        let pid = pid.trim();
+        let who = if pid.is_empty() {
+            String::new()
+        } else {
+            format!(" (pid {pid})")
+        };
+        return Err(Error::Usage(format!(
+            "another loky-run{who} is running with its outputs in {}; wait for it to end (or stop it) first",
+            dir.display()
+        )));
+    }
+    file.set_len(0).map_err(io_err)?;
+    file.rewind().map_err(io_err)?;
+    file.write_all(format!("{}\n", std::process::id()).as_bytes())
+        .map_err(io_err)?;
+    Ok(file)
+}
+
+/// Deletes the outputs and journals of the named stages.
+fn discard<'a>(out_dir: &Path, stages: impl Iterator<Item = &'a str>) -> Result<(), Error> {
+    for name in stages {
+        let path = output_file(out_dir, name);
+        for file in [output::journal_path(&path), path] {
+            match std::fs::remove_file(&file) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(Error::Io {
+                        context: format!("cannot delete {}", file.display()),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(out_dir.join(JOURNAL_DIR)); // only when empty
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fp(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn changed_parts_are_named() {
+        let a = fp(&[
+            ("task", "demo::square"),
+            ("input", "file sha256:1"),
+            ("retries", "0"),
+        ]);
+        let b = fp(&[
+            ("task", "demo::square"),
+            ("input", "file sha256:2"),
+            ("retries", "1"),
+        ]);
+        assert_eq!(changed_parts(&a, &b), ["input file content", "retries"]);
+        assert!(changed_parts(&a, &a).is_empty());
+        let c = fp(&[("task", "demo::square")]);
+        assert_eq!(changed_parts(&a, &c), ["input", "retries"]);
+        assert_ne!(digest(&a), digest(&b));
+    }
+}

@@ -1,0 +1,337 @@
+//! The journal and `--resume`: a killed run finishes without re-running what completed, with
+//! outputs identical to an uninterrupted run; changed pipelines and inputs are refused (or rerun
+//! with `--force`); torn records are ignored.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::*;
+
+fn stage(name: &str, task: &str, input: &str, extra: &str) -> String {
+    format!("\n[[stage]]\nname = \"{name}\"\ntask = \"{task}\"\ninput = {input}\n{extra}\n")
+}
+
+/// Writes `name`: one `append_line` input per line, appending `value` to `target`.
+fn append_inputs(fx: &Fixture, name: &str, target: &Path, values: impl Iterator<Item = u64>) {
+    let text: String = values
+        .map(|v| {
+            format!(
+                "{{\"path\": {:?}, \"value\": {v}}}\n",
+                target.to_str().unwrap()
+            )
+        })
+        .collect();
+    fx.write(name, &text);
+}
+
+/// Lines appended to a file by `faults::append_line` (0 if it does not exist yet).
+fn line_count(path: &Path) -> usize {
+    std::fs::read(path)
+        .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+        .unwrap_or(0)
+}
+
+fn manifest(fx: &Fixture) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fx.path().join("out/manifest.json")).unwrap())
+        .unwrap()
+}
+
+fn output_bytes(fx: &Fixture, stage: &str) -> Vec<u8> {
+    std::fs::read(fx.path().join("out").join(format!("{stage}.jsonl"))).unwrap()
+}
+
+fn journal(fx: &Fixture, stage: &str) -> PathBuf {
+    fx.path().join("out/.journal").join(format!("{stage}.log"))
+}
+
+fn spawn(fx: &Fixture, pipeline: &Path) -> Child {
+    fx.command()
+        .args([
+            pipeline.to_str().unwrap(),
+            "--progress",
+            "never",
+            "--events",
+            "events.jsonl",
+        ])
+        .spawn()
+        .unwrap()
+}
+
+/// SIGKILLs the runner and waits until every worker it started is gone.
+fn kill_runner(fx: &Fixture, mut child: Child) {
+    child.kill().unwrap(); // SIGKILL: no handler, no cleanup
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), None, "killed by a signal, not exited");
+    let pids = started_pids(&fx.events());
+    assert!(!pids.is_empty());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pids.iter().any(|p| alive(*p)) {
+        assert!(
+            Instant::now() < deadline,
+            "a worker outlived the killed runner: {:?}",
+            pids.iter().filter(|p| alive(**p)).collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+const TASKS: u64 = 100_000;
+const WORKERS: u64 = 2;
+const CHUNK: u64 = 50;
+
+fn append_pipeline(fx: &Fixture) -> (PathBuf, PathBuf) {
+    let appended = fx.path().join("appended.txt");
+    append_inputs(fx, "inputs.jsonl", &appended, 0..TASKS);
+    let text = header("append", &format!("max_workers = {WORKERS}"))
+        + &stage(
+            "append",
+            "faults::append_line",
+            "{ file = \"inputs.jsonl\" }",
+            &format!("chunksize = {CHUNK}"),
+        )
+        + &stage("squares", "demo::square", "{ from = \"append\" }", "");
+    (fx.write("pipeline.toml", &text), appended)
+}
+
+#[test]
+fn a_runner_killed_mid_stage_resumes_without_rerunning_completed_tasks() {
+    // The reference: the same pipeline, uninterrupted.
+    let reference = Fixture::new();
+    let (p, appended) = append_pipeline(&reference);
+    reference.run(&[p.to_str().unwrap()]).assert_code(0);
+    assert_eq!(line_count(&appended), TASKS as usize);
+
+    let fx = Fixture::new();
+    let (p, appended) = append_pipeline(&fx);
+    let child = spawn(&fx, &p);
+    // Kill it once some thousands of tasks ran, well before the 100,000.
+    wait_for(|| (line_count(&appended) >= 5_000).then_some(()));
+    kill_runner(&fx, child);
+    let before = line_count(&appended);
+    assert!(
+        before < TASKS as usize,
+        "the kill came too late to test anything ({before} tasks ran)"
+    );
+    let m = manifest(&fx);
+    assert_eq!(m["status"], "running");
+    assert_eq!(m["stages"][0]["status"], "running");
+    assert_eq!(m["stages"][1]["status"], "pending");
+
+    fx.run(&[p.to_str().unwrap(), "--resume"]).assert_code(0);
+    for stage in ["append", "squares"] {
+        assert!(
+            output_bytes(&fx, stage) == output_bytes(&reference, stage),
+            "{stage}.jsonl differs from the uninterrupted run's"
+        );
+    }
+    // Every task ran; the ones run twice are at most those in flight at the kill: each worker
+    // holds at most 2 chunks (CHUNKS_PER_WORKER), plus one batch of results (at most a chunk)
+    // received but not yet written out when the kill came.
+    let text = std::fs::read_to_string(&appended).unwrap();
+    let values: Vec<u64> = text.lines().map(|l| l.parse().unwrap()).collect();
+    let distinct: HashSet<u64> = values.iter().copied().collect();
+    assert_eq!(distinct.len() as u64, TASKS, "every task ran");
+    let in_flight_bound = WORKERS * 2 * CHUNK + CHUNK;
+    let extra = values.len() as u64 - TASKS;
+    eprintln!("killed after {before} tasks; {extra} ran twice");
+    assert!(
+        extra <= in_flight_bound,
+        "{extra} tasks ran twice; at most {in_flight_bound} could have been in flight"
+    );
+    let m = manifest(&fx);
+    assert_eq!(m["status"], "succeeded");
+    assert_eq!(m["stages"][0]["status"], "done");
+    assert_eq!(m["stages"][0]["ok"], TASKS);
+    assert_eq!(m["stages"][1]["ok"], TASKS);
+    assert_eq!(m["resumed_at"].as_array().unwrap().len(), 1);
+    assert!(
+        !fx.path().join("out/.journal").exists(),
+        "journals go away with their stage"
+    );
+}
+
+/// Three stages; `a` and `b` count their executions in `a.txt` and `b.txt`.
+fn counted_pipeline(fx: &Fixture, b_factor: u64, a_extra: &str) -> PathBuf {
+    append_inputs(fx, "a.jsonl", &fx.path().join("a.txt"), 0..20);
+    append_inputs(
+        fx,
+        "b.jsonl",
+        &fx.path().join("b.txt"),
+        (0..20).map(|i| i * b_factor),
+    );
+    let text = header("counted", "max_workers = 2")
+        + &stage(
+            "a",
+            "faults::append_line",
+            "{ file = \"a.jsonl\" }",
+            a_extra,
+        )
+        + &stage("b", "faults::append_line", "{ file = \"b.jsonl\" }", "")
+        + &stage("c", "demo::square", "{ from = \"b\" }", "");
+    fx.write("pipeline.toml", &text)
+}
+
+#[test]
+fn a_changed_pipeline_or_input_is_refused_unless_forced() {
+    let fx = Fixture::new();
+    let p = counted_pipeline(&fx, 10, "");
+    fx.run(&[p.to_str().unwrap()]).assert_code(0);
+    let (a_before, b_before) = (output_bytes(&fx, "a"), output_bytes(&fx, "b"));
+
+    // The content of b's input file changes.
+    counted_pipeline(&fx, 100, "");
+    let r = fx.run(&[p.to_str().unwrap(), "--resume"]);
+    r.assert_code(2).assert_stderr_has(&["`b`", "--force"]);
+    assert_eq!(line_count(&fx.path().join("b.txt")), 20, "nothing ran");
+    assert_eq!(output_bytes(&fx, "b"), b_before, "nothing was touched");
+
+    fx.run(&[p.to_str().unwrap(), "--resume", "--force"])
+        .assert_code(0);
+    assert_eq!(line_count(&fx.path().join("a.txt")), 20, "a was kept");
+    assert_eq!(line_count(&fx.path().join("b.txt")), 40, "b ran again");
+    assert_eq!(output_bytes(&fx, "a"), a_before);
+    let c: Vec<u64> = fx
+        .outputs("c")
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        c,
+        (0..20).map(|i| (i * 100) * (i * 100)).collect::<Vec<_>>()
+    );
+
+    // A setting that affects results changes in the first stage: everything reruns.
+    let p = counted_pipeline(&fx, 100, "retries = 1");
+    fx.run(&[p.to_str().unwrap(), "--resume"])
+        .assert_code(2)
+        .assert_stderr_has(&["`a`", "retries"]);
+    fx.run(&[p.to_str().unwrap(), "--resume", "--force"])
+        .assert_code(0);
+    assert_eq!(line_count(&fx.path().join("a.txt")), 40, "a ran again");
+    assert_eq!(line_count(&fx.path().join("b.txt")), 60, "and so did b");
+    // A setting that does not affect results (the worker count) may change: the run is
+    // complete, nothing reruns.
+    fx.run(&[
+        p.to_str().unwrap(),
+        "--resume",
+        "--set",
+        "pool.max_workers=1",
+    ])
+    .assert_code(0);
+    assert_eq!(line_count(&fx.path().join("a.txt")), 40);
+    assert_eq!(output_bytes(&fx, "a"), a_before);
+}
+
+#[test]
+fn torn_records_at_the_end_of_the_journal_and_output_are_ignored() {
+    // Item 0 keeps one worker busy while the other completes items ahead of it: those wait in
+    // the reorder buffer, so they are in the journal, one frame per result.
+    let fx = Fixture::new();
+    let items: Vec<String> = std::iter::once("1500".to_owned())
+        .chain((1..80).map(|i| (i % 3).to_string()))
+        .collect();
+    let text = header("torn", "max_workers = 2")
+        + &stage(
+            "s",
+            "faults::sleep_ms",
+            &format!("{{ items = [{}] }}", items.join(", ")),
+            "chunksize = 1",
+        );
+    let p = fx.write("pipeline.toml", &text);
+    let child = spawn(&fx, &p);
+    let journal = journal(&fx, "s");
+    wait_for(|| {
+        let len = std::fs::metadata(&journal).ok()?.len();
+        (len > 8 + 20 * 30).then_some(())
+    });
+    kill_runner(&fx, child);
+    // A power cut mid-write: the last frame of the journal loses its end, and half a record
+    // hangs at the end of the output.
+    let len = std::fs::metadata(&journal).unwrap().len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&journal)
+        .unwrap();
+    f.set_len(len - 5).unwrap();
+    drop(f);
+    let output = fx.path().join("out/s.jsonl");
+    let mut text = std::fs::read(&output).unwrap();
+    text.extend_from_slice(b"{\"index\":");
+    std::fs::write(&output, text).unwrap();
+
+    fx.run(&[p.to_str().unwrap(), "--resume"]).assert_code(0);
+    let outputs: Vec<String> = fx.outputs("s").iter().map(|v| v.to_string()).collect();
+    assert_eq!(outputs, items);
+    let indices: Vec<u64> = fx
+        .records("s")
+        .iter()
+        .map(|r| r["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(indices, (0..80).collect::<Vec<_>>());
+}
+
+#[test]
+fn resuming_a_finished_run_does_nothing() {
+    let fx = Fixture::new();
+    let p = counted_pipeline(&fx, 10, "");
+    fx.run(&[p.to_str().unwrap()]).assert_code(0);
+    let (c_before, m_before) = (
+        output_bytes(&fx, "c"),
+        std::fs::read(fx.path().join("out/manifest.json")).unwrap(),
+    );
+    fx.run(&[p.to_str().unwrap(), "--resume"]).assert_code(0);
+    assert_eq!(line_count(&fx.path().join("a.txt")), 20);
+    assert_eq!(line_count(&fx.path().join("b.txt")), 20);
+    assert_eq!(output_bytes(&fx, "c"), c_before);
+    assert_eq!(
+        std::fs::read(fx.path().join("out/manifest.json")).unwrap(),
+        m_before
+    );
+}
+
+#[test]
+fn resume_needs_an_earlier_run() {
+    let fx = Fixture::new();
+    let p = counted_pipeline(&fx, 10, "");
+    fx.run(&[p.to_str().unwrap(), "--resume"])
+        .assert_code(2)
+        .assert_stderr_has(&["nothing to resume"]);
+    assert!(!fx.path().join("a.txt").exists(), "nothing ran");
+    // --force alone is a usage error.
+    fx.run(&["run", p.to_str().unwrap(), "--force"])
+        .assert_code(2);
+}
+
+#[test]
+fn a_second_runner_on_the_same_outputs_is_refused() {
+    let fx = Fixture::new();
+    let pipeline = |ms: u64| {
+        header("busy", "max_workers = 1")
+            + &stage(
+                "s",
+                "faults::sleep_ms",
+                &format!("{{ items = [{ms}] }}"),
+                "",
+            )
+    };
+    let p = fx.write("pipeline.toml", &pipeline(20_000));
+    let child = spawn(&fx, &p);
+    let events = fx.path().join("events.jsonl");
+    wait_for(|| {
+        let text = std::fs::read_to_string(&events).ok()?;
+        text.contains("worker_started").then_some(())
+    });
+    fx.run(&[p.to_str().unwrap(), "--resume"])
+        .assert_code(2)
+        .assert_stderr_has(&["another loky-run"]);
+    kill_runner(&fx, child);
+    // The lock died with its runner, even by SIGKILL.
+    fx.write("pipeline.toml", &pipeline(1));
+    fx.run(&[p.to_str().unwrap(), "--resume", "--force"])
+        .assert_code(0);
+    assert_eq!(fx.outputs("s"), [Value::from(1)]);
+}

@@ -1,0 +1,91 @@
+//! What a person sees: progress bars under a real pseudo-terminal (via `script`), none when
+//! stderr is a file or with `--progress never`, and lines printed whole while bars are drawn.
+
+use crate::support::*;
+
+fn pipeline(fx: &Fixture) -> std::path::PathBuf {
+    let sleeps = vec!["120"; 24].join(", ");
+    let text = header("tty", "max_workers = 2")
+        + &format!(
+            "\n[[stage]]\nname = \"sleepy\"\ntask = \"demo::sleep_ms\"\ninput = {{ items = [{sleeps}] }}\n"
+        )
+        + "\n[[stage]]\nname = \"noisy\"\ntask = \"faults::print_stdout\"\ninput = { items = [200, 200] }\n";
+    fx.write("pipeline.toml", &text)
+}
+
+/// Runs loky-run under a pseudo-terminal; returns everything the terminal received.
+fn under_pty(fx: &Fixture, args: &str) -> String {
+    let exe = env!("CARGO_BIN_EXE_loky-run");
+    let log = fx.path().join("typescript");
+    let status = std::process::Command::new("script")
+        .args(["-q", "-e", "-c", &format!("{exe} {args}")])
+        .arg(&log)
+        .current_dir(fx.path())
+        .env("TERM", "xterm-256color")
+        .env_remove("NO_COLOR")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("`script` (util-linux) runs");
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    String::from_utf8_lossy(&std::fs::read(&log).unwrap()).into_owned()
+}
+
+#[test]
+fn bars_are_drawn_in_a_terminal_and_lines_stay_whole() {
+    let fx = Fixture::new();
+    let p = pipeline(&fx);
+    let screen = under_pty(&fx, &format!("{} --progress auto", p.display()));
+    assert!(
+        screen.contains("ETA") && screen.contains("/24"),
+        "no bar with counts and ETA:\n{screen}"
+    );
+    assert!(
+        screen.contains("worker(s) alive"),
+        "no pool line:\n{screen}"
+    );
+    // Lines printed while the bars are drawn arrive whole, each on its own line.
+    let whole = screen
+        .lines()
+        .filter(|l| l.trim_end_matches('\r').ends_with(" of 200"))
+        .count();
+    assert_eq!(whole, 400, "worker lines were cut or lost:\n{screen}");
+    assert!(
+        screen.contains("sleepy") && screen.contains("outputs:"),
+        "no summary:\n{screen}"
+    );
+}
+
+#[test]
+fn no_bars_with_progress_never_or_when_stderr_is_a_file() {
+    let fx = Fixture::new();
+    let p = pipeline(&fx);
+    let screen = under_pty(&fx, &format!("{} --progress never", p.display()));
+    assert!(
+        !screen.contains("ETA"),
+        "bars drawn despite --progress never:\n{screen}"
+    );
+    assert!(
+        screen.contains("outputs:"),
+        "the summary is always printed:\n{screen}"
+    );
+
+    // `--progress auto` (the default) with stderr captured to a pipe: nothing drawn.
+    let out = fx
+        .command()
+        .args([p.to_str().unwrap(), "--progress", "auto"])
+        .output()
+        .unwrap();
+    let r = RunResult::from(out);
+    r.assert_code(0);
+    assert!(
+        !r.stderr.contains('\u{1b}') && !r.stderr.contains("ETA"),
+        "escape codes in a file:\n{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("outputs:"));
+}
