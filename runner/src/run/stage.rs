@@ -163,6 +163,8 @@ pub struct Dispatcher<'a> {
     /// Workers stopped for a timeout, and the cursor of the item that timed out.
     timed_out: HashMap<u32, u64>,
     progress: StageProgress,
+    /// Results already recorded by the run being resumed (counted in the bar).
+    resumed_done: u64,
 }
 
 impl<'a> Dispatcher<'a> {
@@ -179,6 +181,7 @@ impl<'a> Dispatcher<'a> {
         };
         let total = job.total;
         let progress = console.stage_progress(&job.stage.name, total);
+        let resumed_done = writer.resumed().ok + writer.resumed().failed;
         Self {
             job,
             pool,
@@ -208,6 +211,7 @@ impl<'a> Dispatcher<'a> {
             interrupt_kill_at: None,
             timed_out: HashMap::new(),
             progress,
+            resumed_done,
         }
     }
 
@@ -252,7 +256,7 @@ impl<'a> Dispatcher<'a> {
         let o = &self.outcome;
         let pool = &*self.pool;
         self.progress.update(
-            o.ok + o.failed,
+            self.resumed_done + o.ok + o.failed,
             o.failed,
             o.retried,
             || PoolStatus {
