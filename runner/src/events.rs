@@ -46,8 +46,21 @@ pub enum Event<'a> {
     },
     WorkerStarted {
         worker: u32,
+        /// The local process: the worker, or the `srun` running it.
         pid: u32,
         stage: &'a str,
+        launcher: &'a str,
+    },
+    /// A worker loaded its plugins and ran its initializer: where it runs.
+    WorkerReady {
+        worker: u32,
+        /// The worker's own pid on its host.
+        pid: u32,
+        host: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        slurm_job: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        slurm_step: Option<&'a str>,
     },
     WorkerExited {
         worker: u32,
@@ -142,6 +155,7 @@ mod tests {
             worker: 1,
             pid: 42,
             stage: "s",
+            launcher: "local",
         });
         log.emit(&Event::PoolDecision {
             stage: "s",

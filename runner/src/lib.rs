@@ -20,4 +20,5 @@ pub mod progress;
 pub mod protocol;
 pub mod run;
 pub mod sys;
+pub mod transport;
 pub mod worker;

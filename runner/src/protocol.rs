@@ -24,6 +24,8 @@ pub mod tag {
     pub const STOP: u8 = 5;
     /// Worker → runner.
     pub const READY: u8 = 10;
+    /// First frame of a worker connecting over TCP: its token.
+    pub const HELLO: u8 = 9;
     pub const RESULTS: u8 = 11;
 }
 
@@ -60,13 +62,17 @@ pub struct InitCall {
 pub enum ReadyMsg {
     Ready {
         pid: u32,
+        /// Host name, and the Slurm job and step the worker runs in, if any.
+        #[serde(default)]
+        host: String,
+        #[serde(default)]
+        slurm_job: Option<String>,
+        #[serde(default)]
+        slurm_step: Option<String>,
     },
     /// A plugin failed to load (`kind = "plugin"`) or the initializer failed
     /// (`kind = "initializer"`).
-    Failed {
-        kind: String,
-        message: String,
-    },
+    Failed { kind: String, message: String },
 }
 
 /// Sent when a stage starts on a worker, so it can expose `LOKY_STAGE` to tasks.
@@ -103,6 +109,10 @@ impl FrameBuf {
     }
     pub fn put_u64(&mut self, v: u64) {
         self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+    /// Bytes as they are (no length prefix).
+    pub fn put_raw(&mut self, v: &[u8]) {
+        self.buf.extend_from_slice(v);
     }
     /// A length-prefixed byte string.
     pub fn put_bytes(&mut self, v: &[u8]) {

@@ -7,7 +7,7 @@
 //! goes away (end of the command stream), whichever comes first.
 
 use std::fs::File;
-use std::io::{self, BufReader, Write};
+use std::io::{self, BufReader, Read, Write};
 use std::os::fd::FromRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -22,6 +22,7 @@ use crate::protocol::{
     pack_cursor, send, tag,
 };
 use crate::sys;
+use crate::transport;
 
 /// The hidden subcommand that runs a worker.
 pub const WORKER_ARG: &str = "__worker";
@@ -43,6 +44,25 @@ const FLUSH_BYTES: usize = 1 << 20;
 static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
 
 pub fn worker_main() -> i32 {
+    // A worker launched elsewhere (a Slurm step) connects back over TCP; a local one finds the
+    // protocol on inherited descriptors.
+    if let (Ok(addr), Ok(token)) = (
+        std::env::var(transport::CONNECT_ENV),
+        std::env::var(transport::TOKEN_ENV),
+    ) {
+        // SAFETY: no other thread exists yet; plugins must not see the token.
+        unsafe {
+            std::env::remove_var(transport::CONNECT_ENV);
+            std::env::remove_var(transport::TOKEN_ENV);
+        }
+        let Ok(stream) = transport::connect(&addr, &token) else {
+            return EXIT_PROTOCOL;
+        };
+        let Ok(commands) = stream.try_clone() else {
+            return EXIT_PROTOCOL;
+        };
+        return exit_code(run(commands, stream, None));
+    }
     for fd in [COMMAND_FD, RESULT_FD, PROGRESS_FD] {
         // SAFETY: fcntl on an fd number; harmless if the fd is not open. Keeps the protocol
         // descriptors out of processes a plugin starts.
@@ -52,7 +72,11 @@ pub fn worker_main() -> i32 {
     let (commands, results) =
         unsafe { (File::from_raw_fd(COMMAND_FD), File::from_raw_fd(RESULT_FD)) };
     let progress = ProgressSlot::map(PROGRESS_FD).ok();
-    match run(commands, results, progress) {
+    exit_code(run(commands, results, progress))
+}
+
+fn exit_code(result: Result<(), WorkerExit>) -> i32 {
+    match result {
         Ok(()) => 0,
         Err(WorkerExit(code)) => code,
     }
@@ -67,9 +91,9 @@ impl From<io::Error> for WorkerExit {
     }
 }
 
-fn run(
-    commands: File,
-    mut results: File,
+fn run<R: Read + Send + 'static, W: Write>(
+    commands: R,
+    mut results: W,
     progress: Option<ProgressSlot>,
 ) -> Result<(), WorkerExit> {
     // Commands are read on their own thread: the runner's writes never wait for a busy task, and
@@ -147,6 +171,9 @@ fn run(
             tag::READY,
             &ReadyMsg::Ready {
                 pid: std::process::id(),
+                host: transport::hostname(),
+                slurm_job: std::env::var("SLURM_JOB_ID").ok(),
+                slurm_step: std::env::var("SLURM_STEP_ID").ok(),
             },
         ),
     )?;
@@ -186,7 +213,7 @@ struct ChunkRunner {
 }
 
 impl ChunkRunner {
-    fn run_chunk(&mut self, payload: &[u8], results: &mut File) -> io::Result<()> {
+    fn run_chunk(&mut self, payload: &[u8], results: &mut impl Write) -> io::Result<()> {
         let mut cursor = Cursor::new(payload);
         let chunk = ChunkHeader::read(&mut cursor)?;
         let plugin = self
@@ -228,7 +255,13 @@ impl ChunkRunner {
             count += 1;
 
             let last = position + 1 == chunk.count;
-            if last || self.frame.len() >= FLUSH_BYTES || batch_started.elapsed() >= FLUSH_AFTER {
+            // Without a progress slot (remote workers) every result goes out before the next item
+            // starts, so the first unreported item is the one running.
+            if last
+                || self.progress.is_none()
+                || self.frame.len() >= FLUSH_BYTES
+                || batch_started.elapsed() >= FLUSH_AFTER
+            {
                 let busy = batch_started.elapsed().as_nanos() as u64;
                 self.frame.patch_u32(ResultsHeader::COUNT_OFFSET, count);
                 self.frame.patch_u64(ResultsHeader::BUSY_OFFSET, busy);

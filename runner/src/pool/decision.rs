@@ -18,6 +18,8 @@ pub struct WorkerSpec {
     pub env: BTreeMap<String, String>,
     pub initializer: Option<InitCall>,
     pub launcher: Launcher,
+    /// Extra `srun` arguments (Slurm launcher).
+    pub srun_args: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -127,6 +129,9 @@ pub fn differences(old: &WorkerSpec, new: &WorkerSpec) -> Vec<String> {
     if old.launcher != new.launcher {
         out.push("launcher changed".to_owned());
     }
+    if old.srun_args != new.srun_args {
+        out.push("srun_args changed".to_owned());
+    }
     out
 }
 
@@ -140,6 +145,7 @@ mod tests {
             env: BTreeMap::new(),
             initializer: None,
             launcher: Launcher::Local,
+            srun_args: Vec::new(),
         }
     }
 

@@ -6,11 +6,12 @@
 //! shared: the dispatcher is the single owner of the state a user sees.
 
 pub mod decision;
+pub mod slurm;
 pub mod spawn;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fs::File;
-use std::io::{self, BufRead, BufReader};
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -19,10 +20,12 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 pub use decision::{Decision, WorkerSpec, decide};
 
+use crate::config::Launcher;
 use crate::events::{Event, EventLog};
 use crate::progress::ProgressSlot;
 use crate::protocol::{FrameBuf, FrameReader, InitMsg, StageMsg, send, tag};
 use crate::sys::{self, ProcessEnd};
+use crate::transport::Listener;
 
 /// What the reader and output threads report.
 pub enum WorkerEvent {
@@ -48,8 +51,14 @@ pub enum WorkerState {
 pub struct Worker {
     pub id: u32,
     pub pid: u32,
-    commands: File,
-    pub progress: ProgressSlot,
+    commands: Box<dyn Write + Send>,
+    /// Local workers: the shared word saying which item runs. Remote workers have none.
+    pub progress: Option<ProgressSlot>,
+    /// Remote workers: their connection (cut to stop them at once).
+    remote: Option<TcpStream>,
+    /// When the item in progress started, as far as the runner can tell without a progress
+    /// slot (remote workers flush every result, so this is the last result's arrival).
+    pub item_started: Instant,
     pub state: WorkerState,
     /// Chunk ids sent and not fully answered, oldest first.
     pub in_flight: VecDeque<u64>,
@@ -91,6 +100,8 @@ pub struct Pool {
     /// Restarts of the whole pool, and workers replaced after a crash, timeout or recycling.
     pub restarts: u64,
     pub replaced: u64,
+    /// Bound on first use by a remote launcher, kept for the pool's life.
+    listener: Option<Listener>,
 }
 
 /// How long a graceful stop may take before the workers are killed.
@@ -115,6 +126,7 @@ impl Pool {
             frame: FrameBuf::new(),
             restarts: 0,
             replaced: 0,
+            listener: None,
         }
     }
 
@@ -215,12 +227,23 @@ impl Pool {
         let id = self.next_id;
         self.next_id += 1;
         let threads = (sys::usable_cpus() / self.size.max(1)).max(1);
-        let spawned = spawn::spawn_worker(&spawn::SpawnRequest {
+        let request = spawn::SpawnRequest {
             worker_id: id,
             env: &spec.env,
             threads_per_worker: threads,
             stage,
-        })?;
+        };
+        let spawned = match spec.launcher {
+            Launcher::Local => spawn::spawn_worker(&request)?,
+            Launcher::Slurm => {
+                if self.listener.is_none() {
+                    let listen = std::env::var("LOKY_RUN_LISTEN").ok();
+                    self.listener = Some(Listener::bind(listen.as_deref(), console.clone())?);
+                }
+                let listener = self.listener.as_ref().expect("bound above");
+                slurm::launch(&request, listener, &spec.srun_args)?
+            }
+        };
         let exited = Arc::new(AtomicBool::new(false));
 
         let tx = self.tx.clone();
@@ -275,6 +298,8 @@ impl Pool {
                 pid,
                 commands,
                 progress: spawned.progress,
+                remote: spawned.remote,
+                item_started: Instant::now(),
                 state: WorkerState::Starting,
                 in_flight: VecDeque::new(),
                 tasks_done: 0,
@@ -292,6 +317,7 @@ impl Pool {
             worker: id,
             pid,
             stage,
+            launcher: launcher_name(spec.launcher),
         });
         Ok(id)
     }
@@ -342,6 +368,9 @@ impl Pool {
             w.stop_reason.get_or_insert(reason);
             w.kill_at.get_or_insert(Instant::now() + grace);
             if !w.exited.load(Ordering::Acquire) {
+                if let Some(conn) = &w.remote {
+                    let _ = conn.shutdown(std::net::Shutdown::Both);
+                }
                 spawn::kill_group(w.pid, libc::SIGTERM);
             }
         }
@@ -370,13 +399,23 @@ impl Pool {
         self.workers.keys().copied().collect()
     }
 
-    /// Kills a worker's process group at once.
+    /// Kills a worker's process group at once (a remote worker: its connection is cut, which
+    /// ends it, and its `srun` gets SIGTERM, which ends the step; SIGKILL follows if needed).
     pub fn kill(&mut self, id: u32, reason: &'static str) {
         if let Some(w) = self.workers.get_mut(&id) {
             w.state = WorkerState::Stopping;
             w.stop_reason.get_or_insert(reason);
-            if !w.exited.load(Ordering::Acquire) {
-                spawn::kill_group(w.pid, libc::SIGKILL);
+            if w.exited.load(Ordering::Acquire) {
+                return;
+            }
+            match &w.remote {
+                Some(conn) => {
+                    let _ = conn.shutdown(std::net::Shutdown::Both);
+                    spawn::kill_group(w.pid, libc::SIGTERM);
+                    w.kill_at
+                        .get_or_insert(Instant::now() + Duration::from_secs(2));
+                }
+                None => spawn::kill_group(w.pid, libc::SIGKILL),
             }
         }
     }
@@ -499,4 +538,11 @@ fn wait_and_reap(pid: u32, reaped: &AtomicBool) -> (ProcessEnd, u64) {
     spawn::kill_group(pid, libc::SIGKILL);
     reaped.store(true, Ordering::Release);
     spawn::reap(pid)
+}
+
+pub fn launcher_name(launcher: Launcher) -> &'static str {
+    match launcher {
+        Launcher::Local => "local",
+        Launcher::Slurm => "slurm",
+    }
 }

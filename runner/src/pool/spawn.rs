@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io;
+use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -16,16 +16,20 @@ use crate::progress::ProgressSlot;
 use crate::sys;
 use crate::worker::{COMMAND_FD, PROGRESS_FD, RESULT_FD, WORKER_ARG};
 
-/// The runner's ends of a freshly started worker.
+/// The runner's ends of a freshly started worker, however it was launched.
 pub struct SpawnedWorker {
+    /// The local process to wait for: the worker itself, or the `srun` that runs it.
     pub pid: u32,
     /// Frames to the worker.
-    pub commands: File,
+    pub commands: Box<dyn Write + Send>,
     /// Frames from the worker.
-    pub results: File,
+    pub results: Box<dyn Read + Send>,
     /// The worker's stdout and stderr, merged.
-    pub output: File,
-    pub progress: ProgressSlot,
+    pub output: Box<dyn Read + Send>,
+    /// Local workers only: which item is running (see `progress`).
+    pub progress: Option<ProgressSlot>,
+    /// Remote workers only: their connection, to cut it when they must stop at once.
+    pub remote: Option<std::net::TcpStream>,
 }
 
 /// Threads the oversubscription guard sets (unless the user did): numerical libraries would
@@ -72,17 +76,7 @@ pub fn spawn_worker(req: &SpawnRequest<'_>) -> io::Result<SpawnedWorker> {
         .stdout(Stdio::from(out_write.try_clone()?))
         .stderr(Stdio::from(out_write))
         .process_group(0);
-    let threads = req.threads_per_worker.max(1).to_string();
-    for var in THREAD_LIMIT_VARS {
-        if std::env::var_os(var).is_none() && !req.env.contains_key(var) {
-            command.env(var, &threads);
-        }
-    }
-    command.envs(req.env);
-    // Ours last: a user's `env` cannot fake a worker's identity.
-    command
-        .env("LOKY_WORKER_ID", req.worker_id.to_string())
-        .env("LOKY_STAGE", req.stage);
+    set_worker_env(&mut command, req);
     // SAFETY: only async-signal-safe calls (dup2, prctl, getppid, _exit) run between fork and exec.
     unsafe {
         command.pre_exec(move || {
@@ -124,14 +118,47 @@ pub fn spawn_worker(req: &SpawnRequest<'_>) -> io::Result<SpawnedWorker> {
     ));
     Ok(SpawnedWorker {
         pid,
-        commands: cmd_write.into(),
-        results: res_read.into(),
-        output: out_read.into(),
-        progress,
+        commands: Box::new(File::from(cmd_write)),
+        results: Box::new(File::from(res_read)),
+        output: Box::new(File::from(out_read)),
+        progress: Some(progress),
+        remote: None,
     })
 }
 
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+/// The environment of a worker: the runner's, the oversubscription guard, the user's `env`,
+/// then our own variables (last: a user's `env` cannot fake a worker's identity).
+pub fn set_worker_env(command: &mut Command, req: &SpawnRequest<'_>) {
+    let threads = req.threads_per_worker.max(1).to_string();
+    for var in THREAD_LIMIT_VARS {
+        if std::env::var_os(var).is_none() && !req.env.contains_key(var) {
+            command.env(var, &threads);
+        }
+    }
+    command.envs(req.env);
+    command
+        .env("LOKY_WORKER_ID", req.worker_id.to_string())
+        .env("LOKY_STAGE", req.stage);
+}
+
+/// Makes the child get `signal` when the runner dies (set between fork and exec).
+pub fn die_with_parent(command: &mut Command, signal: i32) {
+    let parent_pid = std::process::id() as libc::pid_t;
+    // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) run between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != parent_pid {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
     // SAFETY: `fds` has room for the two descriptors pipe2 writes.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {

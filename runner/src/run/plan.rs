@@ -160,7 +160,16 @@ pub fn plan(pipeline: Pipeline, verbose: bool) -> Result<Plan, PlanError> {
             env: stage.settings.env.clone(),
             initializer,
             launcher: stage.settings.launcher,
+            srun_args: stage.settings.srun_args.clone(),
         };
+        if stage.settings.launcher == crate::config::Launcher::Slurm {
+            if let Some(why) = crate::pool::slurm::unavailable() {
+                problems.push(PlanProblem {
+                    message: format!("stage `{}`: {why}", stage.name),
+                    help: None,
+                });
+            }
+        }
         stages.push(PlannedStage {
             plugin,
             task,

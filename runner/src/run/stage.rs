@@ -336,7 +336,22 @@ impl<'a> Dispatcher<'a> {
                     }
                 }
             } else if let Some(limit) = settings.task_timeout {
-                let (cursor, started_ns) = w.progress.read();
+                // Remote workers have no progress slot: their item started when the last
+                // result arrived (they send each result at once).
+                let (cursor, started_ns) = match &w.progress {
+                    Some(slot) => slot.read(),
+                    None => {
+                        let front = w
+                            .in_flight
+                            .front()
+                            .and_then(|id| self.in_flight.get(id).map(|c| (*id, c.received)));
+                        let started =
+                            now_ns.saturating_sub(w.item_started.elapsed().as_nanos() as u64);
+                        front.map_or((0, 0), |(id, pos)| {
+                            (protocol::pack_cursor(id, pos), started)
+                        })
+                    }
+                };
                 if cursor != 0 {
                     let limit_ns = limit.as_nanos() as u64;
                     let ran = now_ns.saturating_sub(started_ns);
@@ -477,6 +492,9 @@ impl<'a> Dispatcher<'a> {
         let sent = self.pool.send_to(worker, &frame);
         let max_tasks = self.job.stage.settings.max_tasks_per_worker;
         if let Some(w) = self.pool.worker_mut(worker) {
+            if w.in_flight.is_empty() {
+                w.item_started = Instant::now();
+            }
             w.in_flight.push_back(chunk_id);
             w.tasks_assigned += indices.len() as u64;
             if max_tasks > 0 && w.tasks_assigned >= max_tasks {
@@ -515,13 +533,25 @@ impl<'a> Dispatcher<'a> {
 
     fn on_ready(&mut self, worker: u32, payload: &[u8]) {
         match serde_json::from_slice::<ReadyMsg>(payload) {
-            Ok(ReadyMsg::Ready { .. }) => {
+            Ok(ReadyMsg::Ready {
+                pid,
+                host,
+                slurm_job,
+                slurm_step,
+            }) => {
                 if let Some(w) = self.pool.worker_mut(worker) {
                     if w.state == WorkerState::Starting {
                         w.state = WorkerState::Ready;
                         w.idle_since = Instant::now();
                     }
                 }
+                self.events.emit(&Event::WorkerReady {
+                    worker,
+                    pid,
+                    host: &host,
+                    slurm_job: slurm_job.as_deref(),
+                    slurm_step: slurm_step.as_deref(),
+                });
             }
             Ok(ReadyMsg::Failed { kind, message }) => {
                 if let Some(w) = self.pool.worker_mut(worker) {
@@ -591,6 +621,7 @@ impl<'a> Dispatcher<'a> {
         chunk.received = header.first + header.count;
         if let Some(w) = self.pool.worker_mut(worker) {
             w.tasks_done += u64::from(header.count);
+            w.item_started = Instant::now();
         }
         self.check_memory(worker);
         if chunk.received as usize >= chunk.indices.len() {
@@ -671,6 +702,18 @@ impl<'a> Dispatcher<'a> {
     }
 
     fn on_exit(&mut self, worker: u32, end: ProcessEnd, peak_rss: u64) -> io::Result<()> {
+        // A remote worker's end is its `srun`'s, which exits with 128 + the signal of a task
+        // killed by one.
+        let remote = self
+            .pool
+            .worker(worker)
+            .is_some_and(|w| w.progress.is_none());
+        let end = match end {
+            ProcessEnd::Exit(code) if remote && code > 128 && code < 128 + 32 => {
+                ProcessEnd::Signal(code - 128)
+            }
+            other => other,
+        };
         let Some(w) = self.pool.on_exit(worker, end, peak_rss, self.events) else {
             return Ok(());
         };
@@ -686,7 +729,14 @@ impl<'a> Dispatcher<'a> {
         // The item it was running: from the progress slot for a crash, or the one that timed
         // out. A worker stopped on purpose (interrupt, retire) is blamed for nothing.
         let running = match w.stop_reason {
-            None => protocol::unpack_cursor(w.progress.read().0),
+            None => match &w.progress {
+                Some(slot) => protocol::unpack_cursor(slot.read().0),
+                // Remote workers report every result at once: the first unreported item ran.
+                None => w
+                    .in_flight
+                    .front()
+                    .and_then(|id| self.in_flight.get(id).map(|c| (*id, c.received))),
+            },
             Some("timeout") => self
                 .timed_out
                 .remove(&worker)
@@ -745,7 +795,11 @@ impl<'a> Dispatcher<'a> {
                     "worker {} (pid {}) {end} while running task {task} on input {index}; its peak RSS was {}",
                     w.id,
                     w.pid,
-                    sys::format_bytes(peak_rss)
+                    if w.progress.is_some() {
+                        sys::format_bytes(peak_rss)
+                    } else {
+                        "unknown (remote worker)".to_owned()
+                    }
                 ),
             ),
         }

@@ -1,0 +1,129 @@
+//! `launcher = "slurm"`: each worker is a job step of the current allocation,
+//! `srun --exact --ntasks=1 --kill-on-bad-exit=0 loky-run __worker`, that connects back to the
+//! runner over TCP (see `transport`). Workers are started once per pool, never per task.
+//!
+//! The local `srun` process stands for the step: its exit is the worker's exit (a task killed by
+//! a signal makes `srun` exit with 128 + the signal), SIGTERM to it ends the step, and it gets a
+//! parent-death SIGTERM so a killed runner takes its steps along.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
+
+use super::spawn::{self, SpawnRequest, SpawnedWorker};
+use crate::interrupt;
+use crate::sys;
+use crate::transport::{self, Listener};
+use crate::worker::WORKER_ARG;
+
+/// How long a step may take to start and connect.
+const CONNECT_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Why `launcher = "slurm"` cannot be used here, if it cannot.
+pub fn unavailable() -> Option<String> {
+    if std::env::var_os("SLURM_JOB_ID").is_none() {
+        return Some(
+            "launcher = \"slurm\" starts workers as job steps of the current Slurm allocation: run loky-run inside `sbatch` or `salloc`"
+                .into(),
+        );
+    }
+    None
+}
+
+pub fn launch(
+    req: &SpawnRequest<'_>,
+    listener: &Listener,
+    srun_args: &[String],
+) -> io::Result<SpawnedWorker> {
+    let (token, connection) = listener.expect()?;
+    let (out_read, out_write) = spawn::pipe()?;
+    let mut command = Command::new("srun");
+    command
+        .args([
+            "--exact",
+            "--ntasks=1",
+            "--nodes=1",
+            "--kill-on-bad-exit=0",
+            "--job-name=loky-run-worker",
+        ])
+        .args(srun_args)
+        .arg(sys::current_exe())
+        .arg(WORKER_ARG)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out_write.try_clone()?))
+        .stderr(Stdio::from(out_write))
+        .process_group(0)
+        .env(transport::CONNECT_ENV, listener.advertised())
+        .env(transport::TOKEN_ENV, &token);
+    spawn::set_worker_env(&mut command, req);
+    spawn::die_with_parent(&mut command, libc::SIGTERM);
+    let mut child = command.spawn().inspect_err(|_| listener.forget(&token))?;
+    // Our copies of the pipe's write end must go, or reading srun's output never ends.
+    drop(command);
+    let mut output = File::from(out_read);
+
+    let deadline = Instant::now() + CONNECT_DEADLINE;
+    let stream = loop {
+        match connection.recv_timeout(Duration::from_millis(50)) {
+            Ok(stream) => break stream,
+            Err(RecvTimeoutError::Disconnected) => {
+                unreachable!("the listener keeps the sender until used")
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        let failure = if let Some(status) = child.try_wait()? {
+            Some(format!(
+                "srun {} before the worker connected",
+                sys::describe_exit(status)
+            ))
+        } else if Instant::now() >= deadline {
+            spawn::kill_group(child.id(), libc::SIGTERM);
+            let _ = child.wait();
+            Some(format!(
+                "the worker step did not connect within {} s",
+                CONNECT_DEADLINE.as_secs()
+            ))
+        } else if interrupt::count() > 0 {
+            spawn::kill_group(child.id(), libc::SIGTERM);
+            let _ = child.wait();
+            Some("interrupted while starting a worker step".to_owned())
+        } else {
+            None
+        };
+        if let Some(failure) = failure {
+            listener.forget(&token);
+            let mut text = String::new();
+            let _ = output.read_to_string(&mut text);
+            let tail: Vec<&str> = text
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            let tail = if tail.is_empty() {
+                String::new()
+            } else {
+                format!("; it printed:\n  {}", tail.join("\n  "))
+            };
+            return Err(io::Error::other(format!("{failure}{tail}")));
+        }
+    };
+    let pid = child.id();
+    // Reaped by the pool's reader thread, like a local worker.
+    drop(child);
+    let commands = stream.try_clone()?;
+    let remote = stream.try_clone()?;
+    Ok(SpawnedWorker {
+        pid,
+        commands: Box::new(commands),
+        results: Box::new(stream),
+        output: Box::new(output),
+        progress: None,
+        remote: Some(remote),
+    })
+}
