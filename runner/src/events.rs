@@ -51,6 +51,10 @@ pub enum Event<'a> {
         stage: &'a str,
         launcher: &'a str,
     },
+    /// The runner listens for remote workers (Slurm launcher) at this address.
+    Listening {
+        address: &'a str,
+    },
     /// A worker loaded its plugins and ran its initializer: where it runs.
     WorkerReady {
         worker: u32,

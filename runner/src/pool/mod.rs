@@ -238,7 +238,11 @@ impl Pool {
             Launcher::Slurm => {
                 if self.listener.is_none() {
                     let listen = std::env::var("LOKY_RUN_LISTEN").ok();
-                    self.listener = Some(Listener::bind(listen.as_deref(), console.clone())?);
+                    let listener = Listener::bind(listen.as_deref(), console.clone())?;
+                    events.emit(&Event::Listening {
+                        address: listener.advertised(),
+                    });
+                    self.listener = Some(listener);
                 }
                 let listener = self.listener.as_ref().expect("bound above");
                 slurm::launch(&request, listener, &spec.srun_args)?
