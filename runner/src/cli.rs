@@ -1,10 +1,11 @@
-//! The command line: `run` (also the default), `validate`, `tasks`.
+//! The command line: `run` (also the default), `validate`, `tasks`, and the helpers around
+//! them: `show-config`, `new-plugin`, `schema`, `reference`, `completions`.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config::{self, LoadOptions, PluginSpec};
 pub use crate::console::ProgressMode;
@@ -18,7 +19,8 @@ use crate::run::{self, RunOptions};
     name = "loky-run",
     version,
     about = "A declarative, crash-proof process-pool job runner",
-    after_help = "`loky-run PIPELINE.toml [OPTIONS]` is the same as `loky-run run PIPELINE.toml [OPTIONS]`."
+    after_help = "`loky-run PIPELINE.toml [OPTIONS]` is the same as `loky-run run PIPELINE.toml [OPTIONS]`.\n\
+                  LOKY_RUN_LOG=debug (or RUST_LOG=loky_run=debug) is -v, LOKY_RUN_LOG=error is -q; the flags win."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -41,6 +43,29 @@ pub enum Command {
     Tasks {
         /// A plugin name (searched for), a path to a .so, or a path to a plugin crate.
         plugin: String,
+    },
+    /// Print the resolved configuration (defaults, file, environment, --set), every value with
+    /// where it came from.
+    ShowConfig(ConfigArgs),
+    /// Create a plugin crate: one example task with a unit test, and a pipeline that runs it.
+    NewPlugin {
+        /// The plugin's (and crate's) name: ASCII letters, digits, `_` and `-`.
+        name: String,
+        /// The directory to create the crate in (default: ./NAME).
+        #[arg(long, value_name = "DIR")]
+        path: Option<PathBuf>,
+    },
+    /// Print the JSON schema of a pipeline file (committed as schema/pipeline.schema.json).
+    Schema,
+    /// Print the pipeline reference in Markdown (committed as docs/pipeline-reference.md).
+    Reference,
+    /// Print a shell completion script for bash, zsh or fish.
+    ///
+    /// For example: `loky-run completions bash > ~/.local/share/bash-completion/completions/loky-run`.
+    Completions {
+        /// bash, zsh, fish (also elvish, powershell).
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
 }
 
@@ -76,7 +101,17 @@ pub struct RunArgs {
     pub dry_run: bool,
 }
 
-const SUBCOMMANDS: [&str; 4] = ["run", "validate", "tasks", "help"];
+const SUBCOMMANDS: [&str; 9] = [
+    "run",
+    "validate",
+    "tasks",
+    "show-config",
+    "new-plugin",
+    "schema",
+    "reference",
+    "completions",
+    "help",
+];
 
 /// `loky-run PIPELINE.toml ...` means `loky-run run PIPELINE.toml ...`.
 fn with_default_subcommand(mut args: Vec<OsString>) -> Vec<OsString> {
@@ -104,7 +139,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
     };
     let verbosity = match (cli.quiet, cli.verbose) {
         (true, _) => Verbosity::Quiet,
-        (false, 0) => Verbosity::Normal,
+        (false, 0) => env_verbosity().unwrap_or(Verbosity::Normal),
         _ => Verbosity::Verbose,
     };
     let progress = match &cli.command {
@@ -116,6 +151,21 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Command::Run(args) => cmd_run(args, &console),
         Command::Validate(args) => cmd_validate(args, &console),
         Command::Tasks { plugin } => cmd_tasks(&plugin, &console),
+        Command::ShowConfig(args) => cmd_show_config(&args),
+        Command::NewPlugin { name, path } => cmd_new_plugin(&name, path.as_deref()),
+        Command::Schema => {
+            print!("{}", crate::schema::json_schema_text());
+            Ok(0)
+        }
+        Command::Reference => {
+            print!("{}", crate::schema::reference_markdown());
+            Ok(0)
+        }
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "loky-run", &mut std::io::stdout());
+            Ok(0)
+        }
     };
     match result {
         Ok(code) => code,
@@ -130,12 +180,56 @@ pub fn main(args: Vec<OsString>) -> i32 {
 }
 
 fn load(args: &ConfigArgs) -> Result<config::Pipeline, Error> {
-    let opts = LoadOptions {
+    Ok(config::load(&load_options(args))?)
+}
+
+fn load_options(args: &ConfigArgs) -> LoadOptions {
+    LoadOptions {
         file: args.pipeline.clone(),
         sets: args.sets.clone(),
         env: std::env::vars().collect(),
+    }
+}
+
+/// The verbosity asked for by `LOKY_RUN_LOG`, or by a `RUST_LOG` directive naming `loky_run`.
+fn env_verbosity() -> Option<Verbosity> {
+    let own = std::env::var("LOKY_RUN_LOG").ok();
+    if let Some(value) = own.as_deref().filter(|v| !v.trim().is_empty()) {
+        let found = log_filter_verbosity(value, true);
+        if found.is_none() {
+            eprintln!(
+                "warning: LOKY_RUN_LOG={value:?} is not understood; expected a level (error, \
+                 warn, info, debug, trace) or loky_run=LEVEL"
+            );
+        }
+        return found;
+    }
+    let rust_log = std::env::var("RUST_LOG").ok()?;
+    log_filter_verbosity(&rust_log, false)
+}
+
+/// Reads a `RUST_LOG`-style filter (`debug`, `warn,loky_run=debug`): the last directive for
+/// `loky_run` wins, and a bare level counts too when `bare_levels`. `off`, `error` and `warn`
+/// are `-q`, `info` the default, `debug` and `trace` are `-v`.
+pub fn log_filter_verbosity(filter: &str, bare_levels: bool) -> Option<Verbosity> {
+    let level = |l: &str| match l.trim().to_ascii_lowercase().as_str() {
+        "off" | "error" | "warn" | "warning" => Some(Verbosity::Quiet),
+        "info" => Some(Verbosity::Normal),
+        "debug" | "trace" => Some(Verbosity::Verbose),
+        _ => None,
     };
-    Ok(config::load(&opts)?)
+    let mut found = None;
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        match directive.split_once('=') {
+            Some((target, l)) if matches!(target.trim(), "loky_run" | "loky-run") => {
+                found = level(l).or(found);
+            }
+            Some(_) => {}
+            None if bare_levels => found = level(directive).or(found),
+            None => {}
+        }
+    }
+    found
 }
 
 fn cmd_run(args: RunArgs, console: &Arc<Console>) -> Result<i32, Error> {
@@ -158,6 +252,25 @@ fn cmd_run(args: RunArgs, console: &Arc<Console>) -> Result<i32, Error> {
     let report = run::execute(&plan, &opts, console)?;
     run::print_summary(&report, &plan.pipeline, console);
     Ok(report.exit_code)
+}
+
+fn cmd_show_config(args: &ConfigArgs) -> Result<i32, Error> {
+    let loaded = config::load_with_origins(&load_options(args))?;
+    print!("{}", crate::show_config::render(&loaded));
+    Ok(0)
+}
+
+fn cmd_new_plugin(name: &str, path: Option<&Path>) -> Result<i32, Error> {
+    use crate::scaffold;
+    let cwd = std::env::current_dir().map_err(|source| Error::Io {
+        context: "no current directory".into(),
+        source,
+    })?;
+    let dir = cwd.join(path.unwrap_or(Path::new(name)));
+    let api = scaffold::api_source(std::env::var_os(scaffold::PLUGIN_API_VAR).as_deref())?;
+    let created = scaffold::create(name, &dir, api)?;
+    print!("{}", scaffold::next_steps(&created, &cwd));
+    Ok(0)
 }
 
 fn cmd_validate(args: ConfigArgs, console: &Arc<Console>) -> Result<i32, Error> {
@@ -284,5 +397,35 @@ mod tests {
             ["loky-run", "validate", "p.toml"]
         );
         assert_eq!(words(&["loky-run", "--help"]), ["loky-run", "--help"]);
+        assert_eq!(
+            words(&["loky-run", "show-config", "p.toml"]),
+            ["loky-run", "show-config", "p.toml"]
+        );
+        assert_eq!(
+            words(&["loky-run", "completions", "bash"]),
+            ["loky-run", "completions", "bash"]
+        );
+    }
+
+    #[test]
+    fn every_subcommand_is_known_to_the_default_rule() {
+        for sub in Cli::command().get_subcommands() {
+            assert!(SUBCOMMANDS.contains(&sub.get_name()), "{}", sub.get_name());
+        }
+    }
+
+    #[test]
+    fn log_filters() {
+        use Verbosity::*;
+        assert_eq!(log_filter_verbosity("debug", true), Some(Verbose));
+        assert_eq!(log_filter_verbosity("debug", false), None);
+        assert_eq!(
+            log_filter_verbosity("warn,loky_run=trace", false),
+            Some(Verbose)
+        );
+        assert_eq!(log_filter_verbosity("loky_run=error", true), Some(Quiet));
+        assert_eq!(log_filter_verbosity("info", true), Some(Normal));
+        assert_eq!(log_filter_verbosity("other=debug", true), None);
+        assert_eq!(log_filter_verbosity("loud", true), None);
     }
 }

@@ -5,6 +5,7 @@ mod support;
 
 mod bad_input;
 mod basics;
+mod cli_ux;
 mod failures;
 mod pool;
 mod resume;

@@ -71,7 +71,14 @@ pub(crate) fn parse(text: &str) -> Result<Node, SyntaxError> {
     NodeSeed
         .deserialize(de)
         .map_err(|e: toml::de::Error| SyntaxError {
-            message: e.message().trim().to_string(),
+            // One line ("invalid string; expected `"`, `'`"): the location follows it.
+            message: e
+                .message()
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("; "),
             span: e.span(),
         })
 }

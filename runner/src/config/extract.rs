@@ -462,6 +462,8 @@ impl<'a> Extractor<'a> {
                     );
                 }
                 Ok(t) => {
+                    // Each variable's own origin too (`pool.env.NAME`), for `show-config`.
+                    self.origins.insert(g.label.clone(), g.origin.clone());
                     out.insert(name.clone(), t);
                 }
                 Err(bad) => {

@@ -80,8 +80,11 @@ pub struct Loaded {
     /// By key in `--set` spelling: every `pipeline.<key>` and `pool.<key>`, and every
     /// `stage.<name>.<key>` (for a pool key, the origin of the effective value: the stage's own,
     /// `[pool]`'s, or [`Layer::Default`]). A few parts of tables also appear
-    /// (`pool.initializer.task`, `pool.initializer.args`).
+    /// (`pool.initializer.task`, `pool.initializer.args`, each variable of `env`: `pool.env.NAME`).
     pub origins: BTreeMap<String, Origin>,
+    /// `[pool]`'s settings over the defaults: what a stage that sets no pool key of its own
+    /// gets (the resolved stages hold their own; this is for `show-config`).
+    pub pool: PoolSettings,
 }
 
 /// Loads, layers and validates a pipeline. On error, every problem found is reported.
@@ -165,6 +168,8 @@ pub fn load_with_origins(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
         diags: Vec::new(),
         origins: BTreeMap::new(),
     };
+    // `[pool]` alone, with the same defaults as a stage's; origins as recorded above.
+    let pool_settings = resolver.settings(&extract::RawPool::default(), &raw_pool, "pool");
     let pipeline = resolver.resolve(
         raw_pipeline,
         &raw_pool,
@@ -185,7 +190,11 @@ pub fn load_with_origins(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
             for key in unset {
                 origins.entry(key).or_insert_with(Origin::default_value);
             }
-            Ok(Loaded { pipeline, origins })
+            Ok(Loaded {
+                pipeline,
+                origins,
+                pool: pool_settings,
+            })
         }
         _ => Err(ConfigError::new(diags)),
     }

@@ -370,7 +370,7 @@ impl Resolver<'_> {
 
     /// A stage's pool settings: its own keys over `[pool]` over the defaults. Records where
     /// each one came from under `stage.NAME.KEY`.
-    fn settings(&mut self, own: &RawPool, pool: &RawPool, prefix: &str) -> PoolSettings {
+    pub(crate) fn settings(&mut self, own: &RawPool, pool: &RawPool, prefix: &str) -> PoolSettings {
         let mut origins: Vec<(&str, Origin)> = Vec::new();
         macro_rules! pick {
             ($field:ident) => {{

@@ -1,0 +1,460 @@
+//! What a user reads: snapshots (insta) of the summary, of each kind of configuration
+//! diagnostic and of `show-config`; the generated schema and reference are current and every
+//! example pipeline validates; completions; `LOKY_RUN_LOG`; and `new-plugin` end to end.
+//!
+//! Snapshots live in `tests/e2e/snapshots/`. A mismatch fails the test (CI writes nothing). To
+//! accept a change on purpose: `INSTA_UPDATE=always cargo test -p runner --test e2e cli_ux`,
+//! then review the `.snap` diff (or use `cargo insta review` if you have it).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::support::*;
+
+/// Replaces the paths that differ between machines and runs.
+fn normalize(fx: &Fixture, text: &str) -> String {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_loky-run"));
+    let bin_dir = exe.parent().unwrap().to_owned();
+    let target = bin_dir.parent().unwrap().to_owned();
+    let mut replacements: Vec<(String, String)> = Vec::new();
+    for (path, label) in [
+        (fx.path().to_owned(), "[TMP]"),
+        (bin_dir.clone(), "[BIN]"),
+        (target.join("debug"), "[TARGET]/<profile>"),
+        (target.join("release"), "[TARGET]/<profile>"),
+        (workspace_root(), "[ROOT]"),
+    ] {
+        let shown = path.display().to_string();
+        if let Ok(canonical) = std::fs::canonicalize(&path) {
+            replacements.push((canonical.display().to_string(), label.to_string()));
+        }
+        replacements.push((shown, label.to_string()));
+    }
+    // Longest first, so that a path is replaced before any of its parents.
+    replacements.sort_by_key(|(from, _)| std::cmp::Reverse(from.len()));
+    let mut out = text.to_string();
+    for (from, to) in replacements {
+        out = out.replace(&from, &to);
+    }
+    out
+}
+
+/// Snapshot settings: files under tests/e2e/snapshots; times and rates of the summary blanked.
+fn settings() -> insta::Settings {
+    let mut s = insta::Settings::clone_current();
+    s.set_snapshot_path("snapshots");
+    s.set_prepend_module_to_snapshot(false);
+    s.add_filter(r" +\d+\.\d\ds +\d+  ", "  [TIME]s  [RATE]  ");
+    s
+}
+
+/// `exit code: N`, then stdout and stderr, normalized.
+fn shown(fx: &Fixture, r: &RunResult) -> String {
+    let mut out = format!("exit code: {}\n", r.code);
+    if !r.stdout.is_empty() {
+        out.push_str(&format!("--- stdout\n{}", normalize(fx, &r.stdout)));
+    }
+    if !r.stderr.is_empty() {
+        out.push_str(&format!("--- stderr\n{}", normalize(fx, &r.stderr)));
+    }
+    out
+}
+
+fn snapshot(name: &str, fx: &Fixture, r: &RunResult) {
+    let text = shown(fx, r);
+    settings().bind(|| insta::assert_snapshot!(name, text));
+}
+
+/// A pipeline over the demo plugin only (its task list is part of some messages).
+fn demo_header(name: &str) -> String {
+    format!(
+        "[pipeline]\nname = \"{name}\"\nplugins = [\"{}\"]\noutput_dir = \"out\"\n",
+        plugin_path("demo").display()
+    )
+}
+
+#[test]
+fn summary_snapshot() {
+    let fx = Fixture::new();
+    let p = fx.write(
+        "pipeline.toml",
+        &(demo_header("summary")
+            + "\n[pool]\nmax_workers = 2\non_error = \"continue\"\n\
+               \n[[stage]]\nname = \"squares\"\ntask = \"demo::square\"\n\
+               input = { items = [1, 2, 3037000500, 4, 9999999999] }\nretries = 1\n\
+               \n[[stage]]\nname = \"echoed\"\ntask = \"demo::echo\"\ninput = { from = \"squares\" }\n"),
+    );
+    let mut r = fx.run(&[p.to_str().unwrap(), "--events", "events.jsonl"]);
+    r.assert_code(1);
+    // The first errors are listed as they happened, which two workers may swap.
+    let (mut errors, rest): (Vec<&str>, Vec<&str>) =
+        r.stderr.lines().partition(|l| l.starts_with("  squares["));
+    errors.sort();
+    r.stderr = rest
+        .into_iter()
+        .chain(errors)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    snapshot("summary", &fx, &r);
+}
+
+#[test]
+fn diagnostic_toml_syntax_error() {
+    let fx = Fixture::new();
+    let p = fx.write(
+        "pipeline.toml",
+        &(demo_header("syntax") + "\n[pool]\nmax_workers = = 2\n"),
+    );
+    snapshot(
+        "diagnostic_toml_syntax_error",
+        &fx,
+        &fx.run(&[p.to_str().unwrap()]),
+    );
+}
+
+#[test]
+fn diagnostic_unknown_keys_with_suggestions() {
+    let fx = Fixture::new();
+    let p = fx.write(
+        "pipeline.toml",
+        &(demo_header("keys")
+            + "\n[pool]\nmax_worker = 2\n\n[[stage]]\nname = \"s\"\ntask = \"demo::square\"\n\
+               input = { range = [0, 3] }\nretrys = 1\n"),
+    );
+    snapshot(
+        "diagnostic_unknown_keys",
+        &fx,
+        &fx.run(&[p.to_str().unwrap()]),
+    );
+}
+
+const ONE_STAGE: &str =
+    "\n[[stage]]\nname = \"squares\"\ntask = \"demo::square\"\ninput = { range = [0, 3] }\n";
+
+#[test]
+fn diagnostic_wrong_type_from_set() {
+    let fx = Fixture::new();
+    let p = fx.write("pipeline.toml", &(demo_header("set") + ONE_STAGE));
+    let r = fx.run(&[
+        p.to_str().unwrap(),
+        "--set",
+        "pool.max_workers=two",
+        "--set",
+        "stage.squares.retries=\"1\"",
+    ]);
+    snapshot("diagnostic_wrong_type_from_set", &fx, &r);
+}
+
+#[test]
+fn diagnostic_bad_env_value() {
+    let fx = Fixture::new();
+    let p = fx.write("pipeline.toml", &(demo_header("env") + ONE_STAGE));
+    let out = fx
+        .command()
+        .args([p.to_str().unwrap(), "--progress", "never"])
+        .env("LOKY_RUN_POOL_TASK_TIMEOUT", "10")
+        .env("LOKY_RUN_STAGE_SQUARES_ON_ERROR", "contineu")
+        .output()
+        .unwrap();
+    snapshot("diagnostic_bad_env_value", &fx, &RunResult::from(out));
+}
+
+#[test]
+fn diagnostic_unknown_task_with_suggestion() {
+    let fx = Fixture::new();
+    let p = fx.write(
+        "pipeline.toml",
+        &(demo_header("task")
+            + "\n[[stage]]\nname = \"squares\"\ntask = \"demo::sqare\"\ninput = { range = [0, 3] }\n"),
+    );
+    snapshot(
+        "diagnostic_unknown_task",
+        &fx,
+        &fx.run(&[p.to_str().unwrap()]),
+    );
+}
+
+#[test]
+fn diagnostic_missing_plugin() {
+    let fx = Fixture::new();
+    let p = fx.write(
+        "pipeline.toml",
+        &("[pipeline]\nname = \"missing\"\nplugins = [\"no_such_plugin\"]\noutput_dir = \"out\"\n"
+            .to_string()
+            + ONE_STAGE),
+    );
+    snapshot(
+        "diagnostic_missing_plugin",
+        &fx,
+        &fx.run(&[p.to_str().unwrap()]),
+    );
+}
+
+#[test]
+fn show_config_snapshot() {
+    let fx = Fixture::new();
+    let p = fx.write(
+        "pipeline.toml",
+        &(demo_header("show")
+            + "\n[pool]\nmax_workers = 2\nenv = { GREETING = \"hi\" }\n\
+               initializer = { task = \"demo::setup\", args = { level = \"info\" } }\n\
+               \n[[stage]]\nname = \"squares\"\ntask = \"demo::square\"\ninput = { range = [0, 100] }\n\
+               \n[[stage]]\nname = \"echoed\"\ntask = \"demo::echo\"\ninput = { from = \"squares\" }\n\
+               retries = 1\nenv = { OWN = \"yes\" }\n"),
+    );
+    let out = fx
+        .command()
+        .args([
+            "show-config",
+            p.to_str().unwrap(),
+            "--set",
+            "pool.max_workers=4",
+            "--set",
+            "stage.echoed.chunksize=16",
+            "--set",
+            "pool.env.EXTRA=1",
+        ])
+        .env("LOKY_RUN_POOL_TASK_TIMEOUT", "30s")
+        .env("LOKY_RUN_STAGE_SQUARES_RETRIES", "3")
+        .output()
+        .unwrap();
+    let r = RunResult::from(out);
+    r.assert_code(0);
+    snapshot("show_config", &fx, &r);
+}
+
+#[test]
+fn show_config_reports_bad_configuration_like_run() {
+    let fx = Fixture::new();
+    let p = fx.write("pipeline.toml", &(demo_header("bad") + ONE_STAGE));
+    fx.run(&[
+        "show-config",
+        p.to_str().unwrap(),
+        "--set",
+        "pool.retries=-1",
+    ])
+    .assert_code(2)
+    .assert_stderr_has(&["pool.retries", "--set pool.retries=-1"]);
+}
+
+// ---- generated files ---------------------------------------------------------------------
+
+/// Compares a committed file with what `loky-run ARGS` prints.
+#[track_caller]
+fn assert_current(args: &[&str], committed: &str) {
+    let fx = Fixture::new();
+    let r = fx.run(args);
+    r.assert_code(0);
+    let path = workspace_root().join(committed);
+    let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        on_disk == r.stdout,
+        "{committed} is not what `loky-run {}` generates from the config key tables; \
+         regenerate it with:\n\n    cargo run -q -p runner -- {} > {committed}\n",
+        args.join(" "),
+        args.join(" "),
+    );
+}
+
+#[test]
+fn committed_schema_is_current() {
+    assert_current(&["schema"], "schema/pipeline.schema.json");
+}
+
+#[test]
+fn committed_reference_is_current() {
+    assert_current(&["reference"], "docs/pipeline-reference.md");
+}
+
+/// TOML as JSON, as a schema validator (and Taplo) sees it.
+fn toml_as_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap();
+    let table: toml::Table =
+        toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::to_value(table).unwrap()
+}
+
+#[test]
+fn every_example_config_validates_against_the_schema() {
+    let root = workspace_root();
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("schema/pipeline.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::draft4::new(&schema).expect("a valid draft 4 schema");
+    let mut configs: Vec<PathBuf> = std::fs::read_dir(root.join("configs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    configs.sort();
+    assert!(configs.len() >= 5, "{configs:?}");
+    for path in configs {
+        let errors: Vec<String> = validator
+            .iter_errors(&toml_as_json(&path))
+            .map(|e| format!("  {} at {}", e, e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{} does not validate:\n{}",
+            path.display(),
+            errors.join("\n")
+        );
+        // The directive Taplo / Even Better TOML read, on the first line.
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text.lines().next(),
+            Some("#:schema ../schema/pipeline.schema.json"),
+            "{}",
+            path.display()
+        );
+    }
+    // And the schema refuses what the loader refuses, e.g. a misspelt key.
+    let bad = serde_json::json!({
+        "pipeline": { "name": "x", "plugins": ["demo"] },
+        "pool": { "max_worker": 2 },
+        "stage": [{ "name": "s", "task": "demo::square", "input": { "range": [0, 3] } }],
+    });
+    assert!(!validator.is_valid(&bad));
+}
+
+// ---- completions, logging ------------------------------------------------------------------
+
+#[test]
+fn completions_for_bash_zsh_and_fish() {
+    let fx = Fixture::new();
+    for shell in ["bash", "zsh", "fish"] {
+        let r = fx.run(&["completions", shell]);
+        r.assert_code(0);
+        for word in ["show-config", "new-plugin", "validate", "--set"] {
+            assert!(r.stdout.contains(word), "{shell} completions lack {word}");
+        }
+    }
+    fx.run(&["completions", "tcsh"]).assert_code(2);
+}
+
+#[test]
+fn loky_run_log_sets_the_verbosity_and_flags_win() {
+    let fx = Fixture::new();
+    let p = fx.write("pipeline.toml", &(demo_header("log") + ONE_STAGE));
+    let run = |env: &str, flags: &[&str]| {
+        let mut cmd = fx.command();
+        cmd.args([p.to_str().unwrap(), "--progress", "never"])
+            .args(flags)
+            .env("LOKY_RUN_LOG", env);
+        let r = RunResult::from(cmd.output().unwrap());
+        r.assert_code(0);
+        r.stderr
+    };
+    assert!(
+        !run("error", &[]).contains("outputs:"),
+        "LOKY_RUN_LOG=error is -q"
+    );
+    assert!(run("error", &["-v"]).contains("outputs:"), "-v wins");
+    assert!(run("info", &[]).contains("outputs:"));
+    assert!(run("warn,loky_run=info", &[]).contains("outputs:"));
+    assert!(run("chatty", &[]).contains("LOKY_RUN_LOG=\"chatty\" is not understood"));
+}
+
+// ---- new-plugin ----------------------------------------------------------------------------
+
+/// The slow one (it compiles abi_stable twice when cold): scaffold a plugin, then run the two
+/// commands `new-plugin` prints, exactly as printed.
+#[test]
+fn new_plugin_builds_tests_and_runs_with_the_printed_commands() {
+    let fx = Fixture::new();
+    let r = fx.run(&["new-plugin", "demo2"]);
+    r.assert_code(0);
+    let dir = fx.path().join("demo2");
+    // In this checkout, plugin-api by path; a workspace of its own.
+    let manifest: toml::Table =
+        toml::from_str(&std::fs::read_to_string(dir.join("Cargo.toml")).unwrap()).unwrap();
+    let api = manifest["dependencies"]["plugin-api"]["path"]
+        .as_str()
+        .unwrap();
+    assert_eq!(
+        Path::new(api),
+        std::fs::canonicalize(workspace_root().join("plugin-api")).unwrap()
+    );
+    assert!(manifest["workspace"].as_table().unwrap().is_empty());
+
+    let commands: Vec<&str> = r
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("Build and test"))
+        .skip(1)
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(commands.len(), 2, "two commands:\n{}", r.stdout);
+    assert_eq!(commands[0], "cargo test --manifest-path demo2/Cargo.toml");
+    assert!(
+        commands[1].ends_with(" demo2/pipeline.toml"),
+        "{}",
+        commands[1]
+    );
+
+    // The dependency versions of this workspace (no network needed) and its target directory
+    // (what it already compiled is reused; the scaffold's own files do not collide with the
+    // workspace's), two jobs at most.
+    std::fs::copy(workspace_root().join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_loky-run"));
+    let target_dir = exe.parent().and_then(Path::parent).unwrap().to_owned();
+    for command in commands {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", command])
+            .current_dir(fx.path())
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .env("CARGO_BUILD_JOBS", "2")
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("LOKY_") {
+                cmd.env_remove(k);
+            }
+        }
+        let r = RunResult::from(cmd.output().unwrap());
+        assert_eq!(
+            r.code, 0,
+            "`{command}` failed\n--- stdout\n{}\n--- stderr\n{}",
+            r.stdout, r.stderr
+        );
+        if command.starts_with("cargo test") {
+            assert!(
+                r.stdout.contains("test tests::cubes ... ok"),
+                "{}",
+                r.stdout
+            );
+        }
+    }
+    let outputs: Vec<serde_json::Value> = read_jsonl(&dir.join("out").join("cubes.jsonl"))
+        .into_iter()
+        .map(|r| r["output"].clone())
+        .collect();
+    let expected: Vec<serde_json::Value> = (0..10i64).map(|x| (x * x * x).into()).collect();
+    assert_eq!(outputs, expected);
+}
+
+#[test]
+fn new_plugin_refuses_bad_names_and_existing_directories() {
+    let fx = Fixture::new();
+    fx.run(&["new-plugin", "2fast"])
+        .assert_code(2)
+        .assert_stderr_has(&["`2fast` cannot be a plugin name"]);
+    std::fs::create_dir(fx.path().join("taken")).unwrap();
+    std::fs::write(fx.path().join("taken/file"), "").unwrap();
+    fx.run(&["new-plugin", "x", "--path", "taken"])
+        .assert_code(2)
+        .assert_stderr_has(&["already exists"]);
+    // LOKY_RUN_PLUGIN_API must name the crate when it is set.
+    let out = fx
+        .command()
+        .args(["new-plugin", "y"])
+        .env("LOKY_RUN_PLUGIN_API", fx.path())
+        .output()
+        .unwrap();
+    RunResult::from(out)
+        .assert_code(2)
+        .assert_stderr_has(&["LOKY_RUN_PLUGIN_API="]);
+    assert!(!fx.path().join("y").exists());
+}
