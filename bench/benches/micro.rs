@@ -50,6 +50,7 @@ fn results_frame() -> Vec<u8> {
         first: 0,
         count: CHUNK as u32,
         busy_ns: 12345,
+        rss: 0,
     }
     .write(&mut f);
     let mut digits = itoa_buf();
@@ -121,6 +122,7 @@ mod frames {
                 first: 0,
                 count: 0,
                 busy_ns: 0,
+                rss: 0,
             }
             .write(&mut f);
             for out in &outputs {

@@ -6,7 +6,7 @@
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -54,6 +54,11 @@ pub enum Event<'a> {
     /// The runner listens for remote workers (Slurm launcher) at this address.
     Listening {
         address: &'a str,
+    },
+    /// A connection to the listening socket was refused (bad or missing token, bad frame).
+    ConnectionRejected {
+        peer: &'a str,
+        reason: &'a str,
     },
     /// A worker loaded its plugins and ran its initializer: where it runs.
     WorkerReady {
@@ -108,10 +113,11 @@ struct Line<'a, 'e> {
     time: String,
 }
 
-/// Where events go; a disabled log costs one branch per event.
-#[derive(Default)]
+/// Where events go; a disabled log costs one branch per event. Clones share one file (the
+/// TCP listener's threads report rejected connections too).
+#[derive(Default, Clone)]
 pub struct EventLog {
-    out: Option<Mutex<BufWriter<File>>>,
+    out: Option<Arc<Mutex<BufWriter<File>>>>,
 }
 
 impl EventLog {
@@ -124,7 +130,7 @@ impl EventLog {
             std::fs::create_dir_all(parent)?;
         }
         Ok(Self {
-            out: Some(Mutex::new(BufWriter::new(File::create(path)?))),
+            out: Some(Arc::new(Mutex::new(BufWriter::new(File::create(path)?)))),
         })
     }
 

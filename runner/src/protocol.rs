@@ -289,19 +289,24 @@ impl ChunkHeader {
     }
 }
 
-/// Header of a results frame: `chunk_id u64, first u32, count u32, busy_ns u64`, then `count`
-/// items `status u8, len-prefixed bytes` for the chunk's positions `first..first+count`.
+/// Header of a results frame: `chunk_id u64, first u32, count u32, busy_ns u64, rss u64`,
+/// then `count` items `status u8, len-prefixed bytes` for the chunk's positions
+/// `first..first+count`.
 pub struct ResultsHeader {
     pub chunk_id: u64,
     pub first: u32,
     pub count: u32,
     /// Time the worker spent running these items.
     pub busy_ns: u64,
+    /// The worker's own RSS in bytes, sampled at most every few tens of ms; 0 when the runner
+    /// reads it itself (local workers). Remote workers' memory is not in the runner's /proc.
+    pub rss: u64,
 }
 
 impl ResultsHeader {
     pub const COUNT_OFFSET: usize = 5 + 8 + 4;
     pub const BUSY_OFFSET: usize = 5 + 8 + 4 + 4;
+    pub const RSS_OFFSET: usize = 5 + 8 + 4 + 4 + 8;
 
     pub fn write(&self, f: &mut FrameBuf) {
         f.begin(tag::RESULTS);
@@ -309,6 +314,7 @@ impl ResultsHeader {
         f.put_u32(self.first);
         f.put_u32(self.count);
         f.put_u64(self.busy_ns);
+        f.put_u64(self.rss);
     }
 
     pub fn read(c: &mut Cursor<'_>) -> io::Result<Self> {
@@ -317,6 +323,7 @@ impl ResultsHeader {
             first: c.u32()?,
             count: c.u32()?,
             busy_ns: c.u64()?,
+            rss: c.u64()?,
         })
     }
 }

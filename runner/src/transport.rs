@@ -10,11 +10,13 @@
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::console::Console;
+use crate::events::{Event, EventLog};
 use crate::protocol::tag;
 
 /// Environment variables a remote worker reads (and removes before loading plugins).
@@ -25,6 +27,8 @@ pub const TOKEN_ENV: &str = "LOKY_RUN_TOKEN";
 const MAX_HELLO_LEN: usize = 256;
 /// How long a fresh connection may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// Hellos read at once: a flood of silent connections cannot start unbounded threads.
+const MAX_PENDING_HELLOS: usize = 64;
 
 type Waiting = Arc<Mutex<HashMap<String, Sender<TcpStream>>>>;
 
@@ -37,7 +41,7 @@ pub struct Listener {
 impl Listener {
     /// Binds `listen` (`host:port`), or by default this host's name resolved, on a port chosen
     /// by the OS; rejected connections are reported on `console`.
-    pub fn bind(listen: Option<&str>, console: Arc<Console>) -> io::Result<Self> {
+    pub fn bind(listen: Option<&str>, console: Arc<Console>, events: EventLog) -> io::Result<Self> {
         let host = match listen {
             Some(addr) => addr.to_owned(),
             None => format!("{}:0", hostname()),
@@ -58,26 +62,42 @@ impl Listener {
         };
         let waiting: Waiting = Arc::default();
         let accepted = waiting.clone();
+        let pending = Arc::new(AtomicUsize::new(0));
         std::thread::Builder::new()
             .name("tcp-accept".into())
             .spawn(move || {
                 for stream in listener.incoming() {
                     let Ok(stream) = stream else { continue };
+                    let peer = stream
+                        .peer_addr()
+                        .map(|a| a.to_string())
+                        .unwrap_or_else(|_| "?".into());
+                    if pending.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING_HELLOS {
+                        pending.fetch_sub(1, Ordering::AcqRel);
+                        reject(
+                            &console,
+                            &events,
+                            &peer,
+                            &format!("{MAX_PENDING_HELLOS} connections are already saying hello"),
+                        );
+                        continue;
+                    }
                     let waiting = accepted.clone();
                     let console = console.clone();
-                    let _ = std::thread::Builder::new()
-                        .name("tcp-hello".into())
-                        .spawn(move || {
-                            let peer = stream
-                                .peer_addr()
-                                .map(|a| a.to_string())
-                                .unwrap_or_else(|_| "?".into());
-                            if let Err(why) = handshake(stream, &waiting) {
-                                console.warn(&format!(
-                                    "rejected a worker connection from {peer}: {why}"
-                                ));
-                            }
-                        });
+                    let events = events.clone();
+                    let in_thread = pending.clone();
+                    let spawned =
+                        std::thread::Builder::new()
+                            .name("tcp-hello".into())
+                            .spawn(move || {
+                                if let Err(why) = handshake(stream, &waiting) {
+                                    reject(&console, &events, &peer, &why);
+                                }
+                                in_thread.fetch_sub(1, Ordering::AcqRel);
+                            });
+                    if spawned.is_err() {
+                        pending.fetch_sub(1, Ordering::AcqRel);
+                    }
                 }
             })?;
         Ok(Self {
@@ -109,6 +129,12 @@ impl Listener {
             .unwrap_or_else(|e| e.into_inner())
             .remove(token);
     }
+}
+
+/// Logs a refused connection, on the terminal and in the event log.
+fn reject(console: &Console, events: &EventLog, peer: &str, why: &str) {
+    console.warn(&format!("rejected a worker connection from {peer}: {why}"));
+    events.emit(&Event::ConnectionRejected { peer, reason: why });
 }
 
 /// Reads and checks the hello; hands the stream to whoever waits for its token.
@@ -220,6 +246,7 @@ mod tests {
         Listener::bind(
             Some("127.0.0.1:0"),
             Arc::new(Console::new(crate::console::Verbosity::Quiet)),
+            EventLog::disabled(),
         )
         .unwrap()
     }
@@ -228,7 +255,14 @@ mod tests {
     fn closed_by_server(mut s: TcpStream) -> bool {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let mut b = [0u8; 1];
-        matches!(s.read(&mut b), Ok(0) | Err(_))
+        match s.read(&mut b) {
+            Ok(n) => n == 0,
+            // A read timeout is not a close.
+            Err(e) => !matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ),
+        }
     }
 
     #[test]

@@ -183,6 +183,7 @@ fn run<R: Read + Send + 'static, W: Write>(
         out,
         frame,
         progress,
+        rss: None,
     };
     while let Ok(msg) = rx.recv() {
         if STOP_REQUESTED.load(Ordering::Acquire) {
@@ -210,9 +211,31 @@ struct ChunkRunner {
     out: RVec<u8>,
     frame: FrameBuf,
     progress: Option<ProgressSlot>,
+    /// Remote workers report their own RSS: the last sample and when it was taken.
+    rss: Option<(u64, Instant)>,
 }
 
+/// How often a remote worker reads its RSS for the results it sends.
+const RSS_SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
 impl ChunkRunner {
+    /// Writes this worker's RSS into the results header, for workers the runner cannot see
+    /// (no progress slot: started elsewhere). Rate-limited, off the per-item path.
+    fn patch_rss(frame: &mut FrameBuf, sample: &mut Option<(u64, Instant)>, remote: bool) {
+        if !remote {
+            return;
+        }
+        let fresh = match *sample {
+            Some((rss, at)) if at.elapsed() < RSS_SAMPLE_EVERY => rss,
+            _ => {
+                let rss = sys::rss_bytes(std::process::id()).unwrap_or(0);
+                *sample = Some((rss, Instant::now()));
+                rss
+            }
+        };
+        frame.patch_u64(ResultsHeader::RSS_OFFSET, fresh);
+    }
+
     fn run_chunk(&mut self, payload: &[u8], results: &mut impl Write) -> io::Result<()> {
         let mut cursor = Cursor::new(payload);
         let chunk = ChunkHeader::read(&mut cursor)?;
@@ -229,6 +252,7 @@ impl ChunkRunner {
             first,
             count: 0,
             busy_ns: 0,
+            rss: 0,
         }
         .write(&mut self.frame);
         for position in 0..chunk.count {
@@ -238,6 +262,7 @@ impl ChunkRunner {
                     let busy = batch_started.elapsed().as_nanos() as u64;
                     self.frame.patch_u32(ResultsHeader::COUNT_OFFSET, count);
                     self.frame.patch_u64(ResultsHeader::BUSY_OFFSET, busy);
+                    Self::patch_rss(&mut self.frame, &mut self.rss, self.progress.is_none());
                     send(results, self.frame.finish())?;
                 }
                 if let Some(progress) = &self.progress {
@@ -265,6 +290,7 @@ impl ChunkRunner {
                 let busy = batch_started.elapsed().as_nanos() as u64;
                 self.frame.patch_u32(ResultsHeader::COUNT_OFFSET, count);
                 self.frame.patch_u64(ResultsHeader::BUSY_OFFSET, busy);
+                Self::patch_rss(&mut self.frame, &mut self.rss, self.progress.is_none());
                 if let (true, Some(progress)) = (last, &self.progress) {
                     progress.idle();
                 }
@@ -278,6 +304,7 @@ impl ChunkRunner {
                         first,
                         count: 0,
                         busy_ns: 0,
+                        rss: 0,
                     }
                     .write(&mut self.frame);
                 }

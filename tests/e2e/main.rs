@@ -9,4 +9,5 @@ mod cli_ux;
 mod failures;
 mod pool;
 mod resume;
+mod slurm;
 mod terminal;

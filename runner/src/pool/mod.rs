@@ -56,6 +56,13 @@ pub struct Worker {
     pub progress: Option<ProgressSlot>,
     /// Remote workers: their connection (cut to stop them at once).
     remote: Option<TcpStream>,
+    /// Slurm workers: `JOB.STEP`, once the worker said where it runs (cancelled on a kill).
+    pub slurm_step: Option<String>,
+    /// Remote workers: where they run (`pid P on HOST, step J.S`), once they said so.
+    pub location: Option<String>,
+    /// Remote workers: the RSS they last reported with their results, and the largest.
+    pub reported_rss: Option<u64>,
+    reported_peak: u64,
     /// When the item in progress started, as far as the runner can tell without a progress
     /// slot (remote workers flush every result, so this is the last result's arrival).
     pub item_started: Instant,
@@ -86,6 +93,36 @@ impl Worker {
 
     pub fn has_exited(&self) -> bool {
         self.exited.load(Ordering::Acquire)
+    }
+
+    /// `pid P` for a local worker, `pid P on HOST[, step J.S]` for a remote one.
+    pub fn describe_process(&self) -> String {
+        match &self.location {
+            Some(location) => location.clone(),
+            None => format!("pid {}", self.pid),
+        }
+    }
+
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// Records the RSS a remote worker reported (0: not reported).
+    pub fn report_rss(&mut self, rss: u64) {
+        if rss > 0 {
+            self.reported_rss = Some(rss);
+            self.reported_peak = self.reported_peak.max(rss);
+        }
+    }
+
+    /// The worker's peak RSS: what the kernel reported when it was reaped for a local worker;
+    /// for a remote one (the local process is `srun`), the largest RSS it reported.
+    pub fn peak_rss(&self, reaped: u64) -> u64 {
+        if self.is_remote() {
+            self.reported_peak
+        } else {
+            reaped
+        }
     }
 }
 
@@ -238,7 +275,8 @@ impl Pool {
             Launcher::Slurm => {
                 if self.listener.is_none() {
                     let listen = std::env::var("LOKY_RUN_LISTEN").ok();
-                    let listener = Listener::bind(listen.as_deref(), console.clone())?;
+                    let listener =
+                        Listener::bind(listen.as_deref(), console.clone(), events.clone())?;
                     events.emit(&Event::Listening {
                         address: listener.advertised(),
                     });
@@ -254,6 +292,7 @@ impl Pool {
         let pid = spawned.pid;
         let reaped = exited.clone();
         let results = spawned.results;
+        let remote = spawned.remote.is_some();
         std::thread::Builder::new()
             .name(format!("worker-{id}-frames"))
             .spawn(move || {
@@ -269,7 +308,10 @@ impl Pool {
                         break;
                     }
                 }
-                let (end, peak_rss) = wait_and_reap(pid, &reaped);
+                let (mut end, peak_rss) = wait_and_reap(pid, &reaped);
+                if remote {
+                    end = remote_end(end);
+                }
                 let _ = tx.send(WorkerEvent::Exited {
                     worker: id,
                     end,
@@ -303,6 +345,10 @@ impl Pool {
                 commands,
                 progress: spawned.progress,
                 remote: spawned.remote,
+                slurm_step: None,
+                location: None,
+                reported_rss: None,
+                reported_peak: 0,
                 item_started: Instant::now(),
                 state: WorkerState::Starting,
                 in_flight: VecDeque::new(),
@@ -389,6 +435,10 @@ impl Pool {
                 Some(at) if at <= now => {
                     if !w.exited.load(Ordering::Acquire) {
                         spawn::kill_group(w.pid, libc::SIGKILL);
+                        // A killed `srun` leaves its step behind: cancel it in Slurm.
+                        if let Some(step) = &w.slurm_step {
+                            slurm::cancel_steps(std::slice::from_ref(step), false);
+                        }
                     }
                     w.kill_at = None;
                 }
@@ -416,6 +466,9 @@ impl Pool {
                 Some(conn) => {
                     let _ = conn.shutdown(std::net::Shutdown::Both);
                     spawn::kill_group(w.pid, libc::SIGTERM);
+                    if let Some(step) = &w.slurm_step {
+                        slurm::cancel_steps(std::slice::from_ref(step), false);
+                    }
                     w.kill_at
                         .get_or_insert(Instant::now() + Duration::from_secs(2));
                 }
@@ -442,6 +495,7 @@ impl Pool {
         events: &EventLog,
     ) -> Option<Worker> {
         let w = self.workers.remove(&id)?;
+        let peak_rss = w.peak_rss(peak_rss);
         let reason = w.stop_reason.unwrap_or("crashed");
         if matches!(
             reason,
@@ -511,10 +565,15 @@ impl Pool {
 impl Drop for Pool {
     fn drop(&mut self) {
         // Whatever path led here (an error, a panic), no worker may outlive the pool.
+        let mut steps = Vec::new();
         for w in self.workers.values() {
             if !w.exited.load(Ordering::Acquire) {
                 spawn::kill_group(w.pid, libc::SIGKILL);
+                steps.extend(w.slurm_step.clone());
             }
+        }
+        if !steps.is_empty() {
+            slurm::cancel_steps(&steps, true);
         }
     }
 }
@@ -542,6 +601,15 @@ fn wait_and_reap(pid: u32, reaped: &AtomicBool) -> (ProcessEnd, u64) {
     spawn::kill_group(pid, libc::SIGKILL);
     reaped.store(true, Ordering::Release);
     spawn::reap(pid)
+}
+
+/// `srun` reports a task killed by signal N as exit status 128 + N: name the signal, as for a
+/// local worker.
+fn remote_end(end: ProcessEnd) -> ProcessEnd {
+    match end {
+        ProcessEnd::Exit(code) if code > 128 && code < 128 + 32 => ProcessEnd::Signal(code - 128),
+        other => other,
+    }
 }
 
 pub fn launcher_name(launcher: Launcher) -> &'static str {

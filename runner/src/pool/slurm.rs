@@ -30,7 +30,37 @@ pub fn unavailable() -> Option<String> {
                 .into(),
         );
     }
+    if let Ok(step) = std::env::var("SLURM_STEP_ID") {
+        return Some(format!(
+            "loky-run is itself running inside job step {step} (under `srun`), where it cannot start worker steps: run it directly in the `sbatch` script or the `salloc` shell"
+        ));
+    }
     None
+}
+
+/// `scancel` of job steps (`JOB.STEP`), for steps whose `srun` was killed and so cannot end
+/// them. `wait`: block until scancel is done (bounded), else reap it on a thread.
+pub fn cancel_steps(steps: &[String], wait: bool) {
+    let child = Command::new("scancel")
+        .arg("--quiet")
+        .args(steps)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else { return };
+    if wait {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    } else {
+        let _ = std::thread::Builder::new()
+            .name("scancel".into())
+            .spawn(move || child.wait());
+    }
 }
 
 pub fn launch(

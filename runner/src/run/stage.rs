@@ -388,7 +388,12 @@ impl<'a> Dispatcher<'a> {
             return;
         }
         w.rss_checked = Instant::now();
-        let Some(rss) = sys::rss_bytes(w.pid) else {
+        let rss = if w.is_remote() {
+            w.reported_rss
+        } else {
+            sys::rss_bytes(w.pid)
+        };
+        let Some(rss) = rss else {
             return;
         };
         match w.rss_baseline {
@@ -544,6 +549,15 @@ impl<'a> Dispatcher<'a> {
                         w.state = WorkerState::Ready;
                         w.idle_since = Instant::now();
                     }
+                    if let (Some(job), Some(step)) = (&slurm_job, &slurm_step) {
+                        w.slurm_step = Some(format!("{job}.{step}"));
+                    }
+                    if w.is_remote() {
+                        w.location = Some(match &w.slurm_step {
+                            Some(step) => format!("pid {pid} on {host}, step {step}"),
+                            None => format!("pid {pid} on {host}"),
+                        });
+                    }
                 }
                 self.events.emit(&Event::WorkerReady {
                     worker,
@@ -620,6 +634,7 @@ impl<'a> Dispatcher<'a> {
         }
         chunk.received = header.first + header.count;
         if let Some(w) = self.pool.worker_mut(worker) {
+            w.report_rss(header.rss);
             w.tasks_done += u64::from(header.count);
             w.item_started = Instant::now();
         }
@@ -702,21 +717,10 @@ impl<'a> Dispatcher<'a> {
     }
 
     fn on_exit(&mut self, worker: u32, end: ProcessEnd, peak_rss: u64) -> io::Result<()> {
-        // A remote worker's end is its `srun`'s, which exits with 128 + the signal of a task
-        // killed by one.
-        let remote = self
-            .pool
-            .worker(worker)
-            .is_some_and(|w| w.progress.is_none());
-        let end = match end {
-            ProcessEnd::Exit(code) if remote && code > 128 && code < 128 + 32 => {
-                ProcessEnd::Signal(code - 128)
-            }
-            other => other,
-        };
         let Some(w) = self.pool.on_exit(worker, end, peak_rss, self.events) else {
             return Ok(());
         };
+        let peak_rss = w.peak_rss(peak_rss);
         let expected = w.stop_reason.is_some();
         if w.state == WorkerState::Starting && !expected {
             // Died before it was ready: loading a plugin or the initializer crashed it.
@@ -724,7 +728,10 @@ impl<'a> Dispatcher<'a> {
                 Some(init) => format!("while loading plugins or running initializer {}", init.name),
                 None => "while loading plugins".to_owned(),
             };
-            self.stop_for_worker_start(format!("worker {worker} (pid {}) {end} {what}", w.pid));
+            self.stop_for_worker_start(format!(
+                "worker {worker} ({}) {end} {what}",
+                w.describe_process()
+            ));
         }
         // The item it was running: from the progress slot for a crash, or the one that timed
         // out. A worker stopped on purpose (interrupt, retire) is blamed for nothing.
@@ -785,20 +792,21 @@ impl<'a> Dispatcher<'a> {
             Some("timeout") => (
                 ErrorKind::Timeout,
                 format!(
-                    "task {task} on input {index} exceeded the task timeout; worker {} (pid {}) was stopped",
-                    w.id, w.pid
+                    "task {task} on input {index} exceeded the task timeout; worker {} ({}) was stopped",
+                    w.id,
+                    w.describe_process()
                 ),
             ),
             _ => (
                 ErrorKind::Crashed,
                 format!(
-                    "worker {} (pid {}) {end} while running task {task} on input {index}; its peak RSS was {}",
+                    "worker {} ({}) {end} while running task {task} on input {index}; its peak RSS was {}",
                     w.id,
-                    w.pid,
-                    if w.progress.is_some() {
+                    w.describe_process(),
+                    if peak_rss > 0 {
                         sys::format_bytes(peak_rss)
                     } else {
-                        "unknown (remote worker)".to_owned()
+                        "unknown (a remote worker that had not reported it)".to_owned()
                     }
                 ),
             ),

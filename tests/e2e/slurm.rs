@@ -1,0 +1,492 @@
+//! `launcher = "slurm"` against a real single-node cluster (`scripts/slurm-up.sh`).
+//!
+//! With `LOKY_RUN_SLURM_TESTS=1` (what `.ci/run` sets) these tests are required: a cluster that
+//! is not up fails each of them with the reason. Without it they run when `sinfo` answers and
+//! otherwise say on stderr that they were skipped; `LOKY_RUN_SLURM_TESTS=0` skips them.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::{Fixture, RunResult, header, plugin_path, read_jsonl, wait_for};
+
+/// One allocation at a time: the node has as many CPUs as one test allocates, and a test
+/// waiting in the queue would eat into its own time limits.
+static CLUSTER: Mutex<()> = Mutex::new(());
+
+/// Whether the Slurm tests run here; panics when they are required and the cluster is down.
+fn cluster_up() -> bool {
+    let mode = std::env::var("LOKY_RUN_SLURM_TESTS").unwrap_or_default();
+    if mode == "0" {
+        eprintln!("Slurm tests skipped: LOKY_RUN_SLURM_TESTS=0");
+        return false;
+    }
+    let state = Command::new("timeout")
+        .args(["20", "sinfo", "-h", "-o", "%t"])
+        .stdin(Stdio::null())
+        .output();
+    let (ok, why) = match state {
+        Ok(o) => {
+            let out = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+            let ready =
+                o.status.success() && ["idle", "mix", "alloc"].iter().any(|s| out.starts_with(s));
+            let why = format!(
+                "sinfo: exit {:?}, node state {out:?}, {}",
+                o.status.code(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            (ready, why)
+        }
+        Err(e) => (false, format!("sinfo could not run: {e}")),
+    };
+    if ok {
+        return true;
+    }
+    assert!(
+        mode != "1",
+        "the Slurm tests are required (LOKY_RUN_SLURM_TESTS=1) but the cluster is not available ({why}); \
+         start it with `sudo scripts/slurm-up.sh`"
+    );
+    eprintln!(
+        "Slurm tests skipped: no cluster ({why}); run `sudo scripts/slurm-up.sh` and set LOKY_RUN_SLURM_TESTS=1"
+    );
+    false
+}
+
+/// Runs `bash -c SCRIPT` inside `salloc -n TASKS` in the fixture directory; `$LOKY` is the
+/// runner. The script's output is the result's stdout.
+fn salloc_command(fx: &Fixture, tasks: u32, script: &str) -> Command {
+    let mut cmd = Command::new("salloc");
+    cmd.args([
+        &format!("--ntasks={tasks}"),
+        "--time=10",
+        "--job-name=loky-e2e",
+        "bash",
+        "-c",
+        script,
+    ])
+    .current_dir(fx.path())
+    .env("LOKY", env!("CARGO_BIN_EXE_loky-run"))
+    .env_remove("RUST_LOG")
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("LOKY_") || k.starts_with("SLURM_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+fn salloc(fx: &Fixture, tasks: u32, script: &str) -> RunResult {
+    RunResult::from(salloc_command(fx, tasks, script).output().unwrap())
+}
+
+/// After the runner exited inside the allocation: the job's worker steps still known to Slurm.
+const LIST_WORKER_STEPS: &str =
+    "echo \"steps:$(squeue -s -h -j \"$SLURM_JOB_ID\" -o %j | grep -c loky-run-worker)\"";
+
+/// `(exit code of the runner, worker steps left)` printed by a script ending in
+/// `echo "runner=$?"; LIST_WORKER_STEPS`.
+fn runner_code_and_steps(r: &RunResult) -> (i32, usize) {
+    let field = |name: &str| -> i64 {
+        r.stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in\n{}\n{}", r.stdout, r.stderr))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    (field("runner=") as i32, field("steps:") as usize)
+}
+
+fn events_of(events: &[Value], kind: &str) -> Vec<Value> {
+    events
+        .iter()
+        .filter(|e| e["event"] == kind)
+        .cloned()
+        .collect()
+}
+
+fn pids(values: &[Value]) -> BTreeSet<u64> {
+    values.iter().map(|v| v.as_u64().unwrap()).collect()
+}
+
+/// The quickstart pipeline with the test build of the demo plugin.
+fn quickstart(output_dir: &str, launcher: &str) -> String {
+    let text =
+        std::fs::read_to_string(crate::support::workspace_root().join("configs/quickstart.toml"))
+            .unwrap();
+    text.replace(
+        "plugins = [\"../plugins/demo\"]",
+        &format!("plugins = [\"{}\"]", plugin_path("demo").display()),
+    )
+    .replace(
+        "output_dir = \"out/quickstart\"",
+        &format!("output_dir = \"{output_dir}\""),
+    )
+    .replace("[pool]\n", &format!("[pool]\nlauncher = \"{launcher}\"\n"))
+}
+
+#[test]
+fn the_quickstart_on_slurm_writes_the_same_outputs_as_locally() {
+    if !cluster_up() {
+        return;
+    }
+    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let fx = Fixture::new();
+    let local = fx.write("local.toml", &quickstart("out-local", "local"));
+    assert!(
+        std::fs::read_to_string(&local)
+            .unwrap()
+            .contains("libdemo.so")
+    );
+    fx.run(&[local.to_str().unwrap()]).assert_code(0);
+    fx.write("slurm.toml", &quickstart("out-slurm", "slurm"));
+    let r = salloc(
+        &fx,
+        2,
+        "$LOKY slurm.toml --progress never --events events.jsonl; echo \"runner=$?\"",
+    );
+    assert!(r.stdout.contains("runner=0"), "{}\n{}", r.stdout, r.stderr);
+
+    for stage in ["squares", "copied", "work"] {
+        let read = |dir: &str| std::fs::read(fx.path().join(dir).join(format!("{stage}.jsonl")));
+        assert_eq!(
+            read("out-local").unwrap(),
+            read("out-slurm").unwrap(),
+            "{stage}.jsonl differs"
+        );
+    }
+    // `greeting` reads LOKY_WORKER_ID, which depends on which worker took the item.
+    let (l, s) = (
+        read_jsonl(&fx.path().join("out-local/greeting.jsonl")),
+        read_jsonl(&fx.path().join("out-slurm/greeting.jsonl")),
+    );
+    assert_eq!(l.len(), 3);
+    assert_eq!((&l[0], &l[2]), (&s[0], &s[2]));
+    assert!(["1", "2"].contains(&s[1]["output"].as_str().unwrap()));
+
+    let events = fx.events();
+    let ready = events_of(&events, "worker_ready");
+    assert_eq!(ready.len(), 2, "{ready:?}");
+    let steps: BTreeSet<&str> = ready
+        .iter()
+        .map(|e| e["slurm_step"].as_str().expect("a step id"))
+        .collect();
+    assert_eq!(steps.len(), 2);
+    assert!(ready.iter().all(|e| e["slurm_job"].is_string()));
+    assert!(
+        events_of(&events, "worker_started")
+            .iter()
+            .all(|e| e["launcher"] == "slurm")
+    );
+}
+
+#[test]
+fn reuse_keeps_the_steps_kill_workers_starts_new_ones_resize_adds_one() {
+    if !cluster_up() {
+        return;
+    }
+    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let fx = Fixture::new();
+    let pid_stage = |name: &str, n: usize, extra: &str| {
+        format!(
+            "[[stage]]\nname = \"{name}\"\ntask = \"demo::pid\"\ninput = {{ items = [{}] }}\nchunksize = 1\n{extra}\n",
+            vec!["150"; n].join(", ")
+        )
+    };
+    // --overlap: a third worker step may share the allocation's two CPUs.
+    let text = header(
+        "steps",
+        "max_workers = 2\nlauncher = \"slurm\"\nsrun_args = [\"--overlap\"]",
+    ) + &pid_stage("a", 6, "")
+        + &pid_stage("b", 6, "")
+        + &pid_stage("c", 6, "kill_workers = true")
+        + &pid_stage("d", 9, "max_workers = 3");
+    fx.write("pipeline.toml", &text);
+    let r = salloc(
+        &fx,
+        2,
+        &format!(
+            "$LOKY pipeline.toml --progress never --events events.jsonl; echo \"runner=$?\"; {LIST_WORKER_STEPS}"
+        ),
+    );
+    assert_eq!(runner_code_and_steps(&r), (0, 0), "{}", r.stderr);
+
+    let events = fx.events();
+    let decisions: Vec<String> = events_of(&events, "pool_decision")
+        .iter()
+        .map(|e| e["decision"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(decisions, ["start", "reuse", "restart", "resize"]);
+
+    // Worker steps became ready: 2 for a, none for b, 2 new for c, 1 more for d.
+    let mut ready_per_stage = Vec::new();
+    let mut stage = "";
+    for e in &events {
+        match e["event"].as_str().unwrap() {
+            "stage_started" => stage = e["stage"].as_str().unwrap(),
+            "worker_ready" => ready_per_stage.push((stage.to_owned(), e.clone())),
+            _ => {}
+        }
+    }
+    let count = |s: &str| ready_per_stage.iter().filter(|(st, _)| st == s).count();
+    assert_eq!(
+        [count("a"), count("b"), count("c"), count("d")],
+        [2, 0, 2, 1]
+    );
+    let steps: BTreeSet<&str> = ready_per_stage
+        .iter()
+        .map(|(_, e)| e["slurm_step"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps.len(), 5, "every worker is its own step");
+
+    let (a, b, c, d) = (
+        pids(&fx.outputs("a")),
+        pids(&fx.outputs("b")),
+        pids(&fx.outputs("c")),
+        pids(&fx.outputs("d")),
+    );
+    assert!(
+        b.is_subset(&a),
+        "reuse: the same processes ({a:?} vs {b:?})"
+    );
+    assert!(a.is_disjoint(&c), "kill_workers: fresh processes");
+    assert!(c.len() <= 2 && d.len() <= 3);
+    let ready_pids: BTreeSet<u64> = ready_per_stage
+        .iter()
+        .filter(|(s, _)| s == "c" || s == "d")
+        .map(|(_, e)| e["pid"].as_u64().unwrap())
+        .collect();
+    assert!(d.is_subset(&ready_pids), "resize kept c's workers");
+    // Nothing exited between the start of c and the end of d but for shutdown.
+    let exits = events_of(&events, "worker_exited");
+    assert!(
+        exits
+            .iter()
+            .all(|e| e["reason"] == "restart" || e["reason"] == "shutdown"),
+        "{exits:?}"
+    );
+}
+
+#[test]
+fn a_cancelled_worker_step_is_a_crash_retried_and_no_step_is_left() {
+    if !cluster_up() {
+        return;
+    }
+    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let fx = Fixture::new();
+    let text = header(
+        "scancel",
+        "max_workers = 2\nlauncher = \"slurm\"\nretries = 1\nchunksize = 1",
+    ) + &format!(
+        "[[stage]]\nname = \"s\"\ntask = \"faults::sleep_ms\"\ninput = {{ items = [{}] }}\n",
+        ["300"; 12].join(", ")
+    );
+    fx.write("pipeline.toml", &text);
+    // Cancel step 0 once both workers run tasks (each is busy all the time: 12 tasks of 300 ms).
+    let script = format!(
+        r#"$LOKY pipeline.toml --progress never --events events.jsonl &
+runner=$!
+until grep -q '"slurm_step":"1"' events.jsonl 2>/dev/null; do sleep 0.05; done
+until [ "$(grep -c '"worker_ready"' events.jsonl)" -ge 2 ]; do sleep 0.05; done
+sleep 0.4
+scancel "$SLURM_JOB_ID.0"
+wait $runner; echo "runner=$?"; {LIST_WORKER_STEPS}"#
+    );
+    let r = salloc(&fx, 2, &script);
+    assert_eq!(runner_code_and_steps(&r), (0, 0), "{}", r.stderr);
+
+    let records = fx.records("s");
+    assert_eq!(records.len(), 12);
+    assert!(records.iter().all(|r| r["output"] == 300), "{records:?}");
+    let events = fx.events();
+    let retried = events_of(&events, "task_retried");
+    assert_eq!(retried.len(), 1, "{retried:?}");
+    assert_eq!(retried[0]["kind"], "crashed");
+    let crashed: Vec<Value> = events_of(&events, "worker_exited")
+        .into_iter()
+        .filter(|e| e["reason"] == "crashed")
+        .collect();
+    assert_eq!(crashed.len(), 1, "{crashed:?}");
+    assert!(crashed[0]["signal"].is_string(), "{crashed:?}");
+    // The replacement is a new step.
+    assert_eq!(events_of(&events, "worker_ready").len(), 3);
+}
+
+#[test]
+fn foreign_connections_are_rejected_and_the_run_is_unaffected() {
+    if !cluster_up() {
+        return;
+    }
+    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let fx = Fixture::new();
+    let text = header(
+        "intruders",
+        "max_workers = 2\nlauncher = \"slurm\"\nchunksize = 1",
+    ) + &format!(
+        "[[stage]]\nname = \"s\"\ntask = \"demo::sleep_ms\"\ninput = {{ items = [{}] }}\n",
+        ["200"; 20].join(", ")
+    );
+    fx.write("pipeline.toml", &text);
+    let child = salloc_command(
+        &fx,
+        2,
+        "$LOKY pipeline.toml --progress never --events events.jsonl; echo \"runner=$?\"",
+    )
+    .spawn()
+    .unwrap();
+    let events_path = fx.path().join("events.jsonl");
+    let address = wait_for(|| {
+        read_events(&events_path)
+            .into_iter()
+            .find(|e| e["event"] == "listening")
+            .map(|e| e["address"].as_str().unwrap().to_owned())
+    });
+
+    // A well-formed hello with a token nobody was given.
+    let mut wrong = TcpStream::connect(&address).unwrap();
+    wrong
+        .write_all(&hello(b"0123456789abcdef0123456789abcdef"))
+        .unwrap();
+    assert!(closed_by_runner(wrong));
+    // No hello at all: a frame of another kind (an INIT, tag 1).
+    let mut no_token = TcpStream::connect(&address).unwrap();
+    no_token
+        .write_all(&[2, 0, 0, 0, loky_run::protocol::tag::INIT, b'{'])
+        .unwrap();
+    assert!(closed_by_runner(no_token));
+    // A header announcing a 4 GiB frame.
+    let mut huge = TcpStream::connect(&address).unwrap();
+    huge.write_all(&u32::MAX.to_le_bytes()).unwrap();
+    assert!(closed_by_runner(huge));
+
+    let r = RunResult::from(child.wait_with_output().unwrap());
+    assert!(r.stdout.contains("runner=0"), "{}\n{}", r.stdout, r.stderr);
+    let records = fx.records("s");
+    assert_eq!(records.len(), 20);
+    assert!(records.iter().all(|r| r["output"] == 200));
+    let events = fx.events();
+    assert_eq!(events_of(&events, "connection_rejected").len(), 3);
+    assert_eq!(events_of(&events, "worker_ready").len(), 2);
+    assert!(
+        events_of(&events, "worker_exited")
+            .iter()
+            .all(|e| e["reason"] == "shutdown")
+    );
+    assert_eq!(r.stderr.matches("rejected a worker connection").count(), 3);
+}
+
+#[test]
+fn ctrl_c_inside_the_allocation_ends_every_step_and_resume_completes() {
+    if !cluster_up() {
+        return;
+    }
+    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let fx = Fixture::new();
+    let text = header(
+        "interrupted",
+        "max_workers = 2\nlauncher = \"slurm\"\nchunksize = 1",
+    ) + &format!(
+        "[[stage]]\nname = \"s\"\ntask = \"demo::sleep_ms\"\ninput = {{ items = [{}] }}\n",
+        (0..40)
+            .map(|i| (200 + i).to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    fx.write("pipeline.toml", &text);
+    let script = format!(
+        r#"$LOKY pipeline.toml --progress never --events events.jsonl &
+runner=$!
+until [ "$(grep -c '"worker_ready"' events.jsonl 2>/dev/null)" -ge 2 ]; do sleep 0.05; done
+sleep 0.5
+kill -INT $runner
+wait $runner; echo "runner=$?"; {LIST_WORKER_STEPS}"#
+    );
+    let r = salloc(&fx, 2, &script);
+    assert_eq!(runner_code_and_steps(&r), (130, 0), "{}", r.stderr);
+    let done = fx.records("s").len();
+    assert!(done < 40, "interrupted before the end ({done} records)");
+
+    let r = salloc(
+        &fx,
+        2,
+        &format!(
+            "$LOKY run --resume pipeline.toml --progress never; echo \"runner=$?\"; {LIST_WORKER_STEPS}"
+        ),
+    );
+    assert_eq!(runner_code_and_steps(&r), (0, 0), "{}", r.stderr);
+    let outputs: Vec<u64> = fx
+        .outputs("s")
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(outputs, (0..40).map(|i| 200 + i).collect::<Vec<u64>>());
+}
+
+#[test]
+fn the_slurm_launcher_outside_an_allocation_says_where_to_run() {
+    // Needs no cluster: the check happens before any worker starts.
+    let fx = Fixture::new();
+    let text = header("outside", "launcher = \"slurm\"")
+        + "[[stage]]\nname = \"s\"\ntask = \"demo::square\"\ninput = { range = [0, 3] }\n";
+    let p = fx.write("pipeline.toml", &text);
+    let mut cmd = fx.command();
+    for (k, _) in std::env::vars() {
+        if k.starts_with("SLURM_") {
+            cmd.env_remove(k);
+        }
+    }
+    let r = RunResult::from(
+        cmd.args([p.to_str().unwrap(), "--progress", "never"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("salloc") && r.stderr.contains("sbatch"),
+        "{}",
+        r.stderr
+    );
+    assert!(!fx.path().join("out/s.jsonl").exists());
+}
+
+fn read_events(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// A HELLO frame carrying `token`, as a worker sends it.
+fn hello(token: &[u8]) -> Vec<u8> {
+    let mut frame = ((token.len() + 1) as u32).to_le_bytes().to_vec();
+    frame.push(loky_run::protocol::tag::HELLO);
+    frame.extend_from_slice(token);
+    frame
+}
+
+/// Whether the runner closed the connection (EOF or reset) within a generous time.
+fn closed_by_runner(mut s: TcpStream) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut b = [0u8; 1];
+    match s.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        // A read timeout is not a close.
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
