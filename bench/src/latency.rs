@@ -79,12 +79,12 @@ fn wait_ready(pool: &mut Pool, n: usize) -> io::Result<()> {
     Ok(())
 }
 
-fn local_spec(so: &Path) -> WorkerSpec {
+fn spec(so: &Path, launcher: Launcher) -> WorkerSpec {
     WorkerSpec {
         plugins: vec![so.to_owned()],
         env: BTreeMap::new(),
         initializer: None,
-        launcher: Launcher::Local,
+        launcher,
         srun_args: Vec::new(),
     }
 }
@@ -93,10 +93,10 @@ fn local_spec(so: &Path) -> WorkerSpec {
 /// `Pool::apply` with the restart decision (old workers told to shut down, waited for and
 /// reaped), then `Pool::fill` and the wait until both new workers are READY (plugin loaded).
 /// Returns `(stop_ns, start_ns)` per restart.
-pub fn pool_restarts(so: &Path, n: usize) -> io::Result<Vec<(u64, u64)>> {
+pub fn pool_restarts(so: &Path, n: usize, launcher: Launcher) -> io::Result<Vec<(u64, u64)>> {
     let events = EventLog::disabled();
     let console = Arc::new(Console::new(Verbosity::Quiet));
-    let spec = local_spec(so);
+    let spec = spec(so, launcher);
     let mut pool = Pool::new();
     let first = decide(None, &spec, 2, Reuse::Auto, false);
     pool.apply(&first, spec.clone(), 2, "restart", &events);
@@ -126,10 +126,16 @@ pub fn pool_restarts(so: &Path, n: usize) -> io::Result<Vec<(u64, u64)>> {
 /// Round trips through [`Pool`] (what the stage dispatcher does): 2 workers, chunks of one
 /// task sent alternately, each sent only when the previous result came back through the pool's
 /// event channel. Returns one duration (ns) per measured task.
-pub fn via_pool(so: &Path, task: u32, n: usize, warmup: usize) -> io::Result<Vec<u64>> {
+pub fn via_pool(
+    so: &Path,
+    task: u32,
+    n: usize,
+    warmup: usize,
+    launcher: Launcher,
+) -> io::Result<Vec<u64>> {
     let events = EventLog::disabled();
     let console = Arc::new(Console::new(Verbosity::Quiet));
-    let spec = local_spec(so);
+    let spec = spec(so, launcher);
     let mut pool = Pool::new();
     let decision = decide(None, &spec, 2, Reuse::Auto, false);
     pool.apply(&decision, spec, 2, "latency", &events);

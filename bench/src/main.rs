@@ -21,6 +21,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+use loky_run::config::Launcher;
 use loky_run::plugin::probe;
 use loky_run::worker;
 
@@ -202,9 +203,11 @@ fn main() -> ExitCode {
     }
 }
 
-/// `bench __latency pool|direct|bare|hop1|hop2 [N]`: one latency variant alone, for profiling
-/// it (`perf stat -e context-switches`, `strace -c -f`). Needs a previous `setup` (the copied
-/// plugin under target/bench-work/bin).
+/// `bench __latency pool|direct|bare|hop1|hop2|pool-slurm|restart-slurm [N]`: one latency
+/// variant alone, for profiling it (`perf stat -e context-switches`, `strace -c -f`). Needs a
+/// previous `setup` (the copied plugin under target/bench-work/bin). The `-slurm` variants run
+/// inside an allocation (`salloc -n 2 target/release/bench __latency pool-slurm`): round trips
+/// over the TCP transport to job steps, and 2-worker pool (re)starts as job steps.
 fn latency_only(args: &[OsString]) -> i32 {
     let kind = args.get(2).and_then(|a| a.to_str()).unwrap_or("pool");
     let n: usize = args
@@ -221,7 +224,32 @@ fn latency_only(args: &[OsString]) -> i32 {
         let task = latency::task_index(&plugin, "echo")?;
         let e = |e: std::io::Error| e.to_string();
         match kind {
-            "pool" => latency::via_pool(&plugin, task, n, 1000).map_err(e),
+            "pool" => latency::via_pool(&plugin, task, n, 1000, Launcher::Local).map_err(e),
+            "pool-slurm" => latency::via_pool(&plugin, task, n, 1000, Launcher::Slurm).map_err(e),
+            "restart-slurm" | "restart" => {
+                let launcher = if kind == "restart" {
+                    Launcher::Local
+                } else {
+                    Launcher::Slurm
+                };
+                latency::pool_restarts(&plugin, n, launcher)
+                    .map(|v| {
+                        let (stop, start): (Vec<f64>, Vec<f64>) = v
+                            .iter()
+                            .map(|&(a, b)| (a as f64 / 1e6, b as f64 / 1e6))
+                            .unzip();
+                        println!(
+                            "{kind}: n={} stop p50={:.2} ms, start of 2 workers p50={:.2} ms (min {:.2}, max {:.2})",
+                            v.len(),
+                            stats::quantile(&stop, 0.5),
+                            stats::quantile(&start, 0.5),
+                            start.iter().cloned().fold(f64::INFINITY, f64::min),
+                            start.iter().cloned().fold(0.0, f64::max),
+                        );
+                        v.iter().map(|&(a, b)| a + b).collect()
+                    })
+                    .map_err(e)
+            }
             "direct" => latency::direct(&plugin, task, n, 1000).map_err(e),
             "bare" => latency::floor(&exe, latency::Floor::Bare, n, 1000).map_err(e),
             "hop1" => latency::floor(&exe, latency::Floor::WorkerHop, n, 1000).map_err(e),

@@ -1,6 +1,7 @@
 //! The workloads of issue 6, each run on loky-run and on loky, alternating within every
 //! repetition (A B A B ...).
 
+use loky_run::config::Launcher;
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -405,7 +406,8 @@ fn latency_workload(w: &W, s: &Sizes, rep: &mut Report) -> Result<(), String> {
         quantile(&xs, q)
     };
     for i in 0..s.reps {
-        let a = latency::via_pool(&w.env.plugin, task, n, 1000).map_err(|e| e.to_string())?;
+        let a = latency::via_pool(&w.env.plugin, task, n, 1000, Launcher::Local)
+            .map_err(|e| e.to_string())?;
         let (_, v) = w.loky(&["latency", "--n", &nl], LIMIT)?;
         let b: Vec<u64> = v["samples_ns"]
             .as_array()
@@ -615,7 +617,8 @@ fn restart(w: &W, s: &Sizes, rep: &mut Report) -> Result<(), String> {
         );
         r.lr.push(lr_reuse);
         r.loky.push(loky_reuse);
-        let restarts = latency::pool_restarts(&w.env.plugin, k - 1).map_err(|e| e.to_string())?;
+        let restarts = latency::pool_restarts(&w.env.plugin, k - 1, Launcher::Local)
+            .map_err(|e| e.to_string())?;
         let total: Vec<f64> = restarts
             .iter()
             .map(|(stop, start)| (stop + start) as f64 / 1e6)

@@ -433,6 +433,30 @@ wait $runner; echo "runner=$?"; {LIST_WORKER_STEPS}"#
 }
 
 #[test]
+fn a_step_that_cannot_start_is_reported_with_what_srun_said() {
+    if !cluster_up() {
+        return;
+    }
+    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let fx = Fixture::new();
+    let text = header(
+        "badsrun",
+        "launcher = \"slurm\"\nsrun_args = [\"--no-such-srun-option\"]",
+    ) + "[[stage]]\nname = \"s\"\ntask = \"demo::square\"\ninput = { range = [0, 3] }\n";
+    fx.write("pipeline.toml", &text);
+    let r = salloc(
+        &fx,
+        2,
+        &format!("$LOKY pipeline.toml --progress never; echo \"runner=$?\"; {LIST_WORKER_STEPS}"),
+    );
+    let (code, steps) = runner_code_and_steps(&r);
+    assert_ne!(code, 0);
+    assert_eq!(steps, 0);
+    // srun's own complaint reaches the user.
+    assert!(r.stderr.contains("no-such-srun-option"), "{}", r.stderr);
+}
+
+#[test]
 fn the_slurm_launcher_outside_an_allocation_says_where_to_run() {
     // Needs no cluster: the check happens before any worker starts.
     let fx = Fixture::new();

@@ -244,34 +244,31 @@ impl Pool {
         events: &EventLog,
         console: &Arc<crate::console::Console>,
     ) -> io::Result<Vec<u32>> {
-        let mut started = Vec::new();
-        while self.active_count() < self.size {
-            started.push(self.spawn_one(stage, events, console)?);
+        let missing = self.size.saturating_sub(self.active_count());
+        if missing == 0 {
+            return Ok(Vec::new());
         }
-        Ok(started)
-    }
-
-    fn spawn_one(
-        &mut self,
-        stage: &str,
-        events: &EventLog,
-        console: &Arc<crate::console::Console>,
-    ) -> io::Result<u32> {
         let spec = self
             .spec
-            .as_ref()
+            .clone()
             .expect("a pool is configured before it starts workers");
-        let id = self.next_id;
-        self.next_id += 1;
-        let threads = (sys::usable_cpus() / self.size.max(1)).max(1);
-        let request = spawn::SpawnRequest {
-            worker_id: id,
-            env: &spec.env,
-            threads_per_worker: threads,
-            stage,
-        };
-        let spawned = match spec.launcher {
-            Launcher::Local => spawn::spawn_worker(&request)?,
+        let mut started = Vec::with_capacity(missing);
+        match spec.launcher {
+            Launcher::Local => {
+                let threads = (sys::usable_cpus() / self.size.max(1)).max(1);
+                for _ in 0..missing {
+                    let id = self.take_id();
+                    let request = spawn::SpawnRequest {
+                        worker_id: id,
+                        env: &spec.env,
+                        threads_per_worker: threads,
+                        stage,
+                    };
+                    let spawned = spawn::spawn_worker(&request)?;
+                    self.register(id, spawned, &spec, stage, events, console)?;
+                    started.push(id);
+                }
+            }
             Launcher::Slurm => {
                 if self.listener.is_none() {
                     let listen = std::env::var("LOKY_RUN_LISTEN").ok();
@@ -282,10 +279,52 @@ impl Pool {
                     });
                     self.listener = Some(listener);
                 }
-                let listener = self.listener.as_ref().expect("bound above");
-                slurm::launch(&request, listener, &spec.srun_args)?
+                // A step gets the CPUs of one Slurm task.
+                let threads = std::env::var("SLURM_CPUS_PER_TASK")
+                    .ok()
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(1)
+                    .max(1);
+                // Submit every step first, then wait for them: steps start in parallel.
+                let mut pending = Vec::with_capacity(missing);
+                for _ in 0..missing {
+                    let id = self.take_id();
+                    let request = spawn::SpawnRequest {
+                        worker_id: id,
+                        env: &spec.env,
+                        threads_per_worker: threads,
+                        stage,
+                    };
+                    let listener = self.listener.as_ref().expect("bound above");
+                    pending.push((id, slurm::start(&request, listener, &spec.srun_args)?));
+                }
+                for (id, step) in pending.drain(..) {
+                    let listener = self.listener.as_ref().expect("bound above");
+                    let spawned = step.connect(listener)?;
+                    self.register(id, spawned, &spec, stage, events, console)?;
+                    started.push(id);
+                }
             }
-        };
+        }
+        Ok(started)
+    }
+
+    fn take_id(&mut self) -> u32 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// Takes a started worker into the pool: its reader threads, its INIT message.
+    fn register(
+        &mut self,
+        id: u32,
+        spawned: spawn::SpawnedWorker,
+        spec: &WorkerSpec,
+        stage: &str,
+        events: &EventLog,
+        console: &Arc<crate::console::Console>,
+    ) -> io::Result<()> {
         let exited = Arc::new(AtomicBool::new(false));
 
         let tx = self.tx.clone();
@@ -369,7 +408,7 @@ impl Pool {
             stage,
             launcher: launcher_name(spec.launcher),
         });
-        Ok(id)
+        Ok(())
     }
 
     /// Sends a prepared frame to a worker. A failed write means the worker died; its exit

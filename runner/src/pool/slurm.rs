@@ -8,9 +8,10 @@
 
 use std::fs::File;
 use std::io::{self, Read};
+use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
-use std::sync::mpsc::RecvTimeoutError;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use super::spawn::{self, SpawnRequest, SpawnedWorker};
@@ -63,11 +64,22 @@ pub fn cancel_steps(steps: &[String], wait: bool) {
     }
 }
 
-pub fn launch(
+/// A worker step submitted with `srun`, not yet connected.
+pub struct PendingStep {
+    child: Option<Child>,
+    token: String,
+    connection: Receiver<TcpStream>,
+    output: Option<File>,
+    deadline: Instant,
+}
+
+/// Submits a worker step; [`PendingStep::connect`] waits for it. Several steps submitted
+/// before waiting start in parallel.
+pub fn start(
     req: &SpawnRequest<'_>,
     listener: &Listener,
     srun_args: &[String],
-) -> io::Result<SpawnedWorker> {
+) -> io::Result<PendingStep> {
     let (token, connection) = listener.expect()?;
     let (out_read, out_write) = spawn::pipe()?;
     let mut command = Command::new("srun");
@@ -90,70 +102,102 @@ pub fn launch(
         .env(transport::TOKEN_ENV, &token);
     spawn::set_worker_env(&mut command, req);
     spawn::die_with_parent(&mut command, libc::SIGTERM);
-    let mut child = command.spawn().inspect_err(|_| listener.forget(&token))?;
+    let child = command.spawn().inspect_err(|_| listener.forget(&token))?;
     // Our copies of the pipe's write end must go, or reading srun's output never ends.
     drop(command);
-    let mut output = File::from(out_read);
-
-    let deadline = Instant::now() + CONNECT_DEADLINE;
-    let stream = loop {
-        match connection.recv_timeout(Duration::from_millis(50)) {
-            Ok(stream) => break stream,
-            Err(RecvTimeoutError::Disconnected) => {
-                unreachable!("the listener keeps the sender until used")
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-        }
-        let failure = if let Some(status) = child.try_wait()? {
-            Some(format!(
-                "srun {} before the worker connected",
-                sys::describe_exit(status)
-            ))
-        } else if Instant::now() >= deadline {
-            spawn::kill_group(child.id(), libc::SIGTERM);
-            let _ = child.wait();
-            Some(format!(
-                "the worker step did not connect within {} s",
-                CONNECT_DEADLINE.as_secs()
-            ))
-        } else if interrupt::count() > 0 {
-            spawn::kill_group(child.id(), libc::SIGTERM);
-            let _ = child.wait();
-            Some("interrupted while starting a worker step".to_owned())
-        } else {
-            None
-        };
-        if let Some(failure) = failure {
-            listener.forget(&token);
-            let mut text = String::new();
-            let _ = output.read_to_string(&mut text);
-            let tail: Vec<&str> = text
-                .lines()
-                .rev()
-                .take(5)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            let tail = if tail.is_empty() {
-                String::new()
-            } else {
-                format!("; it printed:\n  {}", tail.join("\n  "))
-            };
-            return Err(io::Error::other(format!("{failure}{tail}")));
-        }
-    };
-    let pid = child.id();
-    // Reaped by the pool's reader thread, like a local worker.
-    drop(child);
-    let commands = stream.try_clone()?;
-    let remote = stream.try_clone()?;
-    Ok(SpawnedWorker {
-        pid,
-        commands: Box::new(commands),
-        results: Box::new(stream),
-        output: Box::new(output),
-        progress: None,
-        remote: Some(remote),
+    Ok(PendingStep {
+        child: Some(child),
+        token,
+        connection,
+        output: Some(File::from(out_read)),
+        deadline: Instant::now() + CONNECT_DEADLINE,
     })
+}
+
+impl PendingStep {
+    /// Waits until the step's worker connects (or srun ends, the deadline passes, or the run is
+    /// interrupted: then the error carries srun's status and its last lines of output).
+    pub fn connect(mut self, listener: &Listener) -> io::Result<SpawnedWorker> {
+        let stream = loop {
+            match self.connection.recv_timeout(Duration::from_millis(20)) {
+                Ok(stream) => break stream,
+                Err(RecvTimeoutError::Disconnected) => {
+                    unreachable!("the listener keeps the sender until used")
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            let child = self.child.as_mut().expect("present until connected");
+            let failure = if let Some(status) = child.try_wait()? {
+                Some(format!(
+                    "srun {} before the worker connected",
+                    sys::describe_exit(status)
+                ))
+            } else if Instant::now() >= self.deadline {
+                Some(format!(
+                    "the worker step did not connect within {} s",
+                    CONNECT_DEADLINE.as_secs()
+                ))
+            } else if interrupt::count() > 0 {
+                Some("interrupted while starting a worker step".to_owned())
+            } else {
+                None
+            };
+            if let Some(failure) = failure {
+                self.stop(listener);
+                let mut text = String::new();
+                if let Some(mut output) = self.output.take() {
+                    let _ = output.read_to_string(&mut text);
+                }
+                let tail: Vec<&str> = text
+                    .lines()
+                    .rev()
+                    .take(5)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                let tail = if tail.is_empty() {
+                    String::new()
+                } else {
+                    format!("; it printed:\n  {}", tail.join("\n  "))
+                };
+                return Err(io::Error::other(format!("{failure}{tail}")));
+            }
+        };
+        let child = self.child.take().expect("present until connected");
+        let pid = child.id();
+        // Reaped by the pool's reader thread, like a local worker.
+        drop(child);
+        let commands = stream.try_clone()?;
+        let remote = stream.try_clone()?;
+        Ok(SpawnedWorker {
+            pid,
+            commands: Box::new(commands),
+            results: Box::new(stream),
+            output: Box::new(self.output.take().expect("present until connected")),
+            progress: None,
+            remote: Some(remote),
+        })
+    }
+
+    /// Ends a step that will not be used: SIGTERM to srun (which ends the step), then reaped.
+    fn stop(&mut self, listener: &Listener) {
+        listener.forget(&self.token);
+        if let Some(mut child) = self.child.take() {
+            if matches!(child.try_wait(), Ok(None)) {
+                spawn::kill_group(child.id(), libc::SIGTERM);
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PendingStep {
+    fn drop(&mut self) {
+        // Another step failed to start: this one must not run on unattended.
+        if let Some(mut child) = self.child.take() {
+            spawn::kill_group(child.id(), libc::SIGTERM);
+            let _ = child.wait();
+        }
+    }
 }
