@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 const SLOT_BYTES: usize = 4096;
 
 /// The mapped slot: word 0 is the packed cursor (see `protocol::pack_cursor`), word 1 the
-/// monotonic time (ns) at which that item started.
+/// monotonic time (ns) at which that item started, word 2 non-zero once the runner asked the
+/// worker to stop after its current item.
 pub struct ProgressSlot {
     words: NonNull<AtomicU64>,
 }
@@ -61,7 +62,7 @@ impl ProgressSlot {
     }
 
     fn word(&self, i: usize) -> &AtomicU64 {
-        // SAFETY: the mapping is SLOT_BYTES long and page-aligned; i < 2 stays inside it, and
+        // SAFETY: the mapping is SLOT_BYTES long and page-aligned; i < 3 stays inside it, and
         // AtomicU64 has the alignment and size of u64.
         unsafe { &*self.words.as_ptr().add(i) }
     }
@@ -78,6 +79,17 @@ impl ProgressSlot {
     #[inline]
     pub fn idle(&self) {
         self.word(0).store(0, Ordering::Release);
+    }
+
+    /// Runner side: stop after the current item (seen between items, even mid-chunk).
+    pub fn request_stop(&self) {
+        self.word(2).store(1, Ordering::Release);
+    }
+
+    /// Worker side: whether the runner asked to stop.
+    #[inline]
+    pub fn stop_requested(&self) -> bool {
+        self.word(2).load(Ordering::Relaxed) != 0
     }
 
     /// Runner side: `(cursor, started_at_ns)`.
@@ -107,5 +119,8 @@ mod tests {
         assert_eq!(b.read(), (77, 123));
         b.idle();
         assert_eq!(a.read().0, 0);
+        assert!(!b.stop_requested());
+        a.request_stop();
+        assert!(b.stop_requested());
     }
 }

@@ -145,6 +145,14 @@ impl FrameBuf {
         &self.buf
     }
 
+    /// Finishes the frame and hands its buffer over (no copy), keeping `replacement` (cleared)
+    /// as the buffer for the next frame.
+    pub fn finish_take(&mut self, mut replacement: Vec<u8>) -> Vec<u8> {
+        self.finish();
+        replacement.clear();
+        std::mem::replace(&mut self.buf, replacement)
+    }
+
     /// Appends a JSON control message as a whole frame.
     pub fn json<T: Serialize>(&mut self, tag: u8, msg: &T) -> &[u8] {
         self.begin(tag);
@@ -193,9 +201,23 @@ impl<R: Read> FrameReader<R> {
                 format!("frame length {len} out of bounds"),
             ));
         }
-        self.buf.resize(len, 0);
-        self.inner.read_exact(&mut self.buf)?;
+        // Read into spare capacity: no zero-filling of a buffer about to be overwritten (a
+        // fresh one after every `take_frame`).
+        self.buf.clear();
+        self.buf.reserve_exact(len);
+        let got = (&mut self.inner).take(len as u64).read_to_end(&mut self.buf)?;
+        if got < len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "truncated frame",
+            ));
+        }
         Ok(Some((self.buf[0], &self.buf[1..])))
+    }
+
+    /// The last frame read, tag included at index 0.
+    pub fn frame(&self) -> &[u8] {
+        &self.buf
     }
 
     /// Takes the buffer of the last frame (tag included at index 0), to hand it to another thread.

@@ -96,29 +96,12 @@ fn run<R: Read + Send + 'static, W: Write>(
     mut results: W,
     progress: Option<ProgressSlot>,
 ) -> Result<(), WorkerExit> {
-    // Commands are read on their own thread: the runner's writes never wait for a busy task, and
-    // the end of the stream (the runner exited or was killed) ends this process at once.
-    let (tx, rx) = mpsc::channel::<Vec<u8>>();
-    std::thread::Builder::new()
-        .name("commands".into())
-        .spawn(move || {
-            let mut reader = FrameReader::new(BufReader::with_capacity(1 << 16, commands));
-            while let Ok(Some((tag, _))) = reader.next_frame() {
-                if tag == tag::STOP {
-                    STOP_REQUESTED.store(true, Ordering::Release);
-                }
-                if tx.send(reader.take_frame()).is_err() {
-                    break;
-                }
-            }
-            // SAFETY: _exit has no preconditions; it skips destructors and atexit handlers on
-            // purpose, since the main thread may be inside a task.
-            unsafe { libc::_exit(0) }
-        })
-        .map_err(|_| WorkerExit(EXIT_PROTOCOL))?;
-
+    let mut commands = Commands::new(commands, progress.is_some())?;
     let mut frame = FrameBuf::new();
-    let first = rx.recv().map_err(|_| WorkerExit(EXIT_PROTOCOL))?;
+    let first = commands
+        .next()
+        .map_err(|_| WorkerExit(EXIT_PROTOCOL))?
+        .ok_or(WorkerExit(EXIT_PROTOCOL))?;
     if first[0] != tag::INIT {
         return Err(WorkerExit(EXIT_PROTOCOL));
     }
@@ -185,8 +168,8 @@ fn run<R: Read + Send + 'static, W: Write>(
         progress,
         rss: None,
     };
-    while let Ok(msg) = rx.recv() {
-        if STOP_REQUESTED.load(Ordering::Acquire) {
+    while let Ok(Some(msg)) = commands.next() {
+        if runner.stop_requested() {
             break;
         }
         match msg[0] {
@@ -206,6 +189,73 @@ fn run<R: Read + Send + 'static, W: Write>(
     Ok(())
 }
 
+/// Where a worker's commands come from.
+enum Commands {
+    /// Local workers read on the main thread, between chunks: no thread hop per round trip.
+    /// While a task runs, a STOP arrives through the progress slot and the runner's death
+    /// through the parent-death signal.
+    Direct(FrameReader<BufReader<Box<dyn Read + Send>>>),
+    /// Remote workers have a thread reading ahead, so that a STOP or the end of the connection
+    /// is seen while a task runs (there is no parent-death signal across machines).
+    Threaded {
+        rx: mpsc::Receiver<Vec<u8>>,
+        current: Vec<u8>,
+    },
+}
+
+impl Commands {
+    fn new<R: Read + Send + 'static>(commands: R, direct: bool) -> Result<Self, WorkerExit> {
+        let commands: Box<dyn Read + Send> = Box::new(commands);
+        if direct {
+            return Ok(Self::Direct(FrameReader::new(BufReader::with_capacity(
+                1 << 16,
+                commands,
+            ))));
+        }
+        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        std::thread::Builder::new()
+            .name("commands".into())
+            .spawn(move || {
+                let mut reader = FrameReader::new(BufReader::with_capacity(1 << 16, commands));
+                while let Ok(Some((tag, _))) = reader.next_frame() {
+                    if tag == tag::STOP {
+                        STOP_REQUESTED.store(true, Ordering::Release);
+                    }
+                    if tx.send(reader.take_frame()).is_err() {
+                        break;
+                    }
+                }
+                // SAFETY: _exit has no preconditions; it skips destructors and atexit handlers
+                // on purpose, since the main thread may be inside a task.
+                unsafe { libc::_exit(0) }
+            })
+            .map_err(|_| WorkerExit(EXIT_PROTOCOL))?;
+        Ok(Self::Threaded {
+            rx,
+            current: Vec::new(),
+        })
+    }
+
+    /// The next command frame (tag at index 0); `None` at the end of the stream.
+    fn next(&mut self) -> io::Result<Option<&[u8]>> {
+        match self {
+            Self::Direct(reader) => {
+                if reader.next_frame()?.is_none() {
+                    return Ok(None);
+                }
+                Ok(Some(reader.frame()))
+            }
+            Self::Threaded { rx, current } => match rx.recv() {
+                Ok(frame) => {
+                    *current = frame;
+                    Ok(Some(current.as_slice()))
+                }
+                Err(_) => Ok(None),
+            },
+        }
+    }
+}
+
 struct ChunkRunner {
     plugins: Vec<LoadedPlugin>,
     out: RVec<u8>,
@@ -219,6 +269,14 @@ struct ChunkRunner {
 const RSS_SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl ChunkRunner {
+    /// The runner asked to stop after the current item (STOP frame read by the command thread,
+    /// or the flag in the progress slot).
+    #[inline]
+    fn stop_requested(&self) -> bool {
+        STOP_REQUESTED.load(Ordering::Relaxed)
+            || self.progress.as_ref().is_some_and(|p| p.stop_requested())
+    }
+
     /// Writes this worker's RSS into the results header, for workers the runner cannot see
     /// (no progress slot: started elsewhere). Rate-limited, off the per-item path.
     fn patch_rss(frame: &mut FrameBuf, sample: &mut Option<(u64, Instant)>, remote: bool) {
@@ -256,7 +314,7 @@ impl ChunkRunner {
         }
         .write(&mut self.frame);
         for position in 0..chunk.count {
-            if STOP_REQUESTED.load(Ordering::Relaxed) {
+            if self.stop_requested() {
                 // Interrupted: report what is done; the rest of the chunk is left unrun.
                 if count > 0 {
                     let busy = batch_started.elapsed().as_nanos() as u64;

@@ -445,6 +445,11 @@ impl Pool {
         if let Some(w) = self.workers.get_mut(&id) {
             w.state = WorkerState::Stopping;
             w.stop_reason.get_or_insert(reason);
+            // A local worker reads commands between chunks: the shared flag reaches it between
+            // items. A remote one reads the STOP frame on its command thread.
+            if let Some(progress) = &w.progress {
+                progress.request_stop();
+            }
             let _ = send(&mut w.commands, &frame);
         }
     }

@@ -53,6 +53,11 @@ pub struct SpawnRequest<'a> {
 pub fn spawn_worker(req: &SpawnRequest<'_>) -> io::Result<SpawnedWorker> {
     let (cmd_read, cmd_write) = pipe()?;
     let (res_read, res_write) = pipe()?;
+    // Large payloads cross in fewer wakeups with bigger pipes (best effort). Not larger: a
+    // user's pipes share a budget (pipe-user-pages-soft, 64 MiB) past which new pipes shrink.
+    for fd in [&cmd_write, &res_write] {
+        grow_pipe(fd, PIPE_BYTES);
+    }
     let (out_read, out_write) = pipe()?;
     let (progress_fd, progress) = ProgressSlot::create()?;
 
@@ -166,6 +171,14 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     }
     // SAFETY: pipe2 succeeded; both descriptors are new and owned here.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Size asked for the command and result pipes.
+const PIPE_BYTES: libc::c_int = 256 << 10;
+
+fn grow_pipe(fd: &OwnedFd, bytes: libc::c_int) {
+    // SAFETY: F_SETPIPE_SZ on a valid pipe descriptor; failure (EPERM over the limit) is fine.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, bytes) };
 }
 
 fn dup_above(fd: &OwnedFd, min: RawFd) -> io::Result<OwnedFd> {

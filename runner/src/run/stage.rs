@@ -35,6 +35,9 @@ const TIMEOUT_KILL_GRACE: Duration = Duration::from_millis(500);
 /// How many failures the summary keeps.
 const KEEP_ERRORS: usize = 5;
 /// Offset of the item count in a chunk frame (after length, tag, id, plugin and task).
+/// Chunk buffers kept for reuse, and the largest kept (a few chunks in flight per worker).
+const SPARE_FRAMES: usize = 16;
+const SPARE_FRAME_BYTES: usize = 8 << 20;
 const CHUNK_COUNT_OFFSET: usize = 5 + 8 + 2 + 4;
 
 /// What the plan knows about a stage before it runs.
@@ -149,6 +152,8 @@ pub struct Dispatcher<'a> {
     events: &'a EventLog,
     console: &'a Arc<Console>,
     frame: FrameBuf,
+    /// Buffers of answered chunks, reused for the next ones.
+    spare_frames: Vec<Vec<u8>>,
     next_chunk: u64,
     in_flight: HashMap<u64, InFlight>,
     requeue: VecDeque<Pending>,
@@ -189,6 +194,7 @@ impl<'a> Dispatcher<'a> {
             events,
             console,
             frame: FrameBuf::new(),
+            spare_frames: Vec::new(),
             next_chunk: 1,
             in_flight: HashMap::new(),
             requeue: VecDeque::new(),
@@ -492,7 +498,9 @@ impl<'a> Dispatcher<'a> {
         }
         self.frame
             .patch_u32(CHUNK_COUNT_OFFSET, indices.len() as u32);
-        let frame = self.frame.finish().to_vec();
+        let frame = self
+            .frame
+            .finish_take(self.spare_frames.pop().unwrap_or_default());
         self.next_chunk += 1;
         let sent = self.pool.send_to(worker, &frame);
         let max_tasks = self.job.stage.settings.max_tasks_per_worker;
@@ -640,6 +648,10 @@ impl<'a> Dispatcher<'a> {
         }
         self.check_memory(worker);
         if chunk.received as usize >= chunk.indices.len() {
+            // Its buffer carries the next chunk (no allocation per chunk on the hot path).
+            if self.spare_frames.len() < SPARE_FRAMES && chunk.frame.capacity() <= SPARE_FRAME_BYTES {
+                self.spare_frames.push(chunk.frame);
+            }
             if let Some(w) = self.pool.worker_mut(worker) {
                 w.in_flight.retain(|id| *id != header.chunk_id);
                 if w.in_flight.is_empty() {
