@@ -188,14 +188,28 @@ impl Manifest {
         })
     }
 
+    /// Replaces `manifest.json` atomically and durably (synced before the rename).
     pub fn write(&self, dir: &Path) -> io::Result<()> {
+        self.write_with(dir, true)
+    }
+
+    /// Replaces `manifest.json` atomically but without waiting for the disk: for the "stage
+    /// running" mark, which a power cut may lose at no cost (`--resume` then reruns that stage
+    /// from scratch instead of continuing it; the outputs are the same).
+    pub fn write_unsynced(&self, dir: &Path) -> io::Result<()> {
+        self.write_with(dir, false)
+    }
+
+    fn write_with(&self, dir: &Path, sync: bool) -> io::Result<()> {
         let tmp = dir.join(".manifest.json.tmp");
         // One write: serde_json writes in small pieces, each a syscall on an unbuffered file.
         let mut text = serde_json::to_vec_pretty(self)?;
         text.push(b'\n');
         let mut f = File::create(&tmp)?;
         f.write_all(&text)?;
-        f.sync_all()?;
+        if sync {
+            f.sync_all()?;
+        }
         std::fs::rename(&tmp, dir.join("manifest.json"))
     }
 }

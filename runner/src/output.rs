@@ -129,8 +129,11 @@ impl OrderedWriter {
         let journal = journal_path(path);
         journal::remove(&journal)?;
         let file = File::create(path)?;
-        sync_parent(path);
-        Self::with(path, file, 0, JournalWriter::new(journal, 0))
+        let writer = Self::with(path, file, 0, JournalWriter::new(journal, 0))?;
+        // The new directory entry is made durable off the critical path (the syncer's first
+        // pass); `finish` waits for it.
+        writer.syncer.sync_parent_once(path);
+        Ok(writer)
     }
 
     fn with(path: &Path, file: File, next: u64, journal: JournalWriter) -> io::Result<Self> {
@@ -462,6 +465,8 @@ struct SyncShared {
 struct SyncState {
     /// Duplicates of the writer's file descriptors.
     files: Vec<Arc<File>>,
+    /// Files whose directory entry is to be made durable once.
+    parents: Vec<PathBuf>,
     stop: bool,
 }
 
@@ -470,6 +475,7 @@ impl Syncer {
         let shared = Arc::new(SyncShared {
             state: Mutex::new(SyncState {
                 files: Vec::new(),
+                parents: Vec::new(),
                 stop: false,
             }),
             wake: Condvar::new(),
@@ -490,6 +496,13 @@ impl Syncer {
         let dup = Arc::new(file.try_clone()?);
         self.lock().files.push(dup);
         Ok(())
+    }
+
+    /// Makes `path`'s directory entry durable soon, on the syncer's thread (and at the latest
+    /// when the syncer stops).
+    pub(crate) fn sync_parent_once(&self, path: &Path) {
+        self.lock().parents.push(path.to_owned());
+        self.shared.wake.notify_all();
     }
 
     /// Something was written since the last sync.
@@ -524,9 +537,18 @@ fn sync_loop(shared: &SyncShared) {
     loop {
         state = shared
             .wake
-            .wait_timeout_while(state, SYNC_EVERY, |s| !s.stop)
+            .wait_timeout_while(state, SYNC_EVERY, |s| !s.stop && s.parents.is_empty())
             .unwrap_or_else(PoisonError::into_inner)
             .0;
+        if !state.parents.is_empty() {
+            let parents = std::mem::take(&mut state.parents);
+            drop(state);
+            for p in &parents {
+                sync_parent(p);
+            }
+            state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+            continue;
+        }
         if state.stop {
             return;
         }

@@ -205,7 +205,9 @@ impl<R: Read> FrameReader<R> {
         // fresh one after every `take_frame`).
         self.buf.clear();
         self.buf.reserve_exact(len);
-        let got = (&mut self.inner).take(len as u64).read_to_end(&mut self.buf)?;
+        let got = (&mut self.inner)
+            .take(len as u64)
+            .read_to_end(&mut self.buf)?;
         if got < len {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,

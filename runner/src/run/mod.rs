@@ -186,7 +186,10 @@ pub fn execute(plan: &Plan, opts: &RunOptions, console: &Arc<Console>) -> Result
         let previous_wall = record.wall_time_s;
         record.status = StageStatus::Running;
         record.tasks = total;
-        write_manifest(&manifest)?;
+        manifest.write_unsynced(out_dir).map_err(io_err(format!(
+            "cannot write the manifest in {}",
+            out_dir.display()
+        )))?;
         let mut writer = match starts[i] {
             resume::StageStart::Resume => {
                 let w = OrderedWriter::resume(&out_path)

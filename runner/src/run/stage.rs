@@ -649,7 +649,8 @@ impl<'a> Dispatcher<'a> {
         self.check_memory(worker);
         if chunk.received as usize >= chunk.indices.len() {
             // Its buffer carries the next chunk (no allocation per chunk on the hot path).
-            if self.spare_frames.len() < SPARE_FRAMES && chunk.frame.capacity() <= SPARE_FRAME_BYTES {
+            if self.spare_frames.len() < SPARE_FRAMES && chunk.frame.capacity() <= SPARE_FRAME_BYTES
+            {
                 self.spare_frames.push(chunk.frame);
             }
             if let Some(w) = self.pool.worker_mut(worker) {
