@@ -119,6 +119,24 @@ impl FrameBuf {
         self.put_u32(v.len() as u32);
         self.buf.extend_from_slice(v);
     }
+    /// A length-prefixed byte string that `fill` appends to the buffer itself (no intermediate
+    /// copy). When `fill` returns `false` (or an error) nothing is added.
+    pub fn put_bytes_with(
+        &mut self,
+        fill: impl FnOnce(&mut Vec<u8>) -> io::Result<bool>,
+    ) -> io::Result<bool> {
+        let at = self.buf.len();
+        self.put_u32(0);
+        let outcome = fill(&mut self.buf);
+        if !matches!(outcome, Ok(true)) {
+            self.buf.truncate(at);
+            return outcome;
+        }
+        let len = (self.buf.len() - at - 4) as u32;
+        self.patch_u32(at, len);
+        Ok(true)
+    }
+
     /// Overwrites a u32 written earlier at `offset` (from [`Self::len`]).
     pub fn patch_u32(&mut self, offset: usize, v: u32) {
         self.buf[offset..offset + 4].copy_from_slice(&v.to_le_bytes());

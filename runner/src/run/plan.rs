@@ -48,6 +48,8 @@ pub struct PlannedStage {
     pub total: Option<u64>,
     /// Index of the stage named by `from`.
     pub from: Option<usize>,
+    /// SHA-256 of the input file, computed while checking it.
+    pub input_sha256: Option<String>,
 }
 
 impl Plan {
@@ -139,11 +141,15 @@ pub fn plan(pipeline: Pipeline, verbose: bool) -> Result<Plan, PlanError> {
             InputSpec::From(name) => pipeline.stages[..i].iter().position(|s| &s.name == name),
             _ => None,
         };
+        let mut input_sha256 = None;
         let total = match &stage.input {
             InputSpec::Range { start, end } => Some(end.saturating_sub(*start).max(0) as u64),
             InputSpec::Items(items) => Some(items.len() as u64),
             InputSpec::File(path) => match input::check_file(path) {
-                Ok(n) => Some(n),
+                Ok(checked) => {
+                    input_sha256 = Some(checked.sha256);
+                    Some(checked.count)
+                }
                 Err(e) => {
                     problems.push(PlanProblem {
                         message: format!("stage `{}`: {e}", stage.name),
@@ -177,6 +183,7 @@ pub fn plan(pipeline: Pipeline, verbose: bool) -> Result<Plan, PlanError> {
             workers,
             total,
             from,
+            input_sha256,
         });
     }
     if problems.is_empty() {

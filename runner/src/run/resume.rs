@@ -78,10 +78,13 @@ pub fn fingerprints(
                 sha256_hex(&serde_json::to_vec(items).expect("JSON values serialize"))
             ),
             InputSpec::File(path) => {
-                let sha = sha256_file(path).map_err(|source| Error::Io {
-                    context: format!("cannot read input file {}", path.display()),
-                    source,
-                })?;
+                let sha = match &planned.input_sha256 {
+                    Some(sha) => sha.clone(),
+                    None => sha256_file(path).map_err(|source| Error::Io {
+                        context: format!("cannot read input file {}", path.display()),
+                        source,
+                    })?,
+                };
                 format!("file sha256:{sha}")
             }
             InputSpec::From(name) => {

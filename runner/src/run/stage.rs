@@ -58,6 +58,23 @@ pub struct FailureSummary {
     pub message: String,
 }
 
+/// Keeps the [`KEEP_ERRORS`] failures with the lowest input indices, in index order, whatever
+/// order they completed in: the summary reads like the output file.
+fn keep_lowest(errors: &mut Vec<FailureSummary>, index: u64, kind: ErrorKind, message: &str) {
+    let at = errors.partition_point(|e| e.index < index);
+    if at < KEEP_ERRORS {
+        errors.insert(
+            at,
+            FailureSummary {
+                index,
+                kind,
+                message: message.to_owned(),
+            },
+        );
+        errors.truncate(KEEP_ERRORS);
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StopReason {
     /// `on_error = "fail"` and a task failed.
@@ -712,13 +729,7 @@ impl<'a> Dispatcher<'a> {
         worker: Option<u32>,
     ) {
         self.outcome.failed += 1;
-        if self.outcome.first_errors.len() < KEEP_ERRORS {
-            self.outcome.first_errors.push(FailureSummary {
-                index,
-                kind,
-                message: message.to_owned(),
-            });
-        }
+        keep_lowest(&mut self.outcome.first_errors, index, kind, message);
         self.events.emit(&Event::TaskFailed {
             stage: self.stage_name(),
             index,
@@ -824,5 +835,20 @@ impl<'a> Dispatcher<'a> {
                 ),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_keeps_the_lowest_failed_indices_in_order() {
+        let mut errors = Vec::new();
+        for index in [40, 7, 99, 3, 12, 8, 1, 500] {
+            keep_lowest(&mut errors, index, ErrorKind::TaskError, "boom");
+        }
+        let kept: Vec<u64> = errors.iter().map(|e| e.index).collect();
+        assert_eq!(kept, [1, 3, 7, 8, 12]);
     }
 }
