@@ -187,7 +187,7 @@ pub fn direct(so: &Path, task: u32, n: usize, warmup: usize) -> io::Result<Vec<u
         stage: "latency",
     })?;
     let mut commands = w.commands;
-    let mut reader = FrameReader::new(BufReader::with_capacity(1 << 16, w.results));
+    let mut reader = FrameReader::new(BufReader::with_capacity(1 << 16, File::from(w.results)));
     let mut frame = FrameBuf::new();
     let init = InitMsg {
         worker_id: 1,

@@ -6,6 +6,7 @@
 //! shared: the dispatcher is the single owner of the state a user sees.
 
 pub mod decision;
+pub mod inbox;
 pub mod slurm;
 pub mod spawn;
 
@@ -16,18 +17,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 
 pub use decision::{Decision, WorkerSpec, decide};
 
 use crate::config::Launcher;
 use crate::events::{Event, EventLog};
 use crate::progress::ProgressSlot;
-use crate::protocol::{FrameBuf, FrameReader, InitMsg, StageMsg, send, tag};
+use crate::protocol::{FrameBuf, InitMsg, StageMsg, send, tag};
 use crate::sys::{self, ProcessEnd};
 use crate::transport::Listener;
+use inbox::{Inbox, Poller, Pumped};
 
-/// What the reader and output threads report.
+/// What the pool reports: frames read from the workers, and their exits (from reaper threads).
 pub enum WorkerEvent {
     /// A frame from a worker (tag at index 0).
     Frame { worker: u32, frame: Vec<u8> },
@@ -63,6 +65,10 @@ pub struct Worker {
     /// Remote workers: the RSS they last reported with their results, and the largest.
     pub reported_rss: Option<u64>,
     reported_peak: u64,
+    /// Its result stream, read by the dispatcher (`None` once closed: the exit follows).
+    inbox: Option<Inbox>,
+    /// Set when everything it printed was forwarded.
+    output_drained: Arc<Drained>,
     /// When the item in progress started, as far as the runner can tell without a progress
     /// slot (remote workers flush every result, so this is the last result's arrival).
     pub item_started: Instant,
@@ -133,6 +139,11 @@ pub struct Pool {
     next_id: u32,
     tx: Sender<WorkerEvent>,
     rx: Receiver<WorkerEvent>,
+    /// Waits on every worker's result stream and on the reapers' wakeups.
+    poller: Poller,
+    /// Frames read and not yet handed out, oldest first.
+    ready: VecDeque<WorkerEvent>,
+    woken: Vec<u64>,
     frame: FrameBuf,
     /// Restarts of the whole pool, and workers replaced after a crash, timeout or recycling.
     pub restarts: u64,
@@ -140,6 +151,31 @@ pub struct Pool {
     /// Bound on first use by a remote launcher, kept for the pool's life.
     listener: Option<Listener>,
 }
+
+/// A flag set once, waited for with a time limit.
+#[derive(Default)]
+struct Drained {
+    done: std::sync::Mutex<bool>,
+    cond: std::sync::Condvar,
+}
+
+impl Drained {
+    fn set(&self) {
+        *self.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.cond.notify_all();
+    }
+
+    fn wait(&self, limit: Duration) {
+        let done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self
+            .cond
+            .wait_timeout_while(done, limit, |done| !*done)
+            .unwrap_or_else(|e| e.into_inner());
+    }
+}
+
+/// How long an exited worker's last output may take to be forwarded.
+const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 /// How long a graceful stop may take before the workers are killed.
 const STOP_GRACE: Duration = Duration::from_secs(3);
@@ -160,6 +196,9 @@ impl Pool {
             next_id: 1,
             tx,
             rx,
+            poller: Poller::new().expect("epoll and eventfd are available"),
+            ready: VecDeque::new(),
+            woken: Vec::new(),
             frame: FrameBuf::new(),
             restarts: 0,
             replaced: 0,
@@ -327,38 +366,13 @@ impl Pool {
     ) -> io::Result<()> {
         let exited = Arc::new(AtomicBool::new(false));
 
-        let tx = self.tx.clone();
         let pid = spawned.pid;
-        let reaped = exited.clone();
-        let results = spawned.results;
-        let remote = spawned.remote.is_some();
-        std::thread::Builder::new()
-            .name(format!("worker-{id}-frames"))
-            .spawn(move || {
-                let mut reader = FrameReader::new(BufReader::with_capacity(1 << 16, results));
-                while let Ok(Some(_)) = reader.next_frame() {
-                    if tx
-                        .send(WorkerEvent::Frame {
-                            worker: id,
-                            frame: reader.take_frame(),
-                        })
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-                let (mut end, peak_rss) = wait_and_reap(pid, &reaped);
-                if remote {
-                    end = remote_end(end);
-                }
-                let _ = tx.send(WorkerEvent::Exited {
-                    worker: id,
-                    end,
-                    peak_rss,
-                });
-            })?;
+        let inbox = Inbox::new(spawned.results, spawned.remote.is_some())?;
+        self.poller.add(inbox.fd(), u64::from(id))?;
         let output = spawned.output;
         let console = console.clone();
+        let drained = Arc::new(Drained::default());
+        let signal = drained.clone();
         std::thread::Builder::new()
             .name(format!("worker-{id}-output"))
             .spawn(move || {
@@ -366,6 +380,7 @@ impl Pool {
                     let Ok(line) = line else { break };
                     console.worker_line(id, &line);
                 }
+                signal.set();
             })?;
 
         let mut commands = spawned.commands;
@@ -384,6 +399,8 @@ impl Pool {
                 commands,
                 progress: spawned.progress,
                 remote: spawned.remote,
+                inbox: Some(inbox),
+                output_drained: drained,
                 slurm_step: None,
                 location: None,
                 reported_rss: None,
@@ -521,11 +538,77 @@ impl Pool {
         }
     }
 
-    /// The next event, waiting at most `timeout`.
+    /// The next event, waiting at most `timeout`. A worker's frames always come before its
+    /// exit.
     pub fn recv_timeout(&mut self, timeout: Duration) -> Option<WorkerEvent> {
-        match self.rx.recv_timeout(timeout) {
-            Ok(e) => Some(e),
-            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => None,
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(event) = self.ready.pop_front() {
+                return Some(event);
+            }
+            if let Ok(event) = self.rx.try_recv() {
+                return Some(event);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut woken = std::mem::take(&mut self.woken);
+            woken.clear();
+            if self.poller.wait(left, |token| woken.push(token)).is_err() {
+                // Not expected (EBADF, EINVAL); do not spin.
+                std::thread::sleep(left.min(Duration::from_millis(10)));
+            }
+            for token in &woken {
+                self.pump(*token as u32);
+            }
+            self.woken = woken;
+            if self.ready.is_empty() && self.rx.is_empty() && Instant::now() >= deadline {
+                return None;
+            }
+        }
+    }
+
+    /// Reads what a worker sent; when its stream closes, a reaper thread waits for its exit.
+    fn pump(&mut self, id: u32) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        let Some(inbox) = &mut w.inbox else { return };
+        let ready = &mut self.ready;
+        if inbox.pump(|frame| ready.push_back(WorkerEvent::Frame { worker: id, frame }))
+            == Pumped::Open
+        {
+            return;
+        }
+        self.poller.remove(inbox.fd());
+        w.inbox = None;
+        let (pid, reaped, remote) = (w.pid, w.exited.clone(), w.remote.is_some());
+        let (tx, waker) = (self.tx.clone(), self.poller.waker());
+        let reaper = move || {
+            let (mut end, peak_rss) = wait_and_reap(pid, &reaped);
+            if remote {
+                end = remote_end(end);
+            }
+            let _ = tx.send(WorkerEvent::Exited {
+                worker: id,
+                end,
+                peak_rss,
+            });
+            waker.wake();
+        };
+        if std::thread::Builder::new()
+            .name(format!("worker-{id}-reaper"))
+            .spawn(reaper)
+            .is_err()
+        {
+            // No thread to spare: reap here (the stream closed, so the process is ending).
+            let (mut end, peak_rss) = wait_and_reap(pid, &w.exited);
+            if w.remote.is_some() {
+                end = remote_end(end);
+            }
+            self.ready.push_back(WorkerEvent::Exited {
+                worker: id,
+                end,
+                peak_rss,
+            });
         }
     }
 
@@ -539,6 +622,9 @@ impl Pool {
         events: &EventLog,
     ) -> Option<Worker> {
         let w = self.workers.remove(&id)?;
+        // What it printed last is forwarded before its exit is reported (and before the run
+        // ends). Bounded: a plugin's daemonized child could keep the pipe open.
+        w.output_drained.wait(OUTPUT_DRAIN_LIMIT);
         let peak_rss = w.peak_rss(peak_rss);
         let reason = w.stop_reason.unwrap_or("crashed");
         if matches!(

@@ -9,6 +9,7 @@
 use std::fs::File;
 use std::io::{self, Read};
 use std::net::TcpStream;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -173,7 +174,7 @@ impl PendingStep {
         Ok(SpawnedWorker {
             pid,
             commands: Box::new(commands),
-            results: Box::new(stream),
+            results: OwnedFd::from(stream),
             output: Box::new(self.output.take().expect("present until connected")),
             progress: None,
             remote: Some(remote),

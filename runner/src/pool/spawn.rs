@@ -22,8 +22,8 @@ pub struct SpawnedWorker {
     pub pid: u32,
     /// Frames to the worker.
     pub commands: Box<dyn Write + Send>,
-    /// Frames from the worker.
-    pub results: Box<dyn Read + Send>,
+    /// Frames from the worker: a pipe's read end, or the worker's TCP connection.
+    pub results: OwnedFd,
     /// The worker's stdout and stderr, merged.
     pub output: Box<dyn Read + Send>,
     /// Local workers only: which item is running (see `progress`).
@@ -124,7 +124,7 @@ pub fn spawn_worker(req: &SpawnRequest<'_>) -> io::Result<SpawnedWorker> {
     Ok(SpawnedWorker {
         pid,
         commands: Box::new(File::from(cmd_write)),
-        results: Box::new(File::from(res_read)),
+        results: res_read,
         output: Box::new(File::from(out_read)),
         progress: Some(progress),
         remote: None,

@@ -1,0 +1,388 @@
+//! Frames from the workers, read by the dispatcher's own thread.
+//!
+//! Every worker's result descriptor (a pipe, or the TCP connection of a remote worker) is in one
+//! epoll set that the dispatcher waits on, so a result wakes the thread that handles it directly:
+//! no reader thread per worker and no channel hop in between (each hop cost a thread wakeup, a
+//! third of a one-at-a-time round trip). Worker exits, which need a blocking `waitid`, still come
+//! from small reaper threads; they wake the same epoll through an eventfd.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::protocol::MAX_FRAME_LEN;
+
+/// The epoll set and the eventfd that other threads use to wake it.
+pub struct Poller {
+    epoll: OwnedFd,
+    waker: Arc<Waker>,
+    events: Vec<libc::epoll_event>,
+}
+
+/// Wakes a [`Poller`] from another thread.
+pub struct Waker {
+    fd: OwnedFd,
+}
+
+/// The token of the waker's eventfd in the epoll set (worker ids are small).
+pub const WAKE_TOKEN: u64 = u64::MAX;
+
+impl Waker {
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes from a valid u64 to our eventfd; a full counter (EAGAIN) is
+        // still a pending wakeup, so the result does not matter.
+        unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    fn drain(&self) {
+        let mut n: u64 = 0;
+        // SAFETY: reading 8 bytes into a valid u64 from our non-blocking eventfd.
+        unsafe { libc::read(self.fd.as_raw_fd(), (&mut n as *mut u64).cast(), 8) };
+    }
+}
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+impl Poller {
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: plain syscalls; the returned descriptors are checked, then owned.
+        let (epoll, wake) = unsafe {
+            let epoll = OwnedFd::from_raw_fd(cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?);
+            let wake = OwnedFd::from_raw_fd(cvt(libc::eventfd(
+                0,
+                libc::EFD_CLOEXEC | libc::EFD_NONBLOCK,
+            ))?);
+            (epoll, wake)
+        };
+        let poller = Self {
+            epoll,
+            waker: Arc::new(Waker { fd: wake }),
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; 64],
+        };
+        poller.add(poller.waker.fd.as_raw_fd(), WAKE_TOKEN)?;
+        Ok(poller)
+    }
+
+    pub fn waker(&self) -> Arc<Waker> {
+        Arc::clone(&self.waker)
+    }
+
+    /// Watches `fd` for input (level-triggered), reported with `token`.
+    pub fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        let mut event = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+            u64: token,
+        };
+        // SAFETY: valid epoll and target descriptors, and a valid event.
+        cvt(unsafe {
+            libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event)
+        })?;
+        Ok(())
+    }
+
+    pub fn remove(&self, fd: RawFd) {
+        // SAFETY: valid epoll descriptor; removing an unknown fd just fails.
+        unsafe {
+            libc::epoll_ctl(
+                self.epoll.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                fd,
+                std::ptr::null_mut(),
+            )
+        };
+    }
+
+    /// Waits up to `timeout` and calls `ready` with the token of each descriptor that has
+    /// input (or hung up). The waker's token is handled here.
+    pub fn wait(&mut self, timeout: Duration, mut ready: impl FnMut(u64)) -> io::Result<usize> {
+        // Round up so that a sub-millisecond wait does not become a busy loop.
+        let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
+        // SAFETY: the buffer holds `events.len()` entries for the kernel to fill.
+        let n = unsafe {
+            libc::epoll_wait(
+                self.epoll.as_raw_fd(),
+                self.events.as_mut_ptr(),
+                self.events.len() as libc::c_int,
+                ms,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::Interrupted {
+                Ok(0)
+            } else {
+                Err(e)
+            };
+        }
+        for event in &self.events[..n as usize] {
+            let token = event.u64;
+            if token == WAKE_TOKEN {
+                self.waker.drain();
+            } else {
+                ready(token);
+            }
+        }
+        Ok(n as usize)
+    }
+}
+
+/// What a [`Inbox::pump`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pumped {
+    /// Read what was there; more may come.
+    Open,
+    /// The worker closed its side (it exited), or sent something that is not a frame.
+    Closed,
+}
+
+/// Incoming frames of one worker: a staging buffer for small frames, and a buffer of its own
+/// for a frame larger than the staging space (read into directly, without a copy).
+pub struct Inbox {
+    fd: OwnedFd,
+    /// A socket is read with MSG_DONTWAIT: O_NONBLOCK would also make the writes of its
+    /// duplicate (the command side) non-blocking.
+    socket: bool,
+    stage: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// A large frame being read: its buffer (tag first) and its full length.
+    big: Option<(Vec<u8>, usize)>,
+}
+
+const STAGE_BYTES: usize = 1 << 16;
+/// Bytes read from one worker per wakeup before the others get their turn.
+const PUMP_BUDGET: usize = 4 << 20;
+
+impl Inbox {
+    /// Takes the read side of a worker's result stream. Pipes are made non-blocking.
+    pub fn new(fd: OwnedFd, socket: bool) -> io::Result<Self> {
+        if !socket {
+            // SAFETY: fcntl on a valid descriptor we own.
+            unsafe {
+                let flags = cvt(libc::fcntl(fd.as_raw_fd(), libc::F_GETFL))?;
+                cvt(libc::fcntl(
+                    fd.as_raw_fd(),
+                    libc::F_SETFL,
+                    flags | libc::O_NONBLOCK,
+                ))?;
+            }
+        }
+        Ok(Self {
+            fd,
+            socket,
+            stage: vec![0; STAGE_BYTES],
+            start: 0,
+            end: 0,
+            big: None,
+        })
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Reads what is available without blocking, handing each complete frame (tag at index
+    /// 0) to `frame`.
+    pub fn pump(&mut self, mut frame: impl FnMut(Vec<u8>)) -> Pumped {
+        let mut budget = PUMP_BUDGET;
+        loop {
+            if let Some((buf, len)) = &mut self.big {
+                let want = *len - buf.len();
+                let n = match read_spare(self.fd.as_raw_fd(), self.socket, buf, want) {
+                    Ok(Some(0)) | Err(_) => return Pumped::Closed,
+                    Ok(Some(n)) => n,
+                    Ok(None) => return Pumped::Open,
+                };
+                budget = budget.saturating_sub(n);
+                if buf.len() == *len {
+                    let (buf, _) = self.big.take().expect("checked above");
+                    frame(buf);
+                }
+            } else {
+                // Hand out every complete frame already staged.
+                loop {
+                    let staged = &self.stage[self.start..self.end];
+                    if staged.len() < 4 {
+                        break;
+                    }
+                    let len = u32::from_le_bytes(staged[..4].try_into().expect("4 bytes")) as usize;
+                    if len == 0 || len > MAX_FRAME_LEN {
+                        return Pumped::Closed;
+                    }
+                    if staged.len() >= 4 + len {
+                        frame(staged[4..4 + len].to_vec());
+                        self.start += 4 + len;
+                        continue;
+                    }
+                    if len > STAGE_BYTES / 2 {
+                        // Large: its own buffer, read into directly from now on.
+                        let mut buf = Vec::with_capacity(len);
+                        buf.extend_from_slice(&staged[4..]);
+                        self.start = 0;
+                        self.end = 0;
+                        self.big = Some((buf, len));
+                    }
+                    break;
+                }
+                if self.big.is_some() {
+                    continue;
+                }
+                if self.start == self.end {
+                    self.start = 0;
+                    self.end = 0;
+                } else if self.end == self.stage.len() {
+                    self.stage.copy_within(self.start..self.end, 0);
+                    self.end -= self.start;
+                    self.start = 0;
+                }
+                let n = match self.read_stage() {
+                    Ok(Some(0)) | Err(_) => return Pumped::Closed,
+                    Ok(Some(n)) => n,
+                    Ok(None) => return Pumped::Open,
+                };
+                self.end += n;
+                budget = budget.saturating_sub(n);
+            }
+            if budget == 0 {
+                // Level-triggered: the rest is read on the next wait.
+                return Pumped::Open;
+            }
+        }
+    }
+
+    /// One non-blocking read into the staging space: `None` when nothing is available.
+    fn read_stage(&mut self) -> io::Result<Option<usize>> {
+        let space = &mut self.stage[self.end..];
+        // SAFETY: `space` is valid, initialized, writable memory of its length.
+        let n = unsafe {
+            raw_read(
+                self.fd.as_raw_fd(),
+                self.socket,
+                space.as_mut_ptr(),
+                space.len(),
+            )
+        };
+        outcome(n)
+    }
+}
+
+/// One non-blocking read of at most `want` bytes appended to `buf`'s spare capacity.
+fn read_spare(
+    fd: RawFd,
+    socket: bool,
+    buf: &mut Vec<u8>,
+    want: usize,
+) -> io::Result<Option<usize>> {
+    let spare = buf.spare_capacity_mut();
+    let want = want.min(spare.len());
+    // SAFETY: the kernel writes at most `want` bytes into spare capacity of that size.
+    let n = unsafe { raw_read(fd, socket, spare.as_mut_ptr().cast(), want) };
+    let read = outcome(n)?;
+    if let Some(k) = read {
+        // SAFETY: the read initialized exactly `k` more bytes after the current length.
+        unsafe { buf.set_len(buf.len() + k) };
+    }
+    Ok(read)
+}
+
+/// A non-blocking read (`recv` with MSG_DONTWAIT for a socket).
+///
+/// # Safety
+/// `ptr` must be valid for writes of `len` bytes.
+unsafe fn raw_read(fd: RawFd, socket: bool, ptr: *mut u8, len: usize) -> isize {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        if socket {
+            libc::recv(fd, ptr.cast(), len, libc::MSG_DONTWAIT)
+        } else {
+            libc::read(fd, ptr.cast(), len)
+        }
+    }
+}
+
+fn outcome(n: isize) -> io::Result<Option<usize>> {
+    if n >= 0 {
+        return Ok(Some(n as usize));
+    }
+    let e = io::Error::last_os_error();
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(None),
+        _ => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let mut f = (body.len() as u32).to_le_bytes().to_vec();
+        f.extend_from_slice(body);
+        f
+    }
+
+    fn pipe() -> (OwnedFd, std::fs::File) {
+        let (r, w) = crate::pool::spawn::pipe().unwrap();
+        (r, std::fs::File::from(w))
+    }
+
+    #[test]
+    fn small_and_large_frames_in_pieces_arrive_whole_and_in_order() {
+        let (r, mut w) = pipe();
+        let mut inbox = Inbox::new(r, false).unwrap();
+        let big: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let mut got = Vec::new();
+        let writer = std::thread::spawn(move || {
+            let mut all = frame(b"\x0babc");
+            all.extend(frame(&big));
+            all.extend(frame(b"\x0bz"));
+            // Dribble it in odd pieces.
+            for piece in all.chunks(7_777) {
+                w.write_all(piece).unwrap();
+            }
+            big
+        });
+        let mut poller = Poller::new().unwrap();
+        poller.add(inbox.fd(), 1).unwrap();
+        let mut closed = false;
+        while !closed {
+            poller.wait(Duration::from_secs(10), |_| {}).unwrap();
+            closed = inbox.pump(|f| got.push(f)) == Pumped::Closed;
+        }
+        let big = writer.join().unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0], b"\x0babc");
+        assert_eq!(got[1], big);
+        assert_eq!(got[2], b"\x0bz");
+    }
+
+    #[test]
+    fn an_oversized_header_closes_the_inbox() {
+        let (r, mut w) = pipe();
+        let mut inbox = Inbox::new(r, false).unwrap();
+        w.write_all(&u32::MAX.to_le_bytes()).unwrap();
+        assert_eq!(inbox.pump(|_| panic!("no frame")), Pumped::Closed);
+    }
+
+    #[test]
+    fn the_waker_wakes_the_poller() {
+        let mut poller = Poller::new().unwrap();
+        let waker = poller.waker();
+        std::thread::spawn(move || waker.wake());
+        let mut tokens = Vec::new();
+        // The wake token is consumed inside: wait returns with one event and no worker token.
+        let n = poller
+            .wait(Duration::from_secs(10), |t| tokens.push(t))
+            .unwrap();
+        assert_eq!((n, tokens.len()), (1, 0));
+    }
+}
