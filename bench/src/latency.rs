@@ -186,7 +186,7 @@ pub fn direct(so: &Path, task: u32, n: usize, warmup: usize) -> io::Result<Vec<u
         threads_per_worker: 1,
         stage: "latency",
     })?;
-    let mut commands = w.commands;
+    let mut commands = File::from(w.commands);
     let mut reader = FrameReader::new(BufReader::with_capacity(1 << 16, File::from(w.results)));
     let mut frame = FrameBuf::new();
     let init = InitMsg {

@@ -307,3 +307,39 @@ kill_workers = true
     );
     assert!(!fx.path().join("out").exists());
 }
+
+#[test]
+fn chunks_and_results_larger_than_a_pipe_flow_both_ways_without_deadlock() {
+    // Each chunk (3 values of 400 KB) and each result frame is larger than the pipes between
+    // runner and worker: a worker blocked writing results must never leave the runner blocked
+    // writing its next chunk (the runner never blocks on a worker).
+    let fx = Fixture::new();
+    let value = format!("\"{}\"", "x".repeat(400_000));
+    let lines: Vec<&str> = vec![&value; 60];
+    std::fs::write(fx.path().join("big.jsonl"), lines.join("\n") + "\n").unwrap();
+    let text = header("big", "max_workers = 2\nchunksize = 3")
+        + "[[stage]]\nname = \"echo\"\ntask = \"demo::echo\"\ninput = { file = \"big.jsonl\" }\n";
+    let p = fx.write("pipeline.toml", &text);
+    let child = fx
+        .command()
+        .args([p.to_str().unwrap(), "--progress", "never"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // A deadlocked run is killed (with its workers) when the wait gives up.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = KillOnDrop(child);
+    let status = wait_for(|| child.0.try_wait().unwrap());
+    assert_eq!(status.code(), Some(0));
+    let expected: Value = serde_json::from_str(&value).unwrap();
+    let outputs = fx.outputs("echo");
+    assert_eq!(outputs.len(), 60);
+    assert!(outputs.iter().all(|o| *o == expected));
+}

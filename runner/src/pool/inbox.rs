@@ -88,6 +88,19 @@ impl Poller {
         Ok(())
     }
 
+    /// Watches `fd` for room to write, reported with `token`.
+    pub fn add_writable(&self, fd: RawFd, token: u64) -> io::Result<()> {
+        let mut event = libc::epoll_event {
+            events: libc::EPOLLOUT as u32,
+            u64: token,
+        };
+        // SAFETY: valid epoll and target descriptors, and a valid event.
+        cvt(unsafe {
+            libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event)
+        })?;
+        Ok(())
+    }
+
     pub fn remove(&self, fd: RawFd) {
         // SAFETY: valid epoll descriptor; removing an unknown fd just fails.
         unsafe {
@@ -134,6 +147,124 @@ impl Poller {
     }
 }
 
+/// Frames to one worker, written without ever blocking the dispatcher: what the pipe (or
+/// socket) cannot take now waits here and goes out when it has room (a busy worker reads its
+/// commands only between chunks, and a blocked write would stop the dispatcher from reading
+/// the results that worker is trying to write: a deadlock).
+pub struct Outbox {
+    fd: OwnedFd,
+    socket: bool,
+    /// Frames not fully written, and how much of the first one was.
+    queue: std::collections::VecDeque<Vec<u8>>,
+    offset: usize,
+    /// Registered in the poller for room to write.
+    pub watching: bool,
+    /// A write failed: the worker is gone (its exit is seen on the result side).
+    broken: bool,
+}
+
+impl Outbox {
+    pub fn new(fd: OwnedFd, socket: bool) -> io::Result<Self> {
+        if !socket {
+            set_nonblocking(&fd)?;
+        }
+        Ok(Self {
+            fd,
+            socket,
+            queue: std::collections::VecDeque::new(),
+            offset: 0,
+            watching: false,
+            broken: false,
+        })
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Writes `frame` now as far as possible and queues the rest. Returns whether something
+    /// waits for room.
+    pub fn push(&mut self, frame: &[u8]) -> bool {
+        if self.broken {
+            return false;
+        }
+        if self.queue.is_empty() {
+            let mut done = 0;
+            while done < frame.len() {
+                match self.write(&frame[done..]) {
+                    Ok(Some(n)) => done += n,
+                    Ok(None) => break,
+                    Err(_) => {
+                        self.broken = true;
+                        return false;
+                    }
+                }
+            }
+            if done == frame.len() {
+                return false;
+            }
+            self.queue.push_back(frame[done..].to_vec());
+            self.offset = 0;
+        } else {
+            self.queue.push_back(frame.to_vec());
+        }
+        true
+    }
+
+    /// Writes what is queued as far as possible. Returns whether something still waits.
+    pub fn flush(&mut self) -> bool {
+        while let Some(front) = self.queue.front() {
+            match self.write(&front[self.offset..]) {
+                Ok(Some(n)) => {
+                    self.offset += n;
+                    if self.offset == front.len() {
+                        self.queue.pop_front();
+                        self.offset = 0;
+                    }
+                }
+                Ok(None) => return true,
+                Err(_) => {
+                    self.broken = true;
+                    self.queue.clear();
+                    return false;
+                }
+            }
+        }
+        false
+    }
+
+    /// One non-blocking write: `None` when there is no room now.
+    fn write(&self, bytes: &[u8]) -> io::Result<Option<usize>> {
+        // SAFETY: writing from a valid slice to our descriptor.
+        let n = unsafe {
+            if self.socket {
+                libc::send(
+                    self.fd.as_raw_fd(),
+                    bytes.as_ptr().cast(),
+                    bytes.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            } else {
+                libc::write(self.fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len())
+            }
+        };
+        outcome(n)
+    }
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: fcntl on a valid descriptor we own.
+    unsafe {
+        let flags = cvt(libc::fcntl(fd.as_raw_fd(), libc::F_GETFL))?;
+        cvt(libc::fcntl(
+            fd.as_raw_fd(),
+            libc::F_SETFL,
+            flags | libc::O_NONBLOCK,
+        ))?;
+    }
+    Ok(())
+}
+
 /// What a [`Inbox::pump`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Pumped {
@@ -165,15 +296,7 @@ impl Inbox {
     /// Takes the read side of a worker's result stream. Pipes are made non-blocking.
     pub fn new(fd: OwnedFd, socket: bool) -> io::Result<Self> {
         if !socket {
-            // SAFETY: fcntl on a valid descriptor we own.
-            unsafe {
-                let flags = cvt(libc::fcntl(fd.as_raw_fd(), libc::F_GETFL))?;
-                cvt(libc::fcntl(
-                    fd.as_raw_fd(),
-                    libc::F_SETFL,
-                    flags | libc::O_NONBLOCK,
-                ))?;
-            }
+            set_nonblocking(&fd)?;
         }
         Ok(Self {
             fd,
@@ -371,6 +494,30 @@ mod tests {
         let mut inbox = Inbox::new(r, false).unwrap();
         w.write_all(&u32::MAX.to_le_bytes()).unwrap();
         assert_eq!(inbox.pump(|_| panic!("no frame")), Pumped::Closed);
+    }
+
+    #[test]
+    fn an_outbox_never_blocks_and_delivers_everything_in_order() {
+        let (r, w) = crate::pool::spawn::pipe().unwrap();
+        let mut outbox = Outbox::new(w, false).unwrap();
+        // Far more than a pipe holds, with nobody reading yet: queued, not blocking.
+        let frames: Vec<Vec<u8>> = (0..50u8).map(|i| vec![i; 100_000]).collect();
+        let mut waiting = false;
+        for f in &frames {
+            waiting |= outbox.push(f);
+        }
+        assert!(waiting);
+        let reader = std::thread::spawn(move || {
+            use std::io::Read;
+            let mut all = Vec::new();
+            std::fs::File::from(r).read_to_end(&mut all).unwrap();
+            all
+        });
+        while outbox.flush() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(outbox);
+        assert_eq!(reader.join().unwrap(), frames.concat());
     }
 
     #[test]

@@ -11,7 +11,7 @@ pub mod slurm;
 pub mod spawn;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader};
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,10 +24,10 @@ pub use decision::{Decision, WorkerSpec, decide};
 use crate::config::Launcher;
 use crate::events::{Event, EventLog};
 use crate::progress::ProgressSlot;
-use crate::protocol::{FrameBuf, InitMsg, StageMsg, send, tag};
+use crate::protocol::{FrameBuf, InitMsg, StageMsg, tag};
 use crate::sys::{self, ProcessEnd};
 use crate::transport::Listener;
-use inbox::{Inbox, Poller, Pumped};
+use inbox::{Inbox, Outbox, Poller, Pumped};
 
 /// What the pool reports: frames read from the workers, and their exits (from reaper threads).
 pub enum WorkerEvent {
@@ -53,7 +53,7 @@ pub enum WorkerState {
 pub struct Worker {
     pub id: u32,
     pub pid: u32,
-    commands: Box<dyn Write + Send>,
+    commands: Outbox,
     /// Local workers: the shared word saying which item runs. Remote workers have none.
     pub progress: Option<ProgressSlot>,
     /// Remote workers: their connection (cut to stop them at once).
@@ -151,6 +151,9 @@ pub struct Pool {
     /// Bound on first use by a remote launcher, kept for the pool's life.
     listener: Option<Listener>,
 }
+
+/// Poller token bit: a worker's command side has room (the low bits are its id).
+const WRITABLE: u64 = 1 << 32;
 
 /// A flag set once, waited for with a time limit.
 #[derive(Default)]
@@ -267,12 +270,14 @@ impl Pool {
             name: stage.to_owned(),
         };
         let frame = self.frame.json(tag::STAGE, &msg).to_vec();
-        for w in self
+        let ids: Vec<u32> = self
             .workers
-            .values_mut()
+            .values()
             .filter(|w| w.state != WorkerState::Stopping)
-        {
-            let _ = send(&mut w.commands, &frame);
+            .map(|w| w.id)
+            .collect();
+        for id in ids {
+            self.send_to(id, &frame);
         }
     }
 
@@ -383,14 +388,7 @@ impl Pool {
                 signal.set();
             })?;
 
-        let mut commands = spawned.commands;
-        let init = InitMsg {
-            worker_id: id,
-            plugins: spec.plugins.clone(),
-            initializer: spec.initializer.clone(),
-        };
-        // A worker that died at once shows up as an exit; the write error itself says nothing more.
-        let _ = send(&mut commands, self.frame.json(tag::INIT, &init));
+        let commands = Outbox::new(spawned.commands, spawned.remote.is_some())?;
         self.workers.insert(
             id,
             Worker {
@@ -419,6 +417,14 @@ impl Pool {
                 exited,
             },
         );
+        let init = InitMsg {
+            worker_id: id,
+            plugins: spec.plugins.clone(),
+            initializer: spec.initializer.clone(),
+        };
+        // A worker that died at once shows up as an exit; a failed write says nothing more.
+        let init = self.frame.json(tag::INIT, &init).to_vec();
+        self.send_to(id, &init);
         events.emit(&Event::WorkerStarted {
             worker: id,
             pid,
@@ -428,12 +434,30 @@ impl Pool {
         Ok(())
     }
 
-    /// Sends a prepared frame to a worker. A failed write means the worker died; its exit
-    /// event follows and is handled there.
+    /// Sends a prepared frame to a worker, never blocking: what its pipe cannot take now goes
+    /// out as it reads (see [`Outbox`]). A failed write means the worker died; its exit event
+    /// follows and is handled there. Returns whether the worker is still there.
     pub fn send_to(&mut self, id: u32, frame: &[u8]) -> bool {
-        match self.workers.get_mut(&id) {
-            Some(w) => send(&mut w.commands, frame).is_ok(),
-            None => false,
+        let Some(w) = self.workers.get_mut(&id) else {
+            return false;
+        };
+        if w.commands.push(frame) && !w.commands.watching {
+            w.commands.watching = self
+                .poller
+                .add_writable(w.commands.fd(), u64::from(id) | WRITABLE)
+                .is_ok();
+        }
+        true
+    }
+
+    /// A worker's command pipe has room: writes what waits for it.
+    fn flush_commands(&mut self, id: u32) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if !w.commands.flush() && w.commands.watching {
+            self.poller.remove(w.commands.fd());
+            w.commands.watching = false;
         }
     }
 
@@ -447,7 +471,7 @@ impl Pool {
             if w.state != WorkerState::Stopping {
                 w.state = WorkerState::Stopping;
                 w.stop_reason = Some(reason);
-                let _ = send(&mut w.commands, &frame);
+                self.send_to(id, &frame);
             }
         }
     }
@@ -467,7 +491,7 @@ impl Pool {
             if let Some(progress) = &w.progress {
                 progress.request_stop();
             }
-            let _ = send(&mut w.commands, &frame);
+            self.send_to(id, &frame);
         }
     }
 
@@ -557,7 +581,11 @@ impl Pool {
                 std::thread::sleep(left.min(Duration::from_millis(10)));
             }
             for token in &woken {
-                self.pump(*token as u32);
+                if token & WRITABLE != 0 {
+                    self.flush_commands(*token as u32);
+                } else {
+                    self.pump(*token as u32);
+                }
             }
             self.woken = woken;
             if self.ready.is_empty() && self.rx.is_empty() && Instant::now() >= deadline {
@@ -580,6 +608,10 @@ impl Pool {
         }
         self.poller.remove(inbox.fd());
         w.inbox = None;
+        if w.commands.watching {
+            self.poller.remove(w.commands.fd());
+            w.commands.watching = false;
+        }
         let (pid, reaped, remote) = (w.pid, w.exited.clone(), w.remote.is_some());
         let (tx, waker) = (self.tx.clone(), self.poller.waker());
         let reaper = move || {

@@ -173,7 +173,7 @@ impl PendingStep {
         let remote = stream.try_clone()?;
         Ok(SpawnedWorker {
             pid,
-            commands: Box::new(commands),
+            commands: OwnedFd::from(commands),
             results: OwnedFd::from(stream),
             output: Box::new(self.output.take().expect("present until connected")),
             progress: None,

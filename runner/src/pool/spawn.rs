@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -20,8 +20,8 @@ use crate::worker::{COMMAND_FD, PROGRESS_FD, RESULT_FD, WORKER_ARG};
 pub struct SpawnedWorker {
     /// The local process to wait for: the worker itself, or the `srun` that runs it.
     pub pid: u32,
-    /// Frames to the worker.
-    pub commands: Box<dyn Write + Send>,
+    /// Frames to the worker: a pipe's write end, or the worker's TCP connection.
+    pub commands: OwnedFd,
     /// Frames from the worker: a pipe's read end, or the worker's TCP connection.
     pub results: OwnedFd,
     /// The worker's stdout and stderr, merged.
@@ -123,7 +123,7 @@ pub fn spawn_worker(req: &SpawnRequest<'_>) -> io::Result<SpawnedWorker> {
     ));
     Ok(SpawnedWorker {
         pid,
-        commands: Box::new(File::from(cmd_write)),
+        commands: cmd_write,
         results: res_read,
         output: Box::new(File::from(out_read)),
         progress: Some(progress),
