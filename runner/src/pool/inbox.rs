@@ -154,9 +154,9 @@ impl Poller {
 pub struct Outbox {
     fd: OwnedFd,
     socket: bool,
-    /// Frames not fully written, and how much of the first one was.
-    queue: std::collections::VecDeque<Vec<u8>>,
-    offset: usize,
+    /// Frames not fully written, each with how much of it was. Shared with their owner (the
+    /// dispatcher keeps a chunk's frame until it is answered): waiting costs no copy.
+    queue: std::collections::VecDeque<(Arc<Vec<u8>>, usize)>,
     /// Registered in the poller for room to write.
     pub watching: bool,
     /// A write failed: the worker is gone (its exit is seen on the result side).
@@ -172,7 +172,6 @@ impl Outbox {
             fd,
             socket,
             queue: std::collections::VecDeque::new(),
-            offset: 0,
             watching: false,
             broken: false,
         })
@@ -185,41 +184,48 @@ impl Outbox {
     /// Writes `frame` now as far as possible and queues the rest. Returns whether something
     /// waits for room.
     pub fn push(&mut self, frame: &[u8]) -> bool {
+        self.push_with(frame, || Arc::new(frame.to_vec()))
+    }
+
+    /// Like [`Self::push`], keeping a reference to the frame instead of a copy if it must wait.
+    pub fn push_shared(&mut self, frame: &Arc<Vec<u8>>) -> bool {
+        self.push_with(frame, || Arc::clone(frame))
+    }
+
+    fn push_with(&mut self, frame: &[u8], keep: impl FnOnce() -> Arc<Vec<u8>>) -> bool {
         if self.broken {
             return false;
         }
-        if self.queue.is_empty() {
-            let mut done = 0;
-            while done < frame.len() {
-                match self.write(&frame[done..]) {
-                    Ok(Some(n)) => done += n,
-                    Ok(None) => break,
-                    Err(_) => {
-                        self.broken = true;
-                        return false;
-                    }
+        if !self.queue.is_empty() {
+            self.queue.push_back((keep(), 0));
+            return true;
+        }
+        let mut done = 0;
+        while done < frame.len() {
+            match self.write(&frame[done..]) {
+                Ok(Some(n)) => done += n,
+                Ok(None) => break,
+                Err(_) => {
+                    self.broken = true;
+                    return false;
                 }
             }
-            if done == frame.len() {
-                return false;
-            }
-            self.queue.push_back(frame[done..].to_vec());
-            self.offset = 0;
-        } else {
-            self.queue.push_back(frame.to_vec());
         }
+        if done == frame.len() {
+            return false;
+        }
+        self.queue.push_back((keep(), done));
         true
     }
 
     /// Writes what is queued as far as possible. Returns whether something still waits.
     pub fn flush(&mut self) -> bool {
-        while let Some(front) = self.queue.front() {
-            match self.write(&front[self.offset..]) {
+        while let Some((front, offset)) = self.queue.front_mut() {
+            match write_to(self.fd.as_raw_fd(), self.socket, &front[*offset..]) {
                 Ok(Some(n)) => {
-                    self.offset += n;
-                    if self.offset == front.len() {
+                    *offset += n;
+                    if *offset == front.len() {
                         self.queue.pop_front();
-                        self.offset = 0;
                     }
                 }
                 Ok(None) => return true,
@@ -235,21 +241,27 @@ impl Outbox {
 
     /// One non-blocking write: `None` when there is no room now.
     fn write(&self, bytes: &[u8]) -> io::Result<Option<usize>> {
-        // SAFETY: writing from a valid slice to our descriptor.
-        let n = unsafe {
-            if self.socket {
-                libc::send(
-                    self.fd.as_raw_fd(),
-                    bytes.as_ptr().cast(),
-                    bytes.len(),
-                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                )
-            } else {
-                libc::write(self.fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len())
-            }
-        };
-        outcome(n)
+        write_to(self.fd.as_raw_fd(), self.socket, bytes)
     }
+}
+
+/// One non-blocking write (`send` with MSG_DONTWAIT for a socket): `None` when there is no
+/// room now.
+fn write_to(fd: RawFd, socket: bool, bytes: &[u8]) -> io::Result<Option<usize>> {
+    // SAFETY: writing from a valid slice to a descriptor the caller owns.
+    let n = unsafe {
+        if socket {
+            libc::send(
+                fd,
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        } else {
+            libc::write(fd, bytes.as_ptr().cast(), bytes.len())
+        }
+    };
+    outcome(n)
 }
 
 fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {

@@ -450,6 +450,21 @@ impl Pool {
         true
     }
 
+    /// Like [`Self::send_to`] for a frame its owner keeps (a chunk, kept until answered):
+    /// if it must wait for room, the pool holds a reference, not a copy.
+    pub fn send_shared(&mut self, id: u32, frame: &Arc<Vec<u8>>) -> bool {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return false;
+        };
+        if w.commands.push_shared(frame) && !w.commands.watching {
+            w.commands.watching = self
+                .poller
+                .add_writable(w.commands.fd(), u64::from(id) | WRITABLE)
+                .is_ok();
+        }
+        true
+    }
+
     /// A worker's command pipe has room: writes what waits for it.
     fn flush_commands(&mut self, id: u32) {
         let Some(w) = self.workers.get_mut(&id) else {

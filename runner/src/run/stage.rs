@@ -104,8 +104,9 @@ impl StageOutcome {
 
 /// A chunk sent to a worker and not fully answered.
 struct InFlight {
-    /// The frame as sent: kept to re-send single inputs after a crash.
-    frame: Vec<u8>,
+    /// The frame as sent: kept to re-send single inputs after a crash (shared with the pool
+    /// while it waits to be written).
+    frame: Arc<Vec<u8>>,
     indices: Vec<u64>,
     /// Attempts already made for each item before this one.
     attempts: Vec<u32>,
@@ -515,11 +516,12 @@ impl<'a> Dispatcher<'a> {
         }
         self.frame
             .patch_u32(CHUNK_COUNT_OFFSET, indices.len() as u32);
-        let frame = self
-            .frame
-            .finish_take(self.spare_frames.pop().unwrap_or_default());
+        let frame = Arc::new(
+            self.frame
+                .finish_take(self.spare_frames.pop().unwrap_or_default()),
+        );
         self.next_chunk += 1;
-        let sent = self.pool.send_to(worker, &frame);
+        let sent = self.pool.send_shared(worker, &frame);
         let max_tasks = self.job.stage.settings.max_tasks_per_worker;
         if let Some(w) = self.pool.worker_mut(worker) {
             if w.in_flight.is_empty() {
@@ -666,9 +668,11 @@ impl<'a> Dispatcher<'a> {
         self.check_memory(worker);
         if chunk.received as usize >= chunk.indices.len() {
             // Its buffer carries the next chunk (no allocation per chunk on the hot path).
-            if self.spare_frames.len() < SPARE_FRAMES && chunk.frame.capacity() <= SPARE_FRAME_BYTES
-            {
-                self.spare_frames.push(chunk.frame);
+            // (Answered, so fully written: the pool holds no reference any more.)
+            if let Ok(frame) = Arc::try_unwrap(chunk.frame) {
+                if self.spare_frames.len() < SPARE_FRAMES && frame.capacity() <= SPARE_FRAME_BYTES {
+                    self.spare_frames.push(frame);
+                }
             }
             if let Some(w) = self.pool.worker_mut(worker) {
                 w.in_flight.retain(|id| *id != header.chunk_id);
