@@ -145,23 +145,64 @@ fn assert_one_crash(records: &[Value], needle: &str) {
 
 #[test]
 fn abort_and_exit_fail_only_their_own_task() {
+    // One abort and one exit(3) among 100 tasks each: the other 99 succeed, in order.
+    let items = |crash: &str| {
+        let mut v: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+        v[50] = crash.to_owned();
+        format!("{{ items = [{}] }}", v.join(", "))
+    };
     let fx = Fixture::new();
-    let text = header("abort", "max_workers = 2\non_error = \"continue\"")
-        + &stage("a", "faults::abort", "{ items = [0] }", "")
-        + &stage("x", "faults::exit", "{ items = [3] }", "")
+    let text = header(
+        "abort",
+        "max_workers = 2\non_error = \"continue\"\nchunksize = 4",
+    ) + &stage("a", "faults::crash_if", &items("{ abort = true }"), "")
+        + &stage("x", "faults::crash_if", &items("{ exit = 3 }"), "")
         + &stage("ok", "demo::square", "{ range = [0, 99] }", "");
     let p = fx.write("pipeline.toml", &text);
     fx.run(&[p.to_str().unwrap()]).assert_code(1);
-    let a = &fx.records("a")[0]["error"];
-    assert_eq!(a["kind"], "crashed");
-    assert!(a["message"].as_str().unwrap().contains("SIGABRT"), "{a}");
-    let x = &fx.records("x")[0]["error"];
-    assert_eq!(x["kind"], "crashed");
-    assert!(x["message"].as_str().unwrap().contains("code 3"), "{x}");
+    for (stage, needle) in [("a", "SIGABRT"), ("x", "code 3")] {
+        let records = fx.records(stage);
+        assert_eq!(records.len(), 100);
+        for (i, r) in records.iter().enumerate() {
+            if i == 50 {
+                assert_eq!(r["error"]["kind"], "crashed", "{r}");
+                let message = r["error"]["message"].as_str().unwrap();
+                assert!(
+                    message.contains(needle) && message.contains("input 50"),
+                    "{r}"
+                );
+            } else {
+                assert_eq!(r["output"], i as u64, "{stage}[{i}]: {r}");
+            }
+        }
+    }
     assert_eq!(
         fx.outputs("ok").len(),
         99,
         "the next stage runs on a healthy pool"
+    );
+}
+
+#[test]
+fn a_panicking_initializer_stops_the_stage_with_its_message() {
+    let fx = Fixture::new();
+    let text = header(
+        "initpanic",
+        "max_workers = 2\ninitializer = { task = \"faults::init_panic\", args = \"config missing\" }",
+    ) + &stage("s", "demo::square", "{ range = [0, 10] }", "");
+    let p = fx.write("pipeline.toml", &text);
+    let r = fx.run(&[p.to_str().unwrap(), "--events", "events.jsonl"]);
+    r.assert_code(1);
+    let records = fx.records("s");
+    assert_eq!(records[0]["error"]["kind"], "initializer");
+    let message = records[0]["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("faults::init_panic") && message.contains("config missing"),
+        "{message}"
+    );
+    assert!(
+        started_pids(&fx.events()).len() <= 2,
+        "not respawned in a loop"
     );
 }
 
@@ -430,6 +471,30 @@ fn sigint_lets_running_tasks_finish_then_exits_130_leaving_no_worker() {
         records.len() < 200 && records.iter().all(|r| r.get("output").is_some()),
         "completed tasks kept, nothing recorded as failed"
     );
+}
+
+#[test]
+fn resume_after_sigint_completes_identically() {
+    let fx = Fixture::new();
+    let mut child = spawn_long_run(&fx, 20, "3s");
+    // Interrupt once some results are recorded.
+    let out = fx.path().join("out/s.jsonl");
+    wait_for(|| {
+        let n = std::fs::read_to_string(&out).ok()?.lines().count();
+        (n >= 10).then_some(())
+    });
+    // SAFETY: signalling the child we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    let kept = fx.records("s").len();
+    assert!((10..200).contains(&kept), "{kept} records kept");
+
+    let p = fx.path().join("pipeline.toml");
+    fx.run(&[p.to_str().unwrap(), "--resume"]).assert_code(0);
+    let expected: String = (0..200)
+        .map(|i| format!("{{\"index\":{i},\"output\":20}}\n"))
+        .collect();
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), expected);
 }
 
 #[test]

@@ -308,3 +308,56 @@ fn worker_count_defaults_to_the_usable_cpus() {
     assert_eq!(decision(&events, "s")["to"], 1);
     assert_eq!(started_pids(&events).len(), 1);
 }
+
+#[test]
+fn workers_get_thread_limits_their_id_and_the_stage_unless_the_user_set_them() {
+    let fx = Fixture::new();
+    let vars = "{ items = [\"OMP_NUM_THREADS\", \"OPENBLAS_NUM_THREADS\", \"MKL_NUM_THREADS\", \"RAYON_NUM_THREADS\", \"LOKY_STAGE\", \"LOKY_WORKER_ID\"] }";
+    let text = header("threads", "max_workers = 1")
+        + &stage("one", "demo::getenv", vars, "")
+        + &stage(
+            "mine",
+            "demo::getenv",
+            vars,
+            "env = { OMP_NUM_THREADS = \"7\" }",
+        );
+    let p = fx.write("pipeline.toml", &text);
+    let mut cmd = fx.command();
+    for var in loky_run::pool::spawn::THREAD_LIMIT_VARS {
+        cmd.env_remove(var);
+    }
+    let r = RunResult::from(
+        cmd.args([p.to_str().unwrap(), "--progress", "never"])
+            .output()
+            .unwrap(),
+    );
+    r.assert_code(0);
+    // One worker: it gets every usable CPU (as the runner counts them).
+    let all = loky_run::sys::usable_cpus().to_string();
+    let one: Vec<Value> = fx.outputs("one");
+    assert_eq!(
+        one,
+        [
+            json!(all),
+            json!(all),
+            json!(all),
+            json!(all),
+            json!("one"),
+            json!("1")
+        ]
+    );
+    // A value set in the pipeline wins; the others are still limited. A new env restarts the
+    // pool: a new worker id.
+    let mine: Vec<Value> = fx.outputs("mine");
+    assert_eq!(
+        mine,
+        [
+            json!("7"),
+            json!(all),
+            json!(all),
+            json!(all),
+            json!("mine"),
+            json!("2")
+        ]
+    );
+}

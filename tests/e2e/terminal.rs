@@ -74,14 +74,22 @@ fn no_bars_with_progress_never_or_when_stderr_is_a_file() {
         "the summary is always printed:\n{screen}"
     );
 
-    // `--progress auto` (the default) with stderr captured to a pipe: nothing drawn.
-    let out = fx
+    // `--progress auto` (the default) with stderr redirected to a file: nothing drawn.
+    let log = fx.path().join("stderr.log");
+    let status = fx
         .command()
         .args([p.to_str().unwrap(), "--progress", "auto"])
-        .output()
+        .stderr(std::fs::File::create(&log).unwrap())
+        .stdout(std::process::Stdio::null())
+        .status()
         .unwrap();
-    let r = RunResult::from(out);
-    r.assert_code(0);
+    assert_eq!(status.code(), Some(0));
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    let r = RunResult {
+        code: 0,
+        stdout: String::new(),
+        stderr,
+    };
     assert!(
         !r.stderr.contains('\u{1b}') && !r.stderr.contains("ETA"),
         "escape codes in a file:\n{}",

@@ -162,7 +162,34 @@ pub fn append_line(input: AppendLine) -> Result<Value, String> {
 
 /// Initializer that always fails, with its arguments' JSON text as the message.
 pub fn init_fail(args: Value) -> Result<(), String> {
-    Err(args.to_string())
+    Err(match args {
+        Value::String(message) => message,
+        other => other.to_string(),
+    })
+}
+
+/// Initializer that panics with its args as the message.
+pub fn init_panic(args: Value) {
+    match args {
+        Value::String(message) => panic!("{message}"),
+        other => panic!("{other}"),
+    }
+}
+
+/// Crashes the worker as its input says, or returns the input: `{"abort": true}` aborts
+/// (SIGABRT), `{"exit": n}` exits with code n, `{"segfault": true}` dies by SIGSEGV; anything
+/// else is echoed. For crashes among ordinary tasks of one stage.
+pub fn crash_if(input: Value) -> Value {
+    if input.get("abort") == Some(&Value::Bool(true)) {
+        std::process::abort();
+    }
+    if let Some(code) = input.get("exit").and_then(Value::as_i64) {
+        std::process::exit(code as i32);
+    }
+    if input.get("segfault") == Some(&Value::Bool(true)) {
+        die_by_sigsegv();
+    }
+    input
 }
 
 /// Initializer that kills the worker with SIGSEGV.
@@ -183,8 +210,9 @@ plugin_api::export_plugin! {
         print_stdout,
         crash_once,
         append_line,
+        crash_if,
     ],
-    initializers: [init_fail, init_segfault],
+    initializers: [init_fail, init_panic, init_segfault],
 }
 
 #[cfg(test)]
@@ -212,6 +240,14 @@ mod tests {
             init_fail(json!({"why": "test"})),
             Err(r#"{"why":"test"}"#.to_owned())
         );
+        // A string is the message itself.
+        assert_eq!(init_fail(json!("boom")), Err("boom".to_owned()));
+    }
+
+    #[test]
+    fn crash_if_echoes_ordinary_inputs() {
+        assert_eq!(crash_if(json!(7)), json!(7));
+        assert_eq!(crash_if(json!({"abort": false})), json!({"abort": false}));
     }
 
     #[test]

@@ -187,8 +187,8 @@ pub const POOL_KEYS: &[KeySpec] = &[
     key(
         "max_memory_growth",
         Kind::Size,
-        Some("0"),
-        "Recycle a worker whose RSS grew more than this; 0 = unlimited.",
+        Some("\"300MB\""),
+        "Recycle a worker whose RSS grew more than this since its first task (loky's leak limit); 0 = unlimited.",
     ),
     key(
         "task_timeout",

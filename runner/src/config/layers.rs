@@ -279,6 +279,9 @@ pub(crate) fn from_env(
                 }
             }
         } else {
+            if let Some(d) = misspelled_section(var, rest) {
+                diags.push(d);
+            }
             continue;
         };
         let path = vec![key.to_lowercase()];
@@ -316,6 +319,33 @@ pub(crate) fn from_env(
         }
     }
     out
+}
+
+/// `LOKY_RUN_*` variables of the runner itself (not configuration layers).
+const RUNNER_VARS: [&str; 6] = [
+    "LOG",
+    "LISTEN",
+    "PLUGIN_PATH",
+    "CONNECT",
+    "TOKEN",
+    "SLURM_TESTS",
+];
+
+/// A variable that looks like a configuration layer with a misspelled section
+/// (`LOKY_RUN_POL_MAX_WORKERS`): silently ignoring it would hide the user's setting.
+fn misspelled_section(var: &str, rest: &str) -> Option<Diagnostic> {
+    if RUNNER_VARS.contains(&rest) {
+        return None;
+    }
+    let (section, key) = rest.split_once('_')?;
+    let fixed = super::keys::closest(section, ["POOL", "PIPELINE", "STAGE"])?;
+    Some(
+        Diagnostic::new(
+            format!("environment variable `{var}` names no configuration section (`{section}`)"),
+            Layer::Env(var.to_string()),
+        )
+        .maybe_help(Some(format!("did you mean `{PREFIX}{fixed}_{key}`?"))),
+    )
 }
 
 /// A problem found before the layer is known to the caller.
@@ -587,6 +617,13 @@ mod tests {
         assert_eq!(o.value.as_str(), Some("auto"));
     }
 
+    fn by_var<'a>(diags: &'a [Diagnostic], var: &str) -> &'a Diagnostic {
+        diags
+            .iter()
+            .find(|d| d.layer == Layer::Env(var.into()))
+            .unwrap_or_else(|| panic!("no diagnostic for {var}: {diags:#?}"))
+    }
+
     #[test]
     fn env_problems() {
         let stages = names(&["squares"]);
@@ -597,11 +634,18 @@ mod tests {
                 ("LOKY_RUN_STAGE_SQUARE_RETRIES", "1"),
                 ("LOKY_RUN_STAGE_SQUARES_RETRYS", "1"),
                 ("LOKY_RUN_STAGE_SQUARES_NAME", "x"),
+                ("LOKY_RUN_POL_MAX_WORKERS", "3"),
+                ("LOKY_RUN_PLUGIN_PATH", "/x"),
+                ("LOKY_RUN_LOG", "debug"),
             ]),
             &stages,
             &mut diags,
         );
-        assert_eq!(diags.len(), 4, "{diags:#?}");
+        assert_eq!(diags.len(), 5, "{diags:#?}");
+        assert_eq!(
+            by_var(&diags, "LOKY_RUN_POL_MAX_WORKERS").help.as_deref(),
+            Some("did you mean `LOKY_RUN_POOL_MAX_WORKERS`?")
+        );
         let by = |var: &str| {
             diags
                 .iter()

@@ -277,7 +277,7 @@ fn defaults() {
             env: BTreeMap::new(),
             initializer: None,
             max_tasks_per_worker: 0,
-            max_memory_growth: None,
+            max_memory_growth: Some(300_000_000),
             task_timeout: None,
             retries: 0,
             on_error: OnError::Fail,

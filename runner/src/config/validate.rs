@@ -15,6 +15,8 @@ use super::model::{
 };
 
 pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// loky's `_MAX_MEMORY_LEAK_SIZE`: a worker that grew more than this is replaced.
+pub(crate) const DEFAULT_MEMORY_GROWTH: u64 = 300_000_000;
 pub(crate) const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(5);
 
 pub(crate) struct Resolver<'a> {
@@ -389,7 +391,7 @@ impl Resolver<'_> {
             env: pick!(env).unwrap_or_default(),
             initializer: pick!(initializer),
             max_tasks_per_worker: pick!(max_tasks_per_worker).unwrap_or(0),
-            max_memory_growth: pick!(max_memory_growth).unwrap_or(None),
+            max_memory_growth: pick!(max_memory_growth).unwrap_or(Some(DEFAULT_MEMORY_GROWTH)),
             task_timeout: pick!(task_timeout).unwrap_or(None),
             retries: pick!(retries).unwrap_or(0),
             on_error: pick!(on_error).unwrap_or(OnError::Fail),

@@ -15,6 +15,8 @@ pub enum ResolveError {
         name: String,
         file: String,
         searched: Vec<PathBuf>,
+        /// The closest name of a plugin library found in those directories.
+        suggestion: Option<String>,
     },
     #[error("plugin file {} does not exist", .0.display())]
     Missing(PathBuf),
@@ -55,7 +57,9 @@ pub fn search_dirs(base_dir: &Path, plugin_path: Option<&std::ffi::OsStr>) -> Ve
             .ancestors()
             .find(|d| d.file_name().is_some_and(|n| n == "target"))
             .map(Path::to_owned);
-        dirs.push(exe_dir.to_owned());
+        if !dirs.iter().any(|d| d == exe_dir) {
+            dirs.push(exe_dir.to_owned());
+        }
         if let Some(target) = target {
             for profile in ["release", "debug"] {
                 let d = target.join(profile);
@@ -84,18 +88,40 @@ pub fn resolve(spec: &PluginSpec, base_dir: &Path) -> Result<PathBuf, ResolveErr
                 base_dir,
                 std::env::var_os("LOKY_RUN_PLUGIN_PATH").as_deref(),
             );
-            searched
-                .iter()
-                .map(|d| d.join(&file))
-                .find(|p| p.is_file())
-                .ok_or(ResolveError::NotFound {
-                    name: name.clone(),
-                    file,
-                    searched,
-                })
+            if let Some(found) = searched.iter().map(|d| d.join(&file)).find(|p| p.is_file()) {
+                return Ok(found);
+            }
+            let available = available_names(&searched);
+            let suggestion = crate::run::plan::closest(
+                name,
+                &available.iter().map(String::as_str).collect::<Vec<_>>(),
+            )
+            .map(str::to_owned);
+            Err(ResolveError::NotFound {
+                name: name.clone(),
+                file,
+                searched,
+                suggestion,
+            })
         }
         PluginSpecKind::Crate(dir) => build_crate(dir),
     }
+}
+
+/// Names of the plugin libraries (`lib<name>.so`) in `dirs`, for "did you mean".
+fn available_names(dirs: &[PathBuf]) -> Vec<String> {
+    let mut names: Vec<String> = dirs
+        .iter()
+        .filter_map(|d| std::fs::read_dir(d).ok())
+        .flatten()
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            Some(name.strip_prefix("lib")?.strip_suffix(".so")?.to_owned())
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// Builds a plugin crate (release profile) and returns its cdylib, as cargo reports it.

@@ -66,9 +66,16 @@ pub fn plan(pipeline: Pipeline, verbose: bool) -> Result<Plan, PlanError> {
         let path = match resolve::resolve(spec, &pipeline.base_dir) {
             Ok(path) => path,
             Err(e) => {
+                let help = match &e {
+                    resolve::ResolveError::NotFound {
+                        suggestion: Some(s),
+                        ..
+                    } => Some(format!("did you mean `{s}`?")),
+                    _ => None,
+                };
                 problems.push(PlanProblem {
                     message: e.to_string(),
-                    help: None,
+                    help,
                 });
                 continue;
             }
@@ -272,10 +279,18 @@ fn lookup(
                     exported.join(", ")
                 }
             ));
-            Err(PlanProblem {
-                message,
-                help: closest(&task.name, &bare).map(|c| format!("did you mean `{c}`?")),
-            })
+            // Suggest the qualified name, which is unambiguous.
+            let help = closest(&task.name, &bare).map(|c| {
+                let owner = candidates
+                    .iter()
+                    .find(|(_, p)| p.names(kind).contains(&c))
+                    .map(|(_, p)| p.name.as_str());
+                match owner {
+                    Some(plugin) => format!("did you mean `{plugin}::{c}`?"),
+                    None => format!("did you mean `{c}`?"),
+                }
+            });
+            Err(PlanProblem { message, help })
         }
         many => Err(PlanProblem {
             message: format!(
@@ -355,7 +370,7 @@ mod tests {
         );
         let e = lookup(&plugins, &tref(Some("demo"), "sqare"), TaskKind::Task, "s").unwrap_err();
         assert!(e.message.contains("demo::square"), "{e:?}");
-        assert_eq!(e.help.as_deref(), Some("did you mean `square`?"));
+        assert_eq!(e.help.as_deref(), Some("did you mean `demo::square`?"));
         let e = lookup(&plugins, &tref(None, "square"), TaskKind::Task, "s").unwrap_err();
         assert!(e.message.contains("several plugins"), "{e:?}");
         let e = lookup(&plugins, &tref(Some("demo"), "setup"), TaskKind::Task, "s").unwrap_err();
