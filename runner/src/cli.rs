@@ -179,8 +179,14 @@ pub fn main(args: Vec<OsString>) -> i32 {
     }
 }
 
-fn load(args: &ConfigArgs) -> Result<config::Pipeline, Error> {
-    Ok(config::load(&load_options(args))?)
+/// Loads the pipeline and plans it; plan problems point at the setting they concern.
+fn load_and_plan(args: &ConfigArgs, console: &Console) -> Result<run::Plan, Error> {
+    let loaded = config::load_with_origins(&load_options(args))?;
+    let origins = loaded.origins;
+    Ok(
+        run::plan(loaded.pipeline, console.verbosity() >= Verbosity::Verbose)
+            .map_err(|e| e.locate(&origins))?,
+    )
 }
 
 fn load_options(args: &ConfigArgs) -> LoadOptions {
@@ -233,8 +239,7 @@ pub fn log_filter_verbosity(filter: &str, bare_levels: bool) -> Option<Verbosity
 }
 
 fn cmd_run(args: RunArgs, console: &Arc<Console>) -> Result<i32, Error> {
-    let pipeline = load(&args.config)?;
-    let plan = run::plan(pipeline, console.verbosity() >= Verbosity::Verbose)?;
+    let plan = load_and_plan(&args.config, console)?;
     if args.dry_run {
         print_plan(&plan);
         return Ok(0);
@@ -274,8 +279,7 @@ fn cmd_new_plugin(name: &str, path: Option<&Path>) -> Result<i32, Error> {
 }
 
 fn cmd_validate(args: ConfigArgs, console: &Arc<Console>) -> Result<i32, Error> {
-    let pipeline = load(&args)?;
-    let plan = run::plan(pipeline, console.verbosity() >= Verbosity::Verbose)?;
+    let plan = load_and_plan(&args, console)?;
     println!("{}: valid", plan.pipeline.file.display());
     print_plan(&plan);
     Ok(0)

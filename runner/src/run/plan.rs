@@ -2,9 +2,10 @@
 //! task and initializer looked up, input files checked. Everything here happens before any
 //! worker starts, and every problem is a configuration error (exit 2).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use crate::config::{InputSpec, Pipeline, Stage, TaskRef};
+use crate::config::{Diagnostic, InputSpec, Layer, Origin, Pipeline, Stage, TaskRef};
 use crate::input;
 use crate::plugin::{PluginInfo, TaskKind, probe, resolve};
 use crate::pool::WorkerSpec;
@@ -15,21 +16,65 @@ use crate::protocol::InitCall;
 pub struct PlanProblem {
     pub message: String,
     pub help: Option<String>,
+    /// The setting concerned, in `--set` spelling (`stage.squares.task`, `pipeline.plugins`).
+    pub key: Option<String>,
+    /// Where that setting was written (see [`PlanError::locate`]).
+    pub origin: Option<Box<Origin>>,
+}
+
+impl PlanProblem {
+    fn new(message: String, help: Option<String>, key: impl Into<String>) -> Self {
+        Self {
+            message,
+            help,
+            key: Some(key.into()),
+            origin: None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("{}", render(.0))]
 pub struct PlanError(pub Vec<PlanProblem>);
 
+impl PlanError {
+    /// Points every problem at the place its setting was written (file line and column with
+    /// the line, or the environment variable / `--set` argument), from the loader's origins.
+    pub fn locate(mut self, origins: &BTreeMap<String, Origin>) -> Self {
+        for p in &mut self.0 {
+            p.origin = p
+                .key
+                .as_ref()
+                .and_then(|k| origins.get(k))
+                .map(|o| Box::new(o.clone()));
+        }
+        self
+    }
+}
+
 fn render(problems: &[PlanProblem]) -> String {
     problems
         .iter()
-        .map(|p| match &p.help {
-            Some(help) => format!("{}\n  = help: {help}", p.message),
-            None => p.message.clone(),
+        .map(|p| match &p.origin {
+            Some(origin) if origin.layer != Layer::Default => {
+                // Rendered like a configuration diagnostic: "error: " is the caller's prefix.
+                let message = match &origin.layer {
+                    Layer::File(_) => p.message.clone(),
+                    layer => format!("{} (set{})", p.message, layer.from_phrase()),
+                };
+                let d = Diagnostic::new(message, origin.layer.clone())
+                    .at(origin.location.clone())
+                    .maybe_help(p.help.clone())
+                    .to_string();
+                d.strip_prefix("error: ").map(str::to_owned).unwrap_or(d)
+            }
+            _ => match &p.help {
+                Some(help) => format!("{}\n  = help: {help}", p.message),
+                None => p.message.clone(),
+            },
         })
         .collect::<Vec<_>>()
-        .join("\nerror: ")
+        .join("\n\nerror: ")
 }
 
 pub struct Plan {
@@ -73,19 +118,13 @@ pub fn plan(pipeline: Pipeline, verbose: bool) -> Result<Plan, PlanError> {
                     } => Some(format!("did you mean `{s}`?")),
                     _ => None,
                 };
-                problems.push(PlanProblem {
-                    message: e.to_string(),
-                    help,
-                });
+                problems.push(PlanProblem::new(e.to_string(), help, "pipeline.plugins"));
                 continue;
             }
         };
         match probe::probe(&path, verbose) {
             Ok(info) => plugins.push(info),
-            Err(e) => problems.push(PlanProblem {
-                message: e.to_string(),
-                help: None,
-            }),
+            Err(e) => problems.push(PlanProblem::new(e.to_string(), None, "pipeline.plugins")),
         }
     }
     if !problems.is_empty() {
@@ -101,6 +140,8 @@ pub fn plan(pipeline: Pipeline, verbose: bool) -> Result<Plan, PlanError> {
                     p.path.display()
                 ),
                 help: Some("task references (`plugin::task`) need unique plugin names".into()),
+                key: Some("pipeline.plugins".into()),
+                origin: None,
             });
         }
     }
@@ -109,12 +150,19 @@ pub fn plan(pipeline: Pipeline, verbose: bool) -> Result<Plan, PlanError> {
     let plugin_paths: Vec<PathBuf> = plugins.iter().map(|p| p.path.clone()).collect();
     let mut stages = Vec::new();
     for (i, stage) in pipeline.stages.iter().enumerate() {
+        let keyed = |key: String| {
+            move |mut p: PlanProblem| {
+                p.key = Some(key);
+                p
+            }
+        };
         let task = lookup(
             &plugins,
             &stage.task,
             TaskKind::Task,
             &format!("stage `{}`", stage.name),
-        );
+        )
+        .map_err(keyed(format!("stage.{}.task", stage.name)));
         let initializer = match &stage.settings.initializer {
             Some(init) => {
                 match lookup(
@@ -122,7 +170,9 @@ pub fn plan(pipeline: Pipeline, verbose: bool) -> Result<Plan, PlanError> {
                     &init.task,
                     TaskKind::Initializer,
                     &format!("stage `{}`", stage.name),
-                ) {
+                )
+                .map_err(keyed(format!("stage.{}.initializer", stage.name)))
+                {
                     Ok((plugin, task)) => Some(InitCall {
                         name: qualified(&plugins, plugin, &init.task),
                         plugin,
@@ -158,10 +208,11 @@ pub fn plan(pipeline: Pipeline, verbose: bool) -> Result<Plan, PlanError> {
                     Some(checked.count)
                 }
                 Err(e) => {
-                    problems.push(PlanProblem {
-                        message: format!("stage `{}`: {e}", stage.name),
-                        help: None,
-                    });
+                    problems.push(PlanProblem::new(
+                        format!("stage `{}`: {e}", stage.name),
+                        None,
+                        format!("stage.{}.input", stage.name),
+                    ));
                     None
                 }
             },
@@ -177,10 +228,11 @@ pub fn plan(pipeline: Pipeline, verbose: bool) -> Result<Plan, PlanError> {
         };
         if stage.settings.launcher == crate::config::Launcher::Slurm {
             if let Some(why) = crate::pool::slurm::unavailable() {
-                problems.push(PlanProblem {
-                    message: format!("stage `{}`: {why}", stage.name),
-                    help: None,
-                });
+                problems.push(PlanProblem::new(
+                    format!("stage `{}`: {why}", stage.name),
+                    None,
+                    format!("stage.{}.launcher", stage.name),
+                ));
             }
         }
         stages.push(PlannedStage {
@@ -235,6 +287,8 @@ fn lookup(
                     ),
                     help: closest(name, &names)
                         .map(|c| format!("did you mean `{c}::{}`?", task.name)),
+                    key: None,
+                    origin: None,
                 });
             }
             found
@@ -290,7 +344,12 @@ fn lookup(
                     None => format!("did you mean `{c}`?"),
                 }
             });
-            Err(PlanProblem { message, help })
+            Err(PlanProblem {
+                message,
+                help,
+                key: None,
+                origin: None,
+            })
         }
         many => Err(PlanProblem {
             message: format!(
@@ -304,6 +363,8 @@ fn lookup(
                 "name the plugin: `{}::{}`",
                 plugins[many[0].0].name, task.name
             )),
+            key: None,
+            origin: None,
         }),
     }
 }
