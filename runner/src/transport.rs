@@ -9,11 +9,11 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read};
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::console::Console;
 use crate::events::{Event, EventLog};
@@ -39,27 +39,29 @@ pub struct Listener {
 }
 
 impl Listener {
-    /// Binds `listen` (`host:port`), or by default this host's name resolved, on a port chosen
-    /// by the OS; rejected connections are reported on `console`.
+    /// Binds `listen` (`host:port`), or by default every interface on a port chosen by the OS,
+    /// advertised as this host's name; rejected connections are reported on `console`.
+    ///
+    /// The default binds the wildcard address, not the address the host name resolves to here:
+    /// on many systems that is a loopback address (`127.0.1.1` in Debian's `/etc/hosts`), which
+    /// workers on other nodes cannot reach, while they resolve the name to the real address.
     pub fn bind(listen: Option<&str>, console: Arc<Console>, events: EventLog) -> io::Result<Self> {
-        let host = match listen {
-            Some(addr) => addr.to_owned(),
-            None => format!("{}:0", hostname()),
+        let listener = match listen {
+            Some(host) => {
+                let addr: SocketAddr = host.to_socket_addrs()?.next().ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::AddrNotAvailable,
+                        format!("{host} does not resolve"),
+                    )
+                })?;
+                TcpListener::bind(addr)?
+            }
+            // IPv6 and IPv4 on one socket where the kernel has IPv6, else IPv4 only.
+            None => TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0))
+                .or_else(|_| TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)))?,
         };
-        let addr: SocketAddr = host.to_socket_addrs()?.next().ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::AddrNotAvailable,
-                format!("{host} does not resolve"),
-            )
-        })?;
-        let listener = TcpListener::bind(addr)?;
         let local = listener.local_addr()?;
-        // Workers connect to the name they can resolve, with the port the OS chose.
-        let advertised = match listen {
-            Some(a) if !a.ends_with(":0") => a.to_owned(),
-            Some(a) => format!("{}:{}", a.trim_end_matches(":0"), local.port()),
-            None => format!("{}:{}", hostname(), local.port()),
-        };
+        let advertised = advertised_address(listen, local);
         let waiting: Waiting = Arc::default();
         let accepted = waiting.clone();
         let pending = Arc::new(AtomicUsize::new(0));
@@ -67,7 +69,11 @@ impl Listener {
             .name("tcp-accept".into())
             .spawn(move || {
                 for stream in listener.incoming() {
-                    let Ok(stream) = stream else { continue };
+                    let Ok(stream) = stream else {
+                        // Out of descriptors or similar: do not spin on it.
+                        std::thread::sleep(Duration::from_millis(50));
+                        continue;
+                    };
                     let peer = stream
                         .peer_addr()
                         .map(|a| a.to_string())
@@ -111,23 +117,90 @@ impl Listener {
         &self.advertised
     }
 
-    /// Registers a new one-use token; the connection presenting it arrives on the receiver.
-    pub fn expect(&self) -> io::Result<(String, Receiver<TcpStream>)> {
+    /// Registers a new one-use token; the connection presenting it arrives through the ticket.
+    /// Dropping the ticket withdraws the token.
+    pub fn expect(&self) -> io::Result<Ticket> {
         let token = new_token()?;
-        let (tx, rx) = channel();
+        let (tx, connection) = channel();
         self.waiting
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(token.clone(), tx);
-        Ok((token, rx))
+        Ok(Ticket {
+            token,
+            connection,
+            waiting: self.waiting.clone(),
+        })
+    }
+}
+
+/// A token given to one worker, and where its connection arrives.
+pub struct Ticket {
+    token: String,
+    connection: Receiver<TcpStream>,
+    waiting: Waiting,
+}
+
+impl Ticket {
+    pub fn token(&self) -> &str {
+        &self.token
     }
 
-    /// Forgets a token whose worker will never come (it failed to start).
-    pub fn forget(&self, token: &str) {
+    /// The worker's connection, once it presented the token (`None` after `timeout`).
+    pub fn wait(&self, timeout: Duration) -> Option<TcpStream> {
+        self.connection.recv_timeout(timeout).ok()
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        // A worker that never came must not be able to use its token later.
         self.waiting
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(token);
+            .remove(&self.token);
+    }
+}
+
+/// What workers are told to connect to: the address as given, with the port the OS chose if
+/// it asked for port 0, and this host's name in place of a wildcard address.
+fn advertised_address(listen: Option<&str>, local: SocketAddr) -> String {
+    let port = local.port();
+    let Some(given) = listen else {
+        return format!("{}:{port}", hostname());
+    };
+    if local.ip().is_unspecified() {
+        return format!("{}:{port}", hostname());
+    }
+    match given.rsplit_once(':') {
+        Some((host, "0")) => format!("{host}:{port}"),
+        _ => given.to_owned(),
+    }
+}
+
+/// Turns on TCP keepalive with short timers, so that a peer that vanished without closing the
+/// connection (a node that lost power, a cut network) ends it within about half a minute
+/// instead of after the kernel's default two hours.
+pub fn keep_alive(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let fd = stream.as_raw_fd();
+    for (level, name, value) in [
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 10),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 5),
+        (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3),
+    ] {
+        let value: libc::c_int = value;
+        // SAFETY: setsockopt on an open socket with a pointer to a c_int and its size.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
     }
 }
 
@@ -139,13 +212,34 @@ fn reject(console: &Console, events: &EventLog, peer: &str, why: &str) {
 
 /// Reads and checks the hello; hands the stream to whoever waits for its token.
 fn handshake(mut stream: TcpStream, waiting: &Waiting) -> Result<(), String> {
-    stream
-        .set_read_timeout(Some(HELLO_TIMEOUT))
-        .map_err(|e| e.to_string())?;
+    // One deadline for the whole hello: a peer dribbling a byte at a time gets no longer.
+    let deadline = Instant::now() + HELLO_TIMEOUT;
+    let mut read_by_deadline = |buf: &mut [u8], what: &str| -> Result<(), String> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!("{what} within {} s", HELLO_TIMEOUT.as_secs()));
+            }
+            stream
+                .set_read_timeout(Some(left))
+                .map_err(|e| e.to_string())?;
+            match stream.read(&mut buf[filled..]) {
+                Ok(0) => return Err(format!("{what} (closed)")),
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return Err(format!("{what}: {e}")),
+            }
+        }
+        Ok(())
+    };
     let mut header = [0u8; 4];
-    stream
-        .read_exact(&mut header)
-        .map_err(|_| "no hello within 5 s".to_owned())?;
+    read_by_deadline(&mut header, "no hello")?;
     let len = u32::from_le_bytes(header) as usize;
     if len == 0 || len > MAX_HELLO_LEN {
         return Err(format!(
@@ -153,9 +247,7 @@ fn handshake(mut stream: TcpStream, waiting: &Waiting) -> Result<(), String> {
         ));
     }
     let mut body = vec![0u8; len];
-    stream
-        .read_exact(&mut body)
-        .map_err(|_| "truncated hello".to_owned())?;
+    read_by_deadline(&mut body, "truncated hello")?;
     if body[0] != tag::HELLO {
         return Err("its first frame is not a hello (no token)".into());
     }
@@ -173,6 +265,7 @@ fn handshake(mut stream: TcpStream, waiting: &Waiting) -> Result<(), String> {
     };
     stream.set_read_timeout(None).map_err(|e| e.to_string())?;
     let _ = stream.set_nodelay(true);
+    keep_alive(&stream);
     sender
         .send(stream)
         .map_err(|_| "the runner stopped waiting for it".to_owned())
@@ -223,6 +316,7 @@ pub fn connect(addr: &str, token: &str) -> io::Result<TcpStream> {
         match TcpStream::connect(addr) {
             Ok(mut stream) => {
                 let _ = stream.set_nodelay(true);
+                keep_alive(&stream);
                 let mut hello = crate::protocol::FrameBuf::new();
                 hello.begin(tag::HELLO);
                 hello.put_raw(token.as_bytes());
@@ -275,18 +369,18 @@ mod tests {
     #[test]
     fn the_right_token_gets_through_once() {
         let l = listener();
-        let (token, rx) = l.expect().unwrap();
-        let _client = connect(l.advertised(), &token).unwrap();
-        assert!(rx.recv_timeout(Duration::from_secs(10)).is_ok());
+        let ticket = l.expect().unwrap();
+        let _client = connect(l.advertised(), ticket.token()).unwrap();
+        assert!(ticket.wait(Duration::from_secs(10)).is_some());
         // The same token again is refused: the connection is closed, nothing is delivered.
-        let again = connect(l.advertised(), &token).unwrap();
+        let again = connect(l.advertised(), ticket.token()).unwrap();
         assert!(closed_by_server(again));
     }
 
     #[test]
     fn wrong_missing_and_oversized_hellos_are_dropped() {
         let l = listener();
-        let (token, rx) = l.expect().unwrap();
+        let ticket = l.expect().unwrap();
         let wrong = connect(l.advertised(), "0123456789abcdef0123456789abcdef").unwrap();
         assert!(closed_by_server(wrong));
 
@@ -305,7 +399,54 @@ mod tests {
         );
 
         // None of them consumed the real token.
-        let _ok = connect(l.advertised(), &token).unwrap();
-        assert!(rx.recv_timeout(Duration::from_secs(10)).is_ok());
+        let _ok = connect(l.advertised(), ticket.token()).unwrap();
+        assert!(ticket.wait(Duration::from_secs(10)).is_some());
+    }
+
+    #[test]
+    fn a_withdrawn_token_is_refused() {
+        let l = listener();
+        let ticket = l.expect().unwrap();
+        let token = ticket.token().to_owned();
+        drop(ticket);
+        let late = connect(l.advertised(), &token).unwrap();
+        assert!(closed_by_server(late));
+    }
+
+    #[test]
+    fn a_hello_dribbled_byte_by_byte_gets_one_deadline() {
+        let l = listener();
+        let _ticket = l.expect().unwrap();
+        let mut slow = TcpStream::connect(l.advertised()).unwrap();
+        // A hello of the largest size, then its body a byte every 100 ms (25 s in all): a
+        // timeout per read would wait for all of it; one deadline cuts it off after 5 s.
+        slow.write_all(&(MAX_HELLO_LEN as u32).to_le_bytes())
+            .unwrap();
+        slow.write_all(&[tag::HELLO]).unwrap();
+        let cut_off = (1..MAX_HELLO_LEN).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            slow.write_all(b"a").is_err()
+        });
+        assert!(cut_off, "the runner waited for the whole dribbled hello");
+    }
+
+    #[test]
+    fn a_wildcard_address_is_advertised_as_the_host_name() {
+        let local: SocketAddr = "0.0.0.0:4321".parse().unwrap();
+        let name = hostname();
+        assert_eq!(advertised_address(None, local), format!("{name}:4321"));
+        assert_eq!(
+            advertised_address(Some("0.0.0.0:0"), local),
+            format!("{name}:4321")
+        );
+        let lo: SocketAddr = "127.0.0.1:4321".parse().unwrap();
+        assert_eq!(
+            advertised_address(Some("127.0.0.1:0"), lo),
+            "127.0.0.1:4321"
+        );
+        assert_eq!(
+            advertised_address(Some("localhost:4321"), lo),
+            "localhost:4321"
+        );
     }
 }

@@ -55,13 +55,27 @@ pub fn worker_main() -> i32 {
             std::env::remove_var(transport::CONNECT_ENV);
             std::env::remove_var(transport::TOKEN_ENV);
         }
-        let Ok(stream) = transport::connect(&addr, &token) else {
-            return EXIT_PROTOCOL;
+        // What it prints reaches the user through srun's output when the step fails to start.
+        let stream = match transport::connect(&addr, &token) {
+            Ok(stream) => stream,
+            Err(e) => {
+                eprintln!("loky-run worker: cannot connect to the runner at {addr}: {e}");
+                return EXIT_PROTOCOL;
+            }
         };
         let Ok(commands) = stream.try_clone() else {
             return EXIT_PROTOCOL;
         };
         return exit_code(run(commands, stream, None));
+    }
+    // SAFETY: F_GETFD on an fd number only queries it.
+    if unsafe { libc::fcntl(COMMAND_FD, libc::F_GETFD) } < 0 {
+        eprintln!(
+            "loky-run {WORKER_ARG}: started without the runner's descriptors or {} in the environment; \
+             workers are started by `loky-run run`, not by hand",
+            transport::CONNECT_ENV
+        );
+        return 2;
     }
     for fd in [COMMAND_FD, RESULT_FD, PROGRESS_FD] {
         // SAFETY: fcntl on an fd number; harmless if the fd is not open. Keeps the protocol

@@ -184,6 +184,30 @@ fn abort_and_exit_fail_only_their_own_task() {
 }
 
 #[test]
+fn a_worker_whose_result_stream_is_garbled_is_ended_not_waited_for() {
+    // The task scribbles an impossible frame header on the result descriptor, then sleeps a
+    // minute: the runner must stop trusting that worker at once, kill it, and go on.
+    let fx = Fixture::new();
+    let text = header("garbled", "max_workers = 1\non_error = \"continue\"")
+        + &stage("g", "faults::garble_results", "{ items = [60000] }", "")
+        + &stage("ok", "demo::square", "{ range = [0, 4] }", "");
+    let p = fx.write("pipeline.toml", &text);
+    fx.run(&[p.to_str().unwrap()]).assert_code(1);
+    let records = fx.records("g");
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["error"]["kind"], "crashed", "{}", records[0]);
+    assert!(
+        records[0]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("SIGKILL"),
+        "killed, not left to exit on its own: {}",
+        records[0]
+    );
+    assert_eq!(fx.outputs("ok"), [0, 1, 4, 9]);
+}
+
+#[test]
 fn a_panicking_initializer_stops_the_stage_with_its_message() {
     let fx = Fixture::new();
     let text = header(

@@ -296,8 +296,8 @@ fn a_cancelled_worker_step_is_a_crash_retried_and_no_step_is_left() {
     let script = format!(
         r#"$LOKY pipeline.toml --progress never --events events.jsonl &
 runner=$!
-until grep -q '"slurm_step":"1"' events.jsonl 2>/dev/null; do sleep 0.05; done
-until [ "$(grep -c '"worker_ready"' events.jsonl)" -ge 2 ]; do sleep 0.05; done
+until grep -q '"slurm_step":"1"' events.jsonl 2>/dev/null; do kill -0 $runner || break; sleep 0.05; done
+until [ "$(grep -c '"worker_ready"' events.jsonl)" -ge 2 ]; do kill -0 $runner || break; sleep 0.05; done
 sleep 0.4
 scancel "$SLURM_JOB_ID.0"
 wait $runner; echo "runner=$?"; {LIST_WORKER_STEPS}"#
@@ -344,6 +344,8 @@ fn foreign_connections_are_rejected_and_the_run_is_unaffected() {
     )
     .spawn()
     .unwrap();
+    // If an assertion fails below, the allocation must not outlive the test.
+    let child = KillOnDrop(Some(child));
     let events_path = fx.path().join("events.jsonl");
     let address = wait_for(|| {
         read_events(&events_path)
@@ -369,7 +371,7 @@ fn foreign_connections_are_rejected_and_the_run_is_unaffected() {
     huge.write_all(&u32::MAX.to_le_bytes()).unwrap();
     assert!(closed_by_runner(huge));
 
-    let r = RunResult::from(child.wait_with_output().unwrap());
+    let r = RunResult::from(child.wait_with_output());
     assert!(r.stdout.contains("runner=0"), "{}\n{}", r.stdout, r.stderr);
     let records = fx.records("s");
     assert_eq!(records.len(), 20);
@@ -406,7 +408,7 @@ fn ctrl_c_inside_the_allocation_ends_every_step_and_resume_completes() {
     let script = format!(
         r#"$LOKY pipeline.toml --progress never --events events.jsonl &
 runner=$!
-until [ "$(grep -c '"worker_ready"' events.jsonl 2>/dev/null)" -ge 2 ]; do sleep 0.05; done
+until [ "$(grep -c '"worker_ready"' events.jsonl 2>/dev/null)" -ge 2 ]; do kill -0 $runner || break; sleep 0.05; done
 sleep 0.5
 kill -INT $runner
 wait $runner; echo "runner=$?"; {LIST_WORKER_STEPS}"#
@@ -457,6 +459,75 @@ fn a_step_that_cannot_start_is_reported_with_what_srun_said() {
 }
 
 #[test]
+fn by_default_one_worker_per_task_of_the_allocation_even_with_export_none() {
+    if !cluster_up() {
+        return;
+    }
+    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let fx = Fixture::new();
+    // No max_workers: on this 2-CPU node the local default would be 2, and a second step
+    // could not start in a 1-task allocation. SLURM_EXPORT_ENV=NONE is what
+    // `sbatch --export=NONE` leaves to srun: the workers still get the runner's environment.
+    let text = header(
+        "ntasks",
+        "launcher = \"slurm\"\nenv = { GREETING = \"hi\" }",
+    ) + "[[stage]]\nname = \"s\"\ntask = \"demo::getenv\"\ninput = { items = [\"GREETING\", \"LOKY_WORKER_ID\"] }\n";
+    fx.write("pipeline.toml", &text);
+    let r = salloc(
+        &fx,
+        1,
+        &format!(
+            "SLURM_EXPORT_ENV=NONE $LOKY pipeline.toml --progress never --events events.jsonl; echo \"runner=$?\"; {LIST_WORKER_STEPS}"
+        ),
+    );
+    assert_eq!(runner_code_and_steps(&r), (0, 0), "{}", r.stderr);
+    assert_eq!(fx.outputs("s"), ["hi", "1"]);
+    let events = fx.events();
+    assert_eq!(events_of(&events, "worker_started").len(), 1);
+    assert!(
+        !r.stderr.contains("could not start"),
+        "no step waited in vain: {}",
+        r.stderr
+    );
+}
+
+#[test]
+fn ctrl_c_while_a_worker_step_waits_for_cpus_exits_130_promptly() {
+    if !cluster_up() {
+        return;
+    }
+    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let fx = Fixture::new();
+    // Two workers in a 1-task allocation: the second step waits for a CPU the first holds,
+    // and the runner waits for it to connect. Ctrl-C then must stop the run as usual.
+    let text = header("pending", "launcher = \"slurm\"\nmax_workers = 2")
+        + "[[stage]]\nname = \"s\"\ntask = \"demo::square\"\ninput = { range = [0, 10] }\n";
+    fx.write("pipeline.toml", &text);
+    let script = format!(
+        r#"$LOKY pipeline.toml --progress never --events events.jsonl &
+runner=$!
+until grep -q '"worker_started"' events.jsonl 2>/dev/null; do kill -0 $runner || break; sleep 0.05; done
+until squeue -s -h -j "$SLURM_JOB_ID" -o %j | grep -q loky-run-worker; do kill -0 $runner || break; sleep 0.05; done
+kill -INT $runner
+started=$SECONDS
+wait $runner; echo "runner=$?"; echo "took=$((SECONDS - started))"; {LIST_WORKER_STEPS}"#
+    );
+    let r = salloc(&fx, 1, &script);
+    assert_eq!(runner_code_and_steps(&r), (130, 0), "{}", r.stderr);
+    // Not the 120 s connect deadline: the interrupt ends the wait.
+    let took: u64 = r
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("took="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(took < 60, "took {took} s");
+    // The resume hint, as for any interrupt.
+    assert!(r.stderr.contains("--resume"), "{}", r.stderr);
+}
+
+#[test]
 fn the_slurm_launcher_outside_an_allocation_says_where_to_run() {
     // Needs no cluster: the check happens before any worker starts.
     let fx = Fixture::new();
@@ -481,6 +552,26 @@ fn the_slurm_launcher_outside_an_allocation_says_where_to_run() {
         r.stderr
     );
     assert!(!fx.path().join("out/s.jsonl").exists());
+}
+
+/// A child process killed (with its output discarded) if the test ends before it is waited for.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl KillOnDrop {
+    fn wait_with_output(mut self) -> std::process::Output {
+        self.0.take().unwrap().wait_with_output().unwrap()
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            // SIGTERM, not SIGKILL: salloc then releases the allocation and ends its steps.
+            // SAFETY: kill(2) on the pid of a child not yet reaped.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
 }
 
 fn read_events(path: &std::path::Path) -> Vec<Value> {

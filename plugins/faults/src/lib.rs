@@ -192,6 +192,23 @@ pub fn crash_if(input: Value) -> Value {
     input
 }
 
+/// Writes a frame header announcing 4 GiB to the worker's result descriptor (4), as a plugin
+/// scribbling on descriptors it inherited would, then sleeps `n` ms: the runner must end the
+/// worker rather than trust or wait on its stream.
+pub fn garble_results(n: u64) -> Result<u64, String> {
+    let header = u32::MAX.to_le_bytes();
+    // SAFETY: write(2) of a valid local buffer to a descriptor number; a closed one fails.
+    let written = unsafe { libc::write(4, header.as_ptr().cast(), header.len()) };
+    if written != header.len() as isize {
+        return Err(format!(
+            "could not write to descriptor 4: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    thread::sleep(Duration::from_millis(n));
+    Ok(n)
+}
+
 /// Initializer that kills the worker with SIGSEGV.
 pub fn init_segfault(_args: Value) {
     die_by_sigsegv()
@@ -211,6 +228,7 @@ plugin_api::export_plugin! {
         crash_once,
         append_line,
         crash_if,
+        garble_results,
     ],
     initializers: [init_fail, init_panic, init_segfault],
 }

@@ -151,7 +151,9 @@ pub const POOL_KEYS: &[KeySpec] = &[
     key(
         "max_workers",
         Kind::Positive,
-        Some("the usable CPU count"),
+        Some(
+            "the usable CPU count (launcher = \"slurm\": the allocation's task count, SLURM_NTASKS)",
+        ),
         "Number of worker processes.",
     ),
     key(

@@ -88,7 +88,7 @@ pub enum InputSpec {
 /// A stage's pool settings: its own keys over `[pool]`, over the defaults.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PoolSettings {
-    /// `None`: the usable CPU count, decided when the pool is planned.
+    /// `None`: the usable CPU count (Slurm: the task count), decided when the pool is planned.
     pub max_workers: Option<NonZeroUsize>,
     /// `None`: workers never exit for being idle (`"0s"` in the file). Default 10 s.
     #[serde(with = "humantime_serde_compat::option")]

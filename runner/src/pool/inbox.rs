@@ -282,8 +282,10 @@ fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
 pub enum Pumped {
     /// Read what was there; more may come.
     Open,
-    /// The worker closed its side (it exited), or sent something that is not a frame.
+    /// The worker closed its side (it exited), or the stream failed.
     Closed,
+    /// The worker sent something that is not a frame: nothing more can be read from it.
+    Corrupt,
 }
 
 /// Incoming frames of one worker: a staging buffer for small frames, and a buffer of its own
@@ -350,7 +352,7 @@ impl Inbox {
                     }
                     let len = u32::from_le_bytes(staged[..4].try_into().expect("4 bytes")) as usize;
                     if len == 0 || len > MAX_FRAME_LEN {
-                        return Pumped::Closed;
+                        return Pumped::Corrupt;
                     }
                     if staged.len() >= 4 + len {
                         frame(staged[4..4 + len].to_vec());
@@ -501,11 +503,13 @@ mod tests {
     }
 
     #[test]
-    fn an_oversized_header_closes_the_inbox() {
-        let (r, mut w) = pipe();
-        let mut inbox = Inbox::new(r, false).unwrap();
-        w.write_all(&u32::MAX.to_le_bytes()).unwrap();
-        assert_eq!(inbox.pump(|_| panic!("no frame")), Pumped::Closed);
+    fn an_oversized_or_empty_header_is_corrupt() {
+        for header in [u32::MAX, 0] {
+            let (r, mut w) = pipe();
+            let mut inbox = Inbox::new(r, false).unwrap();
+            w.write_all(&header.to_le_bytes()).unwrap();
+            assert_eq!(inbox.pump(|_| panic!("no frame")), Pumped::Corrupt);
+        }
     }
 
     #[test]

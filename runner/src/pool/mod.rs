@@ -342,11 +342,33 @@ impl Pool {
                     let listener = self.listener.as_ref().expect("bound above");
                     pending.push((id, slurm::start(&request, listener, &spec.srun_args)?));
                 }
+                let mut failed = None;
                 for (id, step) in pending.drain(..) {
-                    let listener = self.listener.as_ref().expect("bound above");
-                    let spawned = step.connect(listener)?;
-                    self.register(id, spawned, &spec, stage, events, console)?;
-                    started.push(id);
+                    match step.connect() {
+                        Ok(spawned) => {
+                            self.register(id, spawned, &spec, stage, events, console)?;
+                            started.push(id);
+                        }
+                        // The stage sees the interrupt next; the steps not yet connected
+                        // are ended as the rest of `pending` drops.
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => break,
+                        Err(e) => {
+                            failed.get_or_insert(e);
+                        }
+                    }
+                }
+                if let Some(e) = failed {
+                    let alive = self.active_count();
+                    if alive == 0 {
+                        return Err(e);
+                    }
+                    // Some steps run: go on with them rather than fail the run. The next
+                    // stage that asks for this size tries again.
+                    console.warn(&format!(
+                        "a worker step could not start ({e}); going on with {alive} of {} workers",
+                        self.size
+                    ));
+                    self.size = alive;
                 }
             }
         }
@@ -359,8 +381,27 @@ impl Pool {
         id
     }
 
-    /// Takes a started worker into the pool: its reader threads, its INIT message.
+    /// Takes a started worker into the pool: its reader threads, its INIT message. If that
+    /// fails (out of threads or descriptors), the process is ended, not left behind.
     fn register(
+        &mut self,
+        id: u32,
+        spawned: spawn::SpawnedWorker,
+        spec: &WorkerSpec,
+        stage: &str,
+        events: &EventLog,
+        console: &Arc<crate::console::Console>,
+    ) -> io::Result<()> {
+        let (pid, remote) = (spawned.pid, spawned.remote.is_some());
+        self.try_register(id, spawned, spec, stage, events, console)
+            .inspect_err(|_| {
+                // srun ends its step on SIGTERM; a local worker has nothing to finish.
+                spawn::kill_group(pid, if remote { libc::SIGTERM } else { libc::SIGKILL });
+                spawn::reap(pid);
+            })
+    }
+
+    fn try_register(
         &mut self,
         id: u32,
         spawned: spawn::SpawnedWorker,
@@ -616,10 +657,24 @@ impl Pool {
         };
         let Some(inbox) = &mut w.inbox else { return };
         let ready = &mut self.ready;
-        if inbox.pump(|frame| ready.push_back(WorkerEvent::Frame { worker: id, frame }))
-            == Pumped::Open
-        {
-            return;
+        match inbox.pump(|frame| ready.push_back(WorkerEvent::Frame { worker: id, frame })) {
+            Pumped::Open => return,
+            Pumped::Closed => {}
+            // Nothing it says can be trusted any more, and it may be waiting for us: end it
+            // (its exit is then reported as a crash of what it held).
+            Pumped::Corrupt => {
+                if !w.exited.load(Ordering::Acquire) {
+                    match &w.remote {
+                        Some(conn) => {
+                            let _ = conn.shutdown(std::net::Shutdown::Both);
+                            spawn::kill_group(w.pid, libc::SIGTERM);
+                            w.kill_at
+                                .get_or_insert(Instant::now() + Duration::from_secs(2));
+                        }
+                        None => spawn::kill_group(w.pid, libc::SIGKILL),
+                    }
+                }
+            }
         }
         self.poller.remove(inbox.fd());
         w.inbox = None;
@@ -714,11 +769,17 @@ impl Pool {
     fn wait_until_empty(&mut self, limit: Duration, events: &EventLog) {
         let deadline = Instant::now() + limit;
         while !self.workers.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let now = Instant::now();
+            let left = deadline.saturating_duration_since(now);
             if left.is_zero() {
                 break;
             }
-            match self.recv_timeout(left) {
+            // A remote worker that ignored SIGTERM gets its SIGKILL (and scancel) on time.
+            let wait = self
+                .escalate_kills(now)
+                .map_or(left, |at| at.saturating_duration_since(now).min(left))
+                .max(Duration::from_millis(1));
+            match self.recv_timeout(wait) {
                 Some(WorkerEvent::Exited {
                     worker,
                     end,
@@ -741,12 +802,36 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        // Whatever path led here (an error, a panic), no worker may outlive the pool.
-        let mut steps = Vec::new();
+        // Whatever path led here (an error, a panic), no worker may outlive the pool. A local
+        // worker is killed at once. A remote one's srun gets SIGTERM, which ends its step
+        // cleanly; SIGKILL would leave the step running until Slurm notices, so that comes
+        // only after a grace period, with a `scancel` of the step.
+        let mut remote = Vec::new();
         for w in self.workers.values() {
-            if !w.exited.load(Ordering::Acquire) {
-                spawn::kill_group(w.pid, libc::SIGKILL);
-                steps.extend(w.slurm_step.clone());
+            if w.exited.load(Ordering::Acquire) {
+                continue;
+            }
+            match &w.remote {
+                Some(conn) => {
+                    let _ = conn.shutdown(std::net::Shutdown::Both);
+                    spawn::kill_group(w.pid, libc::SIGTERM);
+                    remote.push((w.pid, w.slurm_step.clone()));
+                }
+                None => spawn::kill_group(w.pid, libc::SIGKILL),
+            }
+        }
+        if remote.is_empty() {
+            return;
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        while remote.iter().any(|(pid, _)| !spawn::has_exited(*pid)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut steps = Vec::new();
+        for (pid, step) in remote {
+            if !spawn::has_exited(pid) {
+                spawn::kill_group(pid, libc::SIGKILL);
+                steps.extend(step);
             }
         }
         if !steps.is_empty() {
@@ -758,23 +843,7 @@ impl Drop for Pool {
 /// Waits for the worker to become a zombie, kills what is left of its process group (a plugin's
 /// own children), then reaps it. The flag tells the pool not to signal a reaped pid.
 fn wait_and_reap(pid: u32, reaped: &AtomicBool) -> (ProcessEnd, u64) {
-    // SAFETY: an all-zero siginfo_t is a valid value for waitid to overwrite.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: valid pointer to `info`; WNOWAIT leaves the zombie in place so its process
-        // group id cannot be reused while we signal the group.
-        let r = unsafe {
-            libc::waitid(
-                libc::P_PID,
-                pid as libc::id_t,
-                &mut info,
-                libc::WEXITED | libc::WNOWAIT,
-            )
-        };
-        if r == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
-            break;
-        }
-    }
+    spawn::wait_exited(pid);
     spawn::kill_group(pid, libc::SIGKILL);
     reaped.store(true, Ordering::Release);
     spawn::reap(pid)

@@ -8,17 +8,16 @@
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::net::TcpStream;
+use std::net::Shutdown;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use super::spawn::{self, SpawnRequest, SpawnedWorker};
 use crate::interrupt;
 use crate::sys;
-use crate::transport::{self, Listener};
+use crate::transport::{self, Listener, Ticket};
 use crate::worker::WORKER_ARG;
 
 /// How long a step may take to start and connect.
@@ -38,6 +37,15 @@ pub fn unavailable() -> Option<String> {
         ));
     }
     None
+}
+
+/// The default number of workers under `launcher = "slurm"`: the allocation's task count
+/// (`--ntasks`), since every worker step takes one task and extra steps would wait for CPUs.
+pub fn default_workers() -> Option<usize> {
+    ["SLURM_NTASKS", "SLURM_NPROCS"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
 }
 
 /// `scancel` of job steps (`JOB.STEP`), for steps whose `srun` was killed and so cannot end
@@ -68,8 +76,7 @@ pub fn cancel_steps(steps: &[String], wait: bool) {
 /// A worker step submitted with `srun`, not yet connected.
 pub struct PendingStep {
     child: Option<Child>,
-    token: String,
-    connection: Receiver<TcpStream>,
+    ticket: Ticket,
     output: Option<File>,
     deadline: Instant,
 }
@@ -81,7 +88,7 @@ pub fn start(
     listener: &Listener,
     srun_args: &[String],
 ) -> io::Result<PendingStep> {
-    let (token, connection) = listener.expect()?;
+    let ticket = listener.expect()?;
     let (out_read, out_write) = spawn::pipe()?;
     let mut command = Command::new("srun");
     command
@@ -91,6 +98,10 @@ pub fn start(
             "--nodes=1",
             "--kill-on-bad-exit=0",
             "--job-name=loky-run-worker",
+            // The worker needs the runner's environment (its address and token, the plugin
+            // path, the pipeline's env): `sbatch --export=NONE` or SLURM_EXPORT_ENV must not
+            // strip it. srun_args may still narrow it.
+            "--export=ALL",
         ])
         .args(srun_args)
         .arg(sys::current_exe())
@@ -100,16 +111,15 @@ pub fn start(
         .stderr(Stdio::from(out_write))
         .process_group(0)
         .env(transport::CONNECT_ENV, listener.advertised())
-        .env(transport::TOKEN_ENV, &token);
+        .env(transport::TOKEN_ENV, ticket.token());
     spawn::set_worker_env(&mut command, req);
     spawn::die_with_parent(&mut command, libc::SIGTERM);
-    let child = command.spawn().inspect_err(|_| listener.forget(&token))?;
+    let child = command.spawn()?;
     // Our copies of the pipe's write end must go, or reading srun's output never ends.
     drop(command);
     Ok(PendingStep {
         child: Some(child),
-        token,
-        connection,
+        ticket,
         output: Some(File::from(out_read)),
         deadline: Instant::now() + CONNECT_DEADLINE,
     })
@@ -117,15 +127,12 @@ pub fn start(
 
 impl PendingStep {
     /// Waits until the step's worker connects (or srun ends, the deadline passes, or the run is
-    /// interrupted: then the error carries srun's status and its last lines of output).
-    pub fn connect(mut self, listener: &Listener) -> io::Result<SpawnedWorker> {
+    /// interrupted: then the error carries srun's status and its last lines of output; an
+    /// interruption is an error of kind `Interrupted`).
+    pub fn connect(mut self) -> io::Result<SpawnedWorker> {
         let stream = loop {
-            match self.connection.recv_timeout(Duration::from_millis(20)) {
-                Ok(stream) => break stream,
-                Err(RecvTimeoutError::Disconnected) => {
-                    unreachable!("the listener keeps the sender until used")
-                }
-                Err(RecvTimeoutError::Timeout) => {}
+            if let Some(stream) = self.ticket.wait(Duration::from_millis(20)) {
+                break stream;
             }
             let child = self.child.as_mut().expect("present until connected");
             let failure = if let Some(status) = child.try_wait()? {
@@ -139,12 +146,16 @@ impl PendingStep {
                     CONNECT_DEADLINE.as_secs()
                 ))
             } else if interrupt::count() > 0 {
-                Some("interrupted while starting a worker step".to_owned())
+                self.stop();
+                return Err(io::Error::new(
+                    io::ErrorKind::Interrupted,
+                    "interrupted while starting a worker step",
+                ));
             } else {
                 None
             };
             if let Some(failure) = failure {
-                self.stop(listener);
+                self.stop();
                 let mut text = String::new();
                 if let Some(mut output) = self.output.take() {
                     let _ = output.read_to_string(&mut text);
@@ -167,8 +178,17 @@ impl PendingStep {
         };
         let child = self.child.take().expect("present until connected");
         let pid = child.id();
-        // Reaped by the pool's reader thread, like a local worker.
+        // Reaped by the pool's reaper thread, like a local worker.
         drop(child);
+        // The connection ends when srun does, even if the worker's node vanished without
+        // closing it (srun notices a lost node; the socket alone would wait for keepalive).
+        let watched = stream.try_clone()?;
+        std::thread::Builder::new()
+            .name(format!("srun-{pid}-watch"))
+            .spawn(move || {
+                spawn::wait_exited(pid);
+                let _ = watched.shutdown(Shutdown::Both);
+            })?;
         let commands = stream.try_clone()?;
         let remote = stream.try_clone()?;
         Ok(SpawnedWorker {
@@ -181,24 +201,38 @@ impl PendingStep {
         })
     }
 
-    /// Ends a step that will not be used: SIGTERM to srun (which ends the step), then reaped.
-    fn stop(&mut self, listener: &Listener) {
-        listener.forget(&self.token);
+    /// Ends a step that will not be used: SIGTERM to srun (which ends the step), SIGKILL if
+    /// it does not end within a few seconds, then reaped.
+    fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            if matches!(child.try_wait(), Ok(None)) {
-                spawn::kill_group(child.id(), libc::SIGTERM);
-            }
-            let _ = child.wait();
+            end_srun(&mut child);
         }
     }
 }
 
 impl Drop for PendingStep {
     fn drop(&mut self) {
-        // Another step failed to start: this one must not run on unattended.
-        if let Some(mut child) = self.child.take() {
-            spawn::kill_group(child.id(), libc::SIGTERM);
-            let _ = child.wait();
+        // Another step failed to start, or the run was interrupted: this one must not run on
+        // unattended. (Dropping the ticket withdraws its token.)
+        self.stop();
+    }
+}
+
+/// How long srun may take to end its step after SIGTERM.
+const SRUN_TERM_GRACE: Duration = Duration::from_secs(5);
+
+/// SIGTERM to an srun that has not exited (it ends its step), SIGKILL after a grace period;
+/// then reaped.
+fn end_srun(child: &mut Child) {
+    if matches!(child.try_wait(), Ok(None)) {
+        spawn::kill_group(child.id(), libc::SIGTERM);
+        let deadline = Instant::now() + SRUN_TERM_GRACE;
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if matches!(child.try_wait(), Ok(None)) {
+            spawn::kill_group(child.id(), libc::SIGKILL);
         }
     }
+    let _ = child.wait();
 }

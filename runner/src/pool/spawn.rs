@@ -197,6 +197,44 @@ pub fn kill_group(pid: u32, signal: i32) {
     unsafe { libc::killpg(pid as libc::pid_t, signal) };
 }
 
+/// Blocks until the child `pid` has exited, without reaping it: the zombie keeps its pid and
+/// process group id from being reused while the caller still signals them.
+pub fn wait_exited(pid: u32) {
+    // SAFETY: an all-zero siginfo_t is a valid value for waitid to overwrite.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: valid pointer to `info`; WNOWAIT leaves the zombie in place.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if r == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return;
+        }
+    }
+}
+
+/// Whether the child `pid` has exited (not reaped: see [`wait_exited`]).
+pub fn has_exited(pid: u32) -> bool {
+    // SAFETY: an all-zero siginfo_t is a valid value for waitid to overwrite.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to `info`; WNOHANG returns at once, WNOWAIT does not reap.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOWAIT | libc::WNOHANG,
+        )
+    };
+    // SAFETY: si_pid is set by waitid when a child changed state, and zero otherwise.
+    r != 0 || unsafe { info.si_pid() } != 0
+}
+
 /// Waits for a worker to exit and returns how it ended and its peak RSS (bytes).
 pub fn reap(pid: u32) -> (sys::ProcessEnd, u64) {
     let mut status = 0;

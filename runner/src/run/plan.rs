@@ -218,7 +218,17 @@ pub fn plan(pipeline: Pipeline, verbose: bool) -> Result<Plan, PlanError> {
             },
             InputSpec::From(_) => None,
         };
-        let workers = stage.settings.max_workers.map(|n| n.get()).unwrap_or(cpus);
+        // Default: one worker per CPU here; on Slurm, one per task of the allocation (each
+        // worker step takes one, and more would wait for CPUs).
+        let default_workers = match stage.settings.launcher {
+            crate::config::Launcher::Slurm => crate::pool::slurm::default_workers().unwrap_or(cpus),
+            crate::config::Launcher::Local => cpus,
+        };
+        let workers = stage
+            .settings
+            .max_workers
+            .map(|n| n.get())
+            .unwrap_or(default_workers);
         let spec = WorkerSpec {
             plugins: plugin_paths.clone(),
             env: stage.settings.env.clone(),
