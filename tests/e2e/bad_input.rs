@@ -151,3 +151,138 @@ fn unwritable_output_directory() {
         .assert_code(2)
         .assert_stderr_has(&["out"]);
 }
+
+/// `plugin-api`'s manifest made standalone (no `workspace = true` fields) with another version.
+fn plugin_api_manifest_with_version(version: &str) -> String {
+    let root = workspace_root();
+    let read = |p: &str| -> toml::Table {
+        toml::from_str(&std::fs::read_to_string(root.join(p)).unwrap()).unwrap()
+    };
+    let workspace = read("Cargo.toml");
+    let mut api = read("plugin-api/Cargo.toml");
+    let package = api["package"].as_table_mut().unwrap();
+    let shared = workspace["workspace"]["package"].as_table().unwrap();
+    for (key, value) in package.iter_mut() {
+        if value.get("workspace").is_some() {
+            *value = shared[key.as_str()].clone();
+        }
+    }
+    package.insert("version".into(), version.into());
+    let shared = workspace["workspace"]["dependencies"].as_table().unwrap();
+    for (key, value) in api["dependencies"].as_table_mut().unwrap().iter_mut() {
+        if value.get("workspace").is_some() {
+            *value = shared[key.as_str()].clone();
+        }
+    }
+    api.insert("workspace".into(), toml::Table::new().into());
+    toml::to_string(&api).unwrap()
+}
+
+/// The promise of the stable ABI, end to end: a plugin built against a plugin-api this runner
+/// is not compatible with (here a newer minor version, 0.x semantics) is refused before any
+/// worker starts, in one line naming both versions.
+#[test]
+fn a_plugin_built_against_an_incompatible_plugin_api_is_refused_naming_both_versions() {
+    let fx = Fixture::new();
+    let ours = {
+        let api: toml::Table = toml::from_str(
+            &std::fs::read_to_string(workspace_root().join("plugin-api/Cargo.toml")).unwrap(),
+        )
+        .unwrap();
+        semver_next_minor(api["package"]["version"].as_str().unwrap())
+    };
+    let (runner_version, newer) = ours;
+    // A copy of plugin-api at the newer version, and a scaffolded plugin built against it.
+    let api_dir = fx.path().join("plugin-api-next");
+    std::fs::create_dir_all(&api_dir).unwrap();
+    std::fs::write(
+        api_dir.join("Cargo.toml"),
+        plugin_api_manifest_with_version(&newer),
+    )
+    .unwrap();
+    copy_dir(
+        &workspace_root().join("plugin-api/src"),
+        &api_dir.join("src"),
+    );
+    fx.run(&["new-plugin", "newer"]).assert_code(0);
+    let plugin = fx.path().join("newer");
+    let manifest = plugin.join("Cargo.toml");
+    let mut m: toml::Table = toml::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    let mut dep = toml::Table::new();
+    dep.insert("path".into(), api_dir.to_str().unwrap().into());
+    m["dependencies"]
+        .as_table_mut()
+        .unwrap()
+        .insert("plugin-api".into(), dep.into());
+    std::fs::write(&manifest, toml::to_string(&m).unwrap()).unwrap();
+    std::fs::copy(
+        workspace_root().join("Cargo.lock"),
+        plugin.join("Cargo.lock"),
+    )
+    .unwrap();
+    // This workspace's target directory: the dependencies it compiled are reused.
+    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_loky-run"));
+    let target_dir = exe.parent().and_then(std::path::Path::parent).unwrap();
+    let build = std::process::Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()))
+        .args(["build", "--manifest-path"])
+        .arg(&manifest)
+        .env("CARGO_TARGET_DIR", target_dir)
+        .env("CARGO_BUILD_JOBS", "2")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    // Built into the shared target directory; moved next to the pipeline so that no other
+    // test's plugin search finds it.
+    let built = target_dir.join("debug/libnewer.so");
+    std::fs::rename(&built, fx.path().join("libnewer.so")).unwrap();
+
+    let text = "[pipeline]\nname = \"bad\"\nplugins = [\"./libnewer.so\"]\noutput_dir = \"out\"\n"
+        .to_owned()
+        + "\n[[stage]]\nname = \"s\"\ntask = \"newer::cube\"\ninput = { range = [0, 3] }\n";
+    let p = fx.write("pipeline.toml", &text);
+    for command in [vec!["validate"], vec!["run"]] {
+        let mut args = command.clone();
+        args.push(p.to_str().unwrap());
+        let r = fx.run(&args);
+        r.assert_code(2).assert_stderr_has(&[
+            "libnewer.so",
+            &format!("plugin-api {newer}"),
+            &format!("plugin-api {runner_version}"),
+        ]);
+        assert!(
+            r.stderr.lines().count() <= 6,
+            "a short answer, not a layout report:\n{}",
+            r.stderr
+        );
+    }
+    assert!(!fx.path().join("out").exists(), "no worker ran");
+}
+
+/// `("0.1.0", "0.2.0")`: the version, and the next minor one (incompatible below 1.0).
+fn semver_next_minor(version: &str) -> (String, String) {
+    let parts: Vec<u64> = version.split('.').map(|p| p.parse().unwrap()).collect();
+    let next = if parts[0] == 0 {
+        format!("0.{}.0", parts[1] + 1)
+    } else {
+        format!("{}.0.0", parts[0] + 1)
+    };
+    (version.to_owned(), next)
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
