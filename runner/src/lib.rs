@@ -22,6 +22,7 @@ pub mod run;
 pub mod scaffold;
 pub mod schema;
 pub mod show_config;
+pub mod spin;
 pub mod sys;
 pub mod transport;
 pub mod worker;

@@ -9,15 +9,17 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::protocol::MAX_FRAME_LEN;
+use crate::spin::{self, SpinPolicy};
 
 /// The epoll set and the eventfd that other threads use to wake it.
 pub struct Poller {
     epoll: OwnedFd,
     waker: Arc<Waker>,
     events: Vec<libc::epoll_event>,
+    spin: SpinPolicy,
 }
 
 /// Wakes a [`Poller`] from another thread.
@@ -66,6 +68,7 @@ impl Poller {
             epoll,
             waker: Arc::new(Waker { fd: wake }),
             events: vec![libc::epoll_event { events: 0, u64: 0 }; 64],
+            spin: SpinPolicy::default(),
         };
         poller.add(poller.waker.fd.as_raw_fd(), WAKE_TOKEN)?;
         Ok(poller)
@@ -113,20 +116,40 @@ impl Poller {
         };
     }
 
-    /// Waits up to `timeout` and calls `ready` with the token of each descriptor that has
-    /// input (or hung up). The waker's token is handled here.
-    pub fn wait(&mut self, timeout: Duration, mut ready: impl FnMut(u64)) -> io::Result<usize> {
-        // Round up so that a sub-millisecond wait does not become a busy loop.
-        let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
+    fn epoll_wait(&mut self, ms: libc::c_int) -> libc::c_int {
         // SAFETY: the buffer holds `events.len()` entries for the kernel to fill.
-        let n = unsafe {
+        unsafe {
             libc::epoll_wait(
                 self.epoll.as_raw_fd(),
                 self.events.as_mut_ptr(),
                 self.events.len() as libc::c_int,
                 ms,
             )
-        };
+        }
+    }
+
+    /// Waits up to `timeout` and calls `ready` with the token of each descriptor that has
+    /// input (or hung up). The waker's token is handled here.
+    pub fn wait(&mut self, timeout: Duration, mut ready: impl FnMut(u64)) -> io::Result<usize> {
+        let started = Instant::now();
+        let mut n = 0;
+        // After a short wait (one task at a time), look for events briefly before sleeping.
+        if self.spin.should_spin() && timeout >= spin::SPIN_BUDGET {
+            spin::spin_until(spin::SPIN_BUDGET, || {
+                n = self.epoll_wait(0);
+                n != 0
+            });
+        }
+        if n == 0 {
+            // Round up so that a sub-millisecond wait does not become a busy loop.
+            let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
+            n = self.epoll_wait(ms);
+        }
+        self.spin.record(if n > 0 {
+            started.elapsed()
+        } else {
+            Duration::MAX
+        });
         if n < 0 {
             let e = io::Error::last_os_error();
             return if e.kind() == io::ErrorKind::Interrupted {
