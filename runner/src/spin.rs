@@ -53,6 +53,9 @@ pub fn spin_until(budget: Duration, mut ready: impl FnMut() -> bool) -> bool {
         if start.elapsed() >= budget {
             return false;
         }
+        // Whoever is to answer may be waiting for this CPU (a worker on the same CPU, or
+        // more runnable threads than CPUs): let it run first.
+        std::thread::yield_now();
     }
 }
 
