@@ -498,15 +498,17 @@ fn ctrl_c_while_a_worker_step_waits_for_cpus_exits_130_promptly() {
     }
     let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
     let fx = Fixture::new();
-    // Two workers in a 1-task allocation: the second step waits for a CPU the first holds,
-    // and the runner waits for it to connect. Ctrl-C then must stop the run as usual.
+    // Two workers in a 1-task allocation: one step waits for the CPU the other holds (which
+    // one is up to Slurm), and the runner waits for it to connect. Ctrl-C then must stop the
+    // run as usual. The script waits until the runner listens and one worker step runs: both
+    // steps were submitted by then.
     let text = header("pending", "launcher = \"slurm\"\nmax_workers = 2")
         + "[[stage]]\nname = \"s\"\ntask = \"demo::square\"\ninput = { range = [0, 10] }\n";
     fx.write("pipeline.toml", &text);
     let script = format!(
         r#"$LOKY pipeline.toml --progress never --events events.jsonl &
 runner=$!
-until grep -q '"worker_started"' events.jsonl 2>/dev/null; do kill -0 $runner || break; sleep 0.05; done
+until grep -q '"listening"' events.jsonl 2>/dev/null; do kill -0 $runner || break; sleep 0.05; done
 until squeue -s -h -j "$SLURM_JOB_ID" -o %j | grep -q loky-run-worker; do kill -0 $runner || break; sleep 0.05; done
 kill -INT $runner
 started=$SECONDS
