@@ -27,6 +27,12 @@ pub mod tag {
     /// First frame of a worker connecting over TCP: its token.
     pub const HELLO: u8 = 9;
     pub const RESULTS: u8 = 11;
+
+    /// Whether a worker may send a frame with this tag (anything else means its stream is
+    /// not ours: a plugin wrote on the descriptor, or a peer is broken).
+    pub fn from_worker(tag: u8) -> bool {
+        matches!(tag, READY | RESULTS)
+    }
 }
 
 /// Per-item status in a results frame; the values are those of `plugin_api::CallStatus`.

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,9 +56,11 @@ impl Listener {
                 })?;
                 TcpListener::bind(addr)?
             }
-            // IPv6 and IPv4 on one socket where the kernel has IPv6, else IPv4 only.
-            None => TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0))
+            // IPv6 and IPv4 on one socket where the kernel has IPv6 and maps IPv4 onto it
+            // (`bindv6only` 0, Linux's default), else IPv4 only.
+            None if dual_stack_by_default() => TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0))
                 .or_else(|_| TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)))?,
+            None => TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0))?,
         };
         let local = listener.local_addr()?;
         let advertised = advertised_address(listen, local);
@@ -146,9 +148,16 @@ impl Ticket {
         &self.token
     }
 
-    /// The worker's connection, once it presented the token (`None` after `timeout`).
-    pub fn wait(&self, timeout: Duration) -> Option<TcpStream> {
-        self.connection.recv_timeout(timeout).ok()
+    /// The worker's connection, once it presented the token (`Ok(None)` after `timeout`; an
+    /// error if it presented the token but the connection failed before it was handed over).
+    pub fn wait(&self, timeout: Duration) -> io::Result<Option<TcpStream>> {
+        match self.connection.recv_timeout(timeout) {
+            Ok(stream) => Ok(Some(stream)),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => Err(io::Error::other(
+                "the worker's connection failed during its hello",
+            )),
+        }
     }
 }
 
@@ -160,6 +169,11 @@ impl Drop for Ticket {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.token);
     }
+}
+
+/// Whether an IPv6 wildcard socket also accepts IPv4 here.
+fn dual_stack_by_default() -> bool {
+    std::fs::read_to_string("/proc/sys/net/ipv6/bindv6only").is_ok_and(|v| v.trim() == "0")
 }
 
 /// What workers are told to connect to: the address as given, with the port the OS chose if
@@ -371,7 +385,7 @@ mod tests {
         let l = listener();
         let ticket = l.expect().unwrap();
         let _client = connect(l.advertised(), ticket.token()).unwrap();
-        assert!(ticket.wait(Duration::from_secs(10)).is_some());
+        assert!(ticket.wait(Duration::from_secs(10)).unwrap().is_some());
         // The same token again is refused: the connection is closed, nothing is delivered.
         let again = connect(l.advertised(), ticket.token()).unwrap();
         assert!(closed_by_server(again));
@@ -400,7 +414,7 @@ mod tests {
 
         // None of them consumed the real token.
         let _ok = connect(l.advertised(), ticket.token()).unwrap();
-        assert!(ticket.wait(Duration::from_secs(10)).is_some());
+        assert!(ticket.wait(Duration::from_secs(10)).unwrap().is_some());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::protocol::MAX_FRAME_LEN;
+use crate::protocol::{MAX_FRAME_LEN, tag};
 use crate::spin::{self, SpinPolicy};
 
 /// The epoll set and the eventfd that other threads use to wake it.
@@ -370,11 +370,18 @@ impl Inbox {
                 // Hand out every complete frame already staged.
                 loop {
                     let staged = &self.stage[self.start..self.end];
+                    // The length and the tag, checked before anything is set aside for the
+                    // body: text a plugin printed on the descriptor reads as a length of
+                    // hundreds of MB, but its next byte is not a tag.
                     if staged.len() < 4 {
                         break;
                     }
                     let len = u32::from_le_bytes(staged[..4].try_into().expect("4 bytes")) as usize;
                     if len == 0 || len > MAX_FRAME_LEN {
+                        return Pumped::Corrupt;
+                    }
+                    let Some(&first) = staged.get(4) else { break };
+                    if !tag::from_worker(first) {
                         return Pumped::Corrupt;
                     }
                     if staged.len() >= 4 + len {
@@ -499,7 +506,8 @@ mod tests {
     fn small_and_large_frames_in_pieces_arrive_whole_and_in_order() {
         let (r, mut w) = pipe();
         let mut inbox = Inbox::new(r, false).unwrap();
-        let big: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let mut big: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        big[0] = 11; // RESULTS
         let mut got = Vec::new();
         let writer = std::thread::spawn(move || {
             let mut all = frame(b"\x0babc");
@@ -526,11 +534,16 @@ mod tests {
     }
 
     #[test]
-    fn an_oversized_or_empty_header_is_corrupt() {
-        for header in [u32::MAX, 0] {
+    fn an_oversized_or_empty_header_or_unknown_tag_is_corrupt() {
+        for bytes in [
+            &[0xff, 0xff, 0xff, 0xff][..],
+            &[0, 0, 0, 0],
+            // Text printed on the descriptor: a plausible length, then no tag.
+            b"abc\nd",
+        ] {
             let (r, mut w) = pipe();
             let mut inbox = Inbox::new(r, false).unwrap();
-            w.write_all(&header.to_le_bytes()).unwrap();
+            w.write_all(bytes).unwrap();
             assert_eq!(inbox.pump(|_| panic!("no frame")), Pumped::Corrupt);
         }
     }

@@ -180,6 +180,9 @@ impl Drained {
 /// How long an exited worker's last output may take to be forwarded.
 const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
+/// How long a remote worker's srun may live on after its connection ended.
+const REMOTE_EXIT_WAIT: Duration = Duration::from_secs(10);
+
 /// How long a graceful stop may take before the workers are killed.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
@@ -343,15 +346,24 @@ impl Pool {
                     pending.push((id, slurm::start(&request, listener, &spec.srun_args)?));
                 }
                 let mut failed = None;
-                for (id, step) in pending.drain(..) {
+                let mut pending = pending.into_iter();
+                while let Some((id, step)) = pending.next() {
                     match step.connect() {
                         Ok(spawned) => {
-                            self.register(id, spawned, &spec, stage, events, console)?;
+                            if let Err(e) =
+                                self.register(id, spawned, &spec, stage, events, console)
+                            {
+                                slurm::abandon(pending.map(|(_, step)| step));
+                                return Err(e);
+                            }
                             started.push(id);
                         }
-                        // The stage sees the interrupt next; the steps not yet connected
-                        // are ended as the rest of `pending` drops.
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => break,
+                        // The stage sees the interrupt next (and reports it as one, whatever
+                        // else failed): the steps not yet connected are ended, all at once.
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                            slurm::abandon(pending.map(|(_, step)| step));
+                            return Ok(started);
+                        }
                         Err(e) => {
                             failed.get_or_insert(e);
                         }
@@ -395,8 +407,15 @@ impl Pool {
         let (pid, remote) = (spawned.pid, spawned.remote.is_some());
         self.try_register(id, spawned, spec, stage, events, console)
             .inspect_err(|_| {
-                // srun ends its step on SIGTERM; a local worker has nothing to finish.
-                spawn::kill_group(pid, if remote { libc::SIGTERM } else { libc::SIGKILL });
+                if remote {
+                    // srun ends its step on SIGTERM; SIGKILL only if it does not.
+                    spawn::kill_group(pid, libc::SIGTERM);
+                    let deadline = Instant::now() + STOP_GRACE;
+                    while !spawn::has_exited(pid) && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                }
+                spawn::kill_group(pid, libc::SIGKILL);
                 spawn::reap(pid);
             })
     }
@@ -659,7 +678,15 @@ impl Pool {
         let ready = &mut self.ready;
         match inbox.pump(|frame| ready.push_back(WorkerEvent::Frame { worker: id, frame })) {
             Pumped::Open => return,
-            Pumped::Closed => {}
+            // A remote worker's connection can end while its srun lives on: keepalive gave
+            // up on a vanished node, which Slurm may take minutes to notice. Its exit is
+            // waited for a while, then forced.
+            Pumped::Closed => {
+                if w.remote.is_some() && !w.exited.load(Ordering::Acquire) {
+                    // No stop reason: if it held a task, that task crashed.
+                    w.kill_at.get_or_insert(Instant::now() + REMOTE_EXIT_WAIT);
+                }
+            }
             // Nothing it says can be trusted any more, and it may be waiting for us: end it
             // (its exit is then reported as a crash of what it held).
             Pumped::Corrupt => {

@@ -131,11 +131,15 @@ impl PendingStep {
     /// interruption is an error of kind `Interrupted`).
     pub fn connect(mut self) -> io::Result<SpawnedWorker> {
         let stream = loop {
-            if let Some(stream) = self.ticket.wait(Duration::from_millis(20)) {
-                break stream;
-            }
+            let failed_hello = match self.ticket.wait(Duration::from_millis(20)) {
+                Ok(Some(stream)) => break stream,
+                Ok(None) => None,
+                Err(e) => Some(e.to_string()),
+            };
             let child = self.child.as_mut().expect("present until connected");
-            let failure = if let Some(status) = child.try_wait()? {
+            let failure = if failed_hello.is_some() {
+                failed_hello
+            } else if let Some(status) = child.try_wait()? {
                 Some(format!(
                     "srun {} before the worker connected",
                     sys::describe_exit(status)
@@ -176,21 +180,24 @@ impl PendingStep {
                 return Err(io::Error::other(format!("{failure}{tail}")));
             }
         };
-        let child = self.child.take().expect("present until connected");
-        let pid = child.id();
-        // Reaped by the pool's reaper thread, like a local worker.
-        drop(child);
+        // Everything that can fail comes first: until the child is taken, dropping `self` ends
+        // srun.
+        let commands = stream.try_clone()?;
+        let remote = stream.try_clone()?;
+        let watched = stream.try_clone()?;
+        let pid = self.child.as_ref().expect("present until connected").id();
         // The connection ends when srun does, even if the worker's node vanished without
         // closing it (srun notices a lost node; the socket alone would wait for keepalive).
-        let watched = stream.try_clone()?;
+        // Not at once: what the worker sent just before it exited may still be on its way.
         std::thread::Builder::new()
             .name(format!("srun-{pid}-watch"))
             .spawn(move || {
                 spawn::wait_exited(pid);
+                std::thread::sleep(SRUN_EXIT_GRACE);
                 let _ = watched.shutdown(Shutdown::Both);
             })?;
-        let commands = stream.try_clone()?;
-        let remote = stream.try_clone()?;
+        // Reaped by the pool's reaper thread, like a local worker.
+        drop(self.child.take());
         Ok(SpawnedWorker {
             pid,
             commands: OwnedFd::from(commands),
@@ -218,8 +225,40 @@ impl Drop for PendingStep {
     }
 }
 
+/// After srun exited, how long the worker's last frames may take to arrive before its
+/// connection is cut.
+const SRUN_EXIT_GRACE: Duration = Duration::from_secs(2);
+
 /// How long srun may take to end its step after SIGTERM.
 const SRUN_TERM_GRACE: Duration = Duration::from_secs(5);
+
+/// Ends steps that will not be used, all at once: SIGTERM to every srun first, then one
+/// grace period for all of them (not one each), then SIGKILL for those left.
+pub fn abandon(steps: impl IntoIterator<Item = PendingStep>) {
+    let mut children: Vec<Child> = steps
+        .into_iter()
+        .filter_map(|mut step| step.child.take())
+        .collect();
+    for child in &mut children {
+        if matches!(child.try_wait(), Ok(None)) {
+            spawn::kill_group(child.id(), libc::SIGTERM);
+        }
+    }
+    let deadline = Instant::now() + SRUN_TERM_GRACE;
+    while children
+        .iter_mut()
+        .any(|c| matches!(c.try_wait(), Ok(None)))
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for child in &mut children {
+        if matches!(child.try_wait(), Ok(None)) {
+            spawn::kill_group(child.id(), libc::SIGKILL);
+        }
+        let _ = child.wait();
+    }
+}
 
 /// SIGTERM to an srun that has not exited (it ends its step), SIGKILL after a grace period;
 /// then reaped.
