@@ -61,6 +61,22 @@ fn check_result(payload: &[u8], chunk_id: u64, expected: &[u8]) -> io::Result<()
     Ok(())
 }
 
+/// Starts the pool's workers: `fill` until it has its size (Slurm steps that start late join
+/// on later calls, as in the stage loop).
+fn fill_all(
+    pool: &mut Pool,
+    stage: &str,
+    events: &EventLog,
+    console: &Arc<Console>,
+) -> io::Result<Vec<u32>> {
+    let mut ids = pool.fill(stage, events, console)?;
+    while ids.len() < pool.size() {
+        std::thread::sleep(Duration::from_millis(1));
+        ids.extend(pool.fill(stage, events, console)?);
+    }
+    Ok(ids)
+}
+
 /// Waits until `n` workers of `pool` said READY.
 fn wait_ready(pool: &mut Pool, n: usize) -> io::Result<()> {
     let mut ready = 0;
@@ -100,7 +116,7 @@ pub fn pool_restarts(so: &Path, n: usize, launcher: Launcher) -> io::Result<Vec<
     let mut pool = Pool::new();
     let first = decide(None, &spec, 2, Reuse::Auto, false);
     pool.apply(&first, spec.clone(), 2, "restart", &events);
-    let ids = pool.fill("restart", &events, &console)?;
+    let ids = fill_all(&mut pool, "restart", &events, &console)?;
     wait_ready(&mut pool, ids.len())?;
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
@@ -115,7 +131,7 @@ pub fn pool_restarts(so: &Path, n: usize, launcher: Launcher) -> io::Result<Vec<
         pool.apply(&decision, spec.clone(), 2, "restart", &events);
         let stopped = t0.elapsed().as_nanos() as u64;
         let t1 = Instant::now();
-        let ids = pool.fill("restart", &events, &console)?;
+        let ids = fill_all(&mut pool, "restart", &events, &console)?;
         wait_ready(&mut pool, ids.len())?;
         samples.push((stopped, t1.elapsed().as_nanos() as u64));
     }
@@ -139,7 +155,7 @@ pub fn via_pool(
     let mut pool = Pool::new();
     let decision = decide(None, &spec, 2, Reuse::Auto, false);
     pool.apply(&decision, spec, 2, "latency", &events);
-    let ids = pool.fill("latency", &events, &console)?;
+    let ids = fill_all(&mut pool, "latency", &events, &console)?;
     wait_ready(&mut pool, ids.len())?;
     let mut frame = FrameBuf::new();
     let mut digits = Vec::new();

@@ -491,42 +491,90 @@ fn by_default_one_worker_per_task_of_the_allocation_even_with_export_none() {
     );
 }
 
+/// `took=SECONDS` printed by a script.
+fn seconds_taken(r: &RunResult) -> u64 {
+    r.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("took="))
+        .unwrap_or_else(|| panic!("no took= in\n{}\n{}", r.stdout, r.stderr))
+        .parse()
+        .unwrap()
+}
+
 #[test]
-fn ctrl_c_while_a_worker_step_waits_for_cpus_exits_130_promptly() {
+fn ctrl_c_while_the_only_worker_step_waits_for_cpus_exits_130_promptly() {
     if !cluster_up() {
         return;
     }
     let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
     let fx = Fixture::new();
-    // Two workers in a 1-task allocation: one step waits for the CPU the other holds (which
-    // one is up to Slurm), and the runner waits for it to connect. Ctrl-C then must stop the
-    // run as usual. The script waits until the runner listens and one worker step runs: both
-    // steps were submitted by then.
-    let text = header("pending", "launcher = \"slurm\"\nmax_workers = 2")
+    // A 1-task allocation whose CPU another step holds: the runner's only worker step waits,
+    // and so does the runner, with no worker to run anything. Ctrl-C must still stop it.
+    let text = header("pending", "launcher = \"slurm\"")
         + "[[stage]]\nname = \"s\"\ntask = \"demo::square\"\ninput = { range = [0, 10] }\n";
     fx.write("pipeline.toml", &text);
     let script = format!(
-        r#"$LOKY pipeline.toml --progress never --events events.jsonl &
+        r#"srun --exact -n 1 --job-name=blocker sleep 300 &
+blocker=$!
+until squeue -s -h -j "$SLURM_JOB_ID" -o %j | grep -q blocker; do kill -0 $blocker || break; sleep 0.05; done
+$LOKY pipeline.toml --progress never --events events.jsonl &
 runner=$!
 until grep -q '"listening"' events.jsonl 2>/dev/null; do kill -0 $runner || break; sleep 0.05; done
-until squeue -s -h -j "$SLURM_JOB_ID" -o %j | grep -q loky-run-worker; do kill -0 $runner || break; sleep 0.05; done
 kill -INT $runner
 started=$SECONDS
-wait $runner; echo "runner=$?"; echo "took=$((SECONDS - started))"; {LIST_WORKER_STEPS}"#
+wait $runner; echo "runner=$?"; echo "took=$((SECONDS - started))"
+kill $blocker; wait $blocker 2>/dev/null
+{LIST_WORKER_STEPS}"#
     );
     let r = salloc(&fx, 1, &script);
     assert_eq!(runner_code_and_steps(&r), (130, 0), "{}", r.stderr);
     // Not the 120 s connect deadline: the interrupt ends the wait.
-    let took: u64 = r
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("took="))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let took = seconds_taken(&r);
     assert!(took < 60, "took {took} s");
-    // The resume hint, as for any interrupt.
     assert!(r.stderr.contains("--resume"), "{}", r.stderr);
+    assert!(fx.records("s").is_empty());
+}
+
+#[test]
+fn a_worker_step_waiting_for_cpus_does_not_hold_up_the_stages() {
+    if !cluster_up() {
+        return;
+    }
+    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let fx = Fixture::new();
+    // Two workers in a 1-task allocation: one step runs, the other waits for its CPU. The
+    // stages run on the one worker (the pool reused between them) instead of waiting out the
+    // 120 s connect deadline; at the end the waiting step is given up.
+    let stage = |name: &str| {
+        format!(
+            "[[stage]]\nname = \"{name}\"\ntask = \"demo::square\"\ninput = {{ range = [0, 10] }}\n"
+        )
+    };
+    let text =
+        header("waiting", "launcher = \"slurm\"\nmax_workers = 2") + &stage("a") + &stage("b");
+    fx.write("pipeline.toml", &text);
+    let r = salloc(
+        &fx,
+        1,
+        &format!(
+            "started=$SECONDS; $LOKY pipeline.toml --progress never --events events.jsonl; echo \"runner=$?\"; echo \"took=$((SECONDS - started))\"; {LIST_WORKER_STEPS}"
+        ),
+    );
+    assert_eq!(runner_code_and_steps(&r), (0, 0), "{}", r.stderr);
+    let took = seconds_taken(&r);
+    assert!(took < 60, "took {took} s");
+    let squares: Vec<u64> = (0..10).map(|x| x * x).collect();
+    for s in ["a", "b"] {
+        let out: Vec<u64> = fx.outputs(s).iter().map(|v| v.as_u64().unwrap()).collect();
+        assert_eq!(out, squares);
+    }
+    let events = fx.events();
+    assert_eq!(events_of(&events, "worker_started").len(), 1);
+    let decisions: Vec<String> = events_of(&events, "pool_decision")
+        .iter()
+        .map(|e| e["decision"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(decisions, ["start", "reuse"]);
 }
 
 #[test]

@@ -126,62 +126,64 @@ pub fn start(
 }
 
 impl PendingStep {
-    /// Waits until the step's worker connects (or srun ends, the deadline passes, or the run is
-    /// interrupted: then the error carries srun's status and its last lines of output; an
-    /// interruption is an error of kind `Interrupted`).
-    pub fn connect(mut self) -> io::Result<SpawnedWorker> {
-        let stream = loop {
-            let failed_hello = match self.ticket.wait(Duration::from_millis(20)) {
-                Ok(Some(stream)) => break stream,
-                Ok(None) => None,
-                Err(e) => Some(e.to_string()),
-            };
-            let child = self.child.as_mut().expect("present until connected");
-            let failure = if failed_hello.is_some() {
-                failed_hello
-            } else if let Some(status) = child.try_wait()? {
-                Some(format!(
-                    "srun {} before the worker connected",
-                    sys::describe_exit(status)
-                ))
-            } else if Instant::now() >= self.deadline {
-                Some(format!(
-                    "the worker step did not connect within {} s",
-                    CONNECT_DEADLINE.as_secs()
-                ))
-            } else if interrupt::count() > 0 {
-                self.stop();
-                return Err(io::Error::new(
-                    io::ErrorKind::Interrupted,
-                    "interrupted while starting a worker step",
-                ));
-            } else {
-                None
-            };
-            if let Some(failure) = failure {
-                self.stop();
-                let mut text = String::new();
-                if let Some(mut output) = self.output.take() {
-                    let _ = output.read_to_string(&mut text);
-                }
-                let tail: Vec<&str> = text
-                    .lines()
-                    .rev()
-                    .take(5)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect();
-                let tail = if tail.is_empty() {
-                    String::new()
+    /// Checks on the step, waiting at most `wait` for its worker to connect: `Ok(None)` while
+    /// it is still starting. An error when srun ended, the deadline passed or the run was
+    /// interrupted (kind `Interrupted`); it carries srun's status and its last lines of
+    /// output. Once this returned a worker or an error, the step is spent.
+    pub fn poll(&mut self, wait: Duration) -> io::Result<Option<SpawnedWorker>> {
+        let Some(child) = self.child.as_mut() else {
+            return Err(io::Error::other("worker step already handled"));
+        };
+        let failure = match self.ticket.wait(wait) {
+            Ok(Some(stream)) => return self.connected(stream).map(Some),
+            Err(e) => e.to_string(),
+            Ok(None) => {
+                if let Some(status) = child.try_wait()? {
+                    format!(
+                        "srun {} before the worker connected",
+                        sys::describe_exit(status)
+                    )
+                } else if Instant::now() >= self.deadline {
+                    format!(
+                        "the worker step did not connect within {} s",
+                        CONNECT_DEADLINE.as_secs()
+                    )
+                } else if interrupt::count() > 0 {
+                    self.stop();
+                    return Err(io::Error::new(
+                        io::ErrorKind::Interrupted,
+                        "interrupted while starting a worker step",
+                    ));
                 } else {
-                    format!("; it printed:\n  {}", tail.join("\n  "))
-                };
-                return Err(io::Error::other(format!("{failure}{tail}")));
+                    return Ok(None);
+                }
             }
         };
-        // Everything that can fail comes first: until the child is taken, dropping `self` ends
-        // srun.
+        self.stop();
+        let mut text = String::new();
+        if let Some(mut output) = self.output.take() {
+            let _ = output.read_to_string(&mut text);
+        }
+        let tail: Vec<&str> = text
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let tail = if tail.is_empty() {
+            String::new()
+        } else {
+            format!("; it printed:\n  {}", tail.join("\n  "))
+        };
+        Err(io::Error::other(format!("{failure}{tail}")))
+    }
+
+    /// The worker connected: its connection becomes the worker's command and result streams.
+    fn connected(&mut self, stream: std::net::TcpStream) -> io::Result<SpawnedWorker> {
+        // Everything that can fail comes first: until the child is taken, dropping the step
+        // ends srun.
         let commands = stream.try_clone()?;
         let remote = stream.try_clone()?;
         let watched = stream.try_clone()?;
