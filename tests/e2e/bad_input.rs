@@ -178,34 +178,30 @@ fn plugin_api_manifest_with_version(version: &str) -> String {
     toml::to_string(&api).unwrap()
 }
 
-/// The promise of the stable ABI, end to end: a plugin built against a plugin-api this runner
-/// is not compatible with (here a newer minor version, 0.x semantics) is refused before any
-/// worker starts, in one line naming both versions.
-#[test]
-fn a_plugin_built_against_an_incompatible_plugin_api_is_refused_naming_both_versions() {
-    let fx = Fixture::new();
-    let ours = {
-        let api: toml::Table = toml::from_str(
-            &std::fs::read_to_string(workspace_root().join("plugin-api/Cargo.toml")).unwrap(),
-        )
-        .unwrap();
-        semver_next_minor(api["package"]["version"].as_str().unwrap())
-    };
-    let (runner_version, newer) = ours;
-    // A copy of plugin-api at the newer version, and a scaffolded plugin built against it.
-    let api_dir = fx.path().join("plugin-api-next");
+/// Builds the scaffolded plugin `name` against a copy of plugin-api at `version` whose source
+/// went through `edit`, and returns the path of the `.so`, next to the fixture's pipeline.
+fn plugin_built_against_a_copy_of_plugin_api(
+    fx: &Fixture,
+    name: &str,
+    version: &str,
+    edit: impl Fn(String) -> String,
+) -> std::path::PathBuf {
+    let api_dir = fx.path().join(format!("plugin-api-{name}"));
     std::fs::create_dir_all(&api_dir).unwrap();
     std::fs::write(
         api_dir.join("Cargo.toml"),
-        plugin_api_manifest_with_version(&newer),
+        plugin_api_manifest_with_version(version),
     )
     .unwrap();
     copy_dir(
         &workspace_root().join("plugin-api/src"),
         &api_dir.join("src"),
     );
-    fx.run(&["new-plugin", "newer"]).assert_code(0);
-    let plugin = fx.path().join("newer");
+    let lib = api_dir.join("src/lib.rs");
+    let source = std::fs::read_to_string(&lib).unwrap();
+    std::fs::write(&lib, edit(source)).unwrap();
+    fx.run(&["new-plugin", name]).assert_code(0);
+    let plugin = fx.path().join(name);
     let manifest = plugin.join("Cargo.toml");
     let mut m: toml::Table = toml::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
     let mut dep = toml::Table::new();
@@ -238,17 +234,39 @@ fn a_plugin_built_against_an_incompatible_plugin_api_is_refused_naming_both_vers
     );
     // Built into the shared target directory; moved next to the pipeline so that no other
     // test's plugin search finds it.
-    let built = target_dir.join("debug/libnewer.so");
-    std::fs::rename(&built, fx.path().join("libnewer.so")).unwrap();
+    let so = fx.path().join(format!("lib{name}.so"));
+    std::fs::rename(target_dir.join(format!("debug/lib{name}.so")), &so).unwrap();
+    so
+}
 
-    let text = "[pipeline]\nname = \"bad\"\nplugins = [\"./libnewer.so\"]\noutput_dir = \"out\"\n"
-        .to_owned()
-        + "\n[[stage]]\nname = \"s\"\ntask = \"newer::cube\"\ninput = { range = [0, 3] }\n";
-    let p = fx.write("pipeline.toml", &text);
-    for command in [vec!["validate"], vec!["run"]] {
-        let mut args = command.clone();
-        args.push(p.to_str().unwrap());
-        let r = fx.run(&args);
+/// This checkout's plugin-api version.
+fn plugin_api_version() -> String {
+    let api: toml::Table = toml::from_str(
+        &std::fs::read_to_string(workspace_root().join("plugin-api/Cargo.toml")).unwrap(),
+    )
+    .unwrap();
+    api["package"]["version"].as_str().unwrap().to_owned()
+}
+
+/// A pipeline running `NAME::cube` from `./libNAME.so`.
+fn cube_pipeline(fx: &Fixture, name: &str) -> std::path::PathBuf {
+    let text = format!(
+        "[pipeline]\nname = \"bad\"\nplugins = [\"./lib{name}.so\"]\noutput_dir = \"out\"\n\n[[stage]]\nname = \"s\"\ntask = \"{name}::cube\"\ninput = {{ range = [0, 3] }}\n"
+    );
+    fx.write("pipeline.toml", &text)
+}
+
+/// The promise of the stable ABI, end to end: a plugin built against a plugin-api this runner
+/// is not compatible with (here a newer minor version, 0.x semantics) is refused before any
+/// worker starts, in one line naming both versions.
+#[test]
+fn a_plugin_built_against_an_incompatible_plugin_api_is_refused_naming_both_versions() {
+    let fx = Fixture::new();
+    let (runner_version, newer) = semver_next_minor(&plugin_api_version());
+    plugin_built_against_a_copy_of_plugin_api(&fx, "newer", &newer, |s| s);
+    let p = cube_pipeline(&fx, "newer");
+    for command in ["validate", "run"] {
+        let r = fx.run(&[command, p.to_str().unwrap()]);
         r.assert_code(2).assert_stderr_has(&[
             "libnewer.so",
             &format!("plugin-api {newer}"),
@@ -260,6 +278,42 @@ fn a_plugin_built_against_an_incompatible_plugin_api_is_refused_naming_both_vers
             r.stderr
         );
     }
+    assert!(!fx.path().join("out").exists(), "no worker ran");
+}
+
+/// The same version number over a different ABI (a plugin-api edited without a version bump):
+/// abi_stable's layout check refuses it, in one line, with the full report only under `-v`.
+#[test]
+fn a_plugin_whose_abi_layout_differs_under_the_same_version_is_refused() {
+    let fx = Fixture::new();
+    // The task index crosses the boundary as a u64 instead of a u32.
+    plugin_built_against_a_copy_of_plugin_api(&fx, "skewed", &plugin_api_version(), |s| {
+        let edited = s
+            .replace("index: u32", "index: u64")
+            .replace("fn(u32,", "fn(u64,");
+        assert_ne!(
+            edited, s,
+            "plugin-api's call signature moved: update this test"
+        );
+        edited
+    });
+    let p = cube_pipeline(&fx, "skewed");
+    let short = fx.run(&["validate", p.to_str().unwrap()]);
+    short
+        .assert_code(2)
+        .assert_stderr_has(&["libskewed.so", "ABI", "-v"]);
+    assert!(
+        short.stderr.lines().count() <= 6,
+        "a short answer:\n{}",
+        short.stderr
+    );
+    let verbose = fx.run(&["validate", "-v", p.to_str().unwrap()]);
+    verbose.assert_code(2).assert_stderr_has(&["libskewed.so"]);
+    assert!(
+        verbose.stderr.lines().count() > short.stderr.lines().count() + 5,
+        "-v shows the layout report:\n{}",
+        verbose.stderr
+    );
     assert!(!fx.path().join("out").exists(), "no worker ran");
 }
 
