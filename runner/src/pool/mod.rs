@@ -113,6 +113,27 @@ impl Worker {
         self.remote.is_some()
     }
 
+    /// Ends the process at once, without a stop reason: a local worker's group gets SIGKILL; a
+    /// remote worker's connection is cut (which ends it), its srun gets SIGTERM (which ends the
+    /// step) and its step is cancelled, with SIGKILL to srun after 2 s if needed.
+    fn end_now(&mut self) {
+        if self.exited.load(Ordering::Acquire) {
+            return;
+        }
+        match &self.remote {
+            Some(conn) => {
+                let _ = conn.shutdown(std::net::Shutdown::Both);
+                spawn::kill_group(self.pid, libc::SIGTERM);
+                if let Some(step) = &self.slurm_step {
+                    slurm::cancel_steps(std::slice::from_ref(step), false);
+                }
+                self.kill_at
+                    .get_or_insert(Instant::now() + Duration::from_secs(2));
+            }
+            None => spawn::kill_group(self.pid, libc::SIGKILL),
+        }
+    }
+
     /// Records the RSS a remote worker reported (0: not reported).
     pub fn report_rss(&mut self, rss: u64) {
         if rss > 0 {
@@ -261,11 +282,11 @@ impl Pool {
         self.size = size;
         // Shrink: steps still starting are given up first, then the extra workers retire,
         // newest first (older ones are warmer).
-        while self.active_count() + self.starting.len() > size {
-            let Some((_, step)) = self.starting.pop() else {
-                break;
-            };
-            slurm::abandon([step]);
+        let keep = size
+            .saturating_sub(self.active_count())
+            .min(self.starting.len());
+        if keep < self.starting.len() {
+            slurm::abandon(self.starting.drain(keep..).map(|(_, step)| step));
         }
         let extra = self.active_count().saturating_sub(size);
         let victims: Vec<u32> = self
@@ -307,10 +328,9 @@ impl Pool {
             .size
             .saturating_sub(self.active_count() + self.starting.len());
         if missing == 0 {
+            // Steps still starting may have connected (a no-op when there are none).
             let mut started = Vec::new();
-            if !self.starting.is_empty() {
-                self.poll_starting(stage, events, console, &mut started)?;
-            }
+            self.poll_starting(stage, events, console, &mut started)?;
             return Ok(started);
         }
         let spec = self
@@ -460,13 +480,10 @@ impl Pool {
             .inspect_err(|_| {
                 if remote {
                     // srun ends its step on SIGTERM; SIGKILL only if it does not.
-                    spawn::kill_group(pid, libc::SIGTERM);
-                    let deadline = Instant::now() + STOP_GRACE;
-                    while !spawn::has_exited(pid) && Instant::now() < deadline {
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
+                    spawn::end_gracefully(&[pid], STOP_GRACE);
+                } else {
+                    spawn::kill_group(pid, libc::SIGKILL);
                 }
-                spawn::kill_group(pid, libc::SIGKILL);
                 spawn::reap(pid);
             })
     }
@@ -670,21 +687,7 @@ impl Pool {
         if let Some(w) = self.workers.get_mut(&id) {
             w.state = WorkerState::Stopping;
             w.stop_reason.get_or_insert(reason);
-            if w.exited.load(Ordering::Acquire) {
-                return;
-            }
-            match &w.remote {
-                Some(conn) => {
-                    let _ = conn.shutdown(std::net::Shutdown::Both);
-                    spawn::kill_group(w.pid, libc::SIGTERM);
-                    if let Some(step) = &w.slurm_step {
-                        slurm::cancel_steps(std::slice::from_ref(step), false);
-                    }
-                    w.kill_at
-                        .get_or_insert(Instant::now() + Duration::from_secs(2));
-                }
-                None => spawn::kill_group(w.pid, libc::SIGKILL),
-            }
+            w.end_now();
         }
     }
 
@@ -727,7 +730,9 @@ impl Pool {
         };
         let Some(inbox) = &mut w.inbox else { return };
         let ready = &mut self.ready;
-        match inbox.pump(|frame| ready.push_back(WorkerEvent::Frame { worker: id, frame })) {
+        let pumped = inbox.pump(|frame| ready.push_back(WorkerEvent::Frame { worker: id, frame }));
+        let inbox_fd = inbox.fd();
+        match pumped {
             Pumped::Open => return,
             // A remote worker's connection can end while its srun lives on: keepalive gave
             // up on a vanished node, which Slurm may take minutes to notice. Its exit is
@@ -740,21 +745,9 @@ impl Pool {
             }
             // Nothing it says can be trusted any more, and it may be waiting for us: end it
             // (its exit is then reported as a crash of what it held).
-            Pumped::Corrupt => {
-                if !w.exited.load(Ordering::Acquire) {
-                    match &w.remote {
-                        Some(conn) => {
-                            let _ = conn.shutdown(std::net::Shutdown::Both);
-                            spawn::kill_group(w.pid, libc::SIGTERM);
-                            w.kill_at
-                                .get_or_insert(Instant::now() + Duration::from_secs(2));
-                        }
-                        None => spawn::kill_group(w.pid, libc::SIGKILL),
-                    }
-                }
-            }
+            Pumped::Corrupt => w.end_now(),
         }
-        self.poller.remove(inbox.fd());
+        self.poller.remove(inbox_fd);
         w.inbox = None;
         if w.commands.watching {
             self.poller.remove(w.commands.fd());
@@ -895,26 +888,18 @@ impl Drop for Pool {
             match &w.remote {
                 Some(conn) => {
                     let _ = conn.shutdown(std::net::Shutdown::Both);
-                    spawn::kill_group(w.pid, libc::SIGTERM);
-                    remote.push((w.pid, w.slurm_step.clone()));
+                    remote.push(w.pid);
                 }
                 None => spawn::kill_group(w.pid, libc::SIGKILL),
             }
         }
-        if remote.is_empty() {
-            return;
-        }
-        let deadline = Instant::now() + STOP_GRACE;
-        while remote.iter().any(|(pid, _)| !spawn::has_exited(*pid)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let mut steps = Vec::new();
-        for (pid, step) in remote {
-            if !spawn::has_exited(pid) {
-                spawn::kill_group(pid, libc::SIGKILL);
-                steps.extend(step);
-            }
-        }
+        let killed = spawn::end_gracefully(&remote, STOP_GRACE);
+        let steps: Vec<String> = self
+            .workers
+            .values()
+            .filter(|w| killed.contains(&w.pid))
+            .filter_map(|w| w.slurm_step.clone())
+            .collect();
         if !steps.is_empty() {
             slurm::cancel_steps(&steps, true);
         }

@@ -213,9 +213,7 @@ impl PendingStep {
     /// Ends a step that will not be used: SIGTERM to srun (which ends the step), SIGKILL if
     /// it does not end within a few seconds, then reaped.
     fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            end_srun(&mut child);
-        }
+        end_sruns(self.child.take().into_iter().collect());
     }
 }
 
@@ -234,46 +232,21 @@ const SRUN_EXIT_GRACE: Duration = Duration::from_secs(2);
 /// How long srun may take to end its step after SIGTERM.
 const SRUN_TERM_GRACE: Duration = Duration::from_secs(5);
 
-/// Ends steps that will not be used, all at once: SIGTERM to every srun first, then one
-/// grace period for all of them (not one each), then SIGKILL for those left.
+/// Ends steps that will not be used, all at once: SIGTERM to every srun (which ends its step),
+/// one grace period for all of them (not one each), SIGKILL for those left; then reaped.
 pub fn abandon(steps: impl IntoIterator<Item = PendingStep>) {
-    let mut children: Vec<Child> = steps
-        .into_iter()
-        .filter_map(|mut step| step.child.take())
-        .collect();
-    for child in &mut children {
-        if matches!(child.try_wait(), Ok(None)) {
-            spawn::kill_group(child.id(), libc::SIGTERM);
-        }
-    }
-    let deadline = Instant::now() + SRUN_TERM_GRACE;
-    while children
-        .iter_mut()
-        .any(|c| matches!(c.try_wait(), Ok(None)))
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    for child in &mut children {
-        if matches!(child.try_wait(), Ok(None)) {
-            spawn::kill_group(child.id(), libc::SIGKILL);
-        }
-        let _ = child.wait();
-    }
+    end_sruns(
+        steps
+            .into_iter()
+            .filter_map(|mut step| step.child.take())
+            .collect(),
+    );
 }
 
-/// SIGTERM to an srun that has not exited (it ends its step), SIGKILL after a grace period;
-/// then reaped.
-fn end_srun(child: &mut Child) {
-    if matches!(child.try_wait(), Ok(None)) {
-        spawn::kill_group(child.id(), libc::SIGTERM);
-        let deadline = Instant::now() + SRUN_TERM_GRACE;
-        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if matches!(child.try_wait(), Ok(None)) {
-            spawn::kill_group(child.id(), libc::SIGKILL);
-        }
+fn end_sruns(mut children: Vec<Child>) {
+    let pids: Vec<u32> = children.iter().map(Child::id).collect();
+    spawn::end_gracefully(&pids, SRUN_TERM_GRACE);
+    for child in &mut children {
+        let _ = child.wait();
     }
-    let _ = child.wait();
 }

@@ -235,6 +235,25 @@ pub fn has_exited(pid: u32) -> bool {
     r != 0 || unsafe { info.si_pid() } != 0
 }
 
+/// Ends the process groups of the children `pids` gracefully: SIGTERM to those still running,
+/// one `grace` period for all of them, then SIGKILL to those left, which are returned. Nothing
+/// is reaped.
+pub fn end_gracefully(pids: &[u32], grace: std::time::Duration) -> Vec<u32> {
+    let running: Vec<u32> = pids.iter().copied().filter(|p| !has_exited(*p)).collect();
+    for pid in &running {
+        kill_group(*pid, libc::SIGTERM);
+    }
+    let deadline = std::time::Instant::now() + grace;
+    while running.iter().any(|p| !has_exited(*p)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let killed: Vec<u32> = running.into_iter().filter(|p| !has_exited(*p)).collect();
+    for pid in &killed {
+        kill_group(*pid, libc::SIGKILL);
+    }
+    killed
+}
+
 /// Waits for a worker to exit and returns how it ended and its peak RSS (bytes).
 pub fn reap(pid: u32) -> (sys::ProcessEnd, u64) {
     let mut status = 0;
