@@ -199,7 +199,7 @@ netns_ours() {
 # our_netns: the names of the node namespaces slurm-up.sh made, in node order.
 our_netns() {
     local n
-    for n in $(ip netns list 2>/dev/null | awk '{ print $1 }' | grep -E '^node[0-9]+$' | sort -V); do
+    for n in $(ip netns list 2>/dev/null | awk '$1 ~ /^node[0-9]+$/ { print $1 }' | sort -V); do
         netns_ours "$n" && printf '%s\n' "$n"
     done
     return 0
@@ -243,7 +243,7 @@ remove_hosts_block() {
 }
 
 # remove_node_netns NAME: kills every process in the namespace (job steps, slurmd), deletes it
-# (which deletes its veth pair) and its /etc/netns directory.
+# (which deletes its veth pair), its /etc/netns directory and the node's spool directory.
 remove_node_netns() {
     local n=$1 pids
     mapfile -t pids < <(pids_in_netns "$n")
@@ -254,7 +254,7 @@ remove_node_netns() {
         ip netns delete "$n" || return 1
     fi
     rm -f "$LOKY_RUN_DIR/netns/$n" "$(node_pidfile "$n")"
-    rm -rf "/etc/netns/$n"
+    rm -rf "/etc/netns/$n" "$(node_spool "$n")"
 }
 
 # remove_network: every node namespace, the bridge, the guard route and the hosts block.

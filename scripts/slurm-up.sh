@@ -118,7 +118,9 @@ leftover() {
 
 [ "$(id -u)" -eq 0 ] || { say "ERROR: must run as root"; exit 1; }
 set -E
-trap 'fail "command failed (line $LINENO, exit status $?): $BASH_COMMAND"' ERR
+# (Only in the script itself: a failing command in a $(...) makes that substitution fail, which
+# the script then checks or reports here.)
+trap 'rc=$?; [ "$BASH_SUBSHELL" -eq 0 ] || exit $rc; fail "command failed (line $LINENO, exit status $rc): $BASH_COMMAND"' ERR
 
 # Serialize concurrent runs (e.g. several test processes bringing the cluster up at once).
 # The daemons are started with '9>&-': a daemon inheriting fd 9 would hold the lock forever.
@@ -384,7 +386,7 @@ fi
 
 config_changed=
 cmp -s "$new_conf" "$SLURM_CONF" || config_changed=1
-node_set() { sed -n 's/^NodeName=\([^ ]*\).*/\1/p' "$1" 2>/dev/null | tr '\n' ' '; }
+node_set() { sed -n 's/^NodeName=\([^ ]*\).*/\1/p' "$1" 2>/dev/null | paste -sd ' ' -; }
 nodes_changed=
 [ -n "$config_changed" ] && [ -e "$SLURM_CONF" ] && [ "$(node_set "$SLURM_CONF")" != "$(node_set "$new_conf")" ] &&
     nodes_changed=1
@@ -411,7 +413,7 @@ stop_all_slurmd() {
 if [ -n "$config_changed" ] &&
     { daemon_running "$SLURMCTLD_PIDFILE" "$SLURMCTLD_EXE" || all_slurmd_running; }; then
     if [ -n "$nodes_changed" ]; then
-        say "the nodes change ($(node_set "$SLURM_CONF")-> $(node_set "$new_conf")): cancelling all jobs, restarting slurmctld and slurmd"
+        say "the nodes change ($(node_set "$SLURM_CONF") -> $(node_set "$new_conf")): cancelling all jobs, restarting slurmctld and slurmd"
         if ctld_up; then
             mapfile -t jobs < <(timeout 10 squeue -h -o %A 2>/dev/null || true)
             if [ ${#jobs[@]} -gt 0 ]; then
@@ -531,7 +533,7 @@ else
     # The root namespace's names: the block, appended (or replaced) in place.
     block=$(printf '%s\n' "$HOSTS_BEGIN"; for n in "${NODE_NAMES[@]}"; do echo "$(node_addr "$n") $n"; done; printf '%s\n' "$HOSTS_END")
     if [ "$(awk -v b="$HOSTS_BEGIN" -v e="$HOSTS_END" '$0 == b { p = 1 } p { print } $0 == e { p = 0 }' /etc/hosts)" != "$block" ]; then
-        say "adding the node names to /etc/hosts (a marked block)"
+        if grep -qxF "$HOSTS_BEGIN" /etc/hosts; then say "updating the node names in /etc/hosts"; else say "adding the node names to /etc/hosts (a marked block)"; fi
         remove_hosts_block /etc/hosts
         printf '%s\n' "$block" >>/etc/hosts
     fi
