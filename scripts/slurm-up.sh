@@ -629,8 +629,11 @@ while :; do
         case "${state[$node]}" in
         idle | mixed | allocated | completing) # up (jobs may be running)
             slurmd_answers "$node" && slurmd_registered "$node" && continue ;;
-        down | drain* | fail*)
+        down | drain* | fail* | down\*)
             # Responding (no trailing '*') but marked down or drained, e.g. by a previous run.
+            # With --nodes also down*: a node whose link was cut (or whose slurmd was killed) is
+            # pinged again by slurmctld only minutes after it is back; its slurmd runs here.
+            [ "${state[$node]}" = "down*" ] && [ -z "$MULTI" ] && { all_ready=; continue; }
             if ((SECONDS - ${last_resume[$node]:-0} >= 5)); then
                 say "node $node is ${state[$node]} ($(timeout 10 sinfo -h -N -n "$node" -o %E 2>/dev/null || true)): resuming it"
                 timeout 10 scontrol update nodename="$node" state=resume >&2 || true
