@@ -271,7 +271,7 @@ if [ -n "$MULTI" ]; then
         BEGIN { n = split(names, a, " "); for (i = 1; i <= n; i++) want[a[i]] = 1 }
         $0 == b { skip = 1; next }
         skip { if ($0 == e) skip = 0; next }
-        { sub(/#.*/, ""); for (i = 2; i <= NF; i++) if ($i in want) { print; break } }' /etc/hosts)
+        { line = $0; sub(/#.*/, ""); for (i = 2; i <= NF; i++) if ($i in want) { print line; break } }' /etc/hosts)
     if ip link show dev "$LOKY_BRIDGE" >/dev/null 2>&1 &&
         ! ip -o link show dev "$LOKY_BRIDGE" | grep -q "alias $LOKY_MARK"; then
         problems+=("an interface named $LOKY_BRIDGE exists that this script did not make; if it is a leftover: ip link del $LOKY_BRIDGE")
@@ -661,6 +661,15 @@ if [ -n "$MULTI" ]; then
     # name is the bridge address (and the nodes' names resolve in the root namespace too).
     names=$(host_names)
     for node in "${NODE_NAMES[@]}"; do
+        # Replacing the real /etc/hosts (sed -i, an editor writing a new file) silently drops the
+        # bind mount over it in the node's mount namespace: the node then sees the real one
+        # (this machine's name as 127.0.0.1). Mount it again there, for slurmd and its steps.
+        pid=$(slurmd_pids "$node" | head -n 1)
+        if [ -n "$pid" ] && [ "$(nsenter -t "$pid" -m -- stat -L -c %d:%i /etc/hosts 2>/dev/null || true)" != "$(stat -L -c %d:%i "/etc/netns/$node/hosts")" ]; then
+            say "on $node, /etc/hosts is no longer /etc/netns/$node/hosts (was the real /etc/hosts replaced, e.g. by sed -i?): mounting it again"
+            nsenter -t "$pid" -m -- mount --bind "/etc/netns/$node/hosts" /etc/hosts ||
+                fail "cannot bind-mount /etc/netns/$node/hosts over /etc/hosts in the mount namespace of $node's slurmd (pid $pid)"
+        fi
         # shellcheck disable=SC2016  # (expanded by that sh)
         seen=$(in_node "$node" sh -c 'printf "%s %s\n" "$(hostname)" "$(getent hosts "$1" | awk "{ print \$1; exit }")"' sh "${names%% *}" 2>&1 || true)
         [ "$seen" = "$node $LOKY_BRIDGE_ADDR" ] ||
