@@ -20,9 +20,9 @@ use loky_run::console::{Console, Verbosity};
 use loky_run::events::EventLog;
 use loky_run::plugin::{TaskKind, host};
 use loky_run::pool::spawn::{SpawnRequest, spawn_worker};
-use loky_run::pool::{Pool, WorkerEvent, WorkerSpec, decide};
+use loky_run::pool::{Pool, PoolEvent, WorkerId, WorkerPool, WorkerSpec, decide};
 use loky_run::protocol::{
-    ChunkHeader, Cursor, FrameBuf, FrameReader, InitMsg, ReadyMsg, ResultsHeader, send, status, tag,
+    ChunkHeader, Cursor, FrameBuf, FrameReader, InitMsg, ResultsHeader, send, status, tag,
 };
 
 /// Index of `task` in the plugin at `so` (loaded into this process).
@@ -61,38 +61,38 @@ fn check_result(payload: &[u8], chunk_id: u64, expected: &[u8]) -> io::Result<()
     Ok(())
 }
 
-/// Starts the pool's workers: `fill` until it has its size (Slurm steps that start late join
-/// on later calls, as in the stage loop).
-fn fill_all(
-    pool: &mut Pool,
-    stage: &str,
-    events: &EventLog,
-    console: &Arc<Console>,
-) -> io::Result<Vec<u32>> {
-    let mut ids = pool.fill(stage, events, console)?;
-    while ids.len() < pool.size() {
-        std::thread::sleep(Duration::from_millis(1));
-        ids.extend(pool.fill(stage, events, console)?);
-    }
-    Ok(ids)
-}
-
-/// Waits until `n` workers of `pool` said READY.
-fn wait_ready(pool: &mut Pool, n: usize) -> io::Result<()> {
-    let mut ready = 0;
-    while ready < n {
-        match pool.recv_timeout(Duration::from_secs(10)) {
-            Some(WorkerEvent::Frame { frame, .. }) if frame[0] == tag::READY => {
-                match serde_json::from_slice::<ReadyMsg>(&frame[1..]) {
-                    Ok(ReadyMsg::Ready { .. }) => ready += 1,
-                    other => return Err(io::Error::other(format!("worker failed: {other:?}"))),
-                }
+/// Starts the pool's workers and waits until all of them said READY (Slurm steps that start
+/// late join on later `fill` calls, as in the stage loop). Returns their ids.
+fn start_all(pool: &mut Pool) -> io::Result<Vec<WorkerId>> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut ready = Vec::new();
+    while ready.len() < pool.target_size() {
+        if Instant::now() >= deadline {
+            return Err(io::Error::other("workers did not become ready"));
+        }
+        pool.fill().map_err(io::Error::other)?;
+        match pool.next_event(Duration::from_millis(10)) {
+            Some(PoolEvent::Ready { worker }) => ready.push(worker),
+            Some(PoolEvent::StartFailed { message, .. }) => {
+                return Err(io::Error::other(format!("worker failed: {message}")));
             }
-            Some(WorkerEvent::Exited { .. }) | Some(WorkerEvent::Frame { .. }) => {}
-            None => return Err(io::Error::other("workers did not become ready")),
+            Some(PoolEvent::Exited(exit)) => {
+                return Err(io::Error::other(format!(
+                    "worker {} exited: {}",
+                    exit.worker, exit.end
+                )));
+            }
+            Some(PoolEvent::Results { .. }) | None => {}
         }
     }
-    Ok(())
+    Ok(ready)
+}
+
+fn new_pool() -> io::Result<Pool> {
+    Pool::new(
+        EventLog::disabled(),
+        Arc::new(Console::new(Verbosity::Quiet)),
+    )
 }
 
 fn spec(so: &Path, launcher: Launcher) -> WorkerSpec {
@@ -110,14 +110,11 @@ fn spec(so: &Path, launcher: Launcher) -> WorkerSpec {
 /// reaped), then `Pool::fill` and the wait until both new workers are READY (plugin loaded).
 /// Returns `(stop_ns, start_ns)` per restart.
 pub fn pool_restarts(so: &Path, n: usize, launcher: Launcher) -> io::Result<Vec<(u64, u64)>> {
-    let events = EventLog::disabled();
-    let console = Arc::new(Console::new(Verbosity::Quiet));
     let spec = spec(so, launcher);
-    let mut pool = Pool::new();
+    let mut pool = new_pool()?;
     let first = decide(None, &spec, 2, Reuse::Auto, false);
-    pool.apply(&first, spec.clone(), 2, "restart", &events);
-    let ids = fill_all(&mut pool, "restart", &events, &console)?;
-    wait_ready(&mut pool, ids.len())?;
+    pool.apply(&first, spec.clone(), 2, "restart");
+    start_all(&mut pool)?;
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
         let decision = decide(
@@ -128,14 +125,13 @@ pub fn pool_restarts(so: &Path, n: usize, launcher: Launcher) -> io::Result<Vec<
             true,
         );
         let t0 = Instant::now();
-        pool.apply(&decision, spec.clone(), 2, "restart", &events);
+        pool.apply(&decision, spec.clone(), 2, "restart");
         let stopped = t0.elapsed().as_nanos() as u64;
         let t1 = Instant::now();
-        let ids = fill_all(&mut pool, "restart", &events, &console)?;
-        wait_ready(&mut pool, ids.len())?;
+        start_all(&mut pool)?;
         samples.push((stopped, t1.elapsed().as_nanos() as u64));
     }
-    pool.shutdown(&events);
+    pool.shutdown();
     Ok(samples)
 }
 
@@ -149,14 +145,11 @@ pub fn via_pool(
     warmup: usize,
     launcher: Launcher,
 ) -> io::Result<Vec<u64>> {
-    let events = EventLog::disabled();
-    let console = Arc::new(Console::new(Verbosity::Quiet));
     let spec = spec(so, launcher);
-    let mut pool = Pool::new();
+    let mut pool = new_pool()?;
     let decision = decide(None, &spec, 2, Reuse::Auto, false);
-    pool.apply(&decision, spec, 2, "latency", &events);
-    let ids = fill_all(&mut pool, "latency", &events, &console)?;
-    wait_ready(&mut pool, ids.len())?;
+    pool.apply(&decision, spec, 2, "latency");
+    let ids = start_all(&mut pool)?;
     let mut frame = FrameBuf::new();
     let mut digits = Vec::new();
     let mut samples = Vec::with_capacity(n);
@@ -167,28 +160,30 @@ pub fn via_pool(
         chunk_of_one(&mut frame, chunk_id, task, &digits);
         let worker = ids[i % ids.len()];
         let t0 = Instant::now();
-        if !pool.send_to(worker, frame.finish()) {
-            return Err(io::Error::other("worker went away"));
-        }
+        let chunk = Arc::new(frame.finish().to_vec());
+        pool.send_chunk(worker, &chunk, 1);
         loop {
-            match pool.recv_timeout(Duration::from_secs(5)) {
-                Some(WorkerEvent::Frame { frame: f, .. }) if f[0] == tag::RESULTS => {
+            match pool.next_event(Duration::from_secs(5)) {
+                Some(PoolEvent::Results { payload, .. }) => {
                     let dt = t0.elapsed().as_nanos() as u64;
-                    check_result(&f[1..], chunk_id, &digits)?;
+                    check_result(&payload, chunk_id, &digits)?;
                     if i >= warmup {
                         samples.push(dt);
                     }
                     break;
                 }
-                Some(WorkerEvent::Exited { worker, end, .. }) => {
-                    return Err(io::Error::other(format!("worker {worker} exited: {end}")));
+                Some(PoolEvent::Exited(exit)) => {
+                    return Err(io::Error::other(format!(
+                        "worker {} exited: {}",
+                        exit.worker, exit.end
+                    )));
                 }
                 Some(_) => {}
                 None => return Err(io::Error::other("no result within 5 s")),
             }
         }
     }
-    pool.shutdown(&events);
+    pool.shutdown();
     Ok(samples)
 }
 

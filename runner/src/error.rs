@@ -1,9 +1,7 @@
 //! The errors a run can end with, and the exit code each maps to (SPEC §2).
 
-use std::path::PathBuf;
-
 use crate::config::ConfigError;
-use crate::run::PlanError;
+use crate::run::{PlanError, RunError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -13,11 +11,9 @@ pub enum Error {
     /// Plugins, tasks or inputs do not check out.
     #[error(transparent)]
     Plan(#[from] PlanError),
-    #[error("output directory {} is not writable: {source}", path.display())]
-    OutputDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    /// The run itself failed (not a task): its output directory, its files, its workers.
+    #[error(transparent)]
+    Run(#[from] RunError),
     #[error("{0}")]
     Usage(String),
     /// Something failed while running (a disk error, a process that could not start).
@@ -31,8 +27,9 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Config(_) | Error::Plan(_) | Error::OutputDir { .. } | Error::Usage(_) => 2,
-            Error::Io { .. } => 1,
+            Error::Config(_) | Error::Plan(_) | Error::Usage(_) => 2,
+            Error::Run(e) if e.is_usage() => 2,
+            Error::Run(_) | Error::Io { .. } => 1,
         }
     }
 }

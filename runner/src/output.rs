@@ -43,6 +43,9 @@ pub enum ErrorKind {
     Crashed,
     Timeout,
     Initializer,
+    /// The input or the result does not fit in a frame (its size and the limit are in the
+    /// message).
+    TooLarge,
 }
 
 impl ErrorKind {
@@ -53,6 +56,7 @@ impl ErrorKind {
             ErrorKind::Crashed => "crashed",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Initializer => "initializer",
+            ErrorKind::TooLarge => "too_large",
         }
     }
 }

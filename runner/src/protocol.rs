@@ -14,6 +14,10 @@ use serde::{Deserialize, Serialize};
 /// (a peer announcing 4 GiB is dropped, not trusted).
 pub const MAX_FRAME_LEN: usize = 1 << 30;
 
+/// Largest task input or result that fits in a frame of its own (the frame's headers take the
+/// rest). A larger one gets a `too_large` record instead of breaking the stream.
+pub const MAX_ITEM_BYTES: usize = MAX_FRAME_LEN - 64;
+
 /// Runner → worker.
 pub mod tag {
     pub const INIT: u8 = 1;
@@ -42,6 +46,9 @@ pub mod status {
     pub const PANIC: u8 = 2;
     pub const BAD_INPUT: u8 = 3;
     pub const UNKNOWN_TASK: u8 = 4;
+    /// Set by the worker, not the plugin: the result does not fit in a frame (the payload is
+    /// the message).
+    pub const TOO_LARGE: u8 = 16;
 }
 
 /// First message to a new worker: what to load and which initializer to run.
@@ -151,6 +158,16 @@ impl FrameBuf {
     /// Overwrites a u64 written earlier at `offset`.
     pub fn patch_u64(&mut self, offset: usize, v: u64) {
         self.buf[offset..offset + 8].copy_from_slice(&v.to_le_bytes());
+    }
+
+    /// Drops everything from `len` on (a length from [`Self::len`]).
+    pub fn truncate(&mut self, len: usize) {
+        self.buf.truncate(len.max(5));
+    }
+
+    /// The bytes from `offset` on.
+    pub fn bytes_from(&self, offset: usize) -> &[u8] {
+        &self.buf[offset.min(self.buf.len())..]
     }
 
     /// Bytes in the frame so far, header included.
@@ -376,21 +393,6 @@ impl ResultsHeader {
     }
 }
 
-/// Packs the position of the item a worker is running into one word of shared memory:
-/// `chunk_id << 24 | position + 1` (0 = idle). Chunks never exceed 2^24 - 2 items.
-pub fn pack_cursor(chunk_id: u64, position: u32) -> u64 {
-    (chunk_id << 24) | (u64::from(position) + 1)
-}
-
-/// Inverse of [`pack_cursor`]: `None` when the worker was between items.
-pub fn unpack_cursor(word: u64) -> Option<(u64, u32)> {
-    let low = (word & 0xFF_FFFF) as u32;
-    (low != 0).then(|| (word >> 24, low - 1))
-}
-
-/// Largest chunk the cursor encoding allows.
-pub const MAX_CHUNK_ITEMS: usize = 0xFF_FFFE;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,15 +440,5 @@ mod tests {
         assert!(FrameReader::new(&short[..]).next_frame().is_err());
         let cut = [5u8, 0, 0, 0, 1, 2];
         assert!(FrameReader::new(&cut[..]).next_frame().is_err());
-    }
-
-    #[test]
-    fn cursor_packing() {
-        assert_eq!(unpack_cursor(0), None);
-        assert_eq!(unpack_cursor(pack_cursor(42, 0)), Some((42, 0)));
-        assert_eq!(
-            unpack_cursor(pack_cursor(1 << 30, MAX_CHUNK_ITEMS as u32)),
-            Some((1 << 30, MAX_CHUNK_ITEMS as u32))
-        );
     }
 }

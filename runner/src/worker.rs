@@ -18,8 +18,8 @@ use abi_stable::std_types::RVec;
 use crate::plugin::host::{self, LoadedPlugin};
 use crate::progress::ProgressSlot;
 use crate::protocol::{
-    ChunkHeader, Cursor, FrameBuf, FrameReader, InitMsg, ReadyMsg, ResultsHeader, StageMsg,
-    pack_cursor, send, tag,
+    ChunkHeader, Cursor, FrameBuf, FrameReader, InitMsg, MAX_FRAME_LEN, MAX_ITEM_BYTES, ReadyMsg,
+    ResultsHeader, StageMsg, send, status, tag,
 };
 use crate::sys;
 use crate::transport;
@@ -178,9 +178,12 @@ fn run<R: Read + Send + 'static, W: Write>(
     let mut runner = ChunkRunner {
         plugins,
         out,
-        frame,
-        progress,
-        rss: None,
+        results: ResultSender {
+            frame,
+            progress,
+            rss: None,
+            written: 0,
+        },
     };
     while let Ok(Some(msg)) = commands.next() {
         if runner.stop_requested() {
@@ -273,118 +276,175 @@ impl Commands {
 struct ChunkRunner {
     plugins: Vec<LoadedPlugin>,
     out: RVec<u8>,
+    results: ResultSender,
+}
+
+/// Writes results frames and says how many results went out.
+struct ResultSender {
     frame: FrameBuf,
     progress: Option<ProgressSlot>,
     /// Remote workers report their own RSS: the last sample and when it was taken.
     rss: Option<(u64, Instant)>,
+    /// Results written to the result stream so far (published in the progress slot).
+    written: u64,
 }
 
 /// How often a remote worker reads its RSS for the results it sends.
 const RSS_SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Bytes of a results frame before its first item.
+const RESULTS_HEADER_BYTES: usize = 5 + 8 + 4 + 4 + 8 + 8;
 
 impl ChunkRunner {
     /// The runner asked to stop after the current item (STOP frame read by the command thread,
     /// or the flag in the progress slot).
     #[inline]
     fn stop_requested(&self) -> bool {
-        STOP_REQUESTED.load(Ordering::Relaxed)
-            || self.progress.as_ref().is_some_and(|p| p.stop_requested())
-    }
-
-    /// Writes this worker's RSS into the results header, for workers the runner cannot see
-    /// (no progress slot: started elsewhere). Rate-limited, off the per-item path.
-    fn patch_rss(frame: &mut FrameBuf, sample: &mut Option<(u64, Instant)>, remote: bool) {
-        if !remote {
-            return;
-        }
-        let fresh = match *sample {
-            Some((rss, at)) if at.elapsed() < RSS_SAMPLE_EVERY => rss,
-            _ => {
-                let rss = sys::rss_bytes(std::process::id()).unwrap_or(0);
-                *sample = Some((rss, Instant::now()));
-                rss
-            }
-        };
-        frame.patch_u64(ResultsHeader::RSS_OFFSET, fresh);
+        self.results.stop_requested()
     }
 
     fn run_chunk(&mut self, payload: &[u8], results: &mut impl Write) -> io::Result<()> {
         let mut cursor = Cursor::new(payload);
         let chunk = ChunkHeader::read(&mut cursor)?;
-        let plugin = self
-            .plugins
+        let Self {
+            plugins,
+            out,
+            results: sender,
+        } = self;
+        let plugin = plugins
             .get(chunk.plugin as usize)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no such plugin"))?;
+        let remote = sender.progress.is_none();
+        let mut batch = sender.begin(chunk.chunk_id, 0);
+        for position in 0..chunk.count {
+            if sender.stop_requested() {
+                // Interrupted: report what is done; the rest of the chunk is left unrun.
+                break;
+            }
+            let input = cursor.bytes()?;
+            if let Some(progress) = &sender.progress {
+                progress.start(chunk.chunk_id, position, sys::monotonic_ns());
+            }
+            let mut status = plugin.call(chunk.task, input, out);
+            if let Some(progress) = &sender.progress {
+                progress.finish(chunk.chunk_id, position);
+            }
+            if out.len() > MAX_ITEM_BYTES {
+                let message = format!(
+                    "the {} is {} bytes, more than a frame carries ({MAX_ITEM_BYTES} bytes)",
+                    if status == plugin_api::CallStatus::OK {
+                        "result"
+                    } else {
+                        "error message"
+                    },
+                    out.len()
+                );
+                out.clear();
+                out.extend_from_slice(message.as_bytes());
+                status = plugin_api::CallStatus(status::TOO_LARGE);
+            }
+            // A large result goes in a frame of its own rather than past the frame limit.
+            if batch.count > 0 && sender.frame.len() + 5 + out.len() > MAX_FRAME_LEN {
+                sender.send(&mut batch, results)?;
+                batch = sender.begin(chunk.chunk_id, position);
+            }
+            sender.frame.put_u8(status.0);
+            sender.frame.put_bytes(out);
+            batch.count += 1;
 
-        let mut first = 0u32;
-        let mut count = 0u32;
-        let mut batch_started = Instant::now();
+            let last = position + 1 == chunk.count;
+            // Without a progress slot (remote workers) every result goes out before the next
+            // item starts, so the first unreported item is the one running.
+            if !last
+                && (remote
+                    || sender.frame.len() >= FLUSH_BYTES
+                    || batch.started.elapsed() >= FLUSH_AFTER)
+            {
+                sender.send(&mut batch, results)?;
+                batch = sender.begin(chunk.chunk_id, position + 1);
+            }
+        }
+        // The chunk's last results (or, for an empty chunk, an empty frame: it tells the
+        // runner the chunk is over).
+        if batch.count > 0 || chunk.count == 0 {
+            sender.send(&mut batch, results)?;
+        }
+        Ok(())
+    }
+}
+
+impl ResultSender {
+    /// The runner asked to stop after the current item.
+    #[inline]
+    fn stop_requested(&self) -> bool {
+        STOP_REQUESTED.load(Ordering::Relaxed)
+            || self.progress.as_ref().is_some_and(|p| p.stop_requested())
+    }
+
+    fn begin(&mut self, chunk_id: u64, first: u32) -> Batch {
+        Batch::begin(&mut self.frame, chunk_id, first)
+    }
+
+    /// Sends the results gathered in the frame, then publishes how many have been written.
+    fn send(&mut self, batch: &mut Batch, results: &mut impl Write) -> io::Result<()> {
+        let busy = batch.started.elapsed().as_nanos() as u64;
+        self.frame
+            .patch_u32(ResultsHeader::COUNT_OFFSET, batch.count);
+        self.frame.patch_u64(ResultsHeader::BUSY_OFFSET, busy);
+        if self.progress.is_none() {
+            let rss = self.sample_rss();
+            self.frame.patch_u64(ResultsHeader::RSS_OFFSET, rss);
+        }
+        if let Err(e) = send(results, self.frame.finish()) {
+            // Say why on stderr (forwarded to the user): the exit status alone would not.
+            eprintln!(
+                "loky-run worker: cannot write results to the runner ({e}); was the result \
+                 descriptor closed by a task?"
+            );
+            return Err(e);
+        }
+        self.written += u64::from(batch.count);
+        if let Some(progress) = &self.progress {
+            progress.written(self.written);
+        }
+        batch.count = 0;
+        Ok(())
+    }
+
+    /// This worker's RSS for the results header, for workers the runner cannot see (no
+    /// progress slot: started elsewhere). Rate-limited, off the per-item path.
+    fn sample_rss(&mut self) -> u64 {
+        match self.rss {
+            Some((rss, at)) if at.elapsed() < RSS_SAMPLE_EVERY => rss,
+            _ => {
+                let rss = sys::rss_bytes(std::process::id()).unwrap_or(0);
+                self.rss = Some((rss, Instant::now()));
+                rss
+            }
+        }
+    }
+}
+
+/// The results frame being filled: which positions of the chunk it holds, since when.
+struct Batch {
+    count: u32,
+    started: Instant,
+}
+
+impl Batch {
+    fn begin(frame: &mut FrameBuf, chunk_id: u64, first: u32) -> Self {
         ResultsHeader {
-            chunk_id: chunk.chunk_id,
+            chunk_id,
             first,
             count: 0,
             busy_ns: 0,
             rss: 0,
         }
-        .write(&mut self.frame);
-        for position in 0..chunk.count {
-            if self.stop_requested() {
-                // Interrupted: report what is done; the rest of the chunk is left unrun.
-                if count > 0 {
-                    let busy = batch_started.elapsed().as_nanos() as u64;
-                    self.frame.patch_u32(ResultsHeader::COUNT_OFFSET, count);
-                    self.frame.patch_u64(ResultsHeader::BUSY_OFFSET, busy);
-                    Self::patch_rss(&mut self.frame, &mut self.rss, self.progress.is_none());
-                    send(results, self.frame.finish())?;
-                }
-                if let Some(progress) = &self.progress {
-                    progress.idle();
-                }
-                return Ok(());
-            }
-            let input = cursor.bytes()?;
-            if let Some(progress) = &self.progress {
-                progress.start(pack_cursor(chunk.chunk_id, position), sys::monotonic_ns());
-            }
-            let status = plugin.call(chunk.task, input, &mut self.out);
-            self.frame.put_u8(status.0);
-            self.frame.put_bytes(&self.out);
-            count += 1;
-
-            let last = position + 1 == chunk.count;
-            // Without a progress slot (remote workers) every result goes out before the next item
-            // starts, so the first unreported item is the one running.
-            if last
-                || self.progress.is_none()
-                || self.frame.len() >= FLUSH_BYTES
-                || batch_started.elapsed() >= FLUSH_AFTER
-            {
-                let busy = batch_started.elapsed().as_nanos() as u64;
-                self.frame.patch_u32(ResultsHeader::COUNT_OFFSET, count);
-                self.frame.patch_u64(ResultsHeader::BUSY_OFFSET, busy);
-                Self::patch_rss(&mut self.frame, &mut self.rss, self.progress.is_none());
-                if let (true, Some(progress)) = (last, &self.progress) {
-                    progress.idle();
-                }
-                send(results, self.frame.finish())?;
-                first += count;
-                count = 0;
-                batch_started = Instant::now();
-                if !last {
-                    ResultsHeader {
-                        chunk_id: chunk.chunk_id,
-                        first,
-                        count: 0,
-                        busy_ns: 0,
-                        rss: 0,
-                    }
-                    .write(&mut self.frame);
-                }
-            }
+        .write(frame);
+        debug_assert_eq!(frame.len(), RESULTS_HEADER_BYTES);
+        Self {
+            count: 0,
+            started: Instant::now(),
         }
-        if chunk.count == 0 {
-            send(results, self.frame.finish())?;
-        }
-        Ok(())
     }
 }

@@ -303,8 +303,10 @@ fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
 /// What a [`Inbox::pump`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Pumped {
-    /// Read what was there; more may come.
+    /// Read everything there was; more may come.
     Open,
+    /// Read its share for this wakeup; more is waiting (level-triggered: the next wait says so).
+    More,
     /// The worker closed its side (it exited), or the stream failed.
     Closed,
     /// The worker sent something that is not a frame: nothing more can be read from it.
@@ -347,6 +349,11 @@ impl Inbox {
 
     pub fn fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+
+    /// Whether part of a frame has been read and the rest not yet.
+    pub fn holds_partial(&self) -> bool {
+        self.big.is_some() || self.start != self.end
     }
 
     /// Reads what is available without blocking, handing each complete frame (tag at index
@@ -420,7 +427,7 @@ impl Inbox {
             }
             if budget == 0 {
                 // Level-triggered: the rest is read on the next wait.
-                return Pumped::Open;
+                return Pumped::More;
             }
         }
     }

@@ -1,239 +1,112 @@
 //! The pool of worker processes, kept alive across stages like loky's reusable executor.
 //!
-//! The pool owns the worker processes and their pipes. Each worker has a reader thread (frames
-//! in, then its exit status) and an output thread (its stdout/stderr, forwarded line by line);
-//! both report to one channel that the dispatcher of the running stage drains. Nothing else is
-//! shared: the dispatcher is the single owner of the state a user sees.
+//! The pool is the one owner of its workers: their processes, pipes or connections, state,
+//! and what can be seen of them (progress slot, RSS, where they run). The dispatcher of the
+//! running stage reaches it through [`WorkerPool`] and hears from it through [`PoolEvent`]s
+//! (see [`api`]). Results are read by the dispatcher's own thread through one epoll set
+//! ([`inbox`]); exits come from small reaper threads that wake the same epoll; each worker's
+//! stdout/stderr is forwarded line by line by a thread of its own.
+//!
+//! The pool also guards the result streams: a worker that writes something that is not a
+//! frame, or whose results never arrive although it wrote them (a task closed or redirected
+//! its result descriptor), is ended with [`StopReason::BrokenStream`], and its exit says so.
 
+pub mod api;
 pub mod decision;
 pub mod inbox;
 pub mod slurm;
 pub mod spawn;
+mod worker;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, BufRead, BufReader};
-use std::net::TcpStream;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 
+pub use api::{
+    Memory, Phase, PoolCounters, PoolError, PoolEvent, Progress, StartFailure, StopReason,
+    WorkerExit, WorkerId, WorkerPool, WorkerView,
+};
 pub use decision::{Decision, WorkerSpec, decide};
 
 use crate::config::Launcher;
+use crate::console::Console;
 use crate::events::{Event, EventLog};
-use crate::progress::ProgressSlot;
-use crate::protocol::{FrameBuf, InitMsg, StageMsg, tag};
+use crate::protocol::{Cursor, FrameBuf, InitMsg, ReadyMsg, ResultsHeader, StageMsg, tag};
 use crate::sys::{self, ProcessEnd};
 use crate::transport::Listener;
 use inbox::{Inbox, Outbox, Poller, Pumped};
+use worker::{Drained, Endpoint, Worker};
 
-/// What the pool reports: frames read from the workers, and their exits (from reaper threads).
-pub enum WorkerEvent {
-    /// A frame from a worker (tag at index 0).
-    Frame { worker: u32, frame: Vec<u8> },
-    /// The worker's result stream ended and the process was reaped.
-    Exited {
-        worker: u32,
-        end: ProcessEnd,
-        peak_rss: u64,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WorkerState {
-    /// Spawned, loading plugins / running the initializer.
-    Starting,
-    Ready,
-    /// Told to exit (or killed); its exit is expected.
-    Stopping,
-}
-
-pub struct Worker {
-    pub id: u32,
-    pub pid: u32,
-    commands: Outbox,
-    /// Local workers: the shared word saying which item runs. Remote workers have none.
-    pub progress: Option<ProgressSlot>,
-    /// Remote workers: their connection (cut to stop them at once).
-    remote: Option<TcpStream>,
-    /// Slurm workers: `JOB.STEP`, once the worker said where it runs (cancelled on a kill).
-    pub slurm_step: Option<String>,
-    /// Remote workers: where they run (`pid P on HOST, step J.S`), once they said so.
-    pub location: Option<String>,
-    /// Remote workers: the RSS they last reported with their results, and the largest.
-    pub reported_rss: Option<u64>,
-    reported_peak: u64,
-    /// Its result stream, read by the dispatcher (`None` once closed: the exit follows).
-    inbox: Option<Inbox>,
-    /// Set when everything it printed was forwarded.
-    output_drained: Arc<Drained>,
-    /// When the item in progress started, as far as the runner can tell without a progress
-    /// slot (remote workers flush every result, so this is the last result's arrival).
-    pub item_started: Instant,
-    pub state: WorkerState,
-    /// Chunk ids sent and not fully answered, oldest first.
-    pub in_flight: VecDeque<u64>,
-    pub tasks_done: u64,
-    /// Tasks sent to it (done or in flight), for `max_tasks_per_worker`.
-    pub tasks_assigned: u64,
-    pub idle_since: Instant,
-    /// The reason reported when this worker's exit is seen, if it was asked to stop.
-    pub stop_reason: Option<&'static str>,
-    /// Due for recycling (`max_tasks`, `memory_growth`): gets no new work, retires once idle.
-    pub recycle: Option<&'static str>,
-    /// RSS after its first task, and when RSS was last read.
-    pub rss_baseline: Option<u64>,
-    pub rss_checked: Instant,
-    /// When a terminated worker gets SIGKILL if it is still alive.
-    pub kill_at: Option<Instant>,
-    exited: Arc<AtomicBool>,
-}
-
-impl Worker {
-    /// Ready for more work.
-    pub fn is_available(&self) -> bool {
-        self.state == WorkerState::Ready && self.recycle.is_none()
-    }
-
-    pub fn has_exited(&self) -> bool {
-        self.exited.load(Ordering::Acquire)
-    }
-
-    /// `pid P` for a local worker, `pid P on HOST[, step J.S]` for a remote one.
-    pub fn describe_process(&self) -> String {
-        match &self.location {
-            Some(location) => location.clone(),
-            None => format!("pid {}", self.pid),
-        }
-    }
-
-    pub fn is_remote(&self) -> bool {
-        self.remote.is_some()
-    }
-
-    /// Ends the process at once, without a stop reason: a local worker's group gets SIGKILL; a
-    /// remote worker's connection is cut (which ends it), its srun gets SIGTERM (which ends the
-    /// step) and its step is cancelled, with SIGKILL to srun after 2 s if needed.
-    fn end_now(&mut self) {
-        if self.exited.load(Ordering::Acquire) {
-            return;
-        }
-        match &self.remote {
-            Some(conn) => {
-                let _ = conn.shutdown(std::net::Shutdown::Both);
-                spawn::kill_group(self.pid, libc::SIGTERM);
-                if let Some(step) = &self.slurm_step {
-                    slurm::cancel_steps(std::slice::from_ref(step), false);
-                }
-                self.kill_at
-                    .get_or_insert(Instant::now() + Duration::from_secs(2));
-            }
-            None => spawn::kill_group(self.pid, libc::SIGKILL),
-        }
-    }
-
-    /// Records the RSS a remote worker reported (0: not reported).
-    pub fn report_rss(&mut self, rss: u64) {
-        if rss > 0 {
-            self.reported_rss = Some(rss);
-            self.reported_peak = self.reported_peak.max(rss);
-        }
-    }
-
-    /// The worker's peak RSS: what the kernel reported when it was reaped for a local worker;
-    /// for a remote one (the local process is `srun`), the largest RSS it reported.
-    pub fn peak_rss(&self, reaped: u64) -> u64 {
-        if self.is_remote() {
-            self.reported_peak
-        } else {
-            reaped
-        }
-    }
+/// A worker's exit as its reaper thread saw it.
+struct Reaped {
+    worker: WorkerId,
+    end: ProcessEnd,
+    peak_rss: u64,
 }
 
 pub struct Pool {
     spec: Option<WorkerSpec>,
     size: usize,
-    workers: BTreeMap<u32, Worker>,
-    next_id: u32,
-    tx: Sender<WorkerEvent>,
-    rx: Receiver<WorkerEvent>,
+    /// The stage the pool works for (`LOKY_STAGE` of new workers).
+    stage: String,
+    workers: BTreeMap<WorkerId, Worker>,
+    next_id: WorkerId,
+    events: EventLog,
+    console: Arc<Console>,
+    reaped_tx: Sender<Reaped>,
+    reaped_rx: Receiver<Reaped>,
     /// Waits on every worker's result stream and on the reapers' wakeups.
     poller: Poller,
-    /// Frames read and not yet handed out, oldest first.
-    ready: VecDeque<WorkerEvent>,
+    /// Events worked out and not yet handed out, oldest first.
+    ready: VecDeque<PoolEvent>,
     woken: Vec<u64>,
     frame: FrameBuf,
-    /// Restarts of the whole pool, and workers replaced after a crash, timeout or recycling.
-    pub restarts: u64,
-    pub replaced: u64,
+    counters: PoolCounters,
     /// Bound on first use by a remote launcher, kept for the pool's life.
     listener: Option<Listener>,
     /// Worker steps submitted and not yet connected, with the ids they will have.
-    starting: Vec<(u32, slurm::PendingStep)>,
+    starting: Vec<(WorkerId, slurm::PendingStep)>,
+    /// When the result streams were last checked for lost results.
+    lost_checked: Instant,
 }
 
 /// Poller token bit: a worker's command side has room (the low bits are its id).
 const WRITABLE: u64 = 1 << 32;
 
-/// A flag set once, waited for with a time limit.
-#[derive(Default)]
-struct Drained {
-    done: std::sync::Mutex<bool>,
-    cond: std::sync::Condvar,
-}
-
-impl Drained {
-    fn set(&self) {
-        *self.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        self.cond.notify_all();
-    }
-
-    fn wait(&self, limit: Duration) {
-        let done = self.done.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = self
-            .cond
-            .wait_timeout_while(done, limit, |done| !*done)
-            .unwrap_or_else(|e| e.into_inner());
-    }
-}
-
 /// How long an exited worker's last output may take to be forwarded.
 const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_secs(2);
-
-/// How long a remote worker's srun may live on after its connection ended.
-const REMOTE_EXIT_WAIT: Duration = Duration::from_secs(10);
 
 /// How long a graceful stop may take before the workers are killed.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
-impl Default for Pool {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+/// How often the pool looks for results that workers wrote and that never arrived.
+const LOST_CHECK_EVERY: Duration = Duration::from_millis(100);
 
 impl Pool {
-    pub fn new() -> Self {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        Self {
+    pub fn new(events: EventLog, console: Arc<Console>) -> io::Result<Self> {
+        let (reaped_tx, reaped_rx) = crossbeam_channel::unbounded();
+        Ok(Self {
             spec: None,
             size: 0,
+            stage: String::new(),
             workers: BTreeMap::new(),
             next_id: 1,
-            tx,
-            rx,
-            poller: Poller::new().expect("epoll and eventfd are available"),
+            events,
+            console,
+            reaped_tx,
+            reaped_rx,
+            poller: Poller::new()?,
             ready: VecDeque::new(),
             woken: Vec::new(),
             frame: FrameBuf::new(),
-            restarts: 0,
-            replaced: 0,
+            counters: PoolCounters::default(),
             listener: None,
             starting: Vec::new(),
-        }
+            lost_checked: Instant::now(),
+        })
     }
 
     pub fn spec(&self) -> Option<&WorkerSpec> {
@@ -244,42 +117,21 @@ impl Pool {
         self.size
     }
 
-    pub fn workers(&self) -> impl Iterator<Item = &Worker> {
-        self.workers.values()
-    }
-
-    pub fn worker(&self, id: u32) -> Option<&Worker> {
-        self.workers.get(&id)
-    }
-
-    pub fn worker_mut(&mut self, id: u32) -> Option<&mut Worker> {
-        self.workers.get_mut(&id)
-    }
-
     /// Workers that are alive and not being stopped.
-    pub fn active_count(&self) -> usize {
-        self.workers
-            .values()
-            .filter(|w| w.state != WorkerState::Stopping)
-            .count()
+    fn active_count(&self) -> usize {
+        self.workers.values().filter(|w| !w.is_stopping()).count()
     }
 
     /// Carries out a decision before a stage: stop everything for a restart, retire extra
-    /// workers for a shrink; new workers are started on demand by [`Self::fill`].
-    pub fn apply(
-        &mut self,
-        decision: &Decision,
-        spec: WorkerSpec,
-        size: usize,
-        stage: &str,
-        events: &EventLog,
-    ) {
+    /// workers for a shrink; new workers are started on demand by [`WorkerPool::fill`].
+    pub fn apply(&mut self, decision: &Decision, spec: WorkerSpec, size: usize, stage: &str) {
         if matches!(decision, Decision::Restart { .. }) {
-            self.restarts += 1;
-            self.stop_all("restart", events);
+            self.counters.restarts += 1;
+            self.stop_all(StopReason::Restart);
         }
         self.spec = Some(spec);
         self.size = size;
+        stage.clone_into(&mut self.stage);
         // Shrink: steps still starting are given up first, then the extra workers retire,
         // newest first (older ones are warmer).
         let keep = size
@@ -289,117 +141,37 @@ impl Pool {
             slurm::abandon(self.starting.drain(keep..).map(|(_, step)| step));
         }
         let extra = self.active_count().saturating_sub(size);
-        let victims: Vec<u32> = self
+        let victims: Vec<WorkerId> = self
             .workers
-            .values()
+            .iter()
             .rev()
-            .filter(|w| w.state != WorkerState::Stopping)
+            .filter(|(_, w)| !w.is_stopping())
             .take(extra)
-            .map(|w| w.id)
+            .map(|(id, _)| *id)
             .collect();
         for id in victims {
-            self.retire(id, "resize");
+            self.retire(id, StopReason::Resize);
         }
         let msg = StageMsg {
             name: stage.to_owned(),
         };
         let frame = self.frame.json(tag::STAGE, &msg).to_vec();
-        let ids: Vec<u32> = self
+        let ids: Vec<WorkerId> = self
             .workers
-            .values()
-            .filter(|w| w.state != WorkerState::Stopping)
-            .map(|w| w.id)
+            .iter()
+            .filter(|(_, w)| !w.is_stopping())
+            .map(|(id, _)| *id)
             .collect();
         for id in ids {
             self.send_to(id, &frame);
         }
     }
 
-    /// Starts workers until the pool has its target size, and takes in the worker steps that
-    /// connected since the last call. Returns the ids started. Called again and again while a
-    /// stage has work: Slurm steps still starting join when they connect.
-    pub fn fill(
-        &mut self,
-        stage: &str,
-        events: &EventLog,
-        console: &Arc<crate::console::Console>,
-    ) -> io::Result<Vec<u32>> {
-        let missing = self
-            .size
-            .saturating_sub(self.active_count() + self.starting.len());
-        if missing == 0 {
-            // Steps still starting may have connected (a no-op when there are none).
-            let mut started = Vec::new();
-            self.poll_starting(stage, events, console, &mut started)?;
-            return Ok(started);
-        }
-        let spec = self
-            .spec
-            .clone()
-            .expect("a pool is configured before it starts workers");
-        let mut started = Vec::with_capacity(missing);
-        match spec.launcher {
-            Launcher::Local => {
-                let threads = (sys::usable_cpus() / self.size.max(1)).max(1);
-                for _ in 0..missing {
-                    let id = self.take_id();
-                    let request = spawn::SpawnRequest {
-                        worker_id: id,
-                        env: &spec.env,
-                        threads_per_worker: threads,
-                        stage,
-                    };
-                    let spawned = spawn::spawn_worker(&request)?;
-                    self.register(id, spawned, &spec, stage, events, console)?;
-                    started.push(id);
-                }
-            }
-            Launcher::Slurm => {
-                if self.listener.is_none() {
-                    let listen = std::env::var("LOKY_RUN_LISTEN").ok();
-                    let listener =
-                        Listener::bind(listen.as_deref(), console.clone(), events.clone())?;
-                    events.emit(&Event::Listening {
-                        address: listener.advertised(),
-                    });
-                    self.listener = Some(listener);
-                }
-                // A step gets the CPUs of one Slurm task.
-                let threads = std::env::var("SLURM_CPUS_PER_TASK")
-                    .ok()
-                    .and_then(|v| v.parse::<usize>().ok())
-                    .unwrap_or(1)
-                    .max(1);
-                // Submitted together, they start in parallel; see `poll_starting`.
-                for _ in 0..missing {
-                    let id = self.take_id();
-                    let request = spawn::SpawnRequest {
-                        worker_id: id,
-                        env: &spec.env,
-                        threads_per_worker: threads,
-                        stage,
-                    };
-                    let listener = self.listener.as_ref().expect("bound above");
-                    let step = slurm::start(&request, listener, &spec.srun_args)?;
-                    self.starting.push((id, step));
-                }
-            }
-        }
-        self.poll_starting(stage, events, console, &mut started)?;
-        Ok(started)
-    }
-
     /// Takes in the worker steps that connected, and drops those that failed: a warning, and
     /// the pool goes on with fewer workers, unless it has none (then the error is the run's).
     /// Waits only while the pool has no worker at all; with one, the stage runs and slower
     /// steps join later (a step may wait for CPUs that the allocation does not have free).
-    fn poll_starting(
-        &mut self,
-        stage: &str,
-        events: &EventLog,
-        console: &Arc<crate::console::Console>,
-        started: &mut Vec<u32>,
-    ) -> io::Result<()> {
+    fn poll_starting(&mut self) -> Result<(), PoolError> {
         while !self.starting.is_empty() {
             let block = self.active_count() == 0;
             let mut failed = None;
@@ -416,9 +188,7 @@ impl Pool {
                     Ok(None) => i += 1,
                     Ok(Some(spawned)) => {
                         let (id, _spent) = self.starting.remove(i);
-                        let spec = self.spec.clone().expect("configured before starting");
-                        self.register(id, spawned, &spec, stage, events, console)?;
-                        started.push(id);
+                        self.register(id, spawned).map_err(PoolError::Slurm)?;
                     }
                     // The stage sees the interrupt next (and reports it as one, whatever else
                     // failed): the steps not yet connected are ended, all at once.
@@ -435,9 +205,9 @@ impl Pool {
             if let Some(e) = failed {
                 let left = self.active_count() + self.starting.len();
                 if left == 0 {
-                    return Err(e);
+                    return Err(PoolError::Slurm(e));
                 }
-                console.warn(&format!(
+                self.console.warn(&format!(
                     "a worker step could not start ({e}); going on with {left} of {} workers",
                     self.size
                 ));
@@ -458,55 +228,46 @@ impl Pool {
         }
     }
 
-    fn take_id(&mut self) -> u32 {
+    fn take_id(&mut self) -> WorkerId {
         let id = self.next_id;
         self.next_id += 1;
         id
     }
 
-    /// Takes a started worker into the pool: its reader threads, its INIT message. If that
+    /// Takes a started worker into the pool: its output thread, its INIT message. If that
     /// fails (out of threads or descriptors), the process is ended, not left behind.
-    fn register(
-        &mut self,
-        id: u32,
-        spawned: spawn::SpawnedWorker,
-        spec: &WorkerSpec,
-        stage: &str,
-        events: &EventLog,
-        console: &Arc<crate::console::Console>,
-    ) -> io::Result<()> {
+    fn register(&mut self, id: WorkerId, spawned: spawn::SpawnedWorker) -> io::Result<()> {
         let (pid, remote) = (spawned.pid, spawned.remote.is_some());
-        self.try_register(id, spawned, spec, stage, events, console)
-            .inspect_err(|_| {
-                if remote {
-                    // srun ends its step on SIGTERM; SIGKILL only if it does not.
-                    spawn::end_gracefully(&[pid], STOP_GRACE);
-                } else {
-                    spawn::kill_group(pid, libc::SIGKILL);
-                }
-                spawn::reap(pid);
-            })
+        self.try_register(id, spawned).inspect_err(|_| {
+            if remote {
+                // srun ends its step on SIGTERM; SIGKILL only if it does not.
+                spawn::end_gracefully(&[pid], STOP_GRACE);
+            } else {
+                spawn::kill_group(pid, libc::SIGKILL);
+            }
+            spawn::reap(pid);
+        })
     }
 
-    fn try_register(
-        &mut self,
-        id: u32,
-        spawned: spawn::SpawnedWorker,
-        spec: &WorkerSpec,
-        stage: &str,
-        events: &EventLog,
-        console: &Arc<crate::console::Console>,
-    ) -> io::Result<()> {
-        let exited = Arc::new(AtomicBool::new(false));
-
+    fn try_register(&mut self, id: WorkerId, spawned: spawn::SpawnedWorker) -> io::Result<()> {
+        let spec = self
+            .spec
+            .clone()
+            .ok_or_else(|| io::Error::other("the pool has no worker settings"))?;
         let pid = spawned.pid;
-        let inbox = Inbox::new(spawned.results, spawned.remote.is_some())?;
+        let socket = spawned.remote.is_some();
+        let endpoint = match (spawned.progress, spawned.remote) {
+            (_, Some(conn)) => Endpoint::remote(conn),
+            (Some(slot), None) => Endpoint::local(slot),
+            (None, None) => return Err(io::Error::other("a local worker without a slot")),
+        };
+        let inbox = Inbox::new(spawned.results, socket)?;
         self.poller.add(inbox.fd(), u64::from(id))?;
         let output = spawned.output;
-        let console = console.clone();
+        let console = self.console.clone();
         let drained = Arc::new(Drained::default());
         let signal = drained.clone();
-        std::thread::Builder::new()
+        let spawned_thread = std::thread::Builder::new()
             .name(format!("worker-{id}-output"))
             .spawn(move || {
                 for line in BufReader::new(output).split(b'\n') {
@@ -514,37 +275,14 @@ impl Pool {
                     console.worker_line(id, &line);
                 }
                 signal.set();
-            })?;
-
-        let commands = Outbox::new(spawned.commands, spawned.remote.is_some())?;
-        self.workers.insert(
-            id,
-            Worker {
-                id,
-                pid,
-                commands,
-                progress: spawned.progress,
-                remote: spawned.remote,
-                inbox: Some(inbox),
-                output_drained: drained,
-                slurm_step: None,
-                location: None,
-                reported_rss: None,
-                reported_peak: 0,
-                item_started: Instant::now(),
-                state: WorkerState::Starting,
-                in_flight: VecDeque::new(),
-                tasks_done: 0,
-                tasks_assigned: 0,
-                idle_since: Instant::now(),
-                stop_reason: None,
-                recycle: None,
-                rss_baseline: None,
-                rss_checked: Instant::now(),
-                kill_at: None,
-                exited,
-            },
-        );
+            });
+        if let Err(e) = spawned_thread {
+            self.poller.remove(inbox.fd());
+            return Err(e);
+        }
+        let commands = Outbox::new(spawned.commands, socket)?;
+        self.workers
+            .insert(id, Worker::new(id, pid, endpoint, commands, inbox, drained));
         let init = InitMsg {
             worker_id: id,
             plugins: spec.plugins.clone(),
@@ -553,10 +291,10 @@ impl Pool {
         // A worker that died at once shows up as an exit; a failed write says nothing more.
         let init = self.frame.json(tag::INIT, &init).to_vec();
         self.send_to(id, &init);
-        events.emit(&Event::WorkerStarted {
+        self.events.emit(&Event::WorkerStarted {
             worker: id,
             pid,
-            stage,
+            stage: &self.stage,
             launcher: launcher_name(spec.launcher),
         });
         Ok(())
@@ -564,312 +302,521 @@ impl Pool {
 
     /// Sends a prepared frame to a worker, never blocking: what its pipe cannot take now goes
     /// out as it reads (see [`Outbox`]). A failed write means the worker died; its exit event
-    /// follows and is handled there. Returns whether the worker is still there.
-    pub fn send_to(&mut self, id: u32, frame: &[u8]) -> bool {
-        let Some(w) = self.workers.get_mut(&id) else {
-            return false;
-        };
-        if w.commands.push(frame) && !w.commands.watching {
-            w.commands.watching = self
-                .poller
-                .add_writable(w.commands.fd(), u64::from(id) | WRITABLE)
-                .is_ok();
-        }
-        true
-    }
-
-    /// Like [`Self::send_to`] for a frame its owner keeps (a chunk, kept until answered):
-    /// if it must wait for room, the pool holds a reference, not a copy.
-    pub fn send_shared(&mut self, id: u32, frame: &Arc<Vec<u8>>) -> bool {
-        let Some(w) = self.workers.get_mut(&id) else {
-            return false;
-        };
-        if w.commands.push_shared(frame) && !w.commands.watching {
-            w.commands.watching = self
-                .poller
-                .add_writable(w.commands.fd(), u64::from(id) | WRITABLE)
-                .is_ok();
-        }
-        true
-    }
-
-    /// A worker's command pipe has room: writes what waits for it.
-    fn flush_commands(&mut self, id: u32) {
+    /// follows and is handled there.
+    fn send_to(&mut self, id: WorkerId, frame: &[u8]) {
         let Some(w) = self.workers.get_mut(&id) else {
             return;
         };
-        if !w.commands.flush() && w.commands.watching {
-            self.poller.remove(w.commands.fd());
-            w.commands.watching = false;
-        }
+        let waits = w.commands().push(frame);
+        self.watch_commands(id, waits);
     }
 
-    /// Asks a worker to exit once it has finished what it holds.
-    pub fn retire(&mut self, id: u32, reason: &'static str) {
-        let frame = {
-            self.frame.begin(tag::SHUTDOWN);
-            self.frame.finish().to_vec()
+    /// Registers a worker's command side for room to write when something waits for it.
+    fn watch_commands(&mut self, id: WorkerId, waits: bool) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
         };
-        if let Some(w) = self.workers.get_mut(&id) {
-            if w.state != WorkerState::Stopping {
-                w.state = WorkerState::Stopping;
-                w.stop_reason = Some(reason);
-                self.send_to(id, &frame);
-            }
+        let commands = w.commands();
+        if waits && !commands.watching {
+            commands.watching = self
+                .poller
+                .add_writable(commands.fd(), u64::from(id) | WRITABLE)
+                .is_ok();
         }
     }
 
-    /// Asks a worker to finish the item in progress and exit (an interrupt): it reports what
-    /// it completed and leaves the rest of its chunks unrun.
-    pub fn stop_after_current(&mut self, id: u32, reason: &'static str) {
-        let frame = {
-            self.frame.begin(tag::STOP);
-            self.frame.finish().to_vec()
+    /// A worker's command pipe has room: writes what waits for it.
+    fn flush_commands(&mut self, id: WorkerId) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
         };
-        if let Some(w) = self.workers.get_mut(&id) {
-            w.state = WorkerState::Stopping;
-            w.stop_reason.get_or_insert(reason);
-            // A local worker reads commands between chunks: the shared flag reaches it between
-            // items. A remote one reads the STOP frame on its command thread.
-            if let Some(progress) = &w.progress {
-                progress.request_stop();
-            }
-            self.send_to(id, &frame);
+        let commands = w.commands();
+        if !commands.flush() && commands.watching {
+            self.poller.remove(commands.fd());
+            commands.watching = false;
         }
     }
 
-    /// SIGTERM to a worker's process group now, SIGKILL after `grace` (see
-    /// [`Self::escalate_kills`]).
-    pub fn terminate(&mut self, id: u32, reason: &'static str, grace: Duration) {
-        if let Some(w) = self.workers.get_mut(&id) {
-            w.state = WorkerState::Stopping;
-            w.stop_reason.get_or_insert(reason);
-            w.kill_at.get_or_insert(Instant::now() + grace);
-            if !w.exited.load(Ordering::Acquire) {
-                if let Some(conn) = &w.remote {
-                    let _ = conn.shutdown(std::net::Shutdown::Both);
-                }
-                spawn::kill_group(w.pid, libc::SIGTERM);
-            }
-        }
+    /// A control frame without payload.
+    fn bare_frame(&mut self, tag: u8) -> Vec<u8> {
+        self.frame.begin(tag);
+        self.frame.finish().to_vec()
     }
 
-    /// SIGKILLs terminated workers whose grace period is over; returns the earliest pending
-    /// deadline.
-    pub fn escalate_kills(&mut self, now: Instant) -> Option<Instant> {
-        let mut next = None::<Instant>;
-        for w in self.workers.values_mut() {
-            match w.kill_at {
-                Some(at) if at <= now => {
-                    if !w.exited.load(Ordering::Acquire) {
-                        spawn::kill_group(w.pid, libc::SIGKILL);
-                        // A killed `srun` leaves its step behind: cancel it in Slurm.
-                        if let Some(step) = &w.slurm_step {
-                            slurm::cancel_steps(std::slice::from_ref(step), false);
-                        }
+    /// Reads what a worker sent; when its stream closes, a reaper thread waits for its exit.
+    fn pump(&mut self, id: WorkerId) -> Pumped {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return Pumped::Closed;
+        };
+        let Some(inbox) = w.inbox() else {
+            return Pumped::Closed;
+        };
+        let mut frames = Vec::new();
+        let pumped = inbox.pump(|frame| frames.push(frame));
+        for frame in frames {
+            self.on_frame(id, frame);
+        }
+        match pumped {
+            Pumped::Open | Pumped::More => return pumped,
+            Pumped::Closed => {
+                if let Some(w) = self.workers.get_mut(&id) {
+                    // Everything the stream carried was read: results it wrote and that did
+                    // not come went elsewhere (its descriptor was redirected).
+                    match w.lost_results() {
+                        Some(missing) => w.lose_results(missing),
+                        None => w.stream_closed(),
                     }
-                    w.kill_at = None;
                 }
-                Some(at) => next = Some(next.map_or(at, |n| n.min(at))),
-                None => {}
+            }
+            Pumped::Corrupt => {
+                if let Some(w) = self.workers.get_mut(&id) {
+                    // Nothing it says can be trusted any more, and it may be waiting for us.
+                    w.break_stream(
+                        "it wrote something that is not a frame on its result descriptor".into(),
+                    );
+                }
             }
         }
-        next
+        self.start_reaper(id);
+        pumped
     }
 
-    pub fn ids(&self) -> Vec<u32> {
-        self.workers.keys().copied().collect()
+    /// One frame read from a worker.
+    fn on_frame(&mut self, id: WorkerId, frame: Vec<u8>) {
+        match frame[0] {
+            tag::RESULTS => {
+                let header = ResultsHeader::read(&mut Cursor::new(&frame[1..]));
+                let Some(w) = self.workers.get_mut(&id) else {
+                    return;
+                };
+                match header {
+                    Ok(h) => {
+                        w.on_results(h.count, h.rss);
+                        let mut payload = frame;
+                        payload.remove(0);
+                        self.ready.push_back(PoolEvent::Results {
+                            worker: id,
+                            payload,
+                        });
+                    }
+                    Err(_) => w.break_stream("it sent a results frame that is too short".into()),
+                }
+            }
+            tag::READY => self.on_ready(id, &frame[1..]),
+            _ => {}
+        }
     }
 
-    /// Kills a worker's process group at once (a remote worker: its connection is cut, which
-    /// ends it, and its `srun` gets SIGTERM, which ends the step; SIGKILL follows if needed).
-    pub fn kill(&mut self, id: u32, reason: &'static str) {
-        if let Some(w) = self.workers.get_mut(&id) {
-            w.state = WorkerState::Stopping;
-            w.stop_reason.get_or_insert(reason);
+    fn on_ready(&mut self, id: WorkerId, payload: &[u8]) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        match serde_json::from_slice::<ReadyMsg>(payload) {
+            Ok(ReadyMsg::Ready {
+                pid,
+                host,
+                slurm_job,
+                slurm_step,
+            }) => {
+                let step = match (&slurm_job, &slurm_step) {
+                    (Some(job), Some(step)) => Some(format!("{job}.{step}")),
+                    _ => None,
+                };
+                w.on_ready(pid, &host, step);
+                self.events.emit(&Event::WorkerReady {
+                    worker: id,
+                    pid,
+                    host: &host,
+                    slurm_job: slurm_job.as_deref(),
+                    slurm_step: slurm_step.as_deref(),
+                });
+                self.ready.push_back(PoolEvent::Ready { worker: id });
+            }
+            Ok(ReadyMsg::Failed { kind, message }) => {
+                let failure = if kind == "initializer" {
+                    StartFailure::Initializer
+                } else {
+                    StartFailure::Plugin
+                };
+                w.mark_stopping(match failure {
+                    StartFailure::Initializer => StopReason::Initializer,
+                    StartFailure::Plugin => StopReason::Plugin,
+                });
+                self.ready.push_back(PoolEvent::StartFailed {
+                    worker: id,
+                    failure,
+                    message,
+                });
+            }
+            Err(e) => w.break_stream(format!("its ready message is not valid ({e})")),
+        }
+    }
+
+    /// The worker's result stream is closed: stop watching it, and wait for its exit on a
+    /// thread (a blocking `waitid`), which wakes the poller when it is reaped.
+    fn start_reaper(&mut self, id: WorkerId) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if let Some(inbox) = w.close_inbox() {
+            self.poller.remove(inbox.fd());
+        }
+        let commands = w.commands();
+        if commands.watching {
+            self.poller.remove(commands.fd());
+            commands.watching = false;
+        }
+        let (pid, reaped, remote) = (w.pid(), w.exited_flag(), w.is_remote());
+        let (tx, waker) = (self.reaped_tx.clone(), self.poller.waker());
+        let reap = move || {
+            let (mut end, peak_rss) = wait_and_reap(pid, &reaped);
+            if remote {
+                end = remote_end(end);
+            }
+            Reaped {
+                worker: id,
+                end,
+                peak_rss,
+            }
+        };
+        let reap_now = std::thread::Builder::new()
+            .name(format!("worker-{id}-reaper"))
+            .spawn({
+                let reap = reap.clone();
+                move || {
+                    let _ = tx.send(reap());
+                    waker.wake();
+                }
+            })
+            .is_err();
+        if reap_now {
+            // No thread to spare: reap here (the stream closed, so the process is ending).
+            let reaped = reap();
+            let _ = self.reaped_tx.send(reaped);
+        }
+    }
+
+    /// Takes a reaped worker out of the pool and works out its exit, once.
+    fn on_reaped(&mut self, reaped: Reaped) -> Option<PoolEvent> {
+        let mut w = self.workers.remove(&reaped.worker)?;
+        // Its slot is final now: results it wrote after the last check and that never came.
+        if w.stop_reason().is_none() {
+            if let Some(missing) = w.lost_results() {
+                w.lose_results(missing);
+            }
+        }
+        // What it printed last is forwarded before its exit is reported (and before the run
+        // ends). Bounded: a plugin's daemonized child could keep the pipe open.
+        w.output_drained().wait(OUTPUT_DRAIN_LIMIT);
+        let peak_rss = w.peak_rss(reaped.peak_rss);
+        let reason = w.stop_reason();
+        if reason.is_none_or(StopReason::is_replacement) {
+            self.counters.replaced += 1;
+        }
+        let (signal, exit_code) = match reaped.end {
+            ProcessEnd::Signal(s) => (Some(sys::signal_name(s)), None),
+            ProcessEnd::Exit(c) => (None, Some(c)),
+        };
+        self.events.emit(&Event::WorkerExited {
+            worker: reaped.worker,
+            pid: w.pid(),
+            reason: reason.map_or("crashed", StopReason::as_str),
+            signal,
+            exit_code,
+            peak_rss: peak_rss.unwrap_or(0),
+            tasks: w.results_read(),
+        });
+        Some(PoolEvent::Exited(WorkerExit {
+            worker: reaped.worker,
+            reason,
+            detail: w.take_detail(),
+            end: reaped.end,
+            peak_rss,
+            was_ready: w.was_ready(),
+            progress: w.progress(),
+            process: w.describe(),
+        }))
+    }
+
+    /// Local workers whose slot says they wrote more results than arrived: after reading
+    /// everything their pipe holds, any still missing went somewhere else (a task closed or
+    /// redirected the result descriptor), and would be waited for forever.
+    fn check_lost_results(&mut self) {
+        let suspects: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| !w.has_exited())
+            .filter(|(_, w)| w.results_written().is_some_and(|n| n > w.results_read()))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in suspects {
+            // Read first what was written before the count was published (it is in the pipe).
+            let Some(written) = self.workers.get(&id).and_then(Worker::results_written) else {
+                continue;
+            };
+            if self.pump(id) != Pumped::Open {
+                continue;
+            }
+            let Some(w) = self.workers.get_mut(&id) else {
+                continue;
+            };
+            let partial = w.inbox().is_none_or(|inbox| inbox.holds_partial());
+            if !partial && written > w.results_read() {
+                w.lose_results(written - w.results_read());
+            }
+        }
+    }
+
+    /// The next event worked out: frames first, then exits (a worker's frames were all read
+    /// before its reaper started, so its exit comes after them).
+    fn take_ready(&mut self) -> Option<PoolEvent> {
+        if let Some(event) = self.ready.pop_front() {
+            return Some(event);
+        }
+        while let Ok(reaped) = self.reaped_rx.try_recv() {
+            if let Some(event) = self.on_reaped(reaped) {
+                return Some(event);
+            }
+        }
+        None
+    }
+
+    /// SIGKILLs stopped workers whose grace period is over; returns the earliest pending
+    /// deadline.
+    fn escalate_kills(&mut self, now: Instant) -> Option<Instant> {
+        self.workers
+            .values_mut()
+            .filter_map(|w| w.escalate(now))
+            .min()
+    }
+
+    /// Waits up to `timeout` for results, exits, or room to write.
+    fn wait(&mut self, timeout: Duration) {
+        let mut woken = std::mem::take(&mut self.woken);
+        woken.clear();
+        if self
+            .poller
+            .wait(timeout, |token| woken.push(token))
+            .is_err()
+        {
+            // Not expected (EBADF, EINVAL); do not spin.
+            std::thread::sleep(timeout.min(Duration::from_millis(10)));
+        }
+        for token in &woken {
+            if token & WRITABLE != 0 {
+                self.flush_commands(*token as WorkerId);
+            } else {
+                self.pump(*token as WorkerId);
+            }
+        }
+        self.woken = woken;
+    }
+
+    /// Stops every worker: a graceful shutdown message, then SIGKILL for those still alive
+    /// after a grace period. Waits until all are reaped.
+    pub fn stop_all(&mut self, reason: StopReason) {
+        // First, so that no step takes a CPU a retiring worker frees.
+        self.abandon_starting();
+        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        for id in &ids {
+            self.retire(*id, reason);
+        }
+        self.wait_until_empty(STOP_GRACE);
+        let ids: Vec<WorkerId> = self.workers.keys().copied().collect();
+        for id in ids {
+            self.kill(id, reason);
+        }
+        self.wait_until_empty(Duration::from_secs(10));
+        // Nothing is listening for these any more.
+        self.ready.clear();
+    }
+
+    fn wait_until_empty(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while !self.workers.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let _ = self.next_event(left);
+        }
+    }
+
+    /// Ends the pool at the end of a run.
+    pub fn shutdown(&mut self) {
+        self.stop_all(StopReason::Shutdown);
+        self.spec = None;
+        self.size = 0;
+    }
+}
+
+impl WorkerPool for Pool {
+    fn target_size(&self) -> usize {
+        self.size
+    }
+
+    fn workers(&self) -> impl Iterator<Item = WorkerView> + '_ {
+        self.workers.values().map(Worker::view)
+    }
+
+    fn fill(&mut self) -> Result<(), PoolError> {
+        let missing = self
+            .size
+            .saturating_sub(self.active_count() + self.starting.len());
+        if missing == 0 {
+            // Steps still starting may have connected (a no-op when there are none).
+            return self.poll_starting();
+        }
+        let Some(spec) = self.spec.clone() else {
+            return Ok(());
+        };
+        match spec.launcher {
+            Launcher::Local => {
+                let threads = (sys::usable_cpus() / self.size.max(1)).max(1);
+                for _ in 0..missing {
+                    let id = self.take_id();
+                    let request = spawn::SpawnRequest {
+                        worker_id: id,
+                        env: &spec.env,
+                        threads_per_worker: threads,
+                        stage: &self.stage,
+                    };
+                    let spawned = spawn::spawn_worker(&request).map_err(PoolError::Spawn)?;
+                    self.register(id, spawned).map_err(PoolError::Spawn)?;
+                }
+            }
+            Launcher::Slurm => {
+                if self.listener.is_none() {
+                    let listen = std::env::var("LOKY_RUN_LISTEN").ok();
+                    let listener = Listener::bind(
+                        listen.as_deref(),
+                        self.console.clone(),
+                        self.events.clone(),
+                    )
+                    .map_err(PoolError::Listen)?;
+                    self.events.emit(&Event::Listening {
+                        address: listener.advertised(),
+                    });
+                    self.listener = Some(listener);
+                }
+                // A step gets the CPUs of one Slurm task.
+                let threads = std::env::var("SLURM_CPUS_PER_TASK")
+                    .ok()
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(1)
+                    .max(1);
+                // Submitted together, they start in parallel; see `poll_starting`.
+                for _ in 0..missing {
+                    let id = self.take_id();
+                    let request = spawn::SpawnRequest {
+                        worker_id: id,
+                        env: &spec.env,
+                        threads_per_worker: threads,
+                        stage: &self.stage,
+                    };
+                    let Some(listener) = self.listener.as_ref() else {
+                        break;
+                    };
+                    let step = slurm::start(&request, listener, &spec.srun_args)
+                        .map_err(PoolError::Slurm)?;
+                    self.starting.push((id, step));
+                }
+            }
+        }
+        self.poll_starting()
+    }
+
+    fn send_chunk(&mut self, worker: WorkerId, frame: &Arc<Vec<u8>>, items: u32) {
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return;
+        };
+        w.count_sent(items);
+        let waits = w.commands().push_shared(frame);
+        self.watch_commands(worker, waits);
+    }
+
+    fn tasks_sent(&self, worker: WorkerId) -> u64 {
+        self.workers.get(&worker).map_or(0, Worker::tasks_sent)
+    }
+
+    fn progress(&self, worker: WorkerId) -> Progress {
+        self.workers
+            .get(&worker)
+            .map_or(Progress::Between { last: None }, Worker::progress)
+    }
+
+    fn memory(&mut self, worker: WorkerId) -> Option<Memory> {
+        let (rss, baseline) = self.workers.get_mut(&worker)?.memory()?;
+        Some(Memory { rss, baseline })
+    }
+
+    fn retire(&mut self, worker: WorkerId, reason: StopReason) {
+        let frame = self.bare_frame(tag::SHUTDOWN);
+        if self
+            .workers
+            .get_mut(&worker)
+            .is_some_and(|w| w.mark_stopping(reason))
+        {
+            self.send_to(worker, &frame);
+        }
+    }
+
+    fn stop_after_current(&mut self, worker: WorkerId) {
+        let frame = self.bare_frame(tag::STOP);
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.mark_stopping(StopReason::Interrupted);
+            w.request_stop();
+            self.send_to(worker, &frame);
+        }
+    }
+
+    fn terminate(&mut self, worker: WorkerId, reason: StopReason, grace: Duration) {
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.mark_stopping(reason);
+            w.terminate(grace);
+        }
+    }
+
+    fn kill(&mut self, worker: WorkerId, reason: StopReason) {
+        if let Some(w) = self.workers.get_mut(&worker) {
+            w.mark_stopping(reason);
             w.end_now();
         }
     }
 
-    /// The next event, waiting at most `timeout`. A worker's frames always come before its
-    /// exit.
-    pub fn recv_timeout(&mut self, timeout: Duration) -> Option<WorkerEvent> {
+    fn next_event(&mut self, timeout: Duration) -> Option<PoolEvent> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(event) = self.ready.pop_front() {
+            if let Some(event) = self.take_ready() {
                 return Some(event);
             }
-            if let Ok(event) = self.rx.try_recv() {
-                return Some(event);
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            let mut woken = std::mem::take(&mut self.woken);
-            woken.clear();
-            if self.poller.wait(left, |token| woken.push(token)).is_err() {
-                // Not expected (EBADF, EINVAL); do not spin.
-                std::thread::sleep(left.min(Duration::from_millis(10)));
-            }
-            for token in &woken {
-                if token & WRITABLE != 0 {
-                    self.flush_commands(*token as u32);
-                } else {
-                    self.pump(*token as u32);
+            let now = Instant::now();
+            if now.duration_since(self.lost_checked) >= LOST_CHECK_EVERY {
+                self.lost_checked = now;
+                self.check_lost_results();
+                if let Some(event) = self.take_ready() {
+                    return Some(event);
                 }
             }
-            self.woken = woken;
-            if self.ready.is_empty() && self.rx.is_empty() && Instant::now() >= deadline {
+            let mut wait = deadline.saturating_duration_since(now);
+            if let Some(at) = self.escalate_kills(now) {
+                wait = wait.min(at.saturating_duration_since(now));
+            }
+            if !self.workers.is_empty() {
+                wait = wait.min(LOST_CHECK_EVERY);
+            }
+            self.wait(wait);
+            if let Some(event) = self.take_ready() {
+                return Some(event);
+            }
+            if Instant::now() >= deadline {
                 return None;
             }
         }
     }
 
-    /// Reads what a worker sent; when its stream closes, a reaper thread waits for its exit.
-    fn pump(&mut self, id: u32) {
-        let Some(w) = self.workers.get_mut(&id) else {
-            return;
-        };
-        let Some(inbox) = &mut w.inbox else { return };
-        let ready = &mut self.ready;
-        let pumped = inbox.pump(|frame| ready.push_back(WorkerEvent::Frame { worker: id, frame }));
-        let inbox_fd = inbox.fd();
-        match pumped {
-            Pumped::Open => return,
-            // A remote worker's connection can end while its srun lives on: keepalive gave
-            // up on a vanished node, which Slurm may take minutes to notice. Its exit is
-            // waited for a while, then forced.
-            Pumped::Closed => {
-                if w.remote.is_some() && !w.exited.load(Ordering::Acquire) {
-                    // No stop reason: if it held a task, that task crashed.
-                    w.kill_at.get_or_insert(Instant::now() + REMOTE_EXIT_WAIT);
-                }
-            }
-            // Nothing it says can be trusted any more, and it may be waiting for us: end it
-            // (its exit is then reported as a crash of what it held).
-            Pumped::Corrupt => w.end_now(),
-        }
-        self.poller.remove(inbox_fd);
-        w.inbox = None;
-        if w.commands.watching {
-            self.poller.remove(w.commands.fd());
-            w.commands.watching = false;
-        }
-        let (pid, reaped, remote) = (w.pid, w.exited.clone(), w.remote.is_some());
-        let (tx, waker) = (self.tx.clone(), self.poller.waker());
-        let reaper = move || {
-            let (mut end, peak_rss) = wait_and_reap(pid, &reaped);
-            if remote {
-                end = remote_end(end);
-            }
-            let _ = tx.send(WorkerEvent::Exited {
-                worker: id,
-                end,
-                peak_rss,
-            });
-            waker.wake();
-        };
-        if std::thread::Builder::new()
-            .name(format!("worker-{id}-reaper"))
-            .spawn(reaper)
-            .is_err()
-        {
-            // No thread to spare: reap here (the stream closed, so the process is ending).
-            let (mut end, peak_rss) = wait_and_reap(pid, &w.exited);
-            if w.remote.is_some() {
-                end = remote_end(end);
-            }
-            self.ready.push_back(WorkerEvent::Exited {
-                worker: id,
-                end,
-                peak_rss,
-            });
-        }
-    }
-
-    /// Takes a worker out of the pool once its exit is seen, and reports it. Returns the worker
-    /// (with the reason it was stopped, if it was) so the dispatcher can handle its chunks.
-    pub fn on_exit(
-        &mut self,
-        id: u32,
-        end: ProcessEnd,
-        peak_rss: u64,
-        events: &EventLog,
-    ) -> Option<Worker> {
-        let w = self.workers.remove(&id)?;
-        // What it printed last is forwarded before its exit is reported (and before the run
-        // ends). Bounded: a plugin's daemonized child could keep the pipe open.
-        w.output_drained.wait(OUTPUT_DRAIN_LIMIT);
-        let peak_rss = w.peak_rss(peak_rss);
-        let reason = w.stop_reason.unwrap_or("crashed");
-        if matches!(
-            reason,
-            "crashed" | "timeout" | "max_tasks" | "memory_growth"
-        ) {
-            self.replaced += 1;
-        }
-        let (signal, exit_code) = match end {
-            ProcessEnd::Signal(s) => (Some(sys::signal_name(s)), None),
-            ProcessEnd::Exit(c) => (None, Some(c)),
-        };
-        events.emit(&Event::WorkerExited {
-            worker: id,
-            pid: w.pid,
-            reason,
-            signal,
-            exit_code,
-            peak_rss,
-            tasks: w.tasks_done,
-        });
-        Some(w)
-    }
-
-    /// Stops every worker: a graceful shutdown message, then SIGKILL for those still alive
-    /// after a grace period. Waits until all are reaped.
-    pub fn stop_all(&mut self, reason: &'static str, events: &EventLog) {
-        // First, so that no step takes a CPU a retiring worker frees.
-        self.abandon_starting();
-        let ids: Vec<u32> = self.workers.keys().copied().collect();
-        for id in &ids {
-            self.retire(*id, reason);
-        }
-        self.wait_until_empty(STOP_GRACE, events);
-        let ids: Vec<u32> = self.workers.keys().copied().collect();
-        for id in ids {
-            self.kill(id, reason);
-        }
-        self.wait_until_empty(Duration::from_secs(10), events);
-    }
-
-    fn wait_until_empty(&mut self, limit: Duration, events: &EventLog) {
-        let deadline = Instant::now() + limit;
-        while !self.workers.is_empty() {
-            let now = Instant::now();
-            let left = deadline.saturating_duration_since(now);
-            if left.is_zero() {
-                break;
-            }
-            // A remote worker that ignored SIGTERM gets its SIGKILL (and scancel) on time.
-            let wait = self
-                .escalate_kills(now)
-                .map_or(left, |at| at.saturating_duration_since(now).min(left))
-                .max(Duration::from_millis(1));
-            match self.recv_timeout(wait) {
-                Some(WorkerEvent::Exited {
-                    worker,
-                    end,
-                    peak_rss,
-                }) => {
-                    self.on_exit(worker, end, peak_rss, events);
-                }
-                Some(WorkerEvent::Frame { .. }) | None => {}
-            }
-        }
-    }
-
-    /// Ends the pool at the end of a run.
-    pub fn shutdown(&mut self, events: &EventLog) {
-        self.stop_all("shutdown", events);
-        self.spec = None;
-        self.size = 0;
+    fn counters(&self) -> PoolCounters {
+        self.counters
     }
 }
 
@@ -880,25 +827,13 @@ impl Drop for Pool {
         // cleanly; SIGKILL would leave the step running until Slurm notices, so that comes
         // only after a grace period, with a `scancel` of the step.
         self.abandon_starting();
-        let mut remote = Vec::new();
-        for w in self.workers.values() {
-            if w.exited.load(Ordering::Acquire) {
-                continue;
-            }
-            match &w.remote {
-                Some(conn) => {
-                    let _ = conn.shutdown(std::net::Shutdown::Both);
-                    remote.push(w.pid);
-                }
-                None => spawn::kill_group(w.pid, libc::SIGKILL),
-            }
-        }
+        let remote: Vec<u32> = self.workers.values().filter_map(Worker::abandon).collect();
         let killed = spawn::end_gracefully(&remote, STOP_GRACE);
         let steps: Vec<String> = self
             .workers
             .values()
-            .filter(|w| killed.contains(&w.pid))
-            .filter_map(|w| w.slurm_step.clone())
+            .filter(|w| killed.contains(&w.pid()))
+            .filter_map(|w| w.slurm_step().map(str::to_owned))
             .collect();
         if !steps.is_empty() {
             slurm::cancel_steps(&steps, true);
@@ -908,10 +843,10 @@ impl Drop for Pool {
 
 /// Waits for the worker to become a zombie, kills what is left of its process group (a plugin's
 /// own children), then reaps it. The flag tells the pool not to signal a reaped pid.
-fn wait_and_reap(pid: u32, reaped: &AtomicBool) -> (ProcessEnd, u64) {
+fn wait_and_reap(pid: u32, reaped: &std::sync::atomic::AtomicBool) -> (ProcessEnd, u64) {
     spawn::wait_exited(pid);
     spawn::kill_group(pid, libc::SIGKILL);
-    reaped.store(true, Ordering::Release);
+    reaped.store(true, std::sync::atomic::Ordering::Release);
     spawn::reap(pid)
 }
 

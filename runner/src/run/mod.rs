@@ -1,23 +1,28 @@
 //! Running a pipeline: plan it, then run its stages in order on one reusable pool.
 
+pub mod book;
+pub mod dispatcher;
+pub mod error;
+pub mod outcome;
 pub mod plan;
 pub mod resume;
-pub mod stage;
+pub mod sizer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+pub use dispatcher::{Dispatcher, StageJob};
+pub use error::RunError;
+pub use outcome::{StageOutcome, StageStop};
 pub use plan::{Plan, PlanError, plan};
 pub use resume::ResumeMode;
-pub use stage::{StageOutcome, StopReason};
 
 use crate::config::{OnError, Pipeline};
 use crate::console::Console;
-use crate::error::Error;
 use crate::events::{Event, EventLog};
 use crate::input;
-use crate::manifest::{DecisionRecord, Manifest, StageRecord, StageStatus};
+use crate::manifest::{Manifest, StageRecord, StageStatus};
 use crate::output::OrderedWriter;
 use crate::pool::{Decision, Pool, decide};
 
@@ -60,14 +65,17 @@ pub fn dry_run_decisions(plan: &Plan) -> Vec<Decision> {
 }
 
 /// Runs every stage of a plan (with `--resume`: what an earlier run left unfinished).
-pub fn execute(plan: &Plan, opts: &RunOptions, console: &Arc<Console>) -> Result<RunReport, Error> {
+pub fn execute(
+    plan: &Plan,
+    opts: &RunOptions,
+    console: &Arc<Console>,
+) -> Result<RunReport, RunError> {
     let pipeline = &plan.pipeline;
     let out_dir = &pipeline.output_dir;
     prepare_output_dir(out_dir)?;
     let _lock = resume::lock_output_dir(out_dir)?;
-    let io_err = |context: String| move |source| Error::Io { context, source };
     let mut manifest =
-        Manifest::new(pipeline, &plan.plugins).map_err(io_err("cannot hash plugins".into()))?;
+        Manifest::new(pipeline, &plan.plugins).map_err(RunError::io("cannot hash plugins"))?;
     manifest.stages = resume::fingerprints(plan, &manifest)?
         .into_iter()
         .zip(pipeline.stages.iter().zip(&plan.stages))
@@ -92,7 +100,10 @@ pub fn execute(plan: &Plan, opts: &RunOptions, console: &Arc<Console>) -> Result
             ));
             return Ok(RunReport {
                 exit_code,
-                kept: stages.iter().map(kept_outcome).collect(),
+                kept: stages
+                    .iter()
+                    .map(|r| (r.name.clone(), StageOutcome::kept(r)))
+                    .collect(),
                 stages: Vec::new(),
                 output_dir: out_dir.clone(),
                 events: None,
@@ -100,231 +111,230 @@ pub fn execute(plan: &Plan, opts: &RunOptions, console: &Arc<Console>) -> Result
         }
     };
     let events = match &opts.events {
-        Some(path) => EventLog::create(path).map_err(|source| Error::Io {
-            context: format!("cannot create event log {}", path.display()),
-            source,
-        })?,
+        Some(path) => EventLog::create(path).map_err(RunError::io(format!(
+            "cannot create event log {}",
+            path.display()
+        )))?,
         None => EventLog::disabled(),
     };
-    let write_manifest = |manifest: &Manifest| {
-        manifest.write(out_dir).map_err(io_err(format!(
-            "cannot write the manifest in {}",
-            out_dir.display()
-        )))
+    let pool = Pool::new(events.clone(), console.clone())
+        .map_err(RunError::io("cannot set up the worker pool"))?;
+    let mut run = Run {
+        plan,
+        console,
+        events,
+        manifest,
+        pool,
+        ok_counts: Vec::new(),
+        kept: Vec::new(),
+        stages: Vec::new(),
+        failed_any: false,
     };
-    write_manifest(&manifest)?;
-    events.emit(&Event::RunStarted {
+    run.write_manifest()?;
+    run.events.emit(&Event::RunStarted {
         pipeline: &pipeline.name,
         file: &pipeline.file,
         runner_version: env!("CARGO_PKG_VERSION"),
         pid: std::process::id(),
     });
-
-    let run_started = Instant::now();
-    let mut pool = Pool::new();
-    let mut reports = Vec::new();
-    let mut kept = Vec::new();
-    let mut ok_counts: Vec<u64> = Vec::new();
-    let mut failed_any = false;
-    for (i, stage) in pipeline.stages.iter().enumerate() {
-        let planned = &plan.stages[i];
-        if let resume::StageStart::Keep(record) = &starts[i] {
-            // Finished in an earlier run: its output stands (and feeds `from` stages).
-            let stopped = record.status == StageStatus::Stopped;
-            failed_any |= record.failed > 0 || stopped;
-            ok_counts.push(record.ok);
-            kept.push(kept_outcome(record));
-            manifest.stages[i] = (**record).clone();
-            if stopped {
-                break;
-            }
-            continue;
+    let started = Instant::now();
+    for (i, start) in starts.iter().enumerate() {
+        let stop = match start {
+            resume::StageStart::Keep(record) => run.keep(i, record),
+            resume::StageStart::Resume => run.stage(i, true)?,
+            resume::StageStart::Fresh => run.stage(i, false)?,
+        };
+        if stop {
+            break;
         }
+    }
+    run.pool.shutdown();
+    run.finish(started, opts.events.clone())
+}
+
+/// One run of the stages: the state `execute` carries from stage to stage.
+struct Run<'a> {
+    plan: &'a Plan,
+    console: &'a Arc<Console>,
+    events: EventLog,
+    manifest: Manifest,
+    pool: Pool,
+    /// Records with an output, per stage so far (the size of a `from` stage's input).
+    ok_counts: Vec<u64>,
+    kept: Vec<(String, StageOutcome)>,
+    stages: Vec<(String, StageOutcome, Decision)>,
+    failed_any: bool,
+}
+
+impl Run<'_> {
+    fn out_dir(&self) -> &Path {
+        &self.plan.pipeline.output_dir
+    }
+
+    fn write_manifest(&self) -> Result<(), RunError> {
+        self.manifest
+            .write(self.out_dir())
+            .map_err(RunError::io(format!(
+                "cannot write the manifest in {}",
+                self.out_dir().display()
+            )))
+    }
+
+    /// A stage finished in an earlier run: its output stands (and feeds `from` stages).
+    /// Returns whether the run stops here.
+    fn keep(&mut self, i: usize, record: &StageRecord) -> bool {
+        let stopped = record.status == StageStatus::Stopped;
+        self.failed_any |= record.failed > 0 || stopped;
+        self.ok_counts.push(record.ok);
+        self.kept
+            .push((record.name.clone(), StageOutcome::kept(record)));
+        self.manifest.stages[i] = record.clone();
+        stopped
+    }
+
+    /// Runs stage `i` (continuing what an interrupted run recorded, if `resume`). Returns
+    /// whether the run stops here.
+    fn stage(&mut self, i: usize, resume: bool) -> Result<bool, RunError> {
+        let pipeline = &self.plan.pipeline;
+        let stage = &pipeline.stages[i];
+        let planned = &self.plan.stages[i];
         let decision = decide(
-            pool.spec().map(|s| (s, pool.size())),
+            self.pool.spec().map(|s| (s, self.pool.size())),
             &planned.spec,
             planned.workers,
             stage.settings.reuse,
             stage.kill_workers,
         );
         let (from, to) = decision.from_to();
-        events.emit(&Event::PoolDecision {
+        self.events.emit(&Event::PoolDecision {
             stage: &stage.name,
             decision: decision.kind(),
             from,
             to,
             reason: decision.reason(),
         });
-        console.debug(&format!(
+        self.console.debug(&format!(
             "stage {}: pool {} ({})",
             stage.name,
             decision.kind(),
             decision.reason()
         ));
-        pool.apply(
+        self.pool.apply(
             &decision,
             planned.spec.clone(),
             planned.workers,
             &stage.name,
-            &events,
         );
 
+        let out_dir = self.out_dir().to_owned();
         let from_file = planned
             .from
-            .map(|j| output_file(out_dir, &pipeline.stages[j].name));
+            .map(|j| output_file(&out_dir, &pipeline.stages[j].name));
         let total = match (planned.total, planned.from) {
             (Some(n), _) => n,
-            (None, Some(j)) => ok_counts[j],
+            (None, Some(j)) => self.ok_counts[j],
             (None, None) => 0,
         };
-        let source = input::open(&stage.input, from_file.as_deref()).map_err(io_err(format!(
-            "cannot open the input of stage {}",
-            stage.name
-        )))?;
-        let out_path = output_file(out_dir, &stage.name);
-        let record = &mut manifest.stages[i];
+        let source = input::open(&stage.input, from_file.as_deref()).map_err(RunError::io(
+            format!("cannot open the input of stage {}", stage.name),
+        ))?;
+        let out_path = output_file(&out_dir, &stage.name);
+        let record = &mut self.manifest.stages[i];
         let previous_wall = record.wall_time_s;
         record.status = StageStatus::Running;
         record.tasks = total;
-        manifest.write_unsynced(out_dir).map_err(io_err(format!(
-            "cannot write the manifest in {}",
-            out_dir.display()
-        )))?;
-        let mut writer = match starts[i] {
-            resume::StageStart::Resume => {
-                let w = OrderedWriter::resume(&out_path)
-                    .map_err(io_err(format!("cannot resume {}", out_path.display())))?;
-                report_resumed(console, &stage.name, &w, total);
-                w
-            }
-            _ => OrderedWriter::create(&out_path)
-                .map_err(io_err(format!("cannot create {}", out_path.display())))?,
+        self.manifest
+            .write_unsynced(&out_dir)
+            .map_err(RunError::io(format!(
+                "cannot write the manifest in {}",
+                out_dir.display()
+            )))?;
+        let mut writer = if resume {
+            let w = OrderedWriter::resume(&out_path).map_err(RunError::io(format!(
+                "cannot resume {}",
+                out_path.display()
+            )))?;
+            report_resumed(self.console, &stage.name, &w, total);
+            w
+        } else {
+            OrderedWriter::create(&out_path).map_err(RunError::io(format!(
+                "cannot create {}",
+                out_path.display()
+            )))?
         };
         let resumed = writer.resumed();
-        events.emit(&Event::StageStarted {
+        self.events.emit(&Event::StageStarted {
             stage: &stage.name,
             task: stage.task.to_string(),
             tasks: total,
             workers: planned.workers,
         });
-        let job = stage::StageJob {
-            stage,
-            plugin: planned.plugin,
-            task: planned.task,
-            total,
-            input: source,
-            grace: pipeline.grace_period,
-        };
         let mut outcome = if resumed.failed > 0 && stage.settings.on_error == OnError::Fail {
             // The run being resumed had already hit a failure: the stage stopped there.
-            StageOutcome {
-                total,
-                ok: 0,
-                failed: 0,
-                retried: 0,
-                wall: std::time::Duration::ZERO,
-                stopped: Some(StopReason::FirstFailure),
-                first_errors: Vec::new(),
-            }
+            let mut o = StageOutcome::new(total);
+            o.stopped = Some(StageStop::FirstFailure);
+            o
         } else {
-            stage::Dispatcher::new(job, &mut pool, &mut writer, &events, console)
-                .run()
-                .map_err(io_err(format!("stage {} failed", stage.name)))?
+            let job = StageJob {
+                stage,
+                plugin: planned.plugin,
+                task: planned.task,
+                total,
+                input: source,
+                grace: pipeline.grace_period,
+            };
+            Dispatcher::new(job, &mut self.pool, &mut writer, &self.events, self.console).run()?
         };
         outcome.ok += resumed.ok;
         outcome.failed += resumed.failed;
-        let interrupted = matches!(outcome.stopped, Some(StopReason::Interrupted(_)));
-        if interrupted {
+        if outcome.is_interrupted() {
             // Held results stay in the journal: `--resume` takes them back.
             writer.suspend()
         } else {
             writer.finish()
         }
-        .map_err(io_err(format!("cannot write {}", out_path.display())))?;
+        .map_err(RunError::io(format!("cannot write {}", out_path.display())))?;
 
-        let wall = outcome.wall.as_secs_f64();
-        events.emit(&Event::StageFinished {
-            stage: &stage.name,
-            tasks: outcome.total,
-            ok: outcome.ok,
-            failed: outcome.failed,
-            retried: outcome.retried,
-            not_run: outcome.not_run(),
-            wall_time_s: wall,
-            tasks_per_s: rate(outcome.ok + outcome.failed, wall),
-        });
-        let record = &mut manifest.stages[i];
-        record.status = match outcome.stopped {
-            None => StageStatus::Done,
-            Some(StopReason::Interrupted(_)) => StageStatus::Interrupted,
-            Some(_) => StageStatus::Stopped,
-        };
-        record.tasks = outcome.total;
-        record.ok = outcome.ok;
-        record.failed = outcome.failed;
-        record.retried = outcome.retried;
-        record.not_run = outcome.not_run();
-        record.wall_time_s = previous_wall + wall;
-        record.pool_decision = Some(DecisionRecord {
-            decision: decision.kind().to_owned(),
-            from,
-            to,
-            reason: decision.reason(),
-        });
-        let _ = manifest.write(out_dir);
-        failed_any |= outcome.failed > 0 || outcome.stopped.is_some();
-        ok_counts.push(outcome.ok);
+        self.events.emit(&outcome.finished_event(&stage.name));
+        outcome.record_into(&mut self.manifest.stages[i], &decision, previous_wall);
+        // The stage's outcome stands even if this write fails: the final write reports it.
+        let _ = self.manifest.write(&out_dir);
+        self.failed_any |= outcome.failed > 0 || outcome.stopped.is_some();
+        self.ok_counts.push(outcome.ok);
         let stop = outcome.stopped.is_some();
-        reports.push((stage.name.clone(), outcome, decision));
-        if stop {
-            break;
-        }
+        self.stages.push((stage.name.clone(), outcome, decision));
+        Ok(stop)
     }
-    pool.shutdown(&events);
 
-    let interrupted = reports.iter().find_map(
-        |(_, o, _): &(String, StageOutcome, Decision)| match o.stopped {
-            Some(StopReason::Interrupted(sig)) => Some(sig),
+    fn finish(mut self, started: Instant, events: Option<PathBuf>) -> Result<RunReport, RunError> {
+        let interrupted = self.stages.iter().find_map(|(_, o, _)| match o.stopped {
+            Some(StageStop::Interrupted(sig)) => Some(sig),
             _ => None,
-        },
-    );
-    let exit_code = match interrupted {
-        Some(sig) => crate::interrupt::exit_code(sig),
-        None => i32::from(failed_any),
-    };
-    manifest.status = match (interrupted, failed_any) {
-        (Some(_), _) => "interrupted",
-        (None, true) => "failed",
-        (None, false) => "succeeded",
-    };
-    manifest.exit_code = Some(exit_code);
-    manifest.finished_at = Some(crate::events::now_rfc3339());
-    write_manifest(&manifest)?;
-    events.emit(&Event::RunFinished {
-        exit_code,
-        wall_time_s: run_started.elapsed().as_secs_f64(),
-    });
-    Ok(RunReport {
-        exit_code,
-        kept,
-        stages: reports,
-        output_dir: out_dir.clone(),
-        events: opts.events.clone(),
-    })
-}
-
-/// A stage finished in an earlier run, as the summary shows it.
-fn kept_outcome(record: &StageRecord) -> (String, StageOutcome) {
-    let outcome = StageOutcome {
-        total: record.tasks,
-        ok: record.ok,
-        failed: record.failed,
-        retried: record.retried,
-        wall: std::time::Duration::try_from_secs_f64(record.wall_time_s).unwrap_or_default(),
-        stopped: None,
-        first_errors: Vec::new(),
-    };
-    (record.name.clone(), outcome)
+        });
+        let exit_code = match interrupted {
+            Some(sig) => crate::interrupt::exit_code(sig),
+            None => i32::from(self.failed_any),
+        };
+        self.manifest.status = match (interrupted, self.failed_any) {
+            (Some(_), _) => "interrupted",
+            (None, true) => "failed",
+            (None, false) => "succeeded",
+        };
+        self.manifest.exit_code = Some(exit_code);
+        self.manifest.finished_at = Some(crate::events::now_rfc3339());
+        self.write_manifest()?;
+        self.events.emit(&Event::RunFinished {
+            exit_code,
+            wall_time_s: started.elapsed().as_secs_f64(),
+        });
+        Ok(RunReport {
+            exit_code,
+            kept: self.kept,
+            stages: self.stages,
+            output_dir: self.plan.pipeline.output_dir.clone(),
+            events,
+        })
+    }
 }
 
 /// Says how much of a resumed stage was already recorded, and what was cut off as torn.
@@ -347,13 +357,9 @@ pub fn output_file(dir: &Path, stage: &str) -> PathBuf {
     dir.join(format!("{stage}.jsonl"))
 }
 
-fn rate(count: u64, secs: f64) -> f64 {
-    if secs > 0.0 { count as f64 / secs } else { 0.0 }
-}
-
 /// Creates the output directory and proves it is writable, before any worker starts.
-fn prepare_output_dir(dir: &Path) -> Result<(), Error> {
-    let fail = |source| Error::OutputDir {
+fn prepare_output_dir(dir: &Path) -> Result<(), RunError> {
+    let fail = |source| RunError::OutputDir {
         path: dir.to_owned(),
         source,
     };
@@ -375,33 +381,12 @@ pub fn print_summary(report: &RunReport, pipeline: &Pipeline, console: &Console)
         .max()
         .unwrap_or(5)
         .max(5);
-    let mut lines = vec![format!(
-        "{:width$}  {:>9} {:>7} {:>7}  {:>8}  {:>11}  pool",
-        "stage", "ok", "failed", "retried", "time", "tasks/s"
-    )];
+    let mut lines = vec![StageOutcome::summary_header(width)];
     for (name, o) in &report.kept {
-        let secs = o.wall.as_secs_f64();
-        lines.push(format!(
-            "{name:width$}  {:>9} {:>7} {:>7}  {:>7.2}s  {:>11.0}  kept (finished in an earlier run)",
-            o.ok,
-            o.failed,
-            o.retried,
-            secs,
-            rate(o.ok + o.failed, secs),
-        ));
+        lines.push(o.summary_row(name, width, "kept (finished in an earlier run)"));
     }
     for (name, o, d) in &report.stages {
-        let secs = o.wall.as_secs_f64();
-        lines.push(format!(
-            "{name:width$}  {:>9} {:>7} {:>7}  {:>7.2}s  {:>11.0}  {} ({})",
-            o.ok,
-            o.failed,
-            o.retried,
-            secs,
-            rate(o.ok + o.failed, secs),
-            d.kind(),
-            d.reason()
-        ));
+        lines.push(o.summary_row(name, width, &format!("{} ({})", d.kind(), d.reason())));
     }
     let not_started: Vec<&str> = pipeline
         .stages
@@ -436,11 +421,13 @@ pub fn print_summary(report: &RunReport, pipeline: &Pipeline, console: &Console)
             ));
         }
         match &o.stopped {
-            Some(StopReason::FirstFailure) => lines.push(format!(
+            Some(StageStop::FirstFailure) => lines.push(format!(
                 "  {name} stopped at its first failure (on_error = \"fail\"); set on_error = \"continue\" to run every task"
             )),
-            Some(StopReason::WorkerStart(msg)) => lines.push(format!("  {name} stopped: {msg}")),
-            Some(StopReason::Interrupted(sig)) => lines.push(format!(
+            Some(StageStop::WorkerStart(msg) | StageStop::WorkersLost(msg)) => {
+                lines.push(format!("  {name} stopped: {msg}"))
+            }
+            Some(StageStop::Interrupted(sig)) => lines.push(format!(
                 "  {name} interrupted by {}: completed results are kept; finish with `loky-run run --resume {}`",
                 crate::sys::signal_name(*sig),
                 pipeline.file.display()

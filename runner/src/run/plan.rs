@@ -146,6 +146,17 @@ pub fn plan(pipeline: Pipeline, verbose: bool) -> Result<Plan, PlanError> {
         }
     }
 
+    if let Err(message) = crate::sys::cpu_cap() {
+        problems.push(PlanProblem {
+            message,
+            help: Some(format!(
+                "set {} to a whole number of CPUs, or unset it",
+                crate::sys::CPU_CAP_VAR
+            )),
+            key: None,
+            origin: None,
+        });
+    }
     let cpus = crate::sys::usable_cpus();
     let plugin_paths: Vec<PathBuf> = plugins.iter().map(|p| p.path.clone()).collect();
     let mut stages = Vec::new();

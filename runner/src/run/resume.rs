@@ -13,9 +13,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::error::RunError;
 use crate::config::InputSpec;
 use crate::console::Console;
-use crate::error::Error;
 use crate::manifest::{Manifest, PreviousRun, StageRecord, StageStatus, sha256_file, sha256_hex};
 use crate::output::{self, JOURNAL_DIR};
 
@@ -56,7 +56,7 @@ pub enum Prepared {
 pub fn fingerprints(
     plan: &Plan,
     manifest: &Manifest,
-) -> Result<Vec<BTreeMap<String, String>>, Error> {
+) -> Result<Vec<BTreeMap<String, String>>, RunError> {
     let mut all: Vec<BTreeMap<String, String>> = Vec::new();
     for (i, stage) in plan.pipeline.stages.iter().enumerate() {
         let planned = &plan.stages[i];
@@ -80,7 +80,7 @@ pub fn fingerprints(
             InputSpec::File(path) => {
                 let sha = match &planned.input_sha256 {
                     Some(sha) => sha.clone(),
-                    None => sha256_file(path).map_err(|source| Error::Io {
+                    None => sha256_file(path).map_err(|source| RunError::Io {
                         context: format!("cannot read input file {}", path.display()),
                         source,
                     })?,
@@ -158,7 +158,7 @@ pub fn prepare(
     manifest: &mut Manifest,
     mode: ResumeMode,
     console: &Console,
-) -> Result<Prepared, Error> {
+) -> Result<Prepared, RunError> {
     let pipeline = &plan.pipeline;
     let out_dir = &pipeline.output_dir;
     let previous = PreviousRun::read(out_dir);
@@ -186,13 +186,13 @@ pub fn prepare(
     let prev = match previous {
         Ok(Some(prev)) => prev,
         Ok(None) => {
-            return Err(Error::Usage(format!(
+            return Err(RunError::Refused(format!(
                 "nothing to resume in {}: no earlier run of a pipeline wrote there (no manifest.json); run without --resume to start one",
                 out_dir.display()
             )));
         }
         Err(message) => {
-            return Err(Error::Usage(format!(
+            return Err(RunError::Refused(format!(
                 "cannot resume the run in {}: {message}; run without --resume to start over",
                 out_dir.display()
             )));
@@ -248,7 +248,7 @@ pub fn prepare(
             .and_then(|i| now.get(i))
             .map(|s| format!(" (reruns stage `{}` and the stages after it)", s.name))
             .unwrap_or_default();
-        return Err(Error::Usage(format!(
+        return Err(RunError::Refused(format!(
             "cannot resume the run in {}: the pipeline or its inputs changed since it started:\n{}\n  = help: resume anyway with `--resume --force`{rerun}, or run without --resume to start over",
             out_dir.display(),
             list.join("\n")
@@ -323,12 +323,12 @@ pub fn prepare(
 /// while the interrupted run is still finishing, say) would corrupt them. The lock is an
 /// `flock` on `<output_dir>/.lock`, released by the kernel however the runner ends (even
 /// `kill -9`); hold the returned file for the whole run.
-pub fn lock_output_dir(dir: &Path) -> Result<std::fs::File, Error> {
+pub fn lock_output_dir(dir: &Path) -> Result<std::fs::File, RunError> {
     use std::io::{Read, Seek, Write};
     use std::os::fd::AsRawFd;
 
     let path = dir.join(".lock");
-    let io_err = |source| Error::Io {
+    let io_err = |source| RunError::Io {
         context: format!("cannot lock {}", path.display()),
         source,
     };
@@ -354,7 +354,7 @@ pub fn lock_output_dir(dir: &Path) -> Result<std::fs::File, Error> {
         } else {
             format!(" (pid {pid})")
         };
-        return Err(Error::Usage(format!(
+        return Err(RunError::Refused(format!(
             "another loky-run{who} is running with its outputs in {}; wait for it to end (or stop it) first",
             dir.display()
         )));
@@ -367,7 +367,7 @@ pub fn lock_output_dir(dir: &Path) -> Result<std::fs::File, Error> {
 }
 
 /// Deletes the outputs and journals of the named stages.
-fn discard<'a>(out_dir: &Path, stages: impl Iterator<Item = &'a str>) -> Result<(), Error> {
+fn discard<'a>(out_dir: &Path, stages: impl Iterator<Item = &'a str>) -> Result<(), RunError> {
     for name in stages {
         let path = output_file(out_dir, name);
         for file in [output::journal_path(&path), path] {
@@ -375,7 +375,7 @@ fn discard<'a>(out_dir: &Path, stages: impl Iterator<Item = &'a str>) -> Result<
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(source) => {
-                    return Err(Error::Io {
+                    return Err(RunError::Io {
                         context: format!("cannot delete {}", file.display()),
                         source,
                     });
