@@ -196,13 +196,10 @@ fn a_worker_whose_result_stream_is_garbled_is_ended_not_waited_for() {
     let records = fx.records("g");
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["error"]["kind"], "crashed", "{}", records[0]);
+    let message = records[0]["error"]["message"].as_str().unwrap();
     assert!(
-        records[0]["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("SIGKILL"),
-        "killed, not left to exit on its own: {}",
-        records[0]
+        message.contains("SIGKILL") && message.contains("not a frame"),
+        "killed, not left to exit on its own, and saying why: {message}"
     );
     assert_eq!(fx.outputs("ok"), [0, 1, 4, 9]);
 }
@@ -562,5 +559,11 @@ fn an_initializer_that_segfaults_is_reported_and_not_respawned_in_a_loop() {
     r.assert_code(1)
         .assert_stderr_has(&["SIGSEGV", "faults::init_segfault"]);
     assert_eq!(fx.records("s")[0]["error"]["kind"], "initializer");
-    assert!(started_pids(&fx.events()).len() <= 2, "no respawn loop");
+    // A death while starting is retried on a fresh worker; dying the same way again stops
+    // the stage. Both workers start at once, and one may be replaced before the second death.
+    let started = started_pids(&fx.events()).len();
+    assert!(
+        (2..=3).contains(&started),
+        "no respawn loop: {started} started"
+    );
 }

@@ -9,5 +9,6 @@ mod cli_ux;
 mod failures;
 mod pool;
 mod resume;
+mod scheduler;
 mod slurm;
 mod terminal;

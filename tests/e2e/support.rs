@@ -81,6 +81,50 @@ impl Fixture {
         RunResult::from(cmd.output().unwrap())
     }
 
+    /// Like [`Self::run`], but a run that does not end within `limit` is killed and fails the
+    /// test (for the cases that used to loop forever).
+    #[track_caller]
+    pub fn run_within(&self, args: &[&str], limit: std::time::Duration) -> RunResult {
+        let mut cmd = self.command();
+        cmd.args(args)
+            .args(["--progress", "never"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let drain = |r: Option<Box<dyn std::io::Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut text = Vec::new();
+                if let Some(mut r) = r {
+                    let _ = r.read_to_end(&mut text);
+                }
+                String::from_utf8_lossy(&text).into_owned()
+            })
+        };
+        let out = drain(child.stdout.take().map(|s| Box::new(s) as _));
+        let err = drain(child.stderr.take().map(|s| Box::new(s) as _));
+        let deadline = std::time::Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
+        let Some(status) = status else {
+            panic!("loky-run did not end within {limit:?}\n--- stderr\n{stderr}");
+        };
+        RunResult {
+            code: status.code().unwrap_or(-1),
+            stdout,
+            stderr,
+        }
+    }
+
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_loky-run"));
         cmd.current_dir(self.path())
@@ -202,6 +246,26 @@ pub fn wait_for<T>(mut check: impl FnMut() -> Option<T>) -> T {
             std::time::Instant::now() < deadline,
             "condition not reached within 60 s"
         );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Waits for a child process, killing it (and failing the test) if it runs past `limit`.
+#[track_caller]
+pub fn wait_within(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process {} did not end within {limit:?}", child.id());
+        }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }

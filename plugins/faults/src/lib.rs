@@ -27,6 +27,18 @@ pub struct CrashOnce {
     pub marker: PathBuf,
 }
 
+/// Input of `rendezvous`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rendezvous {
+    /// The file every participant appends a line to.
+    pub path: PathBuf,
+    /// How many participants must arrive.
+    pub count: usize,
+    /// How long to wait for them, in milliseconds.
+    pub timeout_ms: u64,
+}
+
 /// Input of `append_line`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -160,6 +172,39 @@ pub fn append_line(input: AppendLine) -> Result<Value, String> {
     Ok(value)
 }
 
+/// Appends this worker's pid to `path`, then waits until `count` lines are there: returns the
+/// pid, or an error if the others did not arrive within the time limit. Tasks that must run at
+/// the same moment to succeed (a test that every worker got one at once).
+pub fn rendezvous(input: Rendezvous) -> Result<u32, String> {
+    let pid = std::process::id();
+    append_line(AppendLine {
+        path: input.path.clone(),
+        value: Value::from(pid),
+    })?;
+    let deadline = std::time::Instant::now() + Duration::from_millis(input.timeout_ms);
+    loop {
+        let arrived = std::fs::read_to_string(&input.path)
+            .map_err(|e| format!("cannot read {}: {e}", input.path.display()))?
+            .lines()
+            .count();
+        if arrived >= input.count {
+            return Ok(pid);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(format!(
+                "only {arrived} of {} arrived within {} ms",
+                input.count, input.timeout_ms
+            ));
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Initializer that sleeps `ms` milliseconds (a worker that takes long to start).
+pub fn init_sleep(ms: u64) {
+    thread::sleep(Duration::from_millis(ms));
+}
+
 /// Initializer that always fails, with its arguments' JSON text as the message.
 pub fn init_fail(args: Value) -> Result<(), String> {
     Err(match args {
@@ -209,6 +254,56 @@ pub fn garble_results(n: u64) -> Result<u64, String> {
     Ok(n)
 }
 
+/// The descriptor a local loky-run worker writes its results to.
+const RESULT_FD: libc::c_int = 4;
+
+/// Closes the worker's result descriptor (4), as a plugin tidying up descriptors it inherited
+/// would, then returns `n`: the runner must not wait for results that cannot come, nor start
+/// workers forever.
+pub fn close_result_fd(n: u64) -> Result<u64, String> {
+    // SAFETY: close(2) of a descriptor number; deliberately pulls the result stream away from
+    // the worker that runs this task.
+    if unsafe { libc::close(RESULT_FD) } != 0 {
+        return Err(format!(
+            "could not close descriptor {RESULT_FD}: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    Ok(n)
+}
+
+/// Points the worker's result descriptor (4) at /dev/null, then returns `n`: every result the
+/// worker writes from then on vanishes, so the runner must notice they never arrive.
+pub fn redirect_result_fd(n: u64) -> Result<u64, String> {
+    let null = File::options()
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| format!("cannot open /dev/null: {e}"))?;
+    // SAFETY: dup2(2) of a valid open descriptor onto a descriptor number; deliberately
+    // replaces the worker's result stream.
+    if unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), RESULT_FD) } < 0 {
+        return Err(format!(
+            "could not redirect descriptor {RESULT_FD}: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    Ok(n)
+}
+
+/// Returns a string of `mb` MiB (as JSON, 2 bytes more): over 1024 it does not fit in one
+/// frame of the protocol.
+pub fn huge_output(mb: u64) -> Result<String, String> {
+    let bytes = usize::try_from(mb)
+        .ok()
+        .and_then(|mb| mb.checked_mul(MIB))
+        .ok_or_else(|| format!("{mb} MiB cannot be allocated on this machine"))?;
+    let mut text = Vec::new();
+    text.try_reserve_exact(bytes)
+        .map_err(|e| format!("cannot allocate {mb} MiB: {e}"))?;
+    text.resize(bytes, b'x');
+    String::from_utf8(text).map_err(|e| e.to_string())
+}
+
 /// Initializer that kills the worker with SIGSEGV.
 pub fn init_segfault(_args: Value) {
     die_by_sigsegv()
@@ -229,8 +324,12 @@ plugin_api::export_plugin! {
         append_line,
         crash_if,
         garble_results,
+        close_result_fd,
+        redirect_result_fd,
+        huge_output,
+        rendezvous,
     ],
-    initializers: [init_fail, init_panic, init_segfault],
+    initializers: [init_fail, init_panic, init_segfault, init_sleep],
 }
 
 #[cfg(test)]
@@ -266,6 +365,12 @@ mod tests {
     fn crash_if_echoes_ordinary_inputs() {
         assert_eq!(crash_if(json!(7)), json!(7));
         assert_eq!(crash_if(json!({"abort": false})), json!({"abort": false}));
+    }
+
+    #[test]
+    fn huge_output_has_the_size_asked_for() {
+        assert_eq!(huge_output(1).map(|s| s.len()), Ok(MIB));
+        assert!(huge_output(u64::MAX).is_err());
     }
 
     #[test]

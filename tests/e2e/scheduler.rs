@@ -1,0 +1,190 @@
+//! The scheduler over the real binary: every idle worker busy, nothing retried forever, nothing
+//! waited for forever.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::{Fixture, header, started_pids, wait_for, wait_within};
+
+/// Generous: these runs take a second or two; a loop or a hang must fail, not stall CI.
+const LIMIT: Duration = Duration::from_secs(180);
+
+fn stage(name: &str, task: &str, input: &str, extra: &str) -> String {
+    format!("\n[[stage]]\nname = \"{name}\"\ntask = \"{task}\"\ninput = {input}\n{extra}\n")
+}
+
+/// `count` rendezvous inputs on `file`: each task waits until all `count` have arrived, so
+/// they all succeed only if they all run at the same moment.
+fn rendezvous(fx: &Fixture, file: &str, count: usize) -> String {
+    let path = fx.path().join(file);
+    let item = format!(
+        "{{ path = \"{}\", count = {count}, timeout_ms = 60000 }}",
+        path.display()
+    );
+    format!("{{ items = [{}] }}", vec![item; count].join(", "))
+}
+
+fn exits<'a>(events: &'a [Value], reason: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["event"] == "worker_exited" && e["reason"] == reason)
+        .collect()
+}
+
+#[test]
+fn four_tasks_on_four_workers_run_at_once_on_four_processes() {
+    let fx = Fixture::new();
+    // A fresh pool (workers become ready one by one), then the same pool warm with
+    // chunksize = 1: each time the four tasks must all be running at the same moment.
+    let text = header("four", "max_workers = 4")
+        + &stage(
+            "fresh",
+            "faults::rendezvous",
+            &rendezvous(&fx, "a.txt", 4),
+            "",
+        )
+        + &stage(
+            "warm",
+            "faults::rendezvous",
+            &rendezvous(&fx, "b.txt", 4),
+            "chunksize = 1",
+        );
+    let p = fx.write("pipeline.toml", &text);
+    fx.run_within(&[p.to_str().unwrap(), "--events", "events.jsonl"], LIMIT)
+        .assert_code(0);
+    let fresh: BTreeSet<u64> = fx
+        .outputs("fresh")
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let warm: BTreeSet<u64> = fx
+        .outputs("warm")
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert_eq!(fresh.len(), 4, "four distinct processes: {fresh:?}");
+    assert_eq!(warm, fresh, "the warm stage reuses the same four");
+    assert_eq!(started_pids(&fx.events()).len(), 4);
+}
+
+/// Runs `task` on `items` with `retries`, then a normal stage; returns the fixture.
+fn hostile(task: &str, items: &str, retries: u32) -> Fixture {
+    let fx = Fixture::new();
+    let text = header(
+        "hostile",
+        &format!("max_workers = 2\nretries = {retries}\non_error = \"continue\""),
+    ) + &stage("bad", task, &format!("{{ items = {items} }}"), "")
+        + &stage("after", "demo::square", "{ range = [0, 5] }", "");
+    let p = fx.write("pipeline.toml", &text);
+    fx.run_within(&[p.to_str().unwrap(), "--events", "events.jsonl"], LIMIT)
+        .assert_code(1);
+    assert_eq!(fx.outputs("after"), [0, 1, 4, 9, 16], "the run goes on");
+    fx
+}
+
+/// Every record of stage `bad` is a failure of `kind` after `attempts` attempts.
+fn assert_all_failed(fx: &Fixture, count: usize, kind: &str, attempts: u64, needle: &str) {
+    let records = fx.records("bad");
+    assert_eq!(records.len(), count);
+    for r in &records {
+        assert_eq!(r["error"]["kind"], kind, "{r}");
+        assert_eq!(
+            r["error"]["attempts"].as_u64().unwrap_or(1),
+            attempts,
+            "{r}"
+        );
+        let message = r["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{message}");
+    }
+}
+
+#[test]
+fn a_task_that_closes_the_result_descriptor_costs_retries_plus_one_workers() {
+    let fx = hostile("faults::close_result_fd", "[1, 2, 3]", 2);
+    assert_all_failed(&fx, 3, "crashed", 3, "before its result arrived");
+    let events = fx.events();
+    // Each attempt ended one worker, no more: 3 tasks × 3 attempts.
+    assert_eq!(exits(&events, "crashed").len(), 9);
+    let retried = events
+        .iter()
+        .filter(|e| e["event"] == "task_retried")
+        .count();
+    assert_eq!(retried, 6);
+}
+
+#[test]
+fn results_sent_to_dev_null_are_noticed_without_a_timeout() {
+    let fx = hostile("faults::redirect_result_fd", "[1, 2]", 1);
+    assert_all_failed(&fx, 2, "crashed", 2, "never reached the runner");
+    assert_eq!(exits(&fx.events(), "broken_stream").len(), 4);
+}
+
+#[test]
+fn an_output_larger_than_a_frame_gets_a_too_large_record() {
+    let fx = hostile("faults::huge_output", "[1100, 1]", 2);
+    let records = fx.records("bad");
+    assert_eq!(records[0]["error"]["kind"], "too_large", "{}", records[0]);
+    let message = records[0]["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&(1100u64 * 1024 * 1024 + 2).to_string())
+            && message.contains(&((1u64 << 30) - 64).to_string()),
+        "names the size and the limit: {message}"
+    );
+    assert_eq!(records[1]["output"].as_str().unwrap().len(), 1 << 20);
+    // Not retried (it would be as large again), and no worker was lost over it.
+    assert!(records[0]["error"].get("attempts").is_none());
+    assert!(exits(&fx.events(), "crashed").is_empty());
+}
+
+#[test]
+fn a_task_that_kills_every_worker_it_touches_costs_retries_plus_one() {
+    let fx = hostile("faults::segfault", "[0]", 3);
+    assert_all_failed(&fx, 1, "crashed", 4, "SIGSEGV");
+    assert_eq!(exits(&fx.events(), "crashed").len(), 4);
+}
+
+#[test]
+fn a_worker_killed_while_it_starts_is_replaced_and_the_stage_runs() {
+    let fx = Fixture::new();
+    // The initializer takes 2 s: long enough to kill the worker while it starts.
+    let text = header(
+        "killstart",
+        "max_workers = 1\ninitializer = { task = \"faults::init_sleep\", args = 2000 }",
+    ) + &stage("s", "demo::square", "{ range = [0, 4] }", "");
+    let p = fx.write("pipeline.toml", &text);
+    let mut child = fx
+        .command()
+        .args([
+            p.to_str().unwrap(),
+            "--progress",
+            "never",
+            "--events",
+            "events.jsonl",
+        ])
+        .spawn()
+        .unwrap();
+    let events = fx.path().join("events.jsonl");
+    let pid = wait_for(|| {
+        let text = std::fs::read_to_string(&events).ok()?;
+        let started: Vec<Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|e: &Value| e["event"] == "worker_started")
+            .collect();
+        started.first().and_then(|e| e["pid"].as_u64())
+    });
+    // SAFETY: kill(2) of the worker the runner just started (still in its initializer).
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let status = wait_within(&mut child, LIMIT);
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "a start-up death is not a failed initializer"
+    );
+    assert_eq!(fx.outputs("s"), [0, 1, 4, 9]);
+    let events = fx.events();
+    assert_eq!(started_pids(&events).len(), 2);
+    assert!(!fx.records("s").iter().any(|r| r.get("error").is_some()));
+}
