@@ -76,17 +76,37 @@ pub fn signal_name(sig: i32) -> String {
     name.to_owned()
 }
 
+/// The environment variable that caps the CPU count, as loky reads it.
+pub const CPU_CAP_VAR: &str = "LOKY_MAX_CPU_COUNT";
+
+/// The cap `LOKY_MAX_CPU_COUNT` sets, if any: like loky, any integer (a cap of 0 or less means
+/// 1); unset or empty means no cap. Anything else is an error naming the variable.
+pub fn cpu_cap() -> Result<Option<usize>, String> {
+    let Some(value) = std::env::var_os(CPU_CAP_VAR) else {
+        return Ok(None);
+    };
+    let text = value.to_string_lossy();
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    match text.parse::<i64>() {
+        Ok(n) => Ok(Some(usize::try_from(n).unwrap_or(0).max(1))),
+        Err(_) => Err(format!(
+            "{CPU_CAP_VAR}={text:?} is not an integer (it caps the CPU count loky-run uses)"
+        )),
+    }
+}
+
 /// The usable CPU count: affinity and cgroup quota (what `available_parallelism` honours),
-/// capped by `LOKY_MAX_CPU_COUNT` as loky does.
+/// capped by `LOKY_MAX_CPU_COUNT` as loky does, at least 1. (An invalid cap is reported by
+/// the plan, before anything runs; here it is ignored.)
 pub fn usable_cpus() -> usize {
     let available = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    let cap = std::env::var("LOKY_MAX_CPU_COUNT")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok());
-    match cap {
-        Some(cap) if cap >= 1 => available.min(cap),
+    match cpu_cap() {
+        Ok(Some(cap)) => available.min(cap),
         _ => available,
     }
 }

@@ -310,6 +310,48 @@ fn worker_count_defaults_to_the_usable_cpus() {
 }
 
 #[test]
+fn loky_max_cpu_count_caps_at_least_at_one_and_must_be_an_integer() {
+    let fx = Fixture::new();
+    let text = header("cap", "") + &stage("s", "demo::pid", "{ range = [0, 4] }", "");
+    let p = fx.write("pipeline.toml", &text);
+    let run = |value: &str| {
+        fx.command()
+            .args([
+                p.to_str().unwrap(),
+                "--progress",
+                "never",
+                "--events",
+                "events.jsonl",
+            ])
+            .env("LOKY_MAX_CPU_COUNT", value)
+            .output()
+            .unwrap()
+    };
+    for value in ["0", "-3", " 1 "] {
+        let r = run(value);
+        assert!(
+            r.status.success(),
+            "{value}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        assert_eq!(
+            decision(&fx.events(), "s")["to"],
+            1,
+            "LOKY_MAX_CPU_COUNT={value}"
+        );
+    }
+    for value in ["two", "1.5"] {
+        let r = run(value);
+        assert_eq!(r.status.code(), Some(2), "LOKY_MAX_CPU_COUNT={value}");
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert!(
+            stderr.contains("LOKY_MAX_CPU_COUNT") && stderr.contains(value),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
 fn workers_get_thread_limits_their_id_and_the_stage_unless_the_user_set_them() {
     let fx = Fixture::new();
     let vars = "{ items = [\"OMP_NUM_THREADS\", \"OPENBLAS_NUM_THREADS\", \"MKL_NUM_THREADS\", \"RAYON_NUM_THREADS\", \"LOKY_STAGE\", \"LOKY_WORKER_ID\"] }";
