@@ -47,7 +47,17 @@ stop_pids slurmd 15 "${others[@]}" || rc=1
 # Steps outlive slurmd by design; after the jobs were cancelled none should be left.
 mapfile -t steps < <(pids_of_exe "$SLURMSTEPD_EXE")
 stop_pids slurmstepd 10 "${steps[@]}" || rc=1
-stop_daemon slurmctld "$SLURMCTLD_PIDFILE" "$SLURMCTLD_EXE" 15 || rc=1
+# A slurmctld that says it serves another cluster is not ours: leave it alone.
+other=
+if [ -r "$SLURM_CONF" ] && daemon_running "$SLURMCTLD_PIDFILE" "$SLURMCTLD_EXE"; then
+    other=$(timeout 10 scontrol show config 2>/dev/null | sed -n 's/^ClusterName *= *//p')
+    [ "$other" = loky ] && other=
+fi
+if [ -n "$other" ]; then
+    say "WARNING: the running slurmctld (pid $(daemon_pids "$SLURMCTLD_PIDFILE" "$SLURMCTLD_EXE" | paste -sd ' ' -)) serves another cluster, '$other': left alone"
+else
+    stop_daemon slurmctld "$SLURMCTLD_PIDFILE" "$SLURMCTLD_EXE" 15 || rc=1
+fi
 if [ "${SLURM_DOWN_KEEP_MUNGE:-0}" != 1 ]; then
     stop_daemon munged "$MUNGE_PIDFILE" "$MUNGED_EXE" 10 || rc=1
 fi
@@ -74,7 +84,7 @@ if [ -f "$SLURM_CONF" ] && head -n 1 "$SLURM_CONF" | grep -qF "$MULTI_CONF_HEADE
     rm -f "$SLURM_CONF"
 fi
 
-left=$( { pids_of_exe "$SLURMCTLD_EXE"; pids_of_exe "$SLURMD_EXE"; pids_of_exe "$SLURMSTEPD_EXE"
+left=$( { [ -n "$other" ] || pids_of_exe "$SLURMCTLD_EXE"; pids_of_exe "$SLURMD_EXE"; pids_of_exe "$SLURMSTEPD_EXE"
           [ "${SLURM_DOWN_KEEP_MUNGE:-0}" = 1 ] || pids_of_exe "$MUNGED_EXE"; } | tr '\n' ' ')
 if [ -n "${left// /}" ]; then
     say "ERROR: still running: pid $left"

@@ -224,7 +224,7 @@ node_spawn() {
 in_node() {
     local node=$1 pid
     shift
-    pid=$(slurmd_pids "$node" | head -n 1)
+    pid=$(slurmd_pids "$node" | awk "NR == 1")
     if [ -n "$pid" ]; then
         nsenter -t "$pid" -n -u -m -- "$@"
     else

@@ -228,15 +228,17 @@ ctld_up() { timeout 3 scontrol ping 2>/dev/null | grep -q 'is UP'; }
 ctld_cluster() { timeout 10 scontrol show config 2>/dev/null | sed -n 's/^ClusterName *= *//p'; }
 
 # A running slurmctld is taken for ours (and restarted when the config changes) unless it says
-# it serves another cluster.
-if [ -r "$SLURM_CONF" ] && daemon_running "$SLURMCTLD_PIDFILE" "$SLURMCTLD_EXE" && ctld_up; then
-    other=$(ctld_cluster || true)
-    if [ -n "$other" ] && [ "$other" != loky ]; then
-        pid=$(daemon_pids "$SLURMCTLD_PIDFILE" "$SLURMCTLD_EXE" | head -n 1)
-        leftover "ERROR: a slurmctld of another cluster, '$other', is running (pid $pid: $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null))." \
-            "It is not this script's, so it is left alone. Stop it the way it was started (or: kill $pid), then run this again."
-    fi
-fi
+# it serves another cluster: check_foreign_ctld CONF asks it, through CONF (where it listens).
+check_foreign_ctld() {
+    local other pid
+    daemon_running "$SLURMCTLD_PIDFILE" "$SLURMCTLD_EXE" || return 0
+    SLURM_CONF=$1 ctld_up || return 0
+    other=$(SLURM_CONF=$1 ctld_cluster || true)
+    [ -n "$other" ] && [ "$other" != loky ] || return 0
+    pid=$(daemon_pids "$SLURMCTLD_PIDFILE" "$SLURMCTLD_EXE" | awk "NR == 1")
+    leftover "ERROR: a slurmctld of another cluster, '$other', is running (pid $pid: $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null))." \
+        "It is not this script's, so it is left alone. Stop it the way it was started (or: kill $pid), then run this again."
+}
 
 # slurmctld refuses a StateSaveLocation written for another ClusterName ("CLUSTER NAME MISMATCH").
 if [ -s "$SLURM_STATE_DIR/clustername" ]; then
@@ -384,6 +386,7 @@ EOF
     SLURM_NODES=("${NODE_NAMES[@]}")
 fi
 
+check_foreign_ctld "$new_conf"
 config_changed=
 cmp -s "$new_conf" "$SLURM_CONF" || config_changed=1
 node_set() { sed -n 's/^NodeName=\([^ ]*\).*/\1/p' "$1" 2>/dev/null | paste -sd ' ' -; }
@@ -664,7 +667,7 @@ if [ -n "$MULTI" ]; then
         # Replacing the real /etc/hosts (sed -i, an editor writing a new file) silently drops the
         # bind mount over it in the node's mount namespace: the node then sees the real one
         # (this machine's name as 127.0.0.1). Mount it again there, for slurmd and its steps.
-        pid=$(slurmd_pids "$node" | head -n 1)
+        pid=$(slurmd_pids "$node" | awk "NR == 1")
         if [ -n "$pid" ] && [ "$(nsenter -t "$pid" -m -- stat -L -c %d:%i /etc/hosts 2>/dev/null || true)" != "$(stat -L -c %d:%i "/etc/netns/$node/hosts")" ]; then
             say "on $node, /etc/hosts is no longer /etc/netns/$node/hosts (was the real /etc/hosts replaced, e.g. by sed -i?): mounting it again"
             nsenter -t "$pid" -m -- mount --bind "/etc/netns/$node/hosts" /etc/hosts ||
