@@ -128,6 +128,17 @@ def cmd_pipeline(a):
     return {"stage_s": stages, "total_s": time.perf_counter() - t0}
 
 
+def cmd_makespan(a):
+    # Sleep tasks of the given durations on a fresh pool of `workers`, one task per message
+    # (loky's map default), results in order. Measures from the first submit to the last result.
+    with open(a.items) as f:
+        items = json.load(f)
+    ex = get_reusable_executor(max_workers=a.workers, reuse=False, kill_workers=True)
+    s = time.perf_counter()
+    consume(ex.map(sleep_ms, items, chunksize=1))
+    return {"makespan_s": time.perf_counter() - s}
+
+
 def cmd_restart(a):
     # Iteration 0 starts the pool; every later one restarts it (reuse=False, kill_workers=True),
     # like a loky-run stage with kill_workers = true. With --reuse the pool is kept instead.
@@ -194,6 +205,9 @@ def main():
     c.add_argument("--n", type=int, required=True)
     c.add_argument("--size", type=int, required=True)
     c.add_argument("--outdir")
+    c = sub.add_parser("makespan")
+    c.add_argument("--items", required=True)
+    c.add_argument("--workers", type=int, required=True)
     c = sub.add_parser("rss")
     c.add_argument("--settle-ms", type=int, default=500)
     a = p.parse_args()

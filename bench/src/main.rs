@@ -27,7 +27,7 @@ use loky_run::worker;
 
 use report::Report;
 
-pub const WORKLOADS: [&str; 8] = [
+pub const WORKLOADS: [&str; 9] = [
     "cold",
     "throughput",
     "latency",
@@ -36,6 +36,7 @@ pub const WORKLOADS: [&str; 8] = [
     "payload",
     "rss",
     "memory",
+    "makespan",
 ];
 
 pub struct Options {
@@ -76,6 +77,7 @@ pub struct Sizes {
     pub rss_sleep_ms: u64,
     pub memory_n: u64,
     pub memory_reps: usize,
+    pub makespan_reps: usize,
 }
 
 impl Sizes {
@@ -97,6 +99,7 @@ impl Sizes {
                 rss_sleep_ms: 1_000,
                 memory_n: 10_000_000,
                 memory_reps: 1,
+                makespan_reps: 1,
             }
         } else {
             Sizes {
@@ -115,6 +118,7 @@ impl Sizes {
                 rss_sleep_ms: 1_500,
                 memory_n: 10_000_000,
                 memory_reps: 3,
+                makespan_reps: 3,
             }
         };
         if let Some(r) = opts.reps {
@@ -122,6 +126,7 @@ impl Sizes {
             s.cold_reps = r.max(3);
             s.payload_reps = r;
             s.memory_reps = r;
+            s.makespan_reps = r;
         }
         s
     }
@@ -129,7 +134,7 @@ impl Sizes {
 
 fn usage() -> &'static str {
     "usage: cargo run --release -p bench -- [--quick] [--reps N] [--only W1,W2,...] [--no-build]\n\
-     workloads: cold, throughput, latency, pipeline, restart, payload, rss, memory"
+     workloads: cold, throughput, latency, pipeline, restart, payload, rss, memory, makespan"
 }
 
 fn parse_options(args: &[OsString]) -> Result<Options, String> {

@@ -31,6 +31,7 @@ pub fn run(name: &str, env: &Env, s: &Sizes, rep: &mut Report) -> Result<(), Str
         "payload" => payload(&w, s, rep),
         "rss" => rss(&w, s, rep),
         "memory" => memory(&w, s, rep),
+        "makespan" => makespan(&w, s, rep),
         _ => Err(format!("no workload {name}")),
     };
     // Outputs can be gigabytes: never leave them behind.
@@ -892,4 +893,81 @@ fn memory(w: &W, s: &Sizes, rep: &mut Report) -> Result<(), String> {
     }
     println!("   (loky is not run at {n} tasks: that alone would take minutes)");
     Ok(())
+}
+
+/// Workload 9, makespan: a few long tasks on as many workers, a straggler among short tasks,
+/// and uniform 100 ms tasks, on a fresh pool each. How close the wall time of the stage comes
+/// to the ideal (the work divided among the workers, or the longest task).
+fn makespan(w: &W, s: &Sizes, rep: &mut Report) -> Result<(), String> {
+    // (name, workers, task durations in ms, chunksize, what it shows)
+    let straggler: Vec<u64> = (0..2_001).map(|i| if i == 1_000 { 5_000 } else { 5 }).collect();
+    let cases: [(&str, usize, Vec<u64>, &str, &str); 3] = [
+        (
+            "nxn",
+            4,
+            vec![2_000; 4],
+            "auto",
+            "4 tasks of 2 s on 4 fresh workers (ideal 2 s)",
+        ),
+        (
+            "straggler",
+            2,
+            straggler,
+            "auto",
+            "1 task of 5 s among 2,000 of 5 ms, 2 workers (ideal 7.5 s)",
+        ),
+        (
+            "uniform",
+            2,
+            vec![100; 100],
+            "auto",
+            "100 tasks of 100 ms, 2 workers, chunksize auto (ideal 5 s)",
+        ),
+    ];
+    for (name, workers, items, chunk, label) in cases {
+        let total_ms: u64 = items.iter().sum();
+        let longest = items.iter().copied().max().unwrap_or(0);
+        let ideal_s = (total_ms as f64 / workers as f64).max(longest as f64) / 1e3;
+        let list: Vec<String> = items.iter().map(u64::to_string).collect();
+        let toml = w.pipeline(
+            name,
+            "",
+            &stage(
+                name,
+                "demo::sleep_ms",
+                &format!("{{ items = [{}] }}", list.join(", ")),
+                &format!("max_workers = {workers}\nchunksize = {}", toml_chunk(chunk)),
+            ),
+        )?;
+        let items_file = w.path(&format!("{name}.json"));
+        fs::write(&items_file, serde_json::to_string(&items).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+        let items_arg = items_file.display().to_string();
+        let workers_arg = workers.to_string();
+        for i in 0..s.makespan_reps {
+            let (_, ev) = w.loky_run(&toml, LIMIT, |_, _| {})?;
+            let lr = ev.stage(name)?;
+            let (_, v) = w.loky(
+                &["makespan", "--items", &items_arg, "--workers", &workers_arg],
+                LIMIT,
+            )?;
+            let loky = f64_of(&v, "makespan_s")?;
+            println!(
+                "   {name} rep {i}: loky-run {lr:.3} s ({:.3} × ideal), loky {loky:.3} s",
+                lr / ideal_s
+            );
+            let r = rep.row("9 makespan", label, "× ideal", Better::Lower);
+            r.goal = Some(Goal::AtMost(if name == "nxn" { 1.10 } else { 1.05 }));
+            r.lr.push(lr / ideal_s);
+            r.loky.push(loky / ideal_s);
+        }
+    }
+    Ok(())
+}
+
+fn toml_chunk(chunk: &str) -> String {
+    match chunk.parse::<u64>() {
+        Ok(n) => n.to_string(),
+        Err(_) => toml_str(chunk),
+    }
 }

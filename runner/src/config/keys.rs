@@ -214,7 +214,7 @@ pub const POOL_KEYS: &[KeySpec] = &[
         "chunksize",
         Kind::ChunkSize,
         Some("\"auto\""),
-        "Tasks sent to a worker at once.",
+        "Most tasks sent to a worker at once (chunks shrink near the end of a stage); `\"auto\"` aims at about 2 ms of work per chunk.",
     ),
     key(
         "launcher",
