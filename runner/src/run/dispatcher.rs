@@ -336,13 +336,16 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
         let views = std::mem::take(&mut self.views);
         let mut starting = false;
         let mut live = 0u64;
+        // Whether every idle worker got work (an idle one that got none means there is none it
+        // may take: nothing to prefetch either).
         let mut sent_all = true;
         for w in &views {
             match w.phase {
                 Phase::Starting => starting = true,
                 Phase::Ready if self.takes_work(w.id, now) => {
                     live += 1;
-                    if sent_all && self.book.held(w.id) == 0 && !self.send_chunk(w.id, now)? {
+                    // Keep trying the others: an isolated retry may wait for a newer worker.
+                    if self.book.held(w.id) == 0 && !self.send_chunk(w.id, now)? {
                         sent_all = false;
                     }
                 }

@@ -949,3 +949,36 @@ fn a_result_too_large_for_a_frame_is_recorded_and_not_retried() {
     assert_eq!((outcome.ok, outcome.failed, outcome.retried), (63, 1, 0));
     assert_eq!(h.records(writer)[&0], Err("too_large".into()));
 }
+
+#[test]
+fn a_retry_that_needs_a_fresh_worker_reaches_it_past_an_older_idle_one() {
+    // Input 0 crashes worker 2. Its retry must go to a worker started after 2, even though
+    // the older worker 1 is idle, comes first in the list, and gets nothing else.
+    let h = started(1, 2, 1, |s| s.retries = 1);
+    let mut writer = h.writer();
+    let mut pool = h.fake.clone();
+    pool.fill().unwrap();
+    h.fake.ready(2);
+    let mut d = Dispatcher::new(h.job(), &mut pool, &mut writer, &h.events, &h.console);
+    settle(&mut d, &h.fake);
+    let first = h.fake.sent()[0].clone();
+    assert_eq!(first.worker, 2);
+    h.fake.exit(
+        2,
+        None,
+        Progress::Running {
+            chunk: first.chunk,
+            position: 0,
+            since: Instant::now(),
+        },
+    );
+    settle(&mut d, &h.fake);
+    h.fake.ready(1);
+    settle(&mut d, &h.fake);
+    assert_eq!(h.fake.sent().len(), 1, "not to the older worker 1");
+    h.fake.ready(3);
+    settle(&mut d, &h.fake);
+    let sent = h.fake.sent();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!(sent[1].worker, 3);
+}
