@@ -2,19 +2,25 @@
 # scripts/slurm-node.sh — act on one node of the multi-node test cluster (scripts/slurm-up.sh
 # --nodes N), e.g. to make it fail in a test.
 #
-# Usage: scripts/slurm-node.sh status | exec NODE CMD... | pids NODE | kill NODE | cut NODE | heal NODE
+# Usage: scripts/slurm-node.sh status | exec NODE CMD... | pids NODE | kill NODE | cut NODE | heal NODE | down NODE | restore NODE
 #   status         each node: slurmd pid, link, processes in its namespace, Slurm's state
 #   exec NODE CMD  runs CMD as on NODE: its network, host name and /etc/hosts (like a job step)
 #   pids NODE      the processes on NODE (slurmd, slurmstepd, job step tasks), one per line
 #   kill NODE      SIGKILL to every process on NODE: slurmd, its steps and their tasks. Their
-#                  TCP connections end at once (the kernel closes them); srun reports the tasks
-#                  as killed; slurmctld marks the node DOWN after SlurmdTimeout (30 s here).
+#                  TCP connections end at once (the kernel closes them), but Slurm only finds
+#                  out when the node misses its pings: about 40 s with SlurmdTimeout=30, then
+#                  each srun with a step there prints "srun: error: Node failure on NODE" and
+#                  exits 0, and a job without --no-kill is revoked (all its steps killed).
 #   cut NODE       sets the node's link down (veth lk-NODE): everything keeps running but
 #                  nothing gets through, as when a node loses its network or power; peers find
-#                  out by their own timeouts (TCP keepalive, SlurmdTimeout).
+#                  out by their own timeouts (TCP keepalive; Slurm as for kill).
 #   heal NODE      sets the link up again, and resumes the node if Slurm marked it DOWN
 #                  (slurmctld would otherwise notice it is back only minutes later).
-# After kill, `scripts/slurm-up.sh --nodes N` starts the node's slurmd again (and resumes it).
+#   down NODE      tells slurmctld now that NODE is DOWN (instead of its ~40 s): the sruns of
+#                  steps there end at once ("Node failure"), its jobs leave the node.
+#   restore NODE   after any of the above: marks it DOWN if it is not healthy (so no job stays
+#                  "completing" on it), sets its link up and runs slurm-up.sh --nodes N, which
+#                  starts its slurmd again and resumes it.
 # Run as root.
 set -euo pipefail
 export LC_ALL=C
@@ -87,6 +93,32 @@ heal)
         timeout 10 scontrol update nodename="$1" state=resume || true
         ;;
     esac
+    ;;
+down)
+    need_node "$@"
+    say "marking $1 DOWN in Slurm"
+    timeout 10 scontrol update nodename="$1" state=down reason="slurm-node.sh down"
+    ;;
+restore)
+    need_node "$@"
+    nodes=$(sed -n 's/^NODES=//p' "$LOKY_RUN_DIR/cluster" 2>/dev/null || true)
+    [ -n "$nodes" ] || { say "ERROR: $LOKY_RUN_DIR/cluster does not say how many nodes the cluster has"; exit 1; }
+    state=$(timeout 10 sinfo -h -N -n "$1" -o %T 2>/dev/null || true)
+    healthy=
+    if [ -n "$(slurmd_pids "$1")" ] && ip -o link show dev "$(node_veth "$1")" 2>/dev/null | grep -q '<[^>]*\bUP\b'; then
+        case $state in idle | mixed | allocated) healthy=1 ;; esac
+    fi
+    if [ -z "$healthy" ]; then
+        case $state in
+        down* | drain* | fail*) ;;
+        *)
+            say "$1 is ${state:-unknown} in Slurm: marking it DOWN first (its jobs leave it)"
+            timeout 10 scontrol update nodename="$1" state=down reason="slurm-node.sh restore" || true
+            ;;
+        esac
+    fi
+    ip link set dev "$(node_veth "$1")" up
+    exec "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/slurm-up.sh" --nodes "$nodes"
     ;;
 -h | --help) usage ;;
 *) say "ERROR: unknown command '$cmd'"; usage >&2; exit 2 ;;

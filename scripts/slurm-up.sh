@@ -674,10 +674,10 @@ if [ -n "$MULTI" ]; then
                 fail "cannot bind-mount /etc/netns/$node/hosts over /etc/hosts in the mount namespace of $node's slurmd (pid $pid)"
         fi
         # shellcheck disable=SC2016  # (expanded by that sh)
-        seen=$(in_node "$node" sh -c 'printf "%s %s\n" "$(hostname)" "$(getent hosts "$1" | awk "{ print \$1; exit }")"' sh "${names%% *}" 2>&1 || true)
+        seen=$(in_node "$node" timeout 10 sh -c 'printf "%s %s\n" "$(hostname)" "$(getent hosts "$1" | awk "{ print \$1; exit }")"' sh "${names%% *}" 2>&1 || true)
         [ "$seen" = "$node $LOKY_BRIDGE_ADDR" ] ||
             fail "on $node, 'hostname' and 'getent hosts ${names%% *}' say '$seen', not '$node $LOKY_BRIDGE_ADDR'"
-        seen=$(getent hosts "$node" | awk '{ print $1; exit }' || true)
+        seen=$(timeout 10 getent hosts "$node" | awk '{ print $1; exit }' || true)
         [ "$seen" = "$(node_addr "$node")" ] ||
             fail "in the root namespace, 'getent hosts $node' says '$seen', not '$(node_addr "$node")'"
     done
