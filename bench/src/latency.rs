@@ -164,9 +164,9 @@ pub fn via_pool(
         pool.send_chunk(worker, &chunk, 1);
         loop {
             match pool.next_event(Duration::from_secs(5)) {
-                Some(PoolEvent::Results { payload, .. }) => {
+                Some(PoolEvent::Results { frame, .. }) => {
                     let dt = t0.elapsed().as_nanos() as u64;
-                    check_result(&payload, chunk_id, &digits)?;
+                    check_result(&frame[1..], chunk_id, &digits)?;
                     if i >= warmup {
                         samples.push(dt);
                     }

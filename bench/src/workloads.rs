@@ -435,7 +435,7 @@ fn latency_workload(w: &W, s: &Sizes, rep: &mut Report) -> Result<(), String> {
         );
         let r = rep.row(
             "3 latency",
-            "one-at-a-time round trip p50 (loky-run: Pool::send_to → recv_timeout)",
+            "one-at-a-time round trip p50 (loky-run: Pool::send_chunk → next_event)",
             "µs",
             Better::Lower,
         );
@@ -900,7 +900,9 @@ fn memory(w: &W, s: &Sizes, rep: &mut Report) -> Result<(), String> {
 /// to the ideal (the work divided among the workers, or the longest task).
 fn makespan(w: &W, s: &Sizes, rep: &mut Report) -> Result<(), String> {
     // (name, workers, task durations in ms, chunksize, what it shows)
-    let straggler: Vec<u64> = (0..2_001).map(|i| if i == 1_000 { 5_000 } else { 5 }).collect();
+    let straggler: Vec<u64> = (0..2_001)
+        .map(|i| if i == 1_000 { 5_000 } else { 5 })
+        .collect();
     let cases: [(&str, usize, Vec<u64>, &str, &str); 3] = [
         (
             "nxn",
@@ -940,8 +942,11 @@ fn makespan(w: &W, s: &Sizes, rep: &mut Report) -> Result<(), String> {
             ),
         )?;
         let items_file = w.path(&format!("{name}.json"));
-        fs::write(&items_file, serde_json::to_string(&items).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
+        fs::write(
+            &items_file,
+            serde_json::to_string(&items).map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?;
         let items_arg = items_file.display().to_string();
         let workers_arg = workers.to_string();
         for i in 0..s.makespan_reps {

@@ -156,8 +156,8 @@ pub enum PoolEvent {
         failure: StartFailure,
         message: String,
     },
-    /// A results frame (payload after the tag; see `protocol::ResultsHeader`).
-    Results { worker: WorkerId, payload: Vec<u8> },
+    /// A results frame, tag at index 0 (see `protocol::ResultsHeader` for what follows).
+    Results { worker: WorkerId, frame: Vec<u8> },
     /// A worker is gone; its frames all came before this.
     Exited(WorkerExit),
 }
@@ -195,7 +195,8 @@ pub trait WorkerPool {
     /// Tasks sent to a worker since it started (all stages), for `max_tasks_per_worker`.
     fn tasks_sent(&self, worker: WorkerId) -> u64;
     fn progress(&self, worker: WorkerId) -> Progress;
-    /// Reads a worker's memory (a few µs: call it rate-limited).
+    /// A worker's memory, read at most every few tens of ms (`None` in between, and before
+    /// its first task).
     fn memory(&mut self, worker: WorkerId) -> Option<Memory>;
     /// Asks a worker to exit once it has run what it holds.
     fn retire(&mut self, worker: WorkerId, reason: StopReason);

@@ -392,12 +392,8 @@ impl Pool {
                 match header {
                     Ok(h) => {
                         w.on_results(h.count, h.rss);
-                        let mut payload = frame;
-                        payload.remove(0);
-                        self.ready.push_back(PoolEvent::Results {
-                            worker: id,
-                            payload,
-                        });
+                        self.ready
+                            .push_back(PoolEvent::Results { worker: id, frame });
                     }
                     Err(_) => w.break_stream("it sent a results frame that is too short".into()),
                 }

@@ -102,7 +102,12 @@ pub(super) struct Worker {
     /// Results read from its stream (the lost-results check compares it with what it wrote).
     results_read: u64,
     rss_baseline: Option<u64>,
+    /// When its memory was last read (reading `/proc` costs a few µs: rate-limited).
+    memory_read: Option<Instant>,
 }
+
+/// How often a worker's memory is read at most.
+const MEMORY_READ_EVERY: Duration = Duration::from_millis(50);
 
 impl Worker {
     pub(super) fn new(
@@ -128,6 +133,7 @@ impl Worker {
             tasks_sent: 0,
             results_read: 0,
             rss_baseline: None,
+            memory_read: None,
         }
     }
 
@@ -307,11 +313,17 @@ impl Worker {
         }
     }
 
-    /// Its RSS now and after its first task (taken on the first call after one).
+    /// Its RSS now and after its first task (taken on the first call after one); `None` when
+    /// it has done no task yet, or was read less than [`MEMORY_READ_EVERY`] ago.
     pub(super) fn memory(&mut self) -> Option<(u64, u64)> {
-        if self.results_read == 0 {
+        if self.results_read == 0
+            || self
+                .memory_read
+                .is_some_and(|at| at.elapsed() < MEMORY_READ_EVERY)
+        {
             return None;
         }
+        self.memory_read = Some(Instant::now());
         let rss = self.rss()?;
         let baseline = *self.rss_baseline.get_or_insert(rss);
         Some((rss, baseline))

@@ -88,8 +88,6 @@ pub struct Seat {
     pub recycle: Option<StopReason>,
     /// Decided when the dispatcher stopped it (a timeout), applied when its exit arrives.
     pub blame: Option<Blame>,
-    /// When its memory was last read.
-    pub memory_checked: Option<Instant>,
 }
 
 impl Seat {
@@ -100,7 +98,6 @@ impl Seat {
             active_since: now,
             recycle: None,
             blame: None,
-            memory_checked: None,
         }
     }
 }

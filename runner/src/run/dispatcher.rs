@@ -65,8 +65,6 @@ const WINDOW_BYTES: usize = 32 << 20;
 const CHUNK_SOFT_BYTES: usize = 16 << 20;
 /// How long the dispatcher sleeps when nothing happens (timers are checked at least this often).
 const TICK: Duration = Duration::from_millis(50);
-/// How often a worker's RSS is read (only while it reports results), for `max_memory_growth`.
-const RSS_CHECK_EVERY: Duration = Duration::from_millis(50);
 /// After SIGTERM for a timeout, how long before SIGKILL.
 const TIMEOUT_KILL_GRACE: Duration = Duration::from_millis(500);
 /// Workers that die while starting, in a row, before the stage gives up.
@@ -219,7 +217,9 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
             self.handle(event, Instant::now())?;
         }
         // [journal] What this event recorded reaches the kernel now (a no-op when nothing).
-        self.writer.flush().map_err(self.write_error())?;
+        if let Err(e) = self.writer.flush() {
+            return Err(self.write_error(e));
+        }
         self.show_progress(false);
         Ok(true)
     }
@@ -246,8 +246,20 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
         &self.outcome
     }
 
-    fn write_error(&self) -> impl FnOnce(std::io::Error) -> RunError + 'static {
-        RunError::io(format!("cannot write {}", self.writer.path().display()))
+    /// The error for a failed write of the stage's output (built only when one fails).
+    fn write_error(&self, source: std::io::Error) -> RunError {
+        RunError::Io {
+            context: format!("cannot write {}", self.writer.path().display()),
+            source,
+        }
+    }
+
+    /// The error for a failed read of the stage's input.
+    fn read_error(&self, source: std::io::Error) -> RunError {
+        RunError::Io {
+            context: format!("cannot read the input of stage {}", self.job.stage.name),
+            source,
+        }
     }
 
     fn show_progress(&self, force: bool) {
@@ -390,11 +402,12 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
         {
             return false;
         }
+        // How long it has been on its current item: a local worker between calls is moving on;
+        // a remote one sends every result, so its current item began with its last result.
         let on_current = match self.pool.progress(worker) {
             Progress::Running { since, .. } => now.saturating_duration_since(since),
-            Progress::Between { .. } | Progress::Unknown => {
-                now.saturating_duration_since(seat.active_since)
-            }
+            Progress::Between { .. } => Duration::ZERO,
+            Progress::Unknown => now.saturating_duration_since(seat.active_since),
         };
         on_current <= per_item * OVERRUN_FACTOR + Duration::from_millis(1)
     }
@@ -475,12 +488,6 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
 
     /// Fresh inputs from the source, up to `size` (and a bounded frame).
     fn read_inputs(&mut self, size: usize, items: &mut Vec<Item>) -> Result<(), RunError> {
-        let read_error = || {
-            RunError::io(format!(
-                "cannot read the input of stage {}",
-                self.job.stage.name
-            ))
-        };
         // [resume] Inputs whose result an interrupted run already recorded are consumed from
         // the source and skipped (`OrderedWriter::is_done`).
         let mut skipped: Option<FrameBuf> = None;
@@ -492,7 +499,11 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
             if self.writer.is_done(self.next_index) {
                 let scratch = skipped.get_or_insert_with(FrameBuf::new);
                 scratch.begin(0);
-                if self.job.input.next_into(scratch).map_err(read_error())? {
+                let more = match self.job.input.next_into(scratch) {
+                    Ok(more) => more,
+                    Err(e) => return Err(self.read_error(e)),
+                };
+                if more {
                     self.next_index += 1;
                 } else {
                     self.inputs_done = true;
@@ -500,12 +511,11 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
                 continue;
             }
             let before = self.frame.len();
-            if !self
-                .job
-                .input
-                .next_into(&mut self.frame)
-                .map_err(read_error())?
-            {
+            let more = match self.job.input.next_into(&mut self.frame) {
+                Ok(more) => more,
+                Err(e) => return Err(self.read_error(e)),
+            };
+            if !more {
                 self.inputs_done = true;
                 break;
             }
@@ -561,7 +571,7 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
                     &message,
                 )?;
             }
-            PoolEvent::Results { worker, payload } => self.on_results(worker, &payload, now)?,
+            PoolEvent::Results { worker, frame } => self.on_results(worker, &frame[1..], now)?,
             PoolEvent::Exited(exit) => self.on_exit(exit, now)?,
         }
         Ok(())
@@ -625,7 +635,7 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
                 status::OK => {
                     self.writer
                         .ok(item.index, bytes)
-                        .map_err(self.write_error())?;
+                        .map_err(|e| self.write_error(e))?;
                     self.outcome.ok += 1;
                 }
                 status::TOO_LARGE => {
@@ -795,7 +805,7 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
         if index < self.job.total && self.book.is_empty() {
             self.writer
                 .error(index, kind, message, 1)
-                .map_err(self.write_error())?;
+                .map_err(|e| self.write_error(e))?;
             self.count_failure(index, kind, message, 1, None);
         }
         self.requeue.clear();
@@ -902,7 +912,7 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
         let attempts = item.attempts.max(1);
         self.writer
             .error(item.index, kind, message, attempts)
-            .map_err(self.write_error())?;
+            .map_err(|e| self.write_error(e))?;
         self.count_failure(item.index, kind, message, attempts, worker);
         if self.job.stage.settings.on_error == OnError::Fail && self.outcome.stopped.is_none() {
             self.outcome.stopped = Some(StageStop::FirstFailure);
@@ -997,20 +1007,14 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
         Some(now + TIMEOUT_KILL_GRACE)
     }
 
-    /// Reads a worker's RSS (rate-limited) and marks it for recycling when it grew too much.
+    /// Marks a worker for recycling when its RSS grew too much (the pool rate-limits the reads).
     fn check_memory(&mut self, worker: WorkerId, now: Instant) {
         let Some(limit) = self.job.stage.settings.max_memory_growth else {
             return;
         };
-        let seat = self.book.seat(worker, now);
-        if seat.recycle.is_some()
-            || seat
-                .memory_checked
-                .is_some_and(|at| now.saturating_duration_since(at) < RSS_CHECK_EVERY)
-        {
+        if self.book.seat(worker, now).recycle.is_some() {
             return;
         }
-        seat.memory_checked = Some(now);
         if let Some(m) = self.pool.memory(worker) {
             if m.rss > m.baseline.saturating_add(limit) {
                 self.book.seat(worker, now).recycle = Some(StopReason::MemoryGrowth);

@@ -102,10 +102,10 @@ impl Fake {
                 f.put_bytes(format!("failed on {input}").as_bytes());
             }
         }
-        let payload = f.finish()[5..].to_vec();
+        let frame = f.finish()[4..].to_vec();
         self.0.borrow_mut().events.push_back(PoolEvent::Results {
             worker: sent.worker,
-            payload,
+            frame,
         });
     }
 
