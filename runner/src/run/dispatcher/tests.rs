@@ -344,6 +344,28 @@ impl Harness {
     }
 }
 
+/// A dispatcher for `$h` on its fake pool, every worker started and ready (`warm!`) or none
+/// started yet (`cold!`); `$writer` and `$pool` are the locals it borrows.
+macro_rules! warm {
+    ($h:ident, $writer:ident, $pool:ident, $d:ident) => {
+        let mut $writer = $h.writer();
+        let mut $pool = $h.fake.clone();
+        $pool.fill().unwrap();
+        $h.fake.ready_all();
+        #[allow(unused_mut)]
+        let mut $d = Dispatcher::new($h.job(), &mut $pool, &mut $writer, &$h.events, &$h.console);
+    };
+}
+
+macro_rules! cold {
+    ($h:ident, $writer:ident, $pool:ident, $d:ident) => {
+        let mut $writer = $h.writer();
+        let mut $pool = $h.fake.clone();
+        #[allow(unused_mut)]
+        let mut $d = Dispatcher::new($h.job(), &mut $pool, &mut $writer, &$h.events, &$h.console);
+    };
+}
+
 /// Steps until every scripted event is handled and acted on (the fake never blocks).
 fn settle<P: WorkerPool>(d: &mut Dispatcher<'_, P>, fake: &Fake) {
     for _ in 0..1_000 {
@@ -387,9 +409,7 @@ fn per_worker(sent: &[Sent]) -> BTreeMap<WorkerId, usize> {
 #[test]
 fn a_fresh_pool_gives_one_task_to_each_worker_as_it_becomes_ready() {
     let h = Harness::new(4, 4, |_| {});
-    let mut writer = h.writer();
-    let mut pool = h.fake.clone();
-    let mut d = Dispatcher::new(h.job(), &mut pool, &mut writer, &h.events, &h.console);
+    cold!(h, writer, pool, d);
     d.step(Instant::now()).unwrap();
     assert_eq!(h.fake.started(), [1, 2, 3, 4]);
     assert!(
@@ -418,11 +438,7 @@ fn a_fresh_pool_gives_one_task_to_each_worker_as_it_becomes_ready() {
 #[test]
 fn a_warm_pool_with_chunksize_1_spreads_the_tasks_over_every_worker() {
     let h = Harness::new(4, 4, |s| s.chunksize = ChunkSize::Fixed(NonZeroUsize::MIN));
-    let mut writer = h.writer();
-    let mut pool = h.fake.clone();
-    pool.fill().unwrap();
-    h.fake.ready_all();
-    let mut d = Dispatcher::new(h.job(), &mut pool, &mut writer, &h.events, &h.console);
+    warm!(h, writer, pool, d);
     settle(&mut d, &h.fake);
     let workers: BTreeSet<WorkerId> = h.fake.sent().iter().map(|s| s.worker).collect();
     assert_eq!(workers.len(), 4);
@@ -459,11 +475,7 @@ fn short_tasks_are_prefetched_and_long_ones_never() {
 #[test]
 fn the_last_tasks_do_not_wait_behind_a_busy_worker() {
     let h = Harness::new(3, 2, |s| s.chunksize = ChunkSize::Fixed(NonZeroUsize::MIN));
-    let mut writer = h.writer();
-    let mut pool = h.fake.clone();
-    pool.fill().unwrap();
-    h.fake.ready_all();
-    let mut d = Dispatcher::new(h.job(), &mut pool, &mut writer, &h.events, &h.console);
+    warm!(h, writer, pool, d);
     settle(&mut d, &h.fake);
     let sent = h.fake.sent();
     assert_eq!(sent.len(), 2);
@@ -480,9 +492,7 @@ fn the_last_tasks_do_not_wait_behind_a_busy_worker() {
 #[test]
 fn every_task_gets_exactly_one_record() {
     let h = Harness::new(10_000, 3, |_| {});
-    let mut writer = h.writer();
-    let mut pool = h.fake.clone();
-    let mut d = Dispatcher::new(h.job(), &mut pool, &mut writer, &h.events, &h.console);
+    cold!(h, writer, pool, d);
     d.step(Instant::now()).unwrap();
     h.fake.ready_all();
     let mut answered = 0;
@@ -515,11 +525,7 @@ fn started(
 fn a_crash_charges_the_running_item_and_the_others_run_again_uncharged() {
     // 64 inputs in chunks of 4 (guided self-scheduling does not cut them yet).
     let h = started(64, 1, 4, |_| {});
-    let mut writer = h.writer();
-    let mut pool = h.fake.clone();
-    pool.fill().unwrap();
-    h.fake.ready_all();
-    let mut d = Dispatcher::new(h.job(), &mut pool, &mut writer, &h.events, &h.console);
+    warm!(h, writer, pool, d);
     settle(&mut d, &h.fake);
     let chunk = h.fake.sent()[0].clone();
     assert_eq!(chunk.inputs, ["0", "1", "2", "3"]);
@@ -552,11 +558,7 @@ fn a_crash_charges_the_running_item_and_the_others_run_again_uncharged() {
 #[test]
 fn several_lost_results_between_calls_are_suspects_run_alone() {
     let h = started(100, 1, 5, |_| {});
-    let mut writer = h.writer();
-    let mut pool = h.fake.clone();
-    pool.fill().unwrap();
-    h.fake.ready_all();
-    let mut d = Dispatcher::new(h.job(), &mut pool, &mut writer, &h.events, &h.console);
+    warm!(h, writer, pool, d);
     settle(&mut d, &h.fake);
     let chunk = h.fake.sent()[0].clone();
     // Items 0..=2 returned, none reported (a task closed the result stream, or a kill from
@@ -601,9 +603,7 @@ fn several_lost_results_between_calls_are_suspects_run_alone() {
 #[test]
 fn a_task_that_kills_every_worker_costs_retries_plus_one_workers() {
     let h = started(3, 1, 1, |s| s.retries = 2);
-    let mut writer = h.writer();
-    let mut pool = h.fake.clone();
-    let mut d = Dispatcher::new(h.job(), &mut pool, &mut writer, &h.events, &h.console);
+    cold!(h, writer, pool, d);
     let mut answered = 0;
     let mut deaths = 0;
     for _ in 0..100 {
@@ -651,9 +651,7 @@ fn start_deaths(
     BTreeMap<u64, Result<String, String>>,
 ) {
     let h = started(2, 1, 1, |_| {});
-    let mut writer = h.writer();
-    let mut pool = h.fake.clone();
-    let mut d = Dispatcher::new(h.job(), &mut pool, &mut writer, &h.events, &h.console);
+    cold!(h, writer, pool, d);
     let mut ends = ends.iter();
     let mut answered = 0;
     for _ in 0..100 {
@@ -721,9 +719,7 @@ fn a_worker_that_dies_the_same_way_again_while_starting_stops_the_stage() {
 #[test]
 fn workers_that_keep_dying_holding_nothing_stop_the_stage() {
     let h = started(5, 1, 1, |_| {});
-    let mut writer = h.writer();
-    let mut pool = h.fake.clone();
-    let mut d = Dispatcher::new(h.job(), &mut pool, &mut writer, &h.events, &h.console);
+    cold!(h, writer, pool, d);
     for _ in 0..100 {
         settle(&mut d, &h.fake);
         h.fake.ready_all();
@@ -749,11 +745,7 @@ fn workers_that_keep_dying_holding_nothing_stop_the_stage() {
 #[test]
 fn a_task_past_its_timeout_is_stopped_and_recorded_as_a_timeout() {
     let h = started(2, 2, 1, |s| s.task_timeout = Some(Duration::from_secs(5)));
-    let mut writer = h.writer();
-    let mut pool = h.fake.clone();
-    pool.fill().unwrap();
-    h.fake.ready_all();
-    let mut d = Dispatcher::new(h.job(), &mut pool, &mut writer, &h.events, &h.console);
+    warm!(h, writer, pool, d);
     settle(&mut d, &h.fake);
     let sent = h.fake.sent();
     // Worker 2 answers; worker 1 runs on.
@@ -812,11 +804,7 @@ fn idle_workers_retire_after_the_idle_timeout_and_recycled_ones_when_idle() {
         s.idle_timeout = Some(Duration::from_secs(10));
         s.max_tasks_per_worker = 1;
     });
-    let mut writer = h.writer();
-    let mut pool = h.fake.clone();
-    pool.fill().unwrap();
-    h.fake.ready_all();
-    let mut d = Dispatcher::new(h.job(), &mut pool, &mut writer, &h.events, &h.console);
+    warm!(h, writer, pool, d);
     settle(&mut d, &h.fake);
     let sent = h.fake.sent();
     assert_eq!(sent.len(), 2);
@@ -827,11 +815,7 @@ fn idle_workers_retire_after_the_idle_timeout_and_recycled_ones_when_idle() {
     drop(d);
 
     let h = started(1, 2, 1, |s| s.idle_timeout = Some(Duration::from_secs(10)));
-    let mut writer = h.writer();
-    let mut pool = h.fake.clone();
-    pool.fill().unwrap();
-    h.fake.ready_all();
-    let mut d = Dispatcher::new(h.job(), &mut pool, &mut writer, &h.events, &h.console);
+    warm!(h, writer, pool, d);
     settle(&mut d, &h.fake);
     // One task, two workers: worker 2 idles; it retires once the idle timeout has passed.
     let now = Instant::now();
@@ -870,11 +854,7 @@ fn memory_growth_recycles_a_worker_once_it_is_idle() {
 #[test]
 fn results_for_positions_a_worker_was_not_given_end_it() {
     let h = started(64, 1, 2, |_| {});
-    let mut writer = h.writer();
-    let mut pool = h.fake.clone();
-    pool.fill().unwrap();
-    h.fake.ready_all();
-    let mut d = Dispatcher::new(h.job(), &mut pool, &mut writer, &h.events, &h.console);
+    warm!(h, writer, pool, d);
     settle(&mut d, &h.fake);
     let sent = h.fake.sent()[0].clone();
     // Position 1 before position 0.
@@ -888,11 +868,7 @@ fn results_for_positions_a_worker_was_not_given_end_it() {
 #[test]
 fn an_interrupt_stops_dispatching_and_leaves_the_rest_not_run() {
     let h = started(100, 2, 1, |_| {});
-    let mut writer = h.writer();
-    let mut pool = h.fake.clone();
-    pool.fill().unwrap();
-    h.fake.ready_all();
-    let mut d = Dispatcher::new(h.job(), &mut pool, &mut writer, &h.events, &h.console);
+    warm!(h, writer, pool, d);
     settle(&mut d, &h.fake);
     let sent = h.fake.sent();
     // Stop as a first Ctrl-C does (without raising a signal in the test process).
@@ -909,11 +885,7 @@ fn an_interrupt_stops_dispatching_and_leaves_the_rest_not_run() {
 #[test]
 fn task_errors_are_retried_then_recorded() {
     let h = started(1, 1, 1, |s| s.retries = 1);
-    let mut writer = h.writer();
-    let mut pool = h.fake.clone();
-    pool.fill().unwrap();
-    h.fake.ready_all();
-    let mut d = Dispatcher::new(h.job(), &mut pool, &mut writer, &h.events, &h.console);
+    warm!(h, writer, pool, d);
     for _ in 0..2 {
         settle(&mut d, &h.fake);
         let last = h.fake.sent().last().unwrap().clone();
@@ -931,11 +903,7 @@ fn task_errors_are_retried_then_recorded() {
 #[test]
 fn a_result_too_large_for_a_frame_is_recorded_and_not_retried() {
     let h = started(64, 1, 2, |s| s.retries = 3);
-    let mut writer = h.writer();
-    let mut pool = h.fake.clone();
-    pool.fill().unwrap();
-    h.fake.ready_all();
-    let mut d = Dispatcher::new(h.job(), &mut pool, &mut writer, &h.events, &h.console);
+    warm!(h, writer, pool, d);
     settle(&mut d, &h.fake);
     let sent = h.fake.sent()[0].clone();
     h.fake
