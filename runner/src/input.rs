@@ -12,7 +12,13 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crate::config::InputSpec;
-use crate::protocol::FrameBuf;
+use crate::protocol::{FrameBuf, MAX_ITEM_BYTES};
+
+/// The longest line an input file may have: the largest input a frame carries.
+pub const MAX_LINE_BYTES: usize = MAX_ITEM_BYTES;
+
+/// A line of a stage's own output file holds an item and a few dozen bytes of record around it.
+const MAX_RECORD_BYTES: usize = MAX_ITEM_BYTES + 4096;
 
 /// A malformed input file, found before anything runs.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +31,98 @@ pub enum InputError {
         line: u64,
         message: String,
     },
+    #[error("{}:{line}: not valid UTF-8 (at byte {offset} of the line); JSON text must be UTF-8", path.display())]
+    NotUtf8 {
+        path: PathBuf,
+        line: u64,
+        offset: usize,
+    },
+    #[error("{}:{line}: the line is longer than {MAX_LINE_BYTES} bytes, the most an input can be", path.display())]
+    LineTooLong { path: PathBuf, line: u64 },
+    #[error(
+        "input file {} is {kind}, not a regular file: loky-run reads an input file more than once (a check before any worker starts, the run, a resume); copy it to a file first",
+        path.display()
+    )]
+    NotRegular { path: PathBuf, kind: &'static str },
+}
+
+/// What a non-regular file is, for messages.
+fn file_kind(kind: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a named pipe (FIFO)"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    }
+}
+
+/// Opens an input file, refusing anything but a regular file (a FIFO read by the check would
+/// block the run when it is opened again; a device never ends).
+fn open_regular(path: &Path) -> Result<File, InputError> {
+    let io_err = |source| InputError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io_err)?;
+    if !meta.file_type().is_file() {
+        return Err(InputError::NotRegular {
+            path: path.to_owned(),
+            kind: file_kind(meta.file_type()),
+        });
+    }
+    File::open(path).map_err(io_err)
+}
+
+/// How reading one line ended.
+#[derive(Debug, PartialEq, Eq)]
+enum LineRead {
+    /// No more lines.
+    End,
+    /// A line was appended (without its newline).
+    Line,
+    /// The line is longer than the limit: what was read of it is dropped.
+    TooLong,
+}
+
+/// Appends the next line of `reader` (without its `\n`) to `buf`, reading at most `limit`
+/// bytes of it: a file without newlines cannot make the runner grow without bound.
+fn read_line(reader: &mut impl BufRead, buf: &mut Vec<u8>, limit: usize) -> io::Result<LineRead> {
+    let start = buf.len();
+    let mut any = false;
+    loop {
+        let available = match reader.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if available.is_empty() {
+            return Ok(if any { LineRead::Line } else { LineRead::End });
+        }
+        any = true;
+        let (piece, done) = match available.iter().position(|&b| b == b'\n') {
+            Some(at) => (&available[..at], at + 1),
+            None => (available, available.len()),
+        };
+        let complete = piece.len() < done;
+        if buf.len() - start + piece.len() > limit {
+            buf.truncate(start);
+            reader.consume(done);
+            return Ok(LineRead::TooLong);
+        }
+        buf.extend_from_slice(piece);
+        reader.consume(done);
+        if complete {
+            return Ok(LineRead::Line);
+        }
+    }
 }
 
 /// Yields inputs in order, appending each to a frame as a length-prefixed JSON text.
@@ -48,13 +146,20 @@ pub fn open(spec: &InputSpec, from_file: Option<&Path>) -> io::Result<Box<dyn In
             next: 0,
         }),
         InputSpec::File(path) => Box::new(LinesSource {
+            path: path.clone(),
             lines: JsonLines::open(path)?,
         }),
-        InputSpec::From(_) => {
-            let path = from_file.expect("the plan passes the file of a `from` stage");
+        InputSpec::From(stage) => {
+            let path = from_file.ok_or_else(|| {
+                io::Error::other(format!(
+                    "no output file for the stage `{stage}` it reads from"
+                ))
+            })?;
             Box::new(FromSource {
+                path: path.to_owned(),
                 reader: BufReader::with_capacity(1 << 16, File::open(path)?),
                 line: Vec::new(),
+                line_no: 0,
             })
         }
     })
@@ -102,36 +207,52 @@ struct JsonLines<R = File> {
 
 impl JsonLines {
     fn open(path: &Path) -> io::Result<Self> {
+        let file = open_regular(path).map_err(|e| match e {
+            InputError::Io { source, .. } => source,
+            other => io::Error::new(io::ErrorKind::InvalidInput, other.to_string()),
+        })?;
         Ok(Self {
-            reader: BufReader::with_capacity(1 << 16, File::open(path)?),
+            reader: BufReader::with_capacity(1 << 16, file),
             buf: Vec::new(),
             line: 0,
         })
     }
 }
 
+/// A line of an input file.
+enum Next<'a> {
+    End,
+    Line(&'a [u8]),
+    TooLong,
+}
+
 impl<R: Read> JsonLines<R> {
-    /// The next non-blank line (trimmed), or `None` at the end.
-    fn next_line(&mut self) -> io::Result<Option<&[u8]>> {
+    /// The next non-blank line (trimmed).
+    fn next_line(&mut self) -> io::Result<Next<'_>> {
         loop {
             self.buf.clear();
-            if self.reader.read_until(b'\n', &mut self.buf)? == 0 {
-                return Ok(None);
+            match read_line(&mut self.reader, &mut self.buf, MAX_LINE_BYTES)? {
+                LineRead::End => return Ok(Next::End),
+                LineRead::TooLong => {
+                    self.line += 1;
+                    return Ok(Next::TooLong);
+                }
+                LineRead::Line => self.line += 1,
             }
-            self.line += 1;
             let trimmed = self.buf.trim_ascii();
             if !trimmed.is_empty() {
                 let (start, len) = (
                     trimmed.as_ptr() as usize - self.buf.as_ptr() as usize,
                     trimmed.len(),
                 );
-                return Ok(Some(&self.buf[start..start + len]));
+                return Ok(Next::Line(&self.buf[start..start + len]));
             }
         }
     }
 }
 
 struct LinesSource {
+    path: PathBuf,
     lines: JsonLines,
 }
 
@@ -141,13 +262,25 @@ impl InputSource for LinesSource {
     fn next_into(&mut self, frame: &mut FrameBuf) -> io::Result<bool> {
         let reader = &mut self.lines.reader;
         let line_no = &mut self.lines.line;
+        let path = &self.path;
         frame.put_bytes_with(|buf| {
             let start = buf.len();
             loop {
-                if reader.read_until(b'\n', buf)? == 0 {
-                    return Ok(false);
+                match read_line(reader, buf, MAX_LINE_BYTES)? {
+                    LineRead::End => return Ok(false),
+                    LineRead::Line => *line_no += 1,
+                    // Checked before the run: the file changed since.
+                    LineRead::TooLong => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            InputError::LineTooLong {
+                                path: path.clone(),
+                                line: *line_no + 1,
+                            }
+                            .to_string(),
+                        ));
+                    }
                 }
-                *line_no += 1;
                 let (lead, len) = {
                     let line = &buf[start..];
                     let trimmed = line.trim_ascii();
@@ -183,18 +316,36 @@ pub struct FileCheck {
 /// Checks every line of an input file, counts its values and hashes it (before any worker
 /// starts).
 pub fn check_file(path: &Path) -> Result<FileCheck, InputError> {
-    let io_err = |source| InputError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let file = File::open(path).map_err(io_err)?;
+    let file = open_regular(path)?;
     let mut lines = JsonLines {
         reader: BufReader::with_capacity(1 << 16, Hashing::new(file)),
         buf: Vec::new(),
         line: 0,
     };
     let mut count = 0;
-    while let Some(line) = lines.next_line().map_err(io_err)? {
+    loop {
+        let next = lines.next_line().map_err(|source| InputError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let line = match next {
+            Next::End => break,
+            Next::TooLong => {
+                return Err(InputError::LineTooLong {
+                    path: path.to_owned(),
+                    line: lines.line,
+                });
+            }
+            Next::Line(line) => line,
+        };
+        // serde_json skips over the bytes of strings it does not keep: check UTF-8 first.
+        if let Err(e) = std::str::from_utf8(line) {
+            return Err(InputError::NotUtf8 {
+                path: path.to_owned(),
+                line: lines.line,
+                offset: e.valid_up_to(),
+            });
+        }
         if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(line) {
             return Err(InputError::Malformed {
                 path: path.to_owned(),
@@ -237,30 +388,86 @@ impl<R: Read> Read for Hashing<R> {
 /// One line of a stage output file, borrowing the output's JSON text.
 #[derive(Deserialize)]
 struct OutputLine<'a> {
-    #[serde(borrow)]
+    index: u64,
+    /// Present (even when it is `null`) or not.
+    #[serde(borrow, default, deserialize_with = "present")]
     output: Option<&'a RawValue>,
+    error: Option<serde::de::IgnoredAny>,
+}
+
+/// A field that is there, whatever its value: `Option<&RawValue>` alone reads `null` as absent.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 struct FromSource {
+    path: PathBuf,
     reader: BufReader<File>,
     line: Vec<u8>,
+    line_no: u64,
+}
+
+impl FromSource {
+    /// A line of the earlier stage's output that is not one of its records: the file was
+    /// damaged or changed after that stage finished.
+    fn damaged(&self, what: String) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{}:{}: not a record of the stage it holds ({what}); the file was changed after that stage finished: rerun it (`--resume --force`, or without --resume)",
+                self.path.display(),
+                self.line_no
+            ),
+        )
+    }
 }
 
 impl InputSource for FromSource {
     fn next_into(&mut self, frame: &mut FrameBuf) -> io::Result<bool> {
         loop {
             self.line.clear();
-            if self.reader.read_until(b'\n', &mut self.line)? == 0 {
-                return Ok(false);
+            match read_line(&mut self.reader, &mut self.line, MAX_RECORD_BYTES)? {
+                LineRead::End => return Ok(false),
+                LineRead::Line => self.line_no += 1,
+                LineRead::TooLong => {
+                    self.line_no += 1;
+                    return Err(self.damaged("the line is too long".into()));
+                }
             }
-            let record: OutputLine<'_> = serde_json::from_slice(self.line.trim_ascii())
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-            // Failed items of the earlier stage are skipped.
-            if let Some(output) = record.output {
-                frame.put_bytes(output.get().as_bytes());
-                return Ok(true);
+            let record: OutputLine<'_> = match serde_json::from_slice(self.line.trim_ascii()) {
+                Ok(record) => record,
+                Err(e) => {
+                    // serde's "at line 1 column C" is about the record's own text.
+                    let what = format!("{} at column {}", describe_json_error(&e), e.column());
+                    return Err(self.damaged(what));
+                }
+            };
+            if record.index != self.line_no - 1 {
+                return Err(self.damaged(format!(
+                    "index {} where {} belongs",
+                    record.index,
+                    self.line_no - 1
+                )));
+            }
+            match (record.output, record.error.is_some()) {
+                (Some(output), false) => {
+                    frame.put_bytes(output.get().as_bytes());
+                    return Ok(true);
+                }
+                // Failed items of the earlier stage are skipped.
+                (None, true) => {}
+                _ => return Err(self.damaged("neither an output nor an error".into())),
             }
         }
+    }
+}
+
+/// A serde_json error without its position.
+fn describe_json_error(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(at) => text[..at].to_owned(),
+        None => text,
     }
 }
 
@@ -315,6 +522,74 @@ mod tests {
             Err(InputError::Malformed { line, .. }) => assert_eq!(line, 3),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn lines_are_bounded_and_whole() {
+        let mut r = BufReader::with_capacity(4, &b"abc\ndefghij\nk"[..]);
+        let mut buf = Vec::new();
+        assert_eq!(read_line(&mut r, &mut buf, 5).unwrap(), LineRead::Line);
+        assert_eq!(buf, b"abc");
+        buf.clear();
+        // Over the limit: dropped, and the reader is past it.
+        assert_eq!(read_line(&mut r, &mut buf, 5).unwrap(), LineRead::TooLong);
+        assert!(buf.is_empty());
+        // (the rest of the long line is read and dropped as a line of its own)
+        let mut rest = Vec::new();
+        while read_line(&mut r, &mut rest, 5).unwrap() != LineRead::End {
+            rest.push(b'|');
+        }
+        assert!(
+            rest.ends_with(b"k|"),
+            "{:?}",
+            String::from_utf8_lossy(&rest)
+        );
+    }
+
+    #[test]
+    fn non_regular_files_and_invalid_utf8_are_refused() {
+        match check_file(Path::new("/dev/zero")) {
+            Err(InputError::NotRegular { kind, .. }) => assert_eq!(kind, "a character device"),
+            other => panic!("{other:?}"),
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.jsonl");
+        std::fs::write(&bad, b"\"ok\"\n\"\xff\xfe\"\n").unwrap();
+        match check_file(&bad) {
+            Err(InputError::NotUtf8 { line, offset, .. }) => assert_eq!((line, offset), (2, 1)),
+            other => panic!("{other:?}"),
+        }
+        assert!(check_file(dir.path()).is_err(), "a directory");
+    }
+
+    #[test]
+    fn from_names_the_file_and_line_of_a_damaged_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let prev = dir.path().join("prev.jsonl");
+        std::fs::write(
+            &prev,
+            "{\"index\":0,\"output\":null}\n{\"index\":1,\"output\":12x}\n",
+        )
+        .unwrap();
+        let mut source = open(&InputSpec::From("prev".into()), Some(&prev)).unwrap();
+        let mut frame = FrameBuf::new();
+        frame.begin(tag::CHUNK);
+        assert!(
+            source.next_into(&mut frame).unwrap(),
+            "a null output is an output"
+        );
+        let err = source.next_into(&mut frame).unwrap_err().to_string();
+        assert!(err.contains("prev.jsonl:2:"), "{err}");
+        // A record whose index is not its line's: a cut or a copy went wrong.
+        std::fs::write(
+            &prev,
+            "{\"index\":0,\"output\":1}\n{\"index\":5,\"output\":2}\n",
+        )
+        .unwrap();
+        let mut source = open(&InputSpec::From("prev".into()), Some(&prev)).unwrap();
+        assert!(source.next_into(&mut frame).unwrap());
+        let err = source.next_into(&mut frame).unwrap_err().to_string();
+        assert!(err.contains(":2:") && err.contains("index 5"), "{err}");
     }
 
     #[test]

@@ -340,3 +340,90 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         }
     }
 }
+
+fn file_stage(path: &std::path::Path) -> String {
+    format!(
+        "\n[[stage]]\nname = \"s\"\ntask = \"demo::echo\"\ninput = {{ file = \"{}\" }}\n",
+        path.display()
+    )
+}
+
+#[test]
+fn inputs_that_are_not_regular_files_are_refused_without_reading_them() {
+    let fx = Fixture::new();
+    // A device never ends; a FIFO read by the check would block the run when reopened.
+    let fifo = fx.path().join("in.fifo");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for (path, fragments) in [
+        (
+            std::path::PathBuf::from("/dev/zero"),
+            &["character device", "regular file"][..],
+        ),
+        (fifo, &["named pipe", "regular file"][..]),
+        (fx.path().to_owned(), &["directory"][..]),
+    ] {
+        let p = fx.write("pipeline.toml", &(header("odd", "") + &file_stage(&path)));
+        let r = fx.run_within(&[p.to_str().unwrap()], std::time::Duration::from_secs(60));
+        r.assert_code(2)
+            .assert_stderr_has(&[&path.display().to_string()])
+            .assert_stderr_has(fragments);
+        assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+        assert!(!fx.path().join("out").exists(), "no partial output");
+    }
+}
+
+#[test]
+fn invalid_utf8_inside_a_json_string_is_refused_naming_the_line() {
+    let fx = Fixture::new();
+    let input = fx.path().join("in.jsonl");
+    std::fs::write(&input, b"\"fine\"\n\n\"caf\xe9\"\n").unwrap();
+    refused(
+        &fx,
+        &(header("utf8", "") + &file_stage(&input)),
+        &[],
+        &["in.jsonl:3", "UTF-8"],
+    );
+}
+
+#[test]
+fn a_runner_blocked_in_a_system_call_still_ends_on_a_signal() {
+    // `--events` names a FIFO nobody reads: opening it blocks. A SIGTERM must still end the
+    // run (with 143), not be counted and forgotten.
+    let fx = Fixture::new();
+    let fifo = fx.path().join("events.fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let p = fx.write("pipeline.toml", &(header("blocked", "") + STAGE));
+    let mut child = KillOnDrop(
+        fx.command()
+            .args([
+                p.to_str().unwrap(),
+                "--progress",
+                "never",
+                "--events",
+                fifo.to_str().unwrap(),
+            ])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // The output directory's lock is taken just before the event log is opened: from then on
+    // it blocks (a signal sent a moment earlier is counted and ends it just the same).
+    wait_for(|| fx.path().join("out/.lock").is_file().then_some(()));
+    // SAFETY: kill(2) of the child we started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = wait_within(&mut child, std::time::Duration::from_secs(120));
+    assert_eq!(status.code(), Some(143));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("SIGTERM"), "{stderr}");
+}

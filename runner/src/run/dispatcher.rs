@@ -193,6 +193,8 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
 
     /// Runs the stage to its end.
     pub fn run(mut self) -> Result<StageOutcome, RunError> {
+        // Signals are this loop's to handle now; the watchdog only steps in if it hangs.
+        let _signals = interrupt::guard_stage(self.job.grace);
         while self.step(Instant::now())? {}
         Ok(self.finish())
     }
