@@ -75,7 +75,9 @@ pub enum Event<'a> {
         worker: u32,
         pid: u32,
         /// `idle_timeout`, `max_tasks`, `memory_growth`, `killed`, `crashed`, `shutdown`,
-        /// `resize`, `restart`, `timeout`, `initializer`.
+        /// `resize`, `restart`, `timeout`, `initializer`, `plugin`, `interrupted`,
+        /// `broken_stream` (it wrote something that is not a frame), `lost_results` (results
+        /// it wrote never arrived), `stage_stopped` (`on_error = "fail"`).
         reason: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         signal: Option<String>,

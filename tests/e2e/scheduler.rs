@@ -117,8 +117,44 @@ fn a_task_that_closes_the_result_descriptor_costs_retries_plus_one_workers() {
 #[test]
 fn results_sent_to_dev_null_are_noticed_without_a_timeout() {
     let fx = hostile("faults::redirect_result_fd", "[1, 2]", 1);
-    assert_all_failed(&fx, 2, "crashed", 2, "never reached the runner");
-    assert_eq!(exits(&fx.events(), "broken_stream").len(), 4);
+    assert_all_failed(&fx, 2, "crashed", 2, "result descriptor (4) was redirected");
+    assert_eq!(exits(&fx.events(), "lost_results").len(), 4);
+}
+
+#[test]
+fn a_task_that_breaks_the_result_stream_mid_chunk_is_the_only_one_charged() {
+    // The faulty input sits among ordinary ones in chunks of 8: the worker runs on past it
+    // (and loses its neighbours' results too) before the runner notices.
+    for fault in ["redirect_result_fd", "close_result_fd"] {
+        let items: Vec<String> = (0..40)
+            .map(|i| {
+                if i == 13 {
+                    format!("{{ {fault} = true }}")
+                } else {
+                    i.to_string()
+                }
+            })
+            .collect();
+        let fx = Fixture::new();
+        let text = header("midchunk", "max_workers = 2\non_error = \"continue\"")
+            + &stage(
+                "s",
+                "faults::crash_if",
+                &format!("{{ items = [{}] }}", items.join(", ")),
+                "chunksize = 8",
+            );
+        let p = fx.write("pipeline.toml", &text);
+        fx.run_within(&[p.to_str().unwrap()], LIMIT).assert_code(1);
+        let records = fx.records("s");
+        assert_eq!(records.len(), 40);
+        for (i, r) in records.iter().enumerate() {
+            if i == 13 {
+                assert_eq!(r["error"]["kind"], "crashed", "{fault}: {r}");
+            } else {
+                assert_eq!(r["output"], i, "{fault}: input {i} is innocent: {r}");
+            }
+        }
+    }
 }
 
 #[test]

@@ -222,9 +222,16 @@ pub fn init_panic(args: Value) {
 }
 
 /// Crashes the worker as its input says, or returns the input: `{"abort": true}` aborts
-/// (SIGABRT), `{"exit": n}` exits with code n, `{"segfault": true}` dies by SIGSEGV; anything
-/// else is echoed. For crashes among ordinary tasks of one stage.
+/// (SIGABRT), `{"exit": n}` exits with code n, `{"segfault": true}` dies by SIGSEGV,
+/// `{"close_result_fd": true}` and `{"redirect_result_fd": true}` do what those tasks do and
+/// return; anything else is echoed. For faults among ordinary tasks of one stage (and chunk).
 pub fn crash_if(input: Value) -> Value {
+    if input.get("close_result_fd") == Some(&Value::Bool(true)) {
+        let _ = close_result_fd(0);
+    }
+    if input.get("redirect_result_fd") == Some(&Value::Bool(true)) {
+        let _ = redirect_result_fd(0);
+    }
     if input.get("abort") == Some(&Value::Bool(true)) {
         std::process::abort();
     }

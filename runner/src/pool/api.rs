@@ -53,8 +53,12 @@ pub enum StopReason {
     Initializer,
     /// A plugin failed to load.
     Plugin,
-    /// Its result stream broke: garbled frames, or results it wrote that never arrived.
+    /// Its result stream broke: it wrote something that is not a frame, or out of turn.
     BrokenStream,
+    /// Results it wrote never arrived (its result descriptor was redirected or closed).
+    LostResults,
+    /// Its stage stopped for good (`on_error = "fail"`): it finishes the item it runs.
+    StageStopped,
 }
 
 impl StopReason {
@@ -73,6 +77,8 @@ impl StopReason {
             StopReason::Initializer => "initializer",
             StopReason::Plugin => "plugin",
             StopReason::BrokenStream => "broken_stream",
+            StopReason::LostResults => "lost_results",
+            StopReason::StageStopped => "stage_stopped",
         }
     }
 
@@ -85,7 +91,14 @@ impl StopReason {
                 | StopReason::MaxTasks
                 | StopReason::MemoryGrowth
                 | StopReason::BrokenStream
+                | StopReason::LostResults
         )
+    }
+
+    /// Whether the worker failed (a fault of it or of a task it ran), as opposed to being
+    /// stopped by a decision of the runner.
+    pub fn is_failure(self) -> bool {
+        matches!(self, StopReason::BrokenStream | StopReason::LostResults)
     }
 }
 
@@ -132,7 +145,8 @@ pub struct WorkerExit {
     pub worker: WorkerId,
     /// `None`: it died on its own.
     pub reason: Option<StopReason>,
-    /// What broke, when the reason is [`StopReason::BrokenStream`].
+    /// What broke, when the reason is [`StopReason::BrokenStream`] or
+    /// [`StopReason::LostResults`].
     pub detail: Option<String>,
     pub end: ProcessEnd,
     /// `None` when unknown (a remote worker that never reported it).
@@ -184,7 +198,8 @@ pub enum PoolError {
 pub trait WorkerPool {
     /// How many workers the stage should have.
     fn target_size(&self) -> usize;
-    /// The live workers, oldest first.
+    /// The live workers, oldest first (remote workers still being started count, as
+    /// [`Phase::Starting`]).
     fn workers(&self) -> impl Iterator<Item = WorkerView> + '_;
     /// Starts workers until the pool has its target size (they appear as [`Phase::Starting`]),
     /// and takes in remote workers that connected since the last call.
@@ -201,7 +216,7 @@ pub trait WorkerPool {
     /// Asks a worker to exit once it has run what it holds.
     fn retire(&mut self, worker: WorkerId, reason: StopReason);
     /// Asks a worker to finish the item it runs and exit, leaving the rest unrun.
-    fn stop_after_current(&mut self, worker: WorkerId);
+    fn stop_after_current(&mut self, worker: WorkerId, reason: StopReason);
     /// SIGTERM now, SIGKILL after `grace`.
     fn terminate(&mut self, worker: WorkerId, reason: StopReason, grace: Duration);
     /// Ends a worker at once.

@@ -408,6 +408,8 @@ impl Pool {
             return;
         };
         match serde_json::from_slice::<ReadyMsg>(payload) {
+            // Said once, at the start: a worker saying it again is not following the protocol.
+            Ok(_) if w.is_ready() => w.break_stream("it sent a second ready message".into()),
             Ok(ReadyMsg::Ready {
                 pid,
                 host,
@@ -462,16 +464,13 @@ impl Pool {
             self.poller.remove(commands.fd());
             commands.watching = false;
         }
-        let (pid, reaped, remote) = (w.pid(), w.exited_flag(), w.is_remote());
+        let (pid, reaped, read_end) = (w.pid(), w.exited_flag(), w.end_reader());
         let (tx, waker) = (self.reaped_tx.clone(), self.poller.waker());
         let reap = move || {
-            let (mut end, peak_rss) = wait_and_reap(pid, &reaped);
-            if remote {
-                end = remote_end(end);
-            }
+            let (end, peak_rss) = wait_and_reap(pid, &reaped);
             Reaped {
                 worker: id,
-                end,
+                end: read_end(end),
                 peak_rss,
             }
         };
@@ -550,6 +549,17 @@ impl Pool {
             let Some(written) = self.workers.get(&id).and_then(Worker::results_written) else {
                 continue;
             };
+            let closed = self
+                .workers
+                .get_mut(&id)
+                .is_some_and(|w| w.inbox().is_none());
+            if closed {
+                // Its stream was read to its end: what it wrote since went elsewhere.
+                if let Some(w) = self.workers.get_mut(&id) {
+                    w.lose_results(written.saturating_sub(w.results_read()));
+                }
+                continue;
+            }
             if self.pump(id) != Pumped::Open {
                 continue;
             }
@@ -558,7 +568,7 @@ impl Pool {
             };
             let partial = w.inbox().is_none_or(|inbox| inbox.holds_partial());
             if !partial && written > w.results_read() {
-                w.lose_results(written - w.results_read());
+                w.lose_results(written.saturating_sub(w.results_read()));
             }
         }
     }
@@ -652,7 +662,12 @@ impl WorkerPool for Pool {
     }
 
     fn workers(&self) -> impl Iterator<Item = WorkerView> + '_ {
-        self.workers.values().map(Worker::view)
+        let connecting = self.starting.iter().map(|(id, _)| WorkerView {
+            id: *id,
+            phase: Phase::Starting,
+        });
+        // Ids are increasing; steps still connecting have the newest.
+        self.workers.values().map(Worker::view).chain(connecting)
     }
 
     fn fill(&mut self) -> Result<(), PoolError> {
@@ -757,10 +772,10 @@ impl WorkerPool for Pool {
         }
     }
 
-    fn stop_after_current(&mut self, worker: WorkerId) {
+    fn stop_after_current(&mut self, worker: WorkerId, reason: StopReason) {
         let frame = self.bare_frame(tag::STOP);
         if let Some(w) = self.workers.get_mut(&worker) {
-            w.mark_stopping(StopReason::Interrupted);
+            w.mark_stopping(reason);
             w.request_stop();
             self.send_to(worker, &frame);
         }
@@ -844,15 +859,6 @@ fn wait_and_reap(pid: u32, reaped: &std::sync::atomic::AtomicBool) -> (ProcessEn
     spawn::kill_group(pid, libc::SIGKILL);
     reaped.store(true, std::sync::atomic::Ordering::Release);
     spawn::reap(pid)
-}
-
-/// `srun` reports a task killed by signal N as exit status 128 + N: name the signal, as for a
-/// local worker.
-fn remote_end(end: ProcessEnd) -> ProcessEnd {
-    match end {
-        ProcessEnd::Exit(code) if code > 128 && code < 128 + 32 => ProcessEnd::Signal(code - 128),
-        other => other,
-    }
 }
 
 pub fn launcher_name(launcher: Launcher) -> &'static str {

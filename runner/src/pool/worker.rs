@@ -10,7 +10,7 @@ use super::api::{Phase, Progress, StopReason, WorkerId, WorkerView};
 use super::inbox::{Inbox, Outbox};
 use super::{slurm, spawn};
 use crate::progress::ProgressSlot;
-use crate::sys;
+use crate::sys::{self, ProcessEnd};
 
 /// How long a remote worker's srun may live on after its connection ended.
 const REMOTE_EXIT_WAIT: Duration = Duration::from_secs(10);
@@ -98,6 +98,8 @@ pub(super) struct Worker {
     detail: Option<String>,
     /// When a terminated worker gets SIGKILL if it is still alive.
     kill_at: Option<Instant>,
+    /// Its result stream ended while the process lived on.
+    closed_alive: bool,
     tasks_sent: u64,
     /// Results read from its stream (the lost-results check compares it with what it wrote).
     results_read: u64,
@@ -130,6 +132,7 @@ impl Worker {
             stop: None,
             detail: None,
             kill_at: None,
+            closed_alive: false,
             tasks_sent: 0,
             results_read: 0,
             rss_baseline: None,
@@ -142,7 +145,9 @@ impl Worker {
     }
 
     pub(super) fn view(&self) -> WorkerView {
+        // A worker whose result stream has ended can take nothing more: its exit follows.
         let phase = match (self.stop, self.ready) {
+            _ if self.inbox.is_none() => Phase::Stopping,
             (Some(_), _) => Phase::Stopping,
             (None, true) => Phase::Ready,
             (None, false) => Phase::Starting,
@@ -219,11 +224,20 @@ impl Worker {
     /// Its result stream cannot be trusted any more: ends it, with what broke (unless it was
     /// already being stopped for another reason, which stands).
     pub(super) fn break_stream(&mut self, detail: String) {
-        if self.stop.is_none() || self.stop == Some(StopReason::BrokenStream) {
-            self.stop = Some(StopReason::BrokenStream);
-            self.detail.get_or_insert(detail);
+        self.fail_with(StopReason::BrokenStream, detail);
+    }
+
+    fn fail_with(&mut self, reason: StopReason, detail: String) {
+        if self.stop.is_none_or(StopReason::is_failure) && self.detail.is_none() {
+            self.stop = Some(reason);
+            self.detail = Some(detail);
         }
         self.end_now();
+    }
+
+    /// Whether it had said it was ready.
+    pub(super) fn is_ready(&self) -> bool {
+        self.ready
     }
 
     /// The worker said it is ready: where it runs.
@@ -299,10 +313,13 @@ impl Worker {
 
     /// Marks it as ended for results that never arrived (`missing` of them), and ends it.
     pub(super) fn lose_results(&mut self, missing: u64) {
-        self.break_stream(format!(
-            "{missing} result(s) it wrote never reached the runner: its result descriptor (4) \
-             was closed or redirected, most likely by a task"
-        ));
+        self.fail_with(
+            StopReason::LostResults,
+            format!(
+                "{missing} result(s) it wrote never reached the runner: its result descriptor \
+                 (4) was redirected or closed, most likely by a task"
+            ),
+        );
     }
 
     /// Its RSS now: read from `/proc` for a local worker, the last report of a remote one.
@@ -394,6 +411,7 @@ impl Worker {
         };
         if !self.has_exited() {
             self.kill_at.get_or_insert(Instant::now() + wait);
+            self.closed_alive = true;
         }
     }
 
@@ -402,6 +420,15 @@ impl Worker {
         match self.kill_at {
             Some(at) if at <= now => {
                 if !self.has_exited() {
+                    // A local worker still alive long after its result stream ended: a task
+                    // closed the descriptor, and whatever it ran since is lost.
+                    if self.closed_alive && !self.is_remote() && self.stop.is_none() {
+                        self.stop = Some(StopReason::LostResults);
+                        self.detail = Some(
+                            "its result descriptor (4) was redirected or closed, most likely by a task, and it went on running"
+                                .into(),
+                        );
+                    }
                     spawn::kill_group(self.pid, libc::SIGKILL);
                     // A killed `srun` leaves its step behind: cancel it in Slurm.
                     if let Endpoint::Remote(Remote {
@@ -434,6 +461,26 @@ impl Worker {
                 spawn::kill_group(self.pid, libc::SIGKILL);
                 None
             }
+        }
+    }
+
+    /// How its exit status reads as the worker's: `srun` reports a task killed by signal N as
+    /// exit status 128 + N; a local worker's status is its own.
+    pub(super) fn end_reader(&self) -> fn(ProcessEnd) -> ProcessEnd {
+        fn as_is(end: ProcessEnd) -> ProcessEnd {
+            end
+        }
+        fn through_srun(end: ProcessEnd) -> ProcessEnd {
+            match end {
+                ProcessEnd::Exit(code) if code > 128 && code < 128 + 32 => {
+                    ProcessEnd::Signal(code - 128)
+                }
+                other => other,
+            }
+        }
+        match self.endpoint {
+            Endpoint::Local { .. } => as_is,
+            Endpoint::Remote(_) => through_srun,
         }
     }
 

@@ -17,12 +17,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::pool::{Progress, StopReason, WorkerId};
-use crate::protocol::{ChunkHeader, Cursor};
+use crate::protocol::Cursor;
 
 /// One input of a chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Item {
     pub index: u64,
+    /// Where its length-prefixed input starts in the chunk's frame.
+    pub at: u32,
     /// Attempts already made before this one.
     pub attempts: u32,
     /// Deaths this item's result was lost in (it had run, unreported, when its worker died).
@@ -36,6 +38,7 @@ impl Item {
     pub fn fresh(index: u64) -> Self {
         Self {
             index,
+            at: 0,
             attempts: 0,
             witnessed: 0,
             isolated: false,
@@ -55,15 +58,14 @@ pub struct Chunk {
 }
 
 impl Chunk {
-    /// The input at `position`, as sent.
-    pub fn input(&self, position: u32) -> Vec<u8> {
-        let mut c = Cursor::new(&self.frame[5..]);
-        // The frame was built by the dispatcher: these reads cannot fail.
-        let _ = ChunkHeader::read(&mut c);
-        for _ in 0..position {
-            let _ = c.bytes();
-        }
-        c.bytes().map(<[u8]>::to_vec).unwrap_or_default()
+    /// The input at `position`, as sent (found by its offset: no walk through the frame).
+    pub fn input(&self, position: u32) -> &[u8] {
+        let Some(item) = self.items.get(position as usize) else {
+            return &[];
+        };
+        // The frame was built by the dispatcher: the read cannot fail.
+        let at = (item.at as usize).min(self.frame.len());
+        Cursor::new(&self.frame[at..]).bytes().unwrap_or_default()
     }
 
     pub fn unreported(&self) -> u32 {
@@ -295,6 +297,35 @@ impl Book {
         }
     }
 
+    /// Who is to blame for results a worker wrote that never arrived: only items whose calls
+    /// had returned (the item it is running has written nothing yet, so it is innocent).
+    pub fn blame_lost(&self, worker: WorkerId, progress: Progress) -> Blame {
+        let mut ran = match progress {
+            Progress::Running {
+                chunk, position, ..
+            }
+            | Progress::Between {
+                last: Some((chunk, position)),
+            } => self.ran_unreported(worker, (chunk, position)),
+            Progress::Between { last: None } | Progress::Unknown => Vec::new(),
+        };
+        if let Progress::Running {
+            chunk, position, ..
+        } = progress
+        {
+            ran.retain(|p| *p != (chunk, position));
+        }
+        match ran.as_slice() {
+            [] => Blame::Nobody,
+            [(chunk, position)] => Blame::Item {
+                chunk: *chunk,
+                position: *position,
+                running: false,
+            },
+            _ => Blame::Suspects(ran),
+        }
+    }
+
     /// The items whose results a certain blame leaves lost although they ran (their worker died
     /// while it ran a later one): bystanders, or the real culprit if its harm came late.
     pub fn bystanders(&self, worker: WorkerId, blame: &Blame) -> Vec<(u64, u32)> {
@@ -316,6 +347,35 @@ impl Book {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lost_results_never_blame_the_item_that_was_still_running() {
+        let b = book();
+        // It lost what it wrote for position 1, then ran on into position 2 and 3.
+        let running = Progress::Running {
+            chunk: 10,
+            position: 2,
+            since: Instant::now(),
+        };
+        assert_eq!(
+            b.blame_lost(1, running),
+            Blame::Item {
+                chunk: 10,
+                position: 1,
+                running: false
+            }
+        );
+        let later = Progress::Running {
+            chunk: 11,
+            position: 0,
+            since: Instant::now(),
+        };
+        assert_eq!(
+            b.blame_lost(1, later),
+            Blame::Suspects(vec![(10, 1), (10, 2), (10, 3)])
+        );
+        assert_eq!(b.blame_lost(1, Progress::Unknown), Blame::Nobody);
+    }
 
     fn chunk(worker: WorkerId, first_index: u64, len: usize, received: u32) -> Chunk {
         Chunk {

@@ -105,8 +105,11 @@ struct Pending {
 }
 
 impl Pending {
-    fn fits(&self, worker: WorkerId) -> bool {
-        self.newer_than.is_none_or(|w| worker > w)
+    /// Whether `worker` may run it: a retry after a crash goes to a worker started after the
+    /// one that crashed, unless no such worker is there or coming (`newest`: the newest live or
+    /// starting worker), which would leave it waiting forever.
+    fn fits(&self, worker: WorkerId, newest: WorkerId) -> bool {
+        self.newer_than.is_none_or(|w| worker > w || newest <= w)
     }
 }
 
@@ -139,6 +142,8 @@ pub struct Dispatcher<'a, P: WorkerPool> {
     lost_deaths: u32,
     /// Scratch list of the pool's workers.
     views: Vec<WorkerView>,
+    /// The newest worker live or starting, as of the last dispatch.
+    newest: WorkerId,
     started: Instant,
 }
 
@@ -179,6 +184,7 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
             last_start_death: None,
             lost_deaths: 0,
             views: Vec::new(),
+            newest: 0,
             started: Instant::now(),
         }
     }
@@ -299,7 +305,7 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
                 ));
                 self.refresh_views();
                 for w in std::mem::take(&mut self.views) {
-                    self.pool.stop_after_current(w.id);
+                    self.pool.stop_after_current(w.id, StopReason::Interrupted);
                 }
                 self.interrupt_kill_at = Some(now + self.job.grace);
             }
@@ -348,6 +354,12 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
     fn dispatch(&mut self, now: Instant) -> Result<(), RunError> {
         self.refresh_views();
         let views = std::mem::take(&mut self.views);
+        self.newest = views
+            .iter()
+            .filter(|w| w.phase != Phase::Stopping)
+            .map(|w| w.id)
+            .max()
+            .unwrap_or(0);
         let mut starting = false;
         let mut live = 0u64;
         // Whether every idle worker got work (an idle one that got none means there is none it
@@ -467,21 +479,26 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
     }
 
     /// Retries and requeued inputs first. An isolated one goes alone, and only to an idle
-    /// worker.
+    /// worker. The frame stays within the same bounds as one of fresh inputs.
     fn take_requeued(&mut self, worker: WorkerId, size: usize, idle: bool, items: &mut Vec<Item>) {
         let mut i = 0;
         while i < self.requeue.len() && items.len() < size {
             let p = &self.requeue[i];
-            if !p.fits(worker) || (p.item.isolated && !(idle && items.is_empty())) {
+            if !p.fits(worker, self.newest) || (p.item.isolated && !(idle && items.is_empty())) {
                 i += 1;
                 continue;
+            }
+            let grows = self.frame.len() + 4 + p.input.len();
+            if !items.is_empty() && (grows > CHUNK_SOFT_BYTES || grows > MAX_FRAME_LEN) {
+                break;
             }
             let isolated = p.item.isolated;
             let Some(p) = self.requeue.remove(i) else {
                 break;
             };
+            let at = self.frame.len() as u32;
             self.frame.put_bytes(&p.input);
-            items.push(p.item);
+            items.push(Item { at, ..p.item });
             if isolated {
                 break;
             }
@@ -543,7 +560,10 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
                 });
                 break;
             }
-            items.push(Item::fresh(index));
+            items.push(Item {
+                at: before as u32,
+                ..Item::fresh(index)
+            });
         }
         if self.next_index >= self.job.total {
             self.inputs_done = true;
@@ -564,9 +584,14 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
             PoolEvent::StartFailed {
                 failure, message, ..
             } => {
-                // A plugin that cannot load fails every worker the same way: like an
-                // initializer, it stops the stage.
-                let _ = matches!(failure, StartFailure::Initializer | StartFailure::Plugin);
+                // Both fail every worker the same way: the stage stops, with an `initializer`
+                // record (the kinds of SPEC §5) that says which.
+                let message = match failure {
+                    StartFailure::Initializer => message,
+                    StartFailure::Plugin => {
+                        format!("a worker could not load the plugins: {message}")
+                    }
+                };
                 self.stop(
                     StageStop::WorkerStart(message.clone()),
                     ErrorKind::Initializer,
@@ -603,7 +628,9 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
             return Ok(());
         }
         self.sizer.observe(header.busy_ns, header.count);
-        self.lost_deaths = 0;
+        if header.count > 0 {
+            self.lost_deaths = 0;
+        }
         let outcome = self.record_results(worker, &mut chunk, header.count, &mut c);
         self.book.seat(worker, now).active_since = now;
         if chunk.received as usize >= chunk.items.len() {
@@ -669,10 +696,11 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
     }
 
     fn on_exit(&mut self, exit: WorkerExit, now: Instant) -> Result<(), RunError> {
-        let died = matches!(exit.reason, None | Some(StopReason::BrokenStream));
+        let died = exit.reason.is_none_or(StopReason::is_failure);
         let decided = self.book.seat(exit.worker, now).blame.take();
         let blame = match exit.reason {
             None | Some(StopReason::BrokenStream) => self.book.blame(exit.worker, exit.progress),
+            Some(StopReason::LostResults) => self.book.blame_lost(exit.worker, exit.progress),
             Some(StopReason::Timeout) => decided.unwrap_or(Blame::Nobody),
             Some(_) => Blame::Nobody,
         };
@@ -717,7 +745,7 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
                 if self.outcome.stopped.is_none() {
                     self.requeue.push_back(Pending {
                         item,
-                        input,
+                        input: input.to_vec(),
                         newer_than: None,
                     });
                 }
@@ -797,13 +825,19 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
         self.console
             .error(&format!("stage {}: {message}", self.stage_name()));
         self.outcome.stopped = Some(why);
+        // The lowest index without a record: a requeued one, or the next not handed out (past
+        // those a resumed run already recorded).
+        let mut next = self.next_index;
+        while next < self.job.total && self.writer.is_done(next) {
+            next += 1;
+        }
         let index = self
             .requeue
             .iter()
             .map(|p| p.item.index)
             .min()
-            .unwrap_or(self.next_index)
-            .min(self.next_index);
+            .unwrap_or(next)
+            .min(next);
         if index < self.job.total && self.book.is_empty() {
             self.writer
                 .error(index, kind, message, 1)
@@ -838,7 +872,7 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
                 };
                 (ErrorKind::Timeout, message)
             }
-            Some(StopReason::BrokenStream) => {
+            Some(StopReason::BrokenStream | StopReason::LostResults) => {
                 let why = exit.detail.as_deref().unwrap_or("its result stream broke");
                 let message = if running {
                     format!(
@@ -877,7 +911,7 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
     fn fail(
         &mut self,
         item: Item,
-        input: Vec<u8>,
+        input: &[u8],
         kind: ErrorKind,
         message: String,
         worker: WorkerId,
@@ -895,7 +929,7 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
             });
             self.requeue.push_back(Pending {
                 item: Item { attempts, ..item },
-                input,
+                input: input.to_vec(),
                 newer_than: needs_fresh_worker.then_some(worker),
             });
             return Ok(());
@@ -919,6 +953,13 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
         if self.job.stage.settings.on_error == OnError::Fail && self.outcome.stopped.is_none() {
             self.outcome.stopped = Some(StageStop::FirstFailure);
             self.requeue.clear();
+            // What runs now finishes and is recorded; nothing queued behind it starts.
+            self.refresh_views();
+            for w in std::mem::take(&mut self.views) {
+                if w.phase != Phase::Stopping {
+                    self.pool.stop_after_current(w.id, StopReason::StageStopped);
+                }
+            }
         }
         Ok(())
     }

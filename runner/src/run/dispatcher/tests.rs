@@ -230,8 +230,8 @@ impl WorkerPool for Fake {
         self.stop(worker, reason);
     }
 
-    fn stop_after_current(&mut self, worker: WorkerId) {
-        self.stop(worker, StopReason::Interrupted);
+    fn stop_after_current(&mut self, worker: WorkerId, reason: StopReason) {
+        self.stop(worker, reason);
     }
 
     fn terminate(&mut self, worker: WorkerId, reason: StopReason, _grace: Duration) {
@@ -949,4 +949,109 @@ fn a_retry_that_needs_a_fresh_worker_reaches_it_past_an_older_idle_one() {
     let sent = h.fake.sent();
     assert_eq!(sent.len(), 2, "{sent:?}");
     assert_eq!(sent[1].worker, 3);
+}
+
+#[test]
+fn lost_results_charge_the_item_that_lost_them_not_the_one_running_at_the_kill() {
+    // Input 0 redirected the result descriptor and returned; the worker ran on into input 1
+    // when the pool found the loss and ended it.
+    let h = started(64, 1, 4, |_| {});
+    warm!(h, writer, pool, d);
+    settle(&mut d, &h.fake);
+    let chunk = h.fake.sent()[0].clone();
+    h.fake.exit(
+        1,
+        Some(StopReason::LostResults),
+        Progress::Running {
+            chunk: chunk.chunk,
+            position: 1,
+            since: Instant::now(),
+        },
+    );
+    settle(&mut d, &h.fake);
+    h.fake.ready(2);
+    let mut answered = 1;
+    run_to_end(&mut d, &h.fake, &mut answered);
+    let records = h.records(writer);
+    assert_eq!(records[&0], Err("crashed".into()));
+    assert_eq!(records[&1], Ok("1".into()), "input 1 was innocent");
+    assert_eq!(records.len(), 64);
+}
+
+#[test]
+fn a_retry_waiting_for_a_newer_worker_that_never_comes_runs_on_an_older_one() {
+    // The replacement of the crashed worker 2 could not start (the pool shrank to 1): the
+    // retry must not wait forever for a worker newer than 2.
+    let h = started(2, 2, 1, |s| s.retries = 1);
+    warm!(h, writer, pool, d);
+    settle(&mut d, &h.fake);
+    let sent = h.fake.sent();
+    let on_2 = sent.iter().find(|s| s.worker == 2).unwrap().clone();
+    let on_1 = sent.iter().find(|s| s.worker == 1).unwrap().clone();
+    h.fake.answer(&on_1, Duration::from_micros(5));
+    h.fake.exit(
+        2,
+        None,
+        Progress::Running {
+            chunk: on_2.chunk,
+            position: 0,
+            since: Instant::now(),
+        },
+    );
+    h.fake.0.borrow_mut().target = 1;
+    let mut answered = sent.len();
+    run_to_end(&mut d, &h.fake, &mut answered);
+    let outcome = d.finish();
+    assert_eq!((outcome.ok, outcome.retried), (2, 1));
+    assert_eq!(h.fake.sent().last().unwrap().worker, 1);
+}
+
+#[test]
+fn a_first_failure_under_on_error_fail_stops_what_is_queued() {
+    let h = started(1_000, 2, 5, |s| s.on_error = OnError::Fail);
+    warm!(h, writer, pool, d);
+    settle(&mut d, &h.fake);
+    let first = h.fake.sent()[0].clone();
+    h.fake
+        .answer_with(&first, 0, 1, status::TASK_ERROR, Duration::from_micros(5));
+    settle(&mut d, &h.fake);
+    // Both workers finish the item they run, and nothing queued behind it starts.
+    let stops = h.fake.stops();
+    assert!(stops.contains(&(1, StopReason::StageStopped)), "{stops:?}");
+    assert!(stops.contains(&(2, StopReason::StageStopped)), "{stops:?}");
+    let sent = h.fake.sent().len();
+    for w in [1, 2] {
+        h.fake.exit(
+            w,
+            Some(StopReason::StageStopped),
+            Progress::Between { last: None },
+        );
+    }
+    settle(&mut d, &h.fake);
+    assert_eq!(h.fake.sent().len(), sent, "nothing more handed out");
+    let outcome = d.finish();
+    assert_eq!(outcome.stopped, Some(StageStop::FirstFailure));
+    assert_eq!(outcome.failed, 1);
+}
+
+#[test]
+fn requeued_inputs_do_not_add_up_past_the_frame_bounds() {
+    // Two large inputs requeued after a crash go in two chunks, not one over the limit.
+    let h = started(64, 1, 8, |_| {});
+    warm!(h, writer, pool, d);
+    settle(&mut d, &h.fake);
+    let big = vec![b'x'; CHUNK_SOFT_BYTES - 1_000];
+    for index in [40, 41] {
+        d.requeue.push_back(Pending {
+            item: Item::fresh(index),
+            input: big.clone(),
+            newer_than: None,
+        });
+    }
+    let chunk = h.fake.sent()[0].clone();
+    h.fake.answer(&chunk, Duration::from_micros(5));
+    settle(&mut d, &h.fake);
+    let sent = h.fake.sent();
+    let last = sent.last().unwrap();
+    assert_eq!(last.inputs.len(), 1, "one large input per chunk");
 }
