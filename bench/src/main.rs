@@ -178,6 +178,9 @@ fn main() -> ExitCode {
     // Worker, probe and echo processes are this same binary: decide before anything else.
     match args.get(1).and_then(|a| a.to_str()) {
         Some(worker::WORKER_ARG) => std::process::exit(worker::worker_main()),
+        Some(loky_run::guardian::GUARDIAN_ARG) => {
+            std::process::exit(loky_run::guardian::guardian_main())
+        }
         Some(probe::PROBE_ARG) => {
             let Some(path) = args.get(2) else {
                 std::process::exit(2)

@@ -10,6 +10,7 @@ pub mod config;
 pub mod console;
 pub mod error;
 pub mod events;
+pub mod guardian;
 pub mod input;
 pub mod interrupt;
 pub mod manifest;

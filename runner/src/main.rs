@@ -2,6 +2,7 @@
 
 use std::ffi::OsString;
 
+use loky_run::guardian;
 use loky_run::plugin::probe;
 use loky_run::worker;
 
@@ -10,6 +11,7 @@ fn main() {
     // Worker and probe processes are this same binary; decide before anything else is set up.
     match args.get(1).and_then(|a| a.to_str()) {
         Some(worker::WORKER_ARG) => std::process::exit(worker::worker_main()),
+        Some(guardian::GUARDIAN_ARG) => std::process::exit(guardian::guardian_main()),
         Some(probe::PROBE_ARG) => {
             let Some(path) = args.get(2) else {
                 std::process::exit(2)

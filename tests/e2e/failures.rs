@@ -567,3 +567,68 @@ fn an_initializer_that_segfaults_is_reported_and_not_respawned_in_a_loop() {
         "no respawn loop: {started} started"
     );
 }
+
+/// A pipeline whose first stage leaves a `sleep 300` behind in each of its 2 tasks (their pids
+/// in `sleepers.txt`), then a long stage that keeps the runner busy.
+fn sleepers_pipeline(fx: &Fixture) -> (std::path::PathBuf, std::path::PathBuf) {
+    let pids = fx.path().join("sleepers.txt");
+    let item = format!("{{ seconds = 300, pid_file = \"{}\" }}", pids.display());
+    let text = header("orphans", "max_workers = 2")
+        + &stage(
+            "spawn",
+            "faults::spawn_sleeper",
+            &format!("{{ items = [{item}, {item}] }}"),
+            "chunksize = 1",
+        )
+        + &stage(
+            "busy",
+            "faults::sleep_ms",
+            &format!("{{ items = [{}] }}", vec!["200"; 100].join(", ")),
+            "",
+        );
+    (fx.write("pipeline.toml", &text), pids)
+}
+
+fn sleeper_pids(path: &std::path::Path) -> Vec<u64> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn what_a_task_started_does_not_outlive_a_runner_killed_with_sigkill() {
+    let fx = Fixture::new();
+    let (p, pids) = sleepers_pipeline(&fx);
+    let mut child = KillOnDrop(
+        fx.command()
+            .args([p.to_str().unwrap(), "--progress", "never"])
+            .spawn()
+            .unwrap(),
+    );
+    let sleepers = wait_for(|| {
+        let found = sleeper_pids(&pids);
+        (found.len() == 2).then_some(found)
+    });
+    assert!(sleepers.iter().all(|p| alive(*p)), "the sleepers run");
+    // No handler, no cleanup: the workers die by their parent-death signal, and the guardian
+    // ends their process groups, the sleepers with them.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    wait_for(|| sleepers.iter().all(|p| !alive(*p)).then_some(()));
+}
+
+#[test]
+fn what_a_task_started_ends_with_its_worker_at_the_end_of_the_run() {
+    let fx = Fixture::new();
+    let (p, pids) = sleepers_pipeline(&fx);
+    fx.run_within(
+        &[p.to_str().unwrap(), "--set", "stage.busy.input.items=[1]"],
+        std::time::Duration::from_secs(120),
+    )
+    .assert_code(0);
+    let sleepers = sleeper_pids(&pids);
+    assert_eq!(sleepers.len(), 2);
+    wait_for(|| sleepers.iter().all(|p| !alive(*p)).then_some(()));
+}

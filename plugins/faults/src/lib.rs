@@ -39,6 +39,16 @@ pub struct Rendezvous {
     pub timeout_ms: u64,
 }
 
+/// Input of `spawn_sleeper`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpawnSleeper {
+    /// How long the child sleeps.
+    pub seconds: u64,
+    /// A file the child's pid is appended to (a line), so a test can find it.
+    pub pid_file: PathBuf,
+}
+
 /// Input of `append_line`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -200,6 +210,24 @@ pub fn rendezvous(input: Rendezvous) -> Result<u32, String> {
     }
 }
 
+/// Starts `sleep SECONDS` as a child of the worker, notes its pid in `pid_file`, and returns
+/// the pid without waiting: a task that leaves a process behind.
+pub fn spawn_sleeper(input: SpawnSleeper) -> Result<u32, String> {
+    let child = std::process::Command::new("sleep")
+        .arg(input.seconds.to_string())
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start sleep: {e}"))?;
+    let pid = child.id();
+    append_line(AppendLine {
+        path: input.pid_file,
+        value: Value::from(pid),
+    })?;
+    // Dropping the handle neither waits for nor kills the child: it is left running.
+    drop(child);
+    Ok(pid)
+}
+
 /// Initializer that sleeps `ms` milliseconds (a worker that takes long to start).
 pub fn init_sleep(ms: u64) {
     thread::sleep(Duration::from_millis(ms));
@@ -335,6 +363,7 @@ plugin_api::export_plugin! {
         redirect_result_fd,
         huge_output,
         rendezvous,
+        spawn_sleeper,
     ],
     initializers: [init_fail, init_panic, init_segfault, init_sleep],
 }

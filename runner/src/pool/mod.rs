@@ -34,6 +34,7 @@ pub use decision::{Decision, WorkerSpec, decide};
 use crate::config::Launcher;
 use crate::console::Console;
 use crate::events::{Event, EventLog};
+use crate::guardian::Guardian;
 use crate::protocol::{Cursor, FrameBuf, InitMsg, ReadyMsg, ResultsHeader, StageMsg, tag};
 use crate::sys::{self, ProcessEnd};
 use crate::transport::Listener;
@@ -71,6 +72,9 @@ pub struct Pool {
     starting: Vec<(WorkerId, slurm::PendingStep)>,
     /// When the result streams were last checked for lost results.
     lost_checked: Instant,
+    /// Ends the local workers' process groups if the runner dies (started with the first).
+    guardian: Option<Arc<Guardian>>,
+    guardian_tried: bool,
 }
 
 /// Poller token bit: a worker's command side has room (the low bits are its id).
@@ -106,6 +110,8 @@ impl Pool {
             listener: None,
             starting: Vec::new(),
             lost_checked: Instant::now(),
+            guardian: None,
+            guardian_tried: false,
         })
     }
 
@@ -226,6 +232,15 @@ impl Pool {
         if !self.starting.is_empty() {
             slurm::abandon(self.starting.drain(..).map(|(_, step)| step));
         }
+    }
+
+    /// The guardian, started on first use (once: a failure is not retried).
+    fn guardian(&mut self) -> Option<&Arc<Guardian>> {
+        if !self.guardian_tried {
+            self.guardian_tried = true;
+            self.guardian = Guardian::start().map(Arc::new);
+        }
+        self.guardian.as_ref()
     }
 
     fn take_id(&mut self) -> WorkerId {
@@ -466,8 +481,9 @@ impl Pool {
         }
         let (pid, reaped, read_end) = (w.pid(), w.exited_flag(), w.end_reader());
         let (tx, waker) = (self.reaped_tx.clone(), self.poller.waker());
+        let guardian = (!w.is_remote()).then(|| self.guardian.clone()).flatten();
         let reap = move || {
-            let (end, peak_rss) = wait_and_reap(pid, &reaped);
+            let (end, peak_rss) = wait_and_reap(pid, &reaped, guardian.as_deref());
             Reaped {
                 worker: id,
                 end: read_end(end),
@@ -693,6 +709,9 @@ impl WorkerPool for Pool {
                         stage: &self.stage,
                     };
                     let spawned = spawn::spawn_worker(&request).map_err(PoolError::Spawn)?;
+                    if let Some(guardian) = self.guardian() {
+                        guardian.watch(spawned.pid);
+                    }
                     self.register(id, spawned).map_err(PoolError::Spawn)?;
                 }
             }
@@ -853,10 +872,18 @@ impl Drop for Pool {
 }
 
 /// Waits for the worker to become a zombie, kills what is left of its process group (a plugin's
-/// own children), then reaps it. The flag tells the pool not to signal a reaped pid.
-fn wait_and_reap(pid: u32, reaped: &std::sync::atomic::AtomicBool) -> (ProcessEnd, u64) {
+/// own children), tells the guardian the group is gone (while the zombie still holds its id),
+/// then reaps it. The flag tells the pool not to signal a reaped pid.
+fn wait_and_reap(
+    pid: u32,
+    reaped: &std::sync::atomic::AtomicBool,
+    guardian: Option<&Guardian>,
+) -> (ProcessEnd, u64) {
     spawn::wait_exited(pid);
     spawn::kill_group(pid, libc::SIGKILL);
+    if let Some(guardian) = guardian {
+        guardian.forget(pid);
+    }
     reaped.store(true, std::sync::atomic::Ordering::Release);
     spawn::reap(pid)
 }
