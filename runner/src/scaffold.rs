@@ -388,7 +388,7 @@ fn runner_command() -> String {
 }
 
 /// A word as a shell reads it: quoted when it holds anything unusual.
-fn shell_word(s: &str) -> String {
+pub fn shell_word(s: &str) -> String {
     if !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "/._-+:=@%,".contains(c))

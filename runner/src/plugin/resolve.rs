@@ -1,7 +1,7 @@
 //! Turning `[pipeline] plugins` entries into library files: search by name, take a path, or build
 //! a plugin crate with cargo.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -259,12 +259,32 @@ pub fn build_crate(dir: &Path) -> Result<PathBuf, ResolveError> {
         .arg(&manifest)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        // On a terminal cargo draws its progress and colours there. Otherwise its messages are
+        // passed on by us: cargo stops with an error when its stderr is a closed pipe, and
+        // that must not fail the build (nor the run).
+        .stderr(if std::io::stderr().is_terminal() {
+            Stdio::inherit()
+        } else {
+            Stdio::piped()
+        })
         .spawn()
         .map_err(|source| ResolveError::Cargo {
             dir: dir.to_owned(),
             source,
         })?;
+    let forward = child.stderr.take().map(|mut err| {
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            loop {
+                match err.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => crate::console::write_stderr(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+        })
+    });
     let wanted = std::fs::canonicalize(&manifest).unwrap_or(manifest);
     let mut found = None;
     for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
@@ -293,6 +313,9 @@ pub fn build_crate(dir: &Path) -> Result<PathBuf, ResolveError> {
                 })
                 .map(PathBuf::from);
         }
+    }
+    if let Some(forward) = forward {
+        let _ = forward.join();
     }
     let status = child.wait().map_err(|source| ResolveError::Cargo {
         dir: dir.to_owned(),
