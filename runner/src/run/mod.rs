@@ -74,8 +74,14 @@ pub fn execute(
     let out_dir = &pipeline.output_dir;
     prepare_output_dir(out_dir)?;
     let _lock = resume::lock_output_dir(out_dir)?;
-    let mut manifest =
-        Manifest::new(pipeline, &plan.plugins).map_err(RunError::io("cannot hash plugins"))?;
+    let hashed: Vec<String> = std::iter::once(&pipeline.file)
+        .chain(plan.plugins.iter().map(|p| &p.path))
+        .map(|p| p.display().to_string())
+        .collect();
+    let mut manifest = Manifest::new(pipeline, &plan.plugins).map_err(RunError::io(format!(
+        "cannot read the files whose SHA-256 the manifest records ({})",
+        hashed.join(", ")
+    )))?;
     manifest.stages = resume::fingerprints(plan, &manifest)?
         .into_iter()
         .zip(pipeline.stages.iter().zip(&plan.stages))
