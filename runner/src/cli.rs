@@ -562,6 +562,64 @@ mod tests {
     }
 
     #[test]
+    fn run_errors_say_what_to_do_and_how_to_finish() {
+        use crate::run::RunError;
+        let os = |code| std::io::Error::from_raw_os_error(code);
+        let resume = Some("loky-run run --resume p.toml");
+        let full = Error::Run(RunError::io_in_run("cannot write out/s.jsonl")(os(
+            libc::ENOSPC,
+        )));
+        assert_eq!(full.exit_code(), 74);
+        let text = render_error(&full, resume);
+        assert!(
+            text.starts_with("error: cannot write out/s.jsonl: No space left"),
+            "{text}"
+        );
+        assert!(
+            text.contains("= help: free space on the filesystem that holds it, then finish the run with `loky-run run --resume p.toml`"),
+            "{text}"
+        );
+        // Before the run started: nothing to resume.
+        let early = Error::Run(RunError::io("cannot lock out/.lock")(os(libc::ENOSPC)));
+        let text = render_error(&early, resume);
+        assert!(text.contains("then run the same command again"), "{text}");
+        assert!(!text.contains("--resume"), "{text}");
+        // No advice for the OS error: only how to finish.
+        let odd = Error::Run(RunError::io_in_run("cannot write x")(os(libc::ENXIO)));
+        assert!(render_error(&odd, resume).contains("once that is fixed, finish the run with"));
+        // Read-only, and an output directory that is not writable (exit 2, not 74).
+        let ro = Error::Run(RunError::io_in_run("cannot write x")(os(libc::EROFS)));
+        assert!(render_error(&ro, None).contains("mounted read-only"));
+        let dir = Error::Run(RunError::OutputDir {
+            path: "/x".into(),
+            source: os(libc::EACCES),
+        });
+        assert_eq!(dir.exit_code(), 2);
+        assert!(render_error(&dir, resume).contains("--set pipeline.output_dir=DIR"));
+        let dir_full = Error::Run(RunError::OutputDir {
+            path: "/x".into(),
+            source: os(libc::ENOSPC),
+        });
+        assert_eq!(dir_full.exit_code(), 74);
+        // A closed stdout is exit 0; any other stdout failure is an I/O error.
+        assert_eq!(Error::stdout(os(libc::EPIPE)).exit_code(), 0);
+        assert!(Error::stdout(os(libc::EPIPE)).is_silent());
+        assert_eq!(Error::stdout(os(libc::ENOSPC)).exit_code(), 74);
+    }
+
+    #[test]
+    fn the_resume_hint_repeats_the_sets_quoted() {
+        let args = ConfigArgs {
+            pipeline: "my dir/p.toml".into(),
+            sets: vec!["pool.retries=2".into(), "pool.env.X=a b".into()],
+        };
+        assert_eq!(
+            resume_command(&args),
+            "loky-run run --resume 'my dir/p.toml' --set pool.retries=2 --set 'pool.env.X=a b'"
+        );
+    }
+
+    #[test]
     fn log_filters() {
         use Verbosity::*;
         assert_eq!(log_filter_verbosity("debug", true), Some(Verbose));
