@@ -9,18 +9,35 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::config::{self, LoadOptions, PluginSpec};
 pub use crate::console::ProgressMode;
-use crate::console::{Console, Verbosity};
-use crate::error::Error;
+use crate::console::{Console, Verbosity, write_stderr, write_stdout};
+use crate::error::{EXIT_IO, Error};
 use crate::plugin::{PluginInfo, TaskKind, probe, resolve};
 use crate::run::{self, RunOptions};
+
+/// The exit codes (SPEC §2), as `--help` lists them.
+macro_rules! exit_codes_help {
+    () => {
+        "Exit codes:\n\
+         \x20 0    every task succeeded\n\
+         \x20 1    the run finished, but some task failed (or a stage stopped under on_error = \"fail\")\n\
+         \x20 2    bad usage or configuration: nothing was run\n\
+         \x20 74   an I/O error (a full disk; an output, journal or manifest that cannot be written, an\n\
+         \x20      event log that cannot be created): the message names the file; finish a run that\n\
+         \x20      had started with `loky-run run --resume PIPELINE.toml`\n\
+         \x20 130  interrupted by Ctrl-C (SIGINT); 143 by SIGTERM"
+    };
+}
 
 #[derive(Debug, Parser)]
 #[command(
     name = "loky-run",
     version,
     about = "A declarative, crash-proof process-pool job runner",
-    after_help = "`loky-run PIPELINE.toml [OPTIONS]` is the same as `loky-run run PIPELINE.toml [OPTIONS]`.\n\
-                  LOKY_RUN_LOG=debug (or RUST_LOG=loky_run=debug) is -v, LOKY_RUN_LOG=error is -q; the flags win."
+    after_help = concat!(
+        "`loky-run PIPELINE.toml [OPTIONS]` is the same as `loky-run run PIPELINE.toml [OPTIONS]`.\n",
+        "LOKY_RUN_LOG=debug (or RUST_LOG=loky_run=debug) is -v, LOKY_RUN_LOG=error is -q; the flags win.\n\n",
+        exit_codes_help!()
+    )
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -36,6 +53,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a pipeline.
+    #[command(after_help = exit_codes_help!())]
     Run(RunArgs),
     /// Parse a pipeline, resolve and load its plugins, check its tasks exist; run nothing.
     Validate(ConfigArgs),
@@ -147,36 +165,131 @@ pub fn main(args: Vec<OsString>) -> i32 {
         _ => ProgressMode::Never,
     };
     let console = Arc::new(Console::with_progress(verbosity, progress));
+    // The command that finishes this run if it stops on an I/O error after it started.
+    let resume = match &cli.command {
+        Command::Run(args) if !args.dry_run => Some(resume_command(&args.config)),
+        _ => None,
+    };
     let result = match cli.command {
         Command::Run(args) => cmd_run(args, &console),
         Command::Validate(args) => cmd_validate(args, &console),
         Command::Tasks { plugin } => cmd_tasks(&plugin, &console),
         Command::ShowConfig(args) => cmd_show_config(&args),
         Command::NewPlugin { name, path } => cmd_new_plugin(&name, path.as_deref()),
-        Command::Schema => {
-            print!("{}", crate::schema::json_schema_text());
-            Ok(0)
-        }
-        Command::Reference => {
-            print!("{}", crate::schema::reference_markdown());
-            Ok(0)
-        }
+        Command::Schema => print_out(crate::schema::json_schema_text()),
+        Command::Reference => print_out(crate::schema::reference_markdown()),
         Command::Completions { shell } => {
-            let mut cmd = Cli::command();
-            clap_complete::generate(shell, &mut cmd, "loky-run", &mut std::io::stdout());
-            Ok(0)
+            // Generated into memory: clap_complete panics when its writer fails.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "loky-run", &mut script);
+            write_stdout(&script).map_err(Error::stdout).map(|()| 0)
         }
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            match &e {
-                Error::Config(_) => eprintln!("{e}"),
-                _ => eprintln!("error: {e}"),
+            if !e.is_silent() {
+                write_stderr(render_error(&e, resume.as_deref()).as_bytes());
             }
             e.exit_code()
         }
     }
+}
+
+/// Prints a command's whole output on stdout; a closed pipe ends the command quietly.
+fn print_out(text: impl AsRef<str>) -> Result<i32, Error> {
+    write_stdout(text.as_ref().as_bytes())
+        .map_err(Error::stdout)
+        .map(|()| 0)
+}
+
+/// `loky-run run --resume PIPELINE [--set KEY=VALUE]...`, as typed for this run (the same
+/// `--set`s: `--resume` refuses a pipeline whose settings changed).
+fn resume_command(args: &ConfigArgs) -> String {
+    let word = |s: &str| crate::scaffold::shell_word(s);
+    let mut cmd = format!(
+        "loky-run run --resume {}",
+        word(&args.pipeline.display().to_string())
+    );
+    for set in &args.sets {
+        cmd.push_str(&format!(" --set {}", word(set)));
+    }
+    cmd
+}
+
+/// An error as printed at the end: what failed and where (the error's own message), then,
+/// for failures of the run itself, what to do about it.
+pub fn render_error(e: &Error, resume: Option<&str>) -> String {
+    let mut text = match e {
+        Error::Config(_) => format!("{e}\n"),
+        _ => format!("error: {e}\n"),
+    };
+    if let Some(help) = error_help(e, resume) {
+        text.push_str(&format!("  = help: {help}\n"));
+    }
+    text
+}
+
+/// Where plugins named by a bare name are also searched.
+const PLUGIN_PATH_VAR: &str = "LOKY_RUN_PLUGIN_PATH";
+
+/// What to do after a run-level failure: fix the cause (when the OS error says what it is),
+/// then finish the run with `--resume` if it had started, or run the command again.
+fn error_help(e: &Error, resume: Option<&str>) -> Option<String> {
+    use crate::run::RunError;
+    let (fix, resumable) = match e {
+        Error::Run(r @ RunError::Io { source, .. }) => (io_advice(source), r.is_resumable()),
+        Error::Run(r @ RunError::Pool { source, .. }) => {
+            let os = std::error::Error::source(source)
+                .and_then(|s| s.downcast_ref::<std::io::Error>())
+                .and_then(std::io::Error::raw_os_error);
+            let fix = matches!(os, Some(libc::EAGAIN | libc::ENOMEM)).then_some(
+                "the system refused another process (a process or memory limit): lower \
+                 max_workers, or raise the limit (`ulimit -u`)",
+            );
+            (fix, r.is_resumable())
+        }
+        Error::Run(RunError::OutputDir { source, .. }) if e.exit_code() == EXIT_IO => {
+            (io_advice(source), false)
+        }
+        Error::Run(RunError::OutputDir { .. }) => {
+            return Some(
+                "choose a directory you can write: `output_dir` in [pipeline] (relative to the \
+                 pipeline file), or `--set pipeline.output_dir=DIR`"
+                    .to_owned(),
+            );
+        }
+        Error::Io { source, .. } => (io_advice(source), false),
+        _ => return None,
+    };
+    let resume = resume.filter(|_| resumable);
+    match (fix, resume) {
+        (Some(fix), Some(cmd)) => Some(format!(
+            "{fix}, then finish the run with `{cmd}` (the results recorded so far are kept)"
+        )),
+        (None, Some(cmd)) => Some(format!(
+            "once that is fixed, finish the run with `{cmd}` (the results recorded so far are kept)"
+        )),
+        (Some(fix), None) => Some(format!("{fix}, then run the same command again")),
+        (None, None) => None,
+    }
+}
+
+/// What to do about an OS error, for the ones whose fix is clear.
+fn io_advice(e: &std::io::Error) -> Option<&'static str> {
+    Some(match e.raw_os_error()? {
+        libc::ENOSPC => "free space on the filesystem that holds it",
+        libc::EDQUOT => "free space or raise your disk quota on the filesystem that holds it",
+        libc::EROFS => {
+            "its filesystem is mounted read-only: remount it read-write, or choose another output_dir"
+        }
+        libc::EACCES | libc::EPERM => "check the permissions of the file and of its directory",
+        libc::EIO => {
+            "the device reported an I/O error: check the disk (`dmesg` shows the kernel's messages)"
+        }
+        libc::EMFILE | libc::ENFILE => "too many open files: raise the limit (`ulimit -n`)",
+        _ => return None,
+    })
 }
 
 /// Loads the pipeline and plans it; plan problems point at the setting they concern.
@@ -203,9 +316,12 @@ fn env_verbosity() -> Option<Verbosity> {
     if let Some(value) = own.as_deref().filter(|v| !v.trim().is_empty()) {
         let found = log_filter_verbosity(value, true);
         if found.is_none() {
-            eprintln!(
-                "warning: LOKY_RUN_LOG={value:?} is not understood; expected a level (error, \
-                 warn, info, debug, trace) or loky_run=LEVEL"
+            write_stderr(
+                format!(
+                    "warning: LOKY_RUN_LOG={value:?} is not understood; expected a level (error, \
+                     warn, info, debug, trace) or loky_run=LEVEL\n"
+                )
+                .as_bytes(),
             );
         }
         return found;
@@ -241,8 +357,7 @@ pub fn log_filter_verbosity(filter: &str, bare_levels: bool) -> Option<Verbosity
 fn cmd_run(args: RunArgs, console: &Arc<Console>) -> Result<i32, Error> {
     let plan = load_and_plan(&args.config, console)?;
     if args.dry_run {
-        print_plan(&plan);
-        return Ok(0);
+        return print_out(plan_text(&plan));
     }
     // From here on a signal stops the run in order (see `run::stage`); before, it kills us.
     crate::interrupt::install();
@@ -261,40 +376,41 @@ fn cmd_run(args: RunArgs, console: &Arc<Console>) -> Result<i32, Error> {
 
 fn cmd_show_config(args: &ConfigArgs) -> Result<i32, Error> {
     let loaded = config::load_with_origins(&load_options(args))?;
-    print!("{}", crate::show_config::render(&loaded));
-    Ok(0)
+    print_out(crate::show_config::render(&loaded))
 }
 
 fn cmd_new_plugin(name: &str, path: Option<&Path>) -> Result<i32, Error> {
     use crate::scaffold;
-    let cwd = std::env::current_dir().map_err(|source| Error::Io {
-        context: "no current directory".into(),
-        source,
-    })?;
+    let cwd = current_dir()?;
     let dir = cwd.join(path.unwrap_or(Path::new(name)));
     let api = scaffold::api_source(std::env::var_os(scaffold::PLUGIN_API_VAR).as_deref())?;
     let created = scaffold::create(name, &dir, api)?;
-    print!("{}", scaffold::next_steps(&created, &cwd));
-    Ok(0)
+    print_out(scaffold::next_steps(&created, &cwd))
 }
 
 fn cmd_validate(args: ConfigArgs, console: &Arc<Console>) -> Result<i32, Error> {
     let plan = load_and_plan(&args, console)?;
-    println!("{}: valid", plan.pipeline.file.display());
-    print_plan(&plan);
-    Ok(0)
+    print_out(format!(
+        "{}: valid\n{}",
+        plan.pipeline.file.display(),
+        plan_text(&plan)
+    ))
 }
 
 /// The plan as `--dry-run` and `validate` show it: plugins, then each stage with its inputs,
 /// workers and the pool decision the run would take.
-fn print_plan(plan: &run::Plan) {
-    println!(
+fn plan_text(plan: &run::Plan) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "pipeline {} -> {}",
         plan.pipeline.name,
         plan.pipeline.output_dir.display()
     );
     for p in &plan.plugins {
-        println!(
+        let _ = writeln!(
+            out,
             "plugin {} {} (plugin-api {}): {}",
             p.name,
             p.version,
@@ -310,7 +426,8 @@ fn print_plan(plan: &run::Plan) {
             (config::InputSpec::From(s), None) => format!("outputs of {s}"),
             _ => "inputs".to_owned(),
         };
-        println!(
+        let _ = writeln!(
+            out,
             "stage {}: {} over {inputs}, {} worker(s); pool {}: {}",
             stage.name,
             stage.task,
@@ -319,19 +436,37 @@ fn print_plan(plan: &run::Plan) {
             decision.reason()
         );
     }
+    out
 }
 
 fn cmd_tasks(plugin: &str, console: &Arc<Console>) -> Result<i32, Error> {
-    let cwd = std::env::current_dir().map_err(|source| Error::Io {
-        context: "no current directory".into(),
-        source,
-    })?;
+    let cwd = current_dir()?;
     let spec = classify_plugin_arg(plugin, &cwd);
-    let path = resolve::resolve(&spec, &cwd).map_err(|e| Error::Usage(e.to_string()))?;
+    let path = resolve::resolve(&spec, &cwd).map_err(|e| {
+        let help = match &e {
+            resolve::ResolveError::NotFound {
+                suggestion: Some(s),
+                ..
+            } => format!("did you mean `{s}`?"),
+            resolve::ResolveError::NotFound { .. } => format!(
+                "give the path of the plugin's .so file or crate directory (`loky-run tasks \
+                 ./path/libNAME.so`), or add its directory to {PLUGIN_PATH_VAR}"
+            ),
+            _ => return Error::Usage(e.to_string()),
+        };
+        Error::Usage(format!("{e}\n  = help: {help}"))
+    })?;
     let info = probe::probe(&path, console.verbosity() >= Verbosity::Verbose)
         .map_err(|e| Error::Usage(e.to_string()))?;
-    print_tasks(&info);
-    Ok(0)
+    print_out(tasks_text(&info))
+}
+
+/// The current directory (`new-plugin` and `tasks` resolve their arguments against it).
+fn current_dir() -> Result<PathBuf, Error> {
+    std::env::current_dir().map_err(|source| Error::Io {
+        context: "cannot read the current directory (was it deleted? cd to an existing one)".into(),
+        source,
+    })
 }
 
 fn classify_plugin_arg(arg: &str, cwd: &Path) -> PluginSpec {
@@ -352,12 +487,15 @@ fn classify_plugin_arg(arg: &str, cwd: &Path) -> PluginSpec {
     }
 }
 
-fn print_tasks(info: &PluginInfo) {
-    println!(
+fn tasks_text(info: &PluginInfo) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "plugin {} {} (plugin-api {})",
         info.name, info.version, info.api_version
     );
-    println!("  {}", info.path.display());
+    let _ = writeln!(out, "  {}", info.path.display());
     for (kind, title) in [
         (TaskKind::Task, "tasks"),
         (TaskKind::Initializer, "initializers"),
@@ -366,13 +504,18 @@ fn print_tasks(info: &PluginInfo) {
         if items.is_empty() {
             continue;
         }
-        println!("{title}:");
+        let _ = writeln!(out, "{title}:");
         let width = items.iter().map(|t| t.name.len()).max().unwrap_or(0) + info.name.len() + 2;
         for t in items {
             let name = format!("{}::{}", info.name, t.name);
-            println!("  {name:width$}  {} -> {}", t.input_type, t.output_type);
+            let _ = writeln!(
+                out,
+                "  {name:width$}  {} -> {}",
+                t.input_type, t.output_type
+            );
         }
     }
+    out
 }
 
 #[cfg(test)]
@@ -416,6 +559,64 @@ mod tests {
         for sub in Cli::command().get_subcommands() {
             assert!(SUBCOMMANDS.contains(&sub.get_name()), "{}", sub.get_name());
         }
+    }
+
+    #[test]
+    fn run_errors_say_what_to_do_and_how_to_finish() {
+        use crate::run::RunError;
+        let os = |code| std::io::Error::from_raw_os_error(code);
+        let resume = Some("loky-run run --resume p.toml");
+        let full = Error::Run(RunError::io_in_run("cannot write out/s.jsonl")(os(
+            libc::ENOSPC,
+        )));
+        assert_eq!(full.exit_code(), 74);
+        let text = render_error(&full, resume);
+        assert!(
+            text.starts_with("error: cannot write out/s.jsonl: No space left"),
+            "{text}"
+        );
+        assert!(
+            text.contains("= help: free space on the filesystem that holds it, then finish the run with `loky-run run --resume p.toml`"),
+            "{text}"
+        );
+        // Before the run started: nothing to resume.
+        let early = Error::Run(RunError::io("cannot lock out/.lock")(os(libc::ENOSPC)));
+        let text = render_error(&early, resume);
+        assert!(text.contains("then run the same command again"), "{text}");
+        assert!(!text.contains("--resume"), "{text}");
+        // No advice for the OS error: only how to finish.
+        let odd = Error::Run(RunError::io_in_run("cannot write x")(os(libc::ENXIO)));
+        assert!(render_error(&odd, resume).contains("once that is fixed, finish the run with"));
+        // Read-only, and an output directory that is not writable (exit 2, not 74).
+        let ro = Error::Run(RunError::io_in_run("cannot write x")(os(libc::EROFS)));
+        assert!(render_error(&ro, None).contains("mounted read-only"));
+        let dir = Error::Run(RunError::OutputDir {
+            path: "/x".into(),
+            source: os(libc::EACCES),
+        });
+        assert_eq!(dir.exit_code(), 2);
+        assert!(render_error(&dir, resume).contains("--set pipeline.output_dir=DIR"));
+        let dir_full = Error::Run(RunError::OutputDir {
+            path: "/x".into(),
+            source: os(libc::ENOSPC),
+        });
+        assert_eq!(dir_full.exit_code(), 74);
+        // A closed stdout is exit 0; any other stdout failure is an I/O error.
+        assert_eq!(Error::stdout(os(libc::EPIPE)).exit_code(), 0);
+        assert!(Error::stdout(os(libc::EPIPE)).is_silent());
+        assert_eq!(Error::stdout(os(libc::ENOSPC)).exit_code(), 74);
+    }
+
+    #[test]
+    fn the_resume_hint_repeats_the_sets_quoted() {
+        let args = ConfigArgs {
+            pipeline: "my dir/p.toml".into(),
+            sets: vec!["pool.retries=2".into(), "pool.env.X=a b".into()],
+        };
+        assert_eq!(
+            resume_command(&args),
+            "loky-run run --resume 'my dir/p.toml' --set pool.retries=2 --set 'pool.env.X=a b'"
+        );
     }
 
     #[test]

@@ -11,6 +11,25 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+/// Writes `text` to standard output at once and flushes it. The error is the caller's to
+/// report; a closed pipe (`loky-run schema | head -1`) is [`io::ErrorKind::BrokenPipe`], which
+/// the command line turns into a quiet exit 0 ([`crate::error::Error::stdout`]). Never panics,
+/// unlike `print!`.
+pub fn write_stdout(text: &[u8]) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    out.write_all(text)?;
+    out.flush()
+}
+
+/// Writes `text` to standard error, ignoring failures: an error message that cannot be shown
+/// (stderr closed, or a full disk behind it) must not become a panic, and the exit code still
+/// tells. Never panics, unlike `eprint!`.
+pub fn write_stderr(text: &[u8]) {
+    let mut err = io::stderr().lock();
+    let _ = err.write_all(text);
+    let _ = err.flush();
+}
+
 /// How chatty the runner is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Verbosity {
@@ -114,11 +133,8 @@ impl Console {
 
     fn write_raw(&self, bytes: &[u8]) {
         let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let write = || {
-            let mut err = io::stderr().lock();
-            let _ = err.write_all(bytes);
-            let _ = err.flush();
-        };
+        // A closed or failing stderr loses the line, never the run: results go to files.
+        let write = || write_stderr(bytes);
         match &self.bars {
             Some(bars) => bars.suspend(write),
             None => write(),

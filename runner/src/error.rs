@@ -3,6 +3,10 @@
 use crate::config::ConfigError;
 use crate::run::{PlanError, RunError};
 
+/// Exit code of a run-level I/O failure (a full disk, an unwritable or unreadable file of the
+/// run): `EX_IOERR` of sysexits.h.
+pub const EXIT_IO: i32 = 74;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The pipeline file, environment or `--set` is wrong.
@@ -22,14 +26,47 @@ pub enum Error {
         context: String,
         source: std::io::Error,
     },
+    /// Standard output could not be written (other than a closed pipe, see
+    /// [`Error::ClosedPipe`]).
+    #[error("cannot write to standard output: {0}")]
+    Stdout(#[source] std::io::Error),
+    /// Standard output is a closed pipe (`loky-run schema | head`): the reader has all it
+    /// wanted. The command stops printing and exits 0 without a message, as `cat` or ripgrep do.
+    #[error("standard output is a closed pipe")]
+    ClosedPipe,
 }
 
 impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Config(_) | Error::Plan(_) | Error::Usage(_) => 2,
+            Error::Run(RunError::OutputDir { source, .. }) if is_device_error(source) => EXIT_IO,
             Error::Run(e) if e.is_usage() => 2,
-            Error::Run(_) | Error::Io { .. } => 1,
+            Error::Run(RunError::Io { .. }) | Error::Io { .. } | Error::Stdout(_) => EXIT_IO,
+            Error::Run(_) => 1,
+            Error::ClosedPipe => 0,
         }
     }
+
+    /// Whether this error is printed at all: a closed standard output is not news to anyone.
+    pub fn is_silent(&self) -> bool {
+        matches!(self, Error::ClosedPipe)
+    }
+
+    /// A write to standard output failed: a closed pipe ends the command quietly.
+    pub fn stdout(source: std::io::Error) -> Self {
+        if source.kind() == std::io::ErrorKind::BrokenPipe {
+            Error::ClosedPipe
+        } else {
+            Error::Stdout(source)
+        }
+    }
+}
+
+/// A failure of the disk rather than of the path chosen: full, over quota, or an I/O error.
+fn is_device_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOSPC | libc::EDQUOT | libc::EIO)
+    )
 }

@@ -188,14 +188,31 @@ pub fn create(name: &str, dir: &Path, api: ApiSource) -> Result<Created, Error> 
             )));
         }
     }
-    let io = |what: &Path| {
-        let context = format!("cannot write {}", what.display());
-        move |source| Error::Io { context, source }
-    };
+    let existed = dir.exists();
+    if let Err(e) = write_files(name, dir, &api) {
+        // Leave nothing half-made (a second try would find the directory not empty): remove
+        // what was written, keeping a directory that was there (empty) before.
+        let _ = std::fs::remove_dir_all(dir);
+        if existed {
+            let _ = std::fs::create_dir(dir);
+        }
+        return Err(e);
+    }
+    Ok(Created {
+        name: name.to_string(),
+        dir: dir.to_path_buf(),
+        api,
+    })
+}
+
+fn write_files(name: &str, dir: &Path, api: &ApiSource) -> Result<(), Error> {
     let src = dir.join("src");
-    std::fs::create_dir_all(&src).map_err(io(&src))?;
+    std::fs::create_dir_all(&src).map_err(|source| Error::Io {
+        context: format!("cannot create directory {}", src.display()),
+        source,
+    })?;
     let files = [
-        ("Cargo.toml", cargo_toml(name, &api)),
+        ("Cargo.toml", cargo_toml(name, api)),
         ("src/lib.rs", lib_rs(name)),
         ("pipeline.toml", pipeline_toml(name)),
         ("pipeline.schema.json", schema::json_schema_text()),
@@ -204,13 +221,12 @@ pub fn create(name: &str, dir: &Path, api: ApiSource) -> Result<Created, Error> 
     ];
     for (file, text) in files {
         let path = dir.join(file);
-        std::fs::write(&path, text).map_err(io(&path))?;
+        std::fs::write(&path, text).map_err(|source| Error::Io {
+            context: format!("cannot write {}", path.display()),
+            source,
+        })?;
     }
-    Ok(Created {
-        name: name.to_string(),
-        dir: dir.to_path_buf(),
-        api,
-    })
+    Ok(())
 }
 
 fn cargo_toml(name: &str, api: &ApiSource) -> String {
@@ -388,7 +404,7 @@ fn runner_command() -> String {
 }
 
 /// A word as a shell reads it: quoted when it holds anything unusual.
-fn shell_word(s: &str) -> String {
+pub fn shell_word(s: &str) -> String {
     if !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "/._-+:=@%,".contains(c))

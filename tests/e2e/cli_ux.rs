@@ -183,11 +183,12 @@ fn diagnostic_missing_plugin() {
             .to_string()
             + ONE_STAGE),
     );
-    snapshot(
-        "diagnostic_missing_plugin",
-        &fx,
-        &fx.run(&[p.to_str().unwrap()]),
-    );
+    // The cargo target directories are searched only when the binary lives in one named
+    // `target` (not with CARGO_TARGET_DIR=/elsewhere): their line is left out.
+    let text = shown(&fx, &fx.run(&[p.to_str().unwrap()]));
+    let mut s = settings();
+    s.add_filter(r"\n  \[TARGET\]/<profile>", "");
+    s.bind(|| insta::assert_snapshot!("diagnostic_missing_plugin", text));
 }
 
 #[test]
@@ -457,4 +458,313 @@ fn new_plugin_refuses_bad_names_and_existing_directories() {
         .assert_code(2)
         .assert_stderr_has(&["LOKY_RUN_PLUGIN_API="]);
     assert!(!fx.path().join("y").exists());
+}
+
+// ---- closed pipes --------------------------------------------------------------------------
+
+/// A pipe whose read end is already closed: every write to the other end fails with EPIPE
+/// (SIGPIPE is ignored by Rust programs), whatever the size of the output and the timing.
+fn closed_pipe() -> std::process::Stdio {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new descriptors into the array we own; nothing else is touched.
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(rc, 0, "pipe2: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just created by pipe2 and belong to nothing else.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read);
+    std::process::Stdio::from(write)
+}
+
+/// Every command that prints on stdout, over a small valid pipeline.
+fn printing_commands(p: &str) -> Vec<Vec<String>> {
+    [
+        &["run", "--dry-run", p, "--progress", "never"][..],
+        &[p, "--dry-run"],
+        &["completions", "bash"],
+        &["completions", "zsh"],
+        &["schema"],
+        &["reference"],
+        &["show-config", p],
+        &["tasks", "demo"],
+        &["validate", p],
+        &["--help"],
+        &["run", "--help"],
+        &["--version"],
+    ]
+    .iter()
+    .map(|args| args.iter().map(|a| (*a).to_owned()).collect())
+    .collect()
+}
+
+#[test]
+fn a_closed_stdout_ends_every_command_quietly() {
+    use std::io::BufRead;
+    let fx = Fixture::new();
+    let p = fx.write("pipeline.toml", &(demo_header("pipes") + ONE_STAGE));
+    let p = p.to_str().unwrap();
+    for args in printing_commands(p) {
+        // `| head -1`: one line is read, then the pipe is closed (the rest may or may not have
+        // been written by then) ...
+        let mut child = fx
+            .command()
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert!(!first.is_empty(), "{args:?} printed nothing");
+        let r = RunResult::from(child.wait_with_output().unwrap());
+        assert_eq!(r.code, 0, "{args:?}\n{}", r.stderr);
+        assert!(!r.stderr.contains("panicked"), "{args:?}\n{}", r.stderr);
+        // ... and with a pipe closed before anything was written, every write fails: still
+        // exit 0, and not a word.
+        let out = fx
+            .command()
+            .args(&args)
+            .stdout(closed_pipe())
+            .output()
+            .unwrap();
+        let r = RunResult::from(out);
+        assert_eq!(r.code, 0, "{args:?} into a closed pipe\n{}", r.stderr);
+        assert_eq!(r.stderr, "", "{args:?} into a closed pipe");
+    }
+}
+
+#[test]
+fn a_full_stdout_is_an_io_error_not_a_panic() {
+    let fx = Fixture::new();
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = fx.command().arg("schema").stdout(full).output().unwrap();
+    RunResult::from(out)
+        .assert_code(74)
+        .assert_stderr_has(&["cannot write to standard output: No space left on device"]);
+}
+
+#[test]
+fn a_closed_stderr_or_stdout_does_not_stop_a_run() {
+    let fx = Fixture::new();
+    let p = fx.write(
+        "pipeline.toml",
+        &(demo_header("pipes")
+            + "\n[[stage]]\nname = \"squares\"\ntask = \"demo::square\"\n\
+               input = { range = [0, 200] }\n"),
+    );
+    let p = p.to_str().unwrap();
+    let expected: Vec<serde_json::Value> = (0..200i64).map(|x| (x * x).into()).collect();
+    for progress in ["never", "always"] {
+        let _ = std::fs::remove_dir_all(fx.path().join("out"));
+        // The summary (and the bars) go to a closed stderr.
+        let out = fx
+            .command()
+            .args([p, "--progress", progress])
+            .stderr(closed_pipe())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "--progress {progress}");
+        assert_eq!(fx.outputs("squares"), expected, "--progress {progress}");
+    }
+    let _ = std::fs::remove_dir_all(fx.path().join("out"));
+    let out = fx
+        .command()
+        .args([p, "--progress", "never"])
+        .stdout(closed_pipe())
+        .output()
+        .unwrap();
+    RunResult::from(out).assert_code(0);
+    assert_eq!(fx.outputs("squares"), expected);
+    // An error message that cannot be shown: the exit code still tells.
+    let out = fx
+        .command()
+        .args(["no-such-pipeline.toml", "--progress", "never"])
+        .stderr(closed_pipe())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+// ---- plugin paths that are not what they seem ------------------------------------------------
+
+#[test]
+fn diagnostic_symlink_loop_plugin() {
+    let fx = Fixture::new();
+    std::os::unix::fs::symlink("loop2.so", fx.path().join("loop1.so")).unwrap();
+    std::os::unix::fs::symlink("loop1.so", fx.path().join("loop2.so")).unwrap();
+    let p = fx.write(
+        "pipeline.toml",
+        &("[pipeline]\nname = \"loop\"\nplugins = [\"./loop1.so\"]\noutput_dir = \"out\"\n"
+            .to_string()
+            + ONE_STAGE),
+    );
+    let r = fx.run(&[p.to_str().unwrap()]);
+    r.assert_code(2)
+        .assert_stderr_has(&["loop of symbolic links", "ELOOP"]);
+    assert!(!r.stderr.contains("does not exist"), "{}", r.stderr);
+    snapshot("diagnostic_symlink_loop_plugin", &fx, &r);
+    // The same from `tasks`, and for a name found as a loop in a searched directory.
+    fx.run(&["tasks", "./loop1.so"])
+        .assert_code(2)
+        .assert_stderr_has(&["loop1.so -> loop2.so -> loop1.so", "ELOOP"]);
+    std::os::unix::fs::symlink("libloopy.so", fx.path().join("libloopy.so")).unwrap();
+    let r = fx.run(&["tasks", "loopy"]);
+    r.assert_code(2).assert_stderr_has(&[
+        "plugin `loopy` not found",
+        "libloopy.so, but it is a loop of symbolic links",
+    ]);
+    assert!(!r.stderr.contains("did you mean"), "{}", r.stderr);
+    // A link to nothing says so.
+    std::os::unix::fs::symlink("gone.so", fx.path().join("dangling.so")).unwrap();
+    fx.run(&["tasks", "./dangling.so"])
+        .assert_code(2)
+        .assert_stderr_has(&["dangling.so is a symbolic link to gone.so, which does not exist"]);
+}
+
+// ---- a full disk -----------------------------------------------------------------------------
+
+/// A tmpfs of `size` mounted at `dir`, unmounted when dropped (also when the test fails).
+struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    /// `None` (with a message) where mounting is not possible (not root, no mount namespace).
+    fn mount(dir: &Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Self {
+                dir: dir.to_owned(),
+            }),
+            Ok(o) => {
+                eprintln!(
+                    "skipped: cannot mount a tmpfs at {} (needs root): {}",
+                    dir.display(),
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("skipped: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount")
+            .arg(&self.dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
+        }
+    }
+}
+
+/// Writes `path` until the filesystem is full; returns its size.
+fn fill(path: &Path) -> u64 {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let mut written = 0u64;
+    for chunk in [1 << 16, 1 << 12, 1] {
+        let buf = vec![0u8; chunk];
+        loop {
+            match f.write(&buf) {
+                Ok(0) => break,
+                Ok(n) => written += n as u64,
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
+    }
+    written
+}
+
+#[test]
+fn a_full_disk_is_exit_74_naming_the_file_and_resume_finishes_the_run() {
+    let fx = Fixture::new();
+    let disk = fx.path().join("disk");
+    let Some(_mount) = Tmpfs::mount(&disk, "8m") else {
+        return;
+    };
+    let p = fx.write(
+        "pipeline.toml",
+        &(demo_header("full")
+            + "\n[pool]\nmax_workers = 2\n\
+               \n[[stage]]\nname = \"squares\"\ntask = \"demo::square\"\n\
+               input = { range = [0, 60000] }\n"),
+    );
+    let p = p.to_str().unwrap();
+    let run = |args: &[&str]| {
+        let mut all = vec![p, "--set", "pool.retries=1"];
+        all.extend_from_slice(args);
+        let r = fx.run(&all);
+        assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+        r
+    };
+    let on_disk = ["--set", "pipeline.output_dir=disk/out"];
+
+    // A disk full from the start: the run never starts, nothing to resume.
+    let ballast = disk.join("ballast");
+    let size = fill(&ballast);
+    let r = run(&on_disk);
+    r.assert_code(74).assert_stderr_has(&[
+        "No space left on device",
+        &disk.join("out").display().to_string(),
+        "free space on the filesystem that holds it, then run the same command again",
+    ]);
+    assert!(!r.stderr.contains("--resume"), "{}", r.stderr);
+
+    // Room for some results (~2.3 MB are needed): the run stops when the disk fills up.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&ballast)
+        .unwrap()
+        .set_len(size - (384 << 10))
+        .unwrap();
+    let r = run(&on_disk);
+    r.assert_code(74).assert_stderr_has(&[
+        "No space left on device",
+        &disk.join("out/squares.jsonl").display().to_string(),
+    ]);
+    let recorded = std::fs::read(disk.join("out/squares.jsonl")).unwrap();
+    assert!(
+        recorded.iter().filter(|b| **b == b'\n').count() > 0,
+        "results were recorded before the disk filled up"
+    );
+    snapshot("io_error_disk_full", &fx, &r);
+
+    // The hint is the command that finishes the run, once space is freed.
+    let hint = r
+        .stderr
+        .lines()
+        .find_map(|l| l.split('`').nth(1).filter(|c| c.contains("--resume")))
+        .unwrap_or_else(|| panic!("no --resume hint:\n{}", r.stderr));
+    let words: Vec<&str> = hint.split_whitespace().collect();
+    assert_eq!(words[..3], ["loky-run", "run", "--resume"], "{hint}");
+    std::fs::remove_file(&ballast).unwrap();
+    let r = fx.run(&words[1..]);
+    r.assert_code(0)
+        .assert_stderr_has(&["results already recorded"]);
+
+    // Byte for byte what a run that never met a full disk writes.
+    run(&["--set", "pipeline.output_dir=clean"]).assert_code(0);
+    let resumed = std::fs::read(disk.join("out/squares.jsonl")).unwrap();
+    let clean = std::fs::read(fx.path().join("clean/squares.jsonl")).unwrap();
+    assert!(
+        resumed == clean,
+        "the resumed output differs from a clean run's"
+    );
 }

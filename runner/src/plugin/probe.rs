@@ -43,10 +43,11 @@ pub fn probe_main(path: &Path, verbose: bool) -> i32 {
         Err(e) => ProbeError::Load(e.to_string()).into_reply(),
     };
     match serde_json::to_string(&reply) {
-        Ok(line) => {
-            println!("{line}");
-            0
-        }
+        // A runner that went away (a closed pipe) gets nothing: no panic, exit 3.
+        Ok(line) => match crate::console::write_stdout(format!("{line}\n").as_bytes()) {
+            Ok(()) => 0,
+            Err(_) => 3,
+        },
         Err(_) => 3,
     }
 }

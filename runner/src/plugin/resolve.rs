@@ -1,7 +1,7 @@
 //! Turning `[pipeline] plugins` entries into library files: search by name, take a path, or build
 //! a plugin crate with cargo.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -10,16 +10,40 @@ use crate::sys;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
-    #[error("plugin `{name}` not found; looked for {file} in:\n{}", list(searched))]
+    #[error(
+        "plugin `{name}` not found; looked for {file} in:\n{}{}",
+        list(searched),
+        list_unusable(unusable)
+    )]
     NotFound {
         name: String,
         file: String,
         searched: Vec<PathBuf>,
         /// The closest name of a plugin library found in those directories.
         suggestion: Option<String>,
+        /// Files of that name that are there but cannot be used, and why.
+        unusable: Vec<(PathBuf, String)>,
     },
     #[error("plugin file {} does not exist", .0.display())]
     Missing(PathBuf),
+    /// A symbolic link whose target does not exist.
+    #[error("plugin file {} is a symbolic link to {}, which does not exist", path.display(), target.display())]
+    DanglingLink { path: PathBuf, target: PathBuf },
+    /// Resolving the path met a loop of symbolic links (ELOOP).
+    #[error("plugin file {} {}", path.display(), describe_loop(chain))]
+    SymlinkLoop {
+        path: PathBuf,
+        /// The links followed from `path` until one came back (empty when the loop is in a
+        /// directory of the path, or the chain is merely too long).
+        chain: Vec<PathBuf>,
+    },
+    /// The path exists (or may) but cannot be examined: permissions, a file used as a
+    /// directory, an I/O error.
+    #[error("cannot access plugin file {}: {source}", path.display())]
+    Inaccessible {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("building plugin crate {} failed ({status}); see cargo's messages above", dir.display())]
     BuildFailed { dir: PathBuf, status: String },
     #[error("could not run cargo to build plugin crate {}: {source}", dir.display())]
@@ -29,6 +53,79 @@ pub enum ResolveError {
     },
     #[error("plugin crate {} builds no cdylib: add `[lib] crate-type = [\"cdylib\"]` to its Cargo.toml", .0.display())]
     NoCdylib(PathBuf),
+}
+
+fn list_unusable(files: &[(PathBuf, String)]) -> String {
+    files
+        .iter()
+        .map(|(p, why)| format!("\n  (found {}, but {why})", p.display()))
+        .collect()
+}
+
+fn describe_loop(chain: &[PathBuf]) -> String {
+    if chain.len() < 2 {
+        return "cannot be opened: too many levels of symbolic links in its path (ELOOP); \
+                there is a symlink loop in it: make the links point to the plugin's .so file"
+            .to_owned();
+    }
+    let shown: Vec<String> = chain.iter().map(|p| p.display().to_string()).collect();
+    format!(
+        "is a loop of symbolic links ({}; ELOOP): make it point to the plugin's .so file",
+        shown.join(" -> ")
+    )
+}
+
+/// Checks that a plugin file named by path can be opened, saying why not.
+fn check_library_path(path: &Path) -> Result<(), ResolveError> {
+    match std::fs::metadata(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match std::fs::read_link(path) {
+                // The last component is a link; its target (or a link further on) is missing.
+                Ok(target) => Err(ResolveError::DanglingLink {
+                    path: path.to_owned(),
+                    target,
+                }),
+                Err(_) => Err(ResolveError::Missing(path.to_owned())),
+            }
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => Err(ResolveError::SymlinkLoop {
+            path: path.to_owned(),
+            chain: link_chain(path),
+        }),
+        Err(source) => Err(ResolveError::Inaccessible {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// The symbolic links followed from `path`, as written in each link, up to and including the
+/// first one seen twice; empty if the chain ends, or runs longer than the kernel follows,
+/// without coming back.
+fn link_chain(path: &Path) -> Vec<PathBuf> {
+    let mut shown = vec![path.to_owned()];
+    let mut seen = std::collections::HashSet::new();
+    let mut current = path.to_owned();
+    for _ in 0..40 {
+        // Where the link itself is, with the directories above it resolved.
+        let dir = match current.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let (Ok(dir), Some(name)) = (std::fs::canonicalize(dir), current.file_name()) else {
+            return Vec::new();
+        };
+        if !seen.insert(dir.join(name)) {
+            return shown;
+        }
+        let Ok(target) = std::fs::read_link(&current) else {
+            return Vec::new();
+        };
+        current = dir.join(&target); // a relative target is relative to the link's directory
+        shown.push(target);
+    }
+    Vec::new()
 }
 
 fn list(paths: &[PathBuf]) -> String {
@@ -75,13 +172,7 @@ pub fn search_dirs(base_dir: &Path, plugin_path: Option<&std::ffi::OsStr>) -> Ve
 /// Resolves one plugin entry to an absolute library path, building crates as needed.
 pub fn resolve(spec: &PluginSpec, base_dir: &Path) -> Result<PathBuf, ResolveError> {
     match &spec.kind {
-        PluginSpecKind::Library(path) => {
-            if path.exists() {
-                Ok(path.clone())
-            } else {
-                Err(ResolveError::Missing(path.clone()))
-            }
-        }
+        PluginSpecKind::Library(path) => check_library_path(path).map(|()| path.clone()),
         PluginSpecKind::Name(name) => {
             let file = library_file_name(name);
             let searched = search_dirs(
@@ -91,7 +182,35 @@ pub fn resolve(spec: &PluginSpec, base_dir: &Path) -> Result<PathBuf, ResolveErr
             if let Some(found) = searched.iter().map(|d| d.join(&file)).find(|p| p.is_file()) {
                 return Ok(found);
             }
-            let available = available_names(&searched);
+            // Not found as a file: say so about entries of that name that are broken links or
+            // loops, rather than only "not found".
+            let unusable = searched
+                .iter()
+                .map(|d| d.join(&file))
+                .filter(|p| p.symlink_metadata().is_ok())
+                .filter_map(|p| {
+                    let why = match check_library_path(&p) {
+                        Ok(()) => "it is not a file".to_owned(),
+                        Err(ResolveError::DanglingLink { target, .. }) => format!(
+                            "it is a symbolic link to {}, which does not exist",
+                            target.display()
+                        ),
+                        Err(ResolveError::SymlinkLoop { .. }) => {
+                            "it is a loop of symbolic links (ELOOP)".to_owned()
+                        }
+                        Err(ResolveError::Inaccessible { source, .. }) => {
+                            format!("it cannot be accessed: {source}")
+                        }
+                        Err(_) => return None,
+                    };
+                    Some((p, why))
+                })
+                .collect();
+            // (A file of the very name is there, but unusable: no point suggesting it.)
+            let available: Vec<String> = available_names(&searched)
+                .into_iter()
+                .filter(|n| *n != name.replace('-', "_"))
+                .collect();
             let suggestion = crate::run::plan::closest(
                 name,
                 &available.iter().map(String::as_str).collect::<Vec<_>>(),
@@ -102,6 +221,7 @@ pub fn resolve(spec: &PluginSpec, base_dir: &Path) -> Result<PathBuf, ResolveErr
                 file,
                 searched,
                 suggestion,
+                unusable,
             })
         }
         PluginSpecKind::Crate(dir) => build_crate(dir),
@@ -139,12 +259,32 @@ pub fn build_crate(dir: &Path) -> Result<PathBuf, ResolveError> {
         .arg(&manifest)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        // On a terminal cargo draws its progress and colours there. Otherwise its messages are
+        // passed on by us: cargo stops with an error when its stderr is a closed pipe, and
+        // that must not fail the build (nor the run).
+        .stderr(if std::io::stderr().is_terminal() {
+            Stdio::inherit()
+        } else {
+            Stdio::piped()
+        })
         .spawn()
         .map_err(|source| ResolveError::Cargo {
             dir: dir.to_owned(),
             source,
         })?;
+    let forward = child.stderr.take().map(|mut err| {
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            loop {
+                match err.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => crate::console::write_stderr(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+        })
+    });
     let wanted = std::fs::canonicalize(&manifest).unwrap_or(manifest);
     let mut found = None;
     for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
@@ -173,6 +313,9 @@ pub fn build_crate(dir: &Path) -> Result<PathBuf, ResolveError> {
                 })
                 .map(PathBuf::from);
         }
+    }
+    if let Some(forward) = forward {
+        let _ = forward.join();
     }
     let status = child.wait().map_err(|source| ResolveError::Cargo {
         dir: dir.to_owned(),

@@ -256,9 +256,16 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
 
     /// The error for a failed write of the stage's output (built only when one fails).
     fn write_error(&self, source: std::io::Error) -> RunError {
+        let path = self.writer.path();
         RunError::Io {
-            context: format!("cannot write {}", self.writer.path().display()),
+            context: format!(
+                "cannot record the results of stage {} in {} (or its journal {})",
+                self.job.stage.name,
+                path.display(),
+                crate::output::journal_path(path).display()
+            ),
             source,
+            resumable: true,
         }
     }
 
@@ -267,6 +274,7 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
         RunError::Io {
             context: format!("cannot read the input of stage {}", self.job.stage.name),
             source,
+            resumable: true,
         }
     }
 

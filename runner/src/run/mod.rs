@@ -74,8 +74,14 @@ pub fn execute(
     let out_dir = &pipeline.output_dir;
     prepare_output_dir(out_dir)?;
     let _lock = resume::lock_output_dir(out_dir)?;
-    let mut manifest =
-        Manifest::new(pipeline, &plan.plugins).map_err(RunError::io("cannot hash plugins"))?;
+    let hashed: Vec<String> = std::iter::once(&pipeline.file)
+        .chain(plan.plugins.iter().map(|p| &p.path))
+        .map(|p| p.display().to_string())
+        .collect();
+    let mut manifest = Manifest::new(pipeline, &plan.plugins).map_err(RunError::io(format!(
+        "cannot read the files whose SHA-256 the manifest records ({})",
+        hashed.join(", ")
+    )))?;
     manifest.stages = resume::fingerprints(plan, &manifest)?
         .into_iter()
         .zip(pipeline.stages.iter().zip(&plan.stages))
@@ -130,7 +136,7 @@ pub fn execute(
         stages: Vec::new(),
         failed_any: false,
     };
-    run.write_manifest()?;
+    run.write_manifest(false)?;
     run.events.emit(&Event::RunStarted {
         pipeline: &pipeline.name,
         file: &pipeline.file,
@@ -171,13 +177,19 @@ impl Run<'_> {
         &self.plan.pipeline.output_dir
     }
 
-    fn write_manifest(&self) -> Result<(), RunError> {
+    /// Writes `manifest.json`. The run has started once the first write succeeded: an error
+    /// after that is `resumable`.
+    fn write_manifest(&self, resumable: bool) -> Result<(), RunError> {
         self.manifest
             .write(self.out_dir())
-            .map_err(RunError::io(format!(
-                "cannot write the manifest in {}",
-                self.out_dir().display()
-            )))
+            .map_err(|source| RunError::Io {
+                context: format!(
+                    "cannot write {}",
+                    self.out_dir().join("manifest.json").display()
+                ),
+                source,
+                resumable,
+            })
     }
 
     /// A stage finished in an earlier run: its output stands (and feeds `from` stages).
@@ -235,9 +247,20 @@ impl Run<'_> {
             (None, Some(j)) => self.ok_counts[j],
             (None, None) => 0,
         };
-        let source = input::open(&stage.input, from_file.as_deref()).map_err(RunError::io(
-            format!("cannot open the input of stage {}", stage.name),
-        ))?;
+        let input_file = match &stage.input {
+            crate::config::InputSpec::File(path) => Some(path.as_path()),
+            _ => from_file.as_deref(),
+        };
+        let source = input::open(&stage.input, from_file.as_deref()).map_err(
+            RunError::io_in_run(match input_file {
+                Some(path) => format!(
+                    "cannot open {}, the input of stage {}",
+                    path.display(),
+                    stage.name
+                ),
+                None => format!("cannot open the input of stage {}", stage.name),
+            }),
+        )?;
         let out_path = output_file(&out_dir, &stage.name);
         let record = &mut self.manifest.stages[i];
         let previous_wall = record.wall_time_s;
@@ -245,19 +268,19 @@ impl Run<'_> {
         record.tasks = total;
         self.manifest
             .write_unsynced(&out_dir)
-            .map_err(RunError::io(format!(
-                "cannot write the manifest in {}",
-                out_dir.display()
+            .map_err(RunError::io_in_run(format!(
+                "cannot write {}",
+                out_dir.join("manifest.json").display()
             )))?;
         let mut writer = if resume {
-            let w = OrderedWriter::resume(&out_path).map_err(RunError::io(format!(
+            let w = OrderedWriter::resume(&out_path).map_err(RunError::io_in_run(format!(
                 "cannot resume {}",
                 out_path.display()
             )))?;
             report_resumed(self.console, &stage.name, &w, total);
             w
         } else {
-            OrderedWriter::create(&out_path).map_err(RunError::io(format!(
+            OrderedWriter::create(&out_path).map_err(RunError::io_in_run(format!(
                 "cannot create {}",
                 out_path.display()
             )))?
@@ -293,7 +316,10 @@ impl Run<'_> {
         } else {
             writer.finish()
         }
-        .map_err(RunError::io(format!("cannot write {}", out_path.display())))?;
+        .map_err(RunError::io_in_run(format!(
+            "cannot write {}",
+            out_path.display()
+        )))?;
 
         self.events.emit(&outcome.finished_event(&stage.name));
         outcome.record_into(&mut self.manifest.stages[i], &decision, previous_wall);
@@ -322,7 +348,7 @@ impl Run<'_> {
         };
         self.manifest.exit_code = Some(exit_code);
         self.manifest.finished_at = Some(crate::events::now_rfc3339());
-        self.write_manifest()?;
+        self.write_manifest(true)?;
         self.events.emit(&Event::RunFinished {
             exit_code,
             wall_time_s: started.elapsed().as_secs_f64(),

@@ -83,6 +83,7 @@ pub fn fingerprints(
                     None => sha256_file(path).map_err(|source| RunError::Io {
                         context: format!("cannot read input file {}", path.display()),
                         source,
+                        resumable: false,
                     })?,
                 };
                 format!("file sha256:{sha}")
@@ -331,6 +332,7 @@ pub fn lock_output_dir(dir: &Path) -> Result<std::fs::File, RunError> {
     let io_err = |source| RunError::Io {
         context: format!("cannot lock {}", path.display()),
         source,
+        resumable: false,
     };
     let mut file = std::fs::OpenOptions::new()
         .read(true)
@@ -378,6 +380,7 @@ fn discard<'a>(out_dir: &Path, stages: impl Iterator<Item = &'a str>) -> Result<
                     return Err(RunError::Io {
                         context: format!("cannot delete {}", file.display()),
                         source,
+                        resumable: false,
                     });
                 }
             }
