@@ -271,8 +271,14 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
 
     /// The error for a failed read of the stage's input.
     fn read_error(&self, source: std::io::Error) -> RunError {
+        let context = format!("cannot read the input of stage {}", self.job.stage.name);
+        // A damaged input (the message says where and what to do) is not a disk's fault:
+        // retrying the same run cannot help.
+        if source.kind() == std::io::ErrorKind::InvalidData {
+            return RunError::Refused(format!("{context}: {source}"));
+        }
         RunError::Io {
-            context: format!("cannot read the input of stage {}", self.job.stage.name),
+            context,
             source,
             resumable: true,
         }
