@@ -131,8 +131,12 @@ pub trait InputSource {
     fn next_into(&mut self, frame: &mut FrameBuf) -> io::Result<bool>;
 }
 
-/// Opens the source of a stage. `from_file` is the output file of the stage named by `from`.
-pub fn open(spec: &InputSpec, from_file: Option<&Path>) -> io::Result<Box<dyn InputSource>> {
+/// Opens the source of a stage. `from` is the output file of the stage named by `from`, with
+/// its SHA-256 if the manifest has it (checked once the file has been read).
+pub fn open(
+    spec: &InputSpec,
+    from: Option<(&Path, Option<&str>)>,
+) -> io::Result<Box<dyn InputSource>> {
     Ok(match spec {
         InputSpec::Range { start, end } => Box::new(RangeSource {
             next: *start,
@@ -150,14 +154,15 @@ pub fn open(spec: &InputSpec, from_file: Option<&Path>) -> io::Result<Box<dyn In
             lines: JsonLines::open(path)?,
         }),
         InputSpec::From(stage) => {
-            let path = from_file.ok_or_else(|| {
+            let (path, sha256) = from.ok_or_else(|| {
                 io::Error::other(format!(
                     "no output file for the stage `{stage}` it reads from"
                 ))
             })?;
             Box::new(FromSource {
                 path: path.to_owned(),
-                reader: BufReader::with_capacity(1 << 16, File::open(path)?),
+                reader: BufReader::with_capacity(1 << 16, Hashing::new(File::open(path)?)),
+                expected_sha256: sha256.map(str::to_owned),
                 line: Vec::new(),
                 line_no: 0,
             })
@@ -402,7 +407,9 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValu
 
 struct FromSource {
     path: PathBuf,
-    reader: BufReader<File>,
+    /// Hashes what it reads: at the end, the file must be the one the stage finished.
+    reader: BufReader<Hashing<File>>,
+    expected_sha256: Option<String>,
     line: Vec<u8>,
     line_no: u64,
 }
@@ -427,7 +434,20 @@ impl InputSource for FromSource {
         loop {
             self.line.clear();
             match read_line(&mut self.reader, &mut self.line, MAX_RECORD_BYTES)? {
-                LineRead::End => return Ok(false),
+                LineRead::End => {
+                    let digest = std::mem::take(&mut self.reader.get_mut().hasher).finalize();
+                    let actual: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+                    if self.expected_sha256.take().is_some_and(|e| e != actual) {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "{} changed after the stage it holds finished (its SHA-256 is not the one in the manifest): rerun that stage",
+                                self.path.display()
+                            ),
+                        ));
+                    }
+                    return Ok(false);
+                }
                 LineRead::Line => self.line_no += 1,
                 LineRead::TooLong => {
                     self.line_no += 1;
@@ -571,7 +591,7 @@ mod tests {
             "{\"index\":0,\"output\":null}\n{\"index\":1,\"output\":12x}\n",
         )
         .unwrap();
-        let mut source = open(&InputSpec::From("prev".into()), Some(&prev)).unwrap();
+        let mut source = open(&InputSpec::From("prev".into()), Some((&prev, None))).unwrap();
         let mut frame = FrameBuf::new();
         frame.begin(tag::CHUNK);
         assert!(
@@ -586,7 +606,7 @@ mod tests {
             "{\"index\":0,\"output\":1}\n{\"index\":5,\"output\":2}\n",
         )
         .unwrap();
-        let mut source = open(&InputSpec::From("prev".into()), Some(&prev)).unwrap();
+        let mut source = open(&InputSpec::From("prev".into()), Some((&prev, None))).unwrap();
         assert!(source.next_into(&mut frame).unwrap());
         let err = source.next_into(&mut frame).unwrap_err().to_string();
         assert!(err.contains(":2:") && err.contains("index 5"), "{err}");
@@ -602,6 +622,9 @@ mod tests {
         )
         .unwrap();
         let spec = InputSpec::From("prev".into());
-        assert_eq!(drain(open(&spec, Some(&prev)).unwrap()), ["{\"x\":1}", "9"]);
+        assert_eq!(
+            drain(open(&spec, Some((&prev, None))).unwrap()),
+            ["{\"x\":1}", "9"]
+        );
     }
 }

@@ -91,6 +91,10 @@ pub struct StageRecord {
     pub wall_time_s: f64,
     /// `null` until the stage starts.
     pub pool_decision: Option<DecisionRecord>,
+    /// SHA-256 of `<stage>.jsonl` once the stage is over (`done` or `stopped`): `--resume`
+    /// refuses to keep an output that changed since, and a stage reading it checks it.
+    #[serde(default)]
+    pub output_sha256: Option<String>,
 }
 
 impl StageRecord {
@@ -109,6 +113,7 @@ impl StageRecord {
             not_run: 0,
             wall_time_s: 0.0,
             pool_decision: None,
+            output_sha256: None,
         }
     }
 }

@@ -11,10 +11,17 @@
 //! dispatcher after each batch of results, writes both out (`write(2)`: a `kill -9` of the runner
 //! loses nothing flushed); a background thread `fdatasync`s them every second, and the end of a
 //! stage syncs them at once. [`OrderedWriter::resume`] rebuilds a writer from what an interrupted
-//! run left: the valid prefix of `<stage>.jsonl` (a torn last line is cut off) plus the journaled
-//! results beyond it (a torn last frame is ignored).
+//! run left: the verified prefix of `<stage>.jsonl` plus the journaled results beyond it (a torn
+//! last frame is ignored).
+//!
+//! Integrity: every byte of `<stage>.jsonl` is also fed to a CRC-32 for the seals (see
+//! [`seals`]: `--resume` verifies every sealed megabyte and checks the rest line by line, and
+//! cuts the file back before the first damage) and to a SHA-256 of the whole file, which
+//! [`OrderedWriter::finish`] returns for the manifest (checked wherever a finished output is
+//! read again).
 
 pub mod journal;
+pub mod seals;
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -26,8 +33,10 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use journal::JournalWriter;
+use seals::{Seal, SealWriter};
 
 /// Written data is made durable (`fdatasync`) at least this often.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
@@ -101,6 +110,10 @@ pub struct Resumed {
     pub dropped_output_bytes: u64,
     /// Bytes of a torn or corrupt tail ignored in the journal.
     pub dropped_journal_bytes: u64,
+    /// Where `<stage>.jsonl` was found damaged (a sealed part that no longer matches its
+    /// seal, or a line that is not a record): the line (= input index) and byte offset it was
+    /// cut back to. The results from there on run again (unless the journal holds them).
+    pub damaged_at: Option<(u64, u64)>,
 }
 
 impl Resumed {
@@ -111,7 +124,10 @@ impl Resumed {
 
 pub struct OrderedWriter {
     path: PathBuf,
-    out: BufWriter<File>,
+    out: BufWriter<Tracked>,
+    seals: SealWriter,
+    /// Where the last seal is (the tracked CRC covers the bytes since).
+    sealed_at: u64,
     /// The next index to write.
     next: u64,
     pending: BTreeMap<u64, Vec<u8>>,
@@ -131,21 +147,38 @@ impl OrderedWriter {
     /// Starts `<stage>.jsonl` anew (and deletes a journal an earlier run may have left).
     pub fn create(path: &Path) -> io::Result<Self> {
         let journal = journal_path(path);
+        seals::remove(&seals::seals_path(path))?;
         journal::remove(&journal)?;
         let file = File::create(path)?;
-        let writer = Self::with(path, file, 0, JournalWriter::new(journal, 0))?;
+        let writer = Self::with(
+            path,
+            Tracked::new(file),
+            0,
+            JournalWriter::new(journal, 0),
+            SealWriter::new(seals::seals_path(path), 0),
+            0,
+        )?;
         // The new directory entry is made durable off the critical path (the syncer's first
         // pass); `finish` waits for it.
         writer.syncer.sync_parent_once(path);
         Ok(writer)
     }
 
-    fn with(path: &Path, file: File, next: u64, journal: JournalWriter) -> io::Result<Self> {
+    fn with(
+        path: &Path,
+        out: Tracked,
+        next: u64,
+        journal: JournalWriter,
+        seals: SealWriter,
+        sealed_at: u64,
+    ) -> io::Result<Self> {
         let syncer = Syncer::start()?;
-        syncer.add(&file)?;
+        syncer.add(&out.file)?;
         Ok(Self {
             path: path.to_owned(),
-            out: BufWriter::with_capacity(1 << 16, file),
+            out: BufWriter::with_capacity(1 << 16, out),
+            seals,
+            sealed_at,
             next,
             pending: BTreeMap::new(),
             pending_bytes: 0,
@@ -158,12 +191,13 @@ impl OrderedWriter {
         })
     }
 
-    /// Continues the `<stage>.jsonl` of an interrupted run: keeps its valid prefix (cutting off a
-    /// torn or invalid tail) and takes the journaled results beyond it back into the reorder
-    /// buffer. A missing file is an empty prefix. See [`OrderedWriter::resumed`] and
-    /// [`OrderedWriter::is_done`].
+    /// Continues the `<stage>.jsonl` of an interrupted run: keeps its verified prefix (cut back
+    /// before the first damage or torn line) and takes the journaled results beyond it back
+    /// into the reorder buffer. A missing file is an empty prefix. See
+    /// [`OrderedWriter::resumed`] and [`OrderedWriter::is_done`].
     pub fn resume(path: &Path) -> io::Result<Self> {
-        let prefix = scan_prefix(path)?;
+        let seals_file = seals::seals_path(path);
+        let prefix = verify_prefix(path, &seals::read(&seals_file)?)?;
         let mut file = OpenOptions::new()
             .write(true)
             .create(true)
@@ -189,7 +223,21 @@ impl OrderedWriter {
             }
         })?;
         let journal = JournalWriter::new(journal_file, scan.valid_len);
-        let mut w = Self::with(path, file, prefix.lines, journal)?;
+        let tracked = Tracked {
+            file,
+            len: prefix.valid_len,
+            crc: prefix.crc,
+            sha: prefix.sha,
+        };
+        let seals = SealWriter::new(seals_file, prefix.seals_kept);
+        let mut w = Self::with(
+            path,
+            tracked,
+            prefix.lines,
+            journal,
+            seals,
+            prefix.sealed_at,
+        )?;
         w.resumed_held_max = pending.last_key_value().map(|(k, _)| *k);
         w.pending = pending;
         w.pending_bytes = pending_bytes;
@@ -199,6 +247,7 @@ impl OrderedWriter {
             prefix: prefix.lines,
             dropped_output_bytes: prefix.file_len.saturating_sub(prefix.valid_len),
             dropped_journal_bytes: scan.ignored,
+            damaged_at: prefix.damaged.then_some((prefix.lines, prefix.valid_len)),
         };
         // Journaled results that continue the prefix go to the file now.
         w.drain()?;
@@ -316,33 +365,58 @@ impl OrderedWriter {
         let wrote = !self.out.buffer().is_empty();
         self.out.flush()?;
         let journaled = self.journal.flush(&self.syncer)?;
+        if self.out.get_ref().len - self.sealed_at >= seals::SEAL_EVERY {
+            self.seal()?;
+        }
         if wrote || journaled {
             self.syncer.mark_dirty();
         }
         Ok(())
     }
 
+    /// Seals what the file holds now (everything written is flushed: its lines are `next`).
+    fn seal(&mut self) -> io::Result<()> {
+        let tracked = self.out.get_mut();
+        if tracked.len == self.sealed_at {
+            return Ok(());
+        }
+        let crc = std::mem::take(&mut tracked.crc).finalize();
+        let seal = Seal {
+            offset: tracked.len,
+            lines: self.next,
+            crc,
+        };
+        self.seals.append(seal, &self.syncer)?;
+        self.sealed_at = seal.offset;
+        Ok(())
+    }
+
     /// The stage is over (every input has a record, or it stopped for good: `on_error = "fail"`,
     /// workers that cannot start): writes what is held (after a stop some indices may never
     /// come), makes the file durable and deletes the journal.
-    pub fn finish(mut self) -> io::Result<()> {
+    /// Returns the SHA-256 of the finished file, in hex.
+    pub fn finish(mut self) -> io::Result<String> {
         for (_, line) in std::mem::take(&mut self.pending) {
             self.out.write_all(&line)?;
         }
         self.pending_bytes = 0;
         self.out.flush()?;
-        self.out.get_ref().sync_all()?;
+        self.out.get_ref().file.sync_all()?;
         self.syncer.stop();
+        // The seals first: removing the journal removes their directory once it is empty.
+        self.seals.discard()?;
         self.journal.discard()?;
         self.closed = true;
-        Ok(())
+        Ok(hex(&self.out.get_ref().sha.clone().finalize()))
     }
 
     /// The stage was interrupted and will be resumed: makes everything recorded durable, keeping
     /// held results in the journal (not in `<stage>.jsonl`, which stays a contiguous prefix).
     pub fn suspend(mut self) -> io::Result<()> {
         self.flush()?;
-        self.out.get_ref().sync_data()?;
+        // Everything written is sealed, so a resume verifies all of it.
+        self.seal()?;
+        self.out.get_ref().file.sync_data()?;
         self.journal.sync()?;
         self.syncer.stop();
         self.closed = true;
@@ -378,66 +452,223 @@ pub(crate) fn parse_record_head(line: &[u8]) -> Option<(u64, bool)> {
     }
 }
 
-/// The valid prefix of a `<stage>.jsonl`.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct PrefixScan {
+/// The output file as the writer writes it: every byte also goes into the CRC of the segment
+/// since the last seal and into the SHA-256 of the whole file.
+struct Tracked {
+    file: File,
+    len: u64,
+    crc: crc32fast::Hasher,
+    sha: Sha256,
+}
+
+impl Tracked {
+    fn new(file: File) -> Self {
+        Self {
+            file,
+            len: 0,
+            crc: crc32fast::Hasher::new(),
+            sha: Sha256::new(),
+        }
+    }
+}
+
+impl Write for Tracked {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.crc.update(&buf[..n]);
+        self.sha.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// A digest in hex.
+fn hex(digest: &[u8]) -> String {
+    use std::fmt::Write as _;
+    digest.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// What [`verify_prefix`] kept of a `<stage>.jsonl`.
+struct VerifiedPrefix {
     lines: u64,
     ok: u64,
     failed: u64,
-    /// Bytes of the valid lines.
+    /// Bytes kept.
     valid_len: u64,
     file_len: u64,
+    /// Seals that hold (the first ones), and the offset of the last of them.
+    seals_kept: usize,
+    sealed_at: u64,
+    /// CRC of the kept bytes after the last kept seal, and SHA-256 of all kept bytes.
+    crc: crc32fast::Hasher,
+    sha: Sha256,
+    /// Something other than a torn end was cut off.
+    damaged: bool,
 }
 
-/// Finds the longest prefix of whole, valid lines where line k is the record of index k. A line
-/// is valid when it ends in a newline, has the record head with the right index, ends with `}`
-/// and holds no NUL byte (what a power cut leaves in unwritten blocks); the last one must also be
-/// well-formed JSON. Cost: one pass, no per-line allocation.
-fn scan_prefix(path: &Path) -> io::Result<PrefixScan> {
+/// Where the scan is: what is kept so far.
+#[derive(Clone)]
+struct Kept {
+    lines: u64,
+    ok: u64,
+    failed: u64,
+    len: u64,
+    sha: Sha256,
+}
+
+/// Finds the prefix of `<stage>.jsonl` that can be trusted. The sealed part is checked segment
+/// by segment against its CRC (a segment that does not match is damage: the prefix ends at the
+/// seal before it). The rest is checked line by line: each must be a whole record (it ends in
+/// a newline, its index is its line number, it holds no NUL byte, what a power cut leaves in
+/// unwritten blocks), valid UTF-8 and valid JSON; the first that is not ends the prefix. A line
+/// followed by a record out of sequence is dropped too (bytes cut out between two records
+/// leave a line that looks whole). One pass, reading each line once.
+fn verify_prefix(path: &Path, seals: &[Seal]) -> io::Result<VerifiedPrefix> {
     let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(PrefixScan::default()),
+        Ok(f) => Some(f),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(e),
     };
-    let mut scan = PrefixScan {
-        file_len: file.metadata()?.len(),
-        ..PrefixScan::default()
+    let file_len = match &file {
+        Some(f) => f.metadata()?.len(),
+        None => 0,
+    };
+    let mut kept = Kept {
+        lines: 0,
+        ok: 0,
+        failed: 0,
+        len: 0,
+        sha: Sha256::new(),
+    };
+    let result = |kept: Kept, seals_kept: usize, sealed_at: u64, crc, damaged| VerifiedPrefix {
+        lines: kept.lines,
+        ok: kept.ok,
+        failed: kept.failed,
+        valid_len: kept.len,
+        file_len,
+        seals_kept,
+        sealed_at,
+        crc,
+        sha: kept.sha,
+        damaged,
+    };
+    let Some(file) = file else {
+        return Ok(result(kept, 0, 0, crc32fast::Hasher::new(), false));
     };
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut line = Vec::new();
-    let mut last = Vec::new();
+
+    // The sealed part.
+    let mut seals_kept = 0;
+    let mut sealed = kept.clone();
+    let mut segment = crc32fast::Hasher::new();
+    'sealed: for (i, seal) in seals.iter().enumerate() {
+        while kept.len < seal.offset {
+            line.clear();
+            if reader.read_until(b'\n', &mut line)? == 0 {
+                // Shorter than sealed: the seal reached the disk before the data (a power
+                // cut). What is there is checked line by line below.
+                break 'sealed;
+            }
+            let head = parse_record_head(&line).filter(|(index, _)| *index == kept.lines);
+            let fits = kept.len + line.len() as u64 <= seal.offset;
+            let Some((_, ok)) = head.filter(|_| fits) else {
+                return Ok(result(
+                    sealed,
+                    seals_kept,
+                    seal_offset(seals, seals_kept),
+                    crc32fast::Hasher::new(),
+                    true,
+                ));
+            };
+            segment.update(&line);
+            kept.sha.update(&line);
+            kept.len += line.len() as u64;
+            kept.lines += 1;
+            if ok {
+                kept.ok += 1;
+            } else {
+                kept.failed += 1;
+            }
+        }
+        let crc = std::mem::take(&mut segment).finalize();
+        if crc != seal.crc || kept.lines != seal.lines {
+            return Ok(result(
+                sealed,
+                seals_kept,
+                seal_offset(seals, seals_kept),
+                crc32fast::Hasher::new(),
+                true,
+            ));
+        }
+        seals_kept = i + 1;
+        sealed = kept.clone();
+    }
+    if kept.len != sealed.len {
+        // A partly read segment after the last seal that holds: check it line by line.
+        kept = sealed.clone();
+        reader.seek(SeekFrom::Start(kept.len))?;
+    }
+    let sealed_at = seal_offset(seals, seals_kept);
+
+    // The tail, line by line.
+    let mut tail_crc = crc32fast::Hasher::new();
+    // The last line kept, to drop when a record out of sequence follows it.
+    let mut last: Option<(Kept, crc32fast::Hasher)> = None;
+    let mut damaged = false;
     loop {
         line.clear();
         if reader.read_until(b'\n', &mut line)? == 0 {
             break;
         }
-        let ok = match parse_record_head(&line) {
-            Some((index, ok))
-                if index == scan.lines && line.ends_with(b"}\n") && !line.contains(&0) =>
-            {
-                ok
+        let head = parse_record_head(&line);
+        let whole = line.ends_with(b"}\n") && !line.contains(&0);
+        let valid = whole
+            && std::str::from_utf8(&line).is_ok()
+            && serde_json::from_slice::<serde::de::IgnoredAny>(&line).is_ok();
+        match head {
+            Some((index, ok)) if index == kept.lines && valid => {
+                last = Some((kept.clone(), tail_crc.clone()));
+                tail_crc.update(&line);
+                kept.sha.update(&line);
+                kept.len += line.len() as u64;
+                kept.lines += 1;
+                if ok {
+                    kept.ok += 1;
+                } else {
+                    kept.failed += 1;
+                }
             }
-            _ => break,
-        };
-        if ok {
-            scan.ok += 1;
-        } else {
-            scan.failed += 1;
+            Some((index, _)) if index != kept.lines && valid => {
+                // Whole records out of sequence: something was cut out between them, and
+                // the line before may be two halves that happen to parse.
+                if let Some((before, crc)) = last.take() {
+                    kept = before;
+                    tail_crc = crc;
+                }
+                damaged = true;
+                break;
+            }
+            _ => {
+                // A torn last line is what a crash leaves; anything else is damage.
+                damaged = reader.fill_buf()?.first().is_some();
+                break;
+            }
         }
-        scan.lines += 1;
-        scan.valid_len += line.len() as u64;
-        std::mem::swap(&mut line, &mut last);
     }
-    // The last line kept is the one most likely to be damaged: check it fully.
-    if scan.lines > 0 && serde_json::from_slice::<serde::de::IgnoredAny>(&last).is_err() {
-        match parse_record_head(&last) {
-            Some((_, true)) => scan.ok -= 1,
-            _ => scan.failed -= 1,
-        }
-        scan.lines -= 1;
-        scan.valid_len -= last.len() as u64;
-    }
-    Ok(scan)
+    Ok(result(kept, seals_kept, sealed_at, tail_crc, damaged))
+}
+
+/// The offset of the last of the first `kept` seals (0: none).
+fn seal_offset(seals: &[Seal], kept: usize) -> u64 {
+    kept.checked_sub(1).map_or(0, |i| seals[i].offset)
 }
 
 /// Makes a new directory entry durable (best effort).
@@ -665,12 +896,13 @@ mod tests {
         let path = dir.path().join("s.jsonl");
         let good = lines(0..3);
         for (tail, kept) in [
-            ("{\"index\":3,\"out", 3),            // torn mid-line
-            ("{\"index\":3,\"output\":9}", 3),    // no newline: torn
-            ("\0\0\0\0\0\0\n", 3),                // a block of zeros
-            ("{\"index\":4,\"output\":16}\n", 3), // not the next index
-            ("{\"index\":3,\"output\":[}\n", 3),  // the last line is not JSON
-            ("{\"index\":3,\"output\":9}\n", 4),  // fine
+            ("{\"index\":3,\"out", 3),         // torn mid-line
+            ("{\"index\":3,\"output\":9}", 3), // no newline: torn
+            ("\0\0\0\0\0\0\n", 3),             // a block of zeros
+            // Not the next index: bytes were cut out, the line before may be two halves.
+            ("{\"index\":4,\"output\":16}\n", 2),
+            ("{\"index\":3,\"output\":[}\n", 3), // the last line is not JSON
+            ("{\"index\":3,\"output\":9}\n", 4), // fine
         ] {
             std::fs::write(&path, format!("{good}{tail}")).unwrap();
             let w = OrderedWriter::resume(&path).unwrap();
@@ -691,6 +923,122 @@ mod tests {
         let w = OrderedWriter::resume(&path).unwrap();
         assert_eq!(w.resumed(), Resumed::default());
         assert!(!w.is_done(0));
+    }
+
+    /// A writer's output after `n` results, flushed every 1,000 (so sealed every ~1 MiB when
+    /// the records are large), then crashed.
+    fn written(path: &Path, n: u64, pad: usize) -> String {
+        let mut w = OrderedWriter::create(path).unwrap();
+        let value = format!("\"{}\"", "x".repeat(pad));
+        for i in 0..n {
+            w.ok(i, value.as_bytes()).unwrap();
+            if i % 1_000 == 999 {
+                w.flush().unwrap();
+            }
+        }
+        w.flush().unwrap();
+        crash(w);
+        std::fs::read_to_string(path).unwrap()
+    }
+
+    #[test]
+    fn a_changed_byte_in_a_sealed_part_is_damage_and_cut_back_to_the_seal_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.jsonl");
+        // 5,000 records of ~1 KiB: about 5 MiB, a seal every ~2 MiB (flushes every ~1 MB).
+        let text = written(&path, 5_000, 1_000);
+        let seals = seals::read(&seals::seals_path(&path)).unwrap();
+        assert!(seals.len() >= 2, "{seals:?}");
+        // One letter changed inside line 2,500 (sealed): still valid JSON, a wrong value.
+        let at = text.match_indices('\n').nth(2_499).unwrap().0 + 30;
+        let mut bytes = text.clone().into_bytes();
+        bytes[at] = b'y';
+        std::fs::write(&path, &bytes).unwrap();
+        let w = OrderedWriter::resume(&path).unwrap();
+        let r = w.resumed();
+        let (line, byte) = r.damaged_at.expect("damage found");
+        let seal = seals.iter().rev().find(|s| s.offset <= at as u64).unwrap();
+        assert_eq!((line, byte), (seal.lines, seal.offset));
+        assert!(line <= 2_500);
+        assert_eq!(w.next_index(), line);
+        drop(w);
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            &text.as_bytes()[..byte as usize],
+            "cut back to a prefix of what was written"
+        );
+    }
+
+    #[test]
+    fn unsealed_damage_in_the_middle_is_found_line_by_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.jsonl");
+        let text = written(&path, 100, 10); // small: nothing sealed yet
+        assert!(seals::read(&seals::seals_path(&path)).unwrap().is_empty());
+        for (damage, kept) in [
+            // Line 40 made invalid JSON (the head and the end still look right).
+            (
+                text.replacen(
+                    "{\"index\":40,\"output\":\"",
+                    "{\"index\":40,\"output\":\"\"",
+                    1,
+                ),
+                40,
+            ),
+            // Lines 50..60 cut out: line 49 is whole, line 60 is out of sequence; 49 goes too.
+            (
+                {
+                    let lines: Vec<&str> = text.lines().collect();
+                    let mut t = lines[..50].join("\n");
+                    t.push('\n');
+                    t.push_str(&lines[60..].join("\n"));
+                    t.push('\n');
+                    t
+                },
+                49,
+            ),
+            // Invalid UTF-8 in the middle of line 70.
+            (
+                text.replacen(
+                    "{\"index\":70,\"output\":\"x",
+                    "{\"index\":70,\"output\":\"\u{fffd}",
+                    1,
+                ),
+                100,
+            ),
+        ] {
+            std::fs::write(&path, &damage).unwrap();
+            let w = OrderedWriter::resume(&path).unwrap();
+            assert_eq!(w.next_index(), kept);
+            assert_eq!(w.resumed().damaged_at.is_some(), kept < 100);
+            drop(w);
+            let mut bytes = damage.into_bytes();
+            bytes[10] = 0xff; // invalid UTF-8 in line 0
+            std::fs::write(&path, &bytes).unwrap();
+            assert_eq!(OrderedWriter::resume(&path).unwrap().next_index(), 0);
+            std::fs::write(&path, &text).unwrap();
+        }
+    }
+
+    #[test]
+    fn finish_gives_the_sha256_of_the_file_across_a_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.jsonl");
+        written(&path, 3_000, 1_000);
+        let mut w = OrderedWriter::resume(&path).unwrap();
+        assert_eq!(w.next_index(), 3_000);
+        w.ok(3_000, b"1").unwrap();
+        w.flush().unwrap();
+        crash(w);
+        let mut w = OrderedWriter::resume(&path).unwrap();
+        assert_eq!(w.resumed().damaged_at, None, "its own seals verify");
+        w.ok(3_001, b"2").unwrap();
+        let sha = w.finish().unwrap();
+        assert_eq!(sha, crate::manifest::sha256_file(&path).unwrap());
+        assert!(
+            !seals::seals_path(&path).exists(),
+            "finish deletes the seals"
+        );
     }
 
     #[test]

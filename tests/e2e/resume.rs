@@ -335,3 +335,101 @@ fn a_second_runner_on_the_same_outputs_is_refused() {
         .assert_code(0);
     assert_eq!(fx.outputs("s"), [Value::from(1)]);
 }
+
+/// Lines of `out/<stage>.jsonl` written so far.
+fn output_lines(fx: &Fixture, stage: &str) -> usize {
+    line_count(&fx.path().join("out").join(format!("{stage}.jsonl")))
+}
+
+/// A stage of 4,000 tasks of 1 ms, one per chunk: slow enough to be killed in the middle.
+fn slow_pipeline(fx: &Fixture) -> PathBuf {
+    fx.write("ones.jsonl", &"1\n".repeat(4_000));
+    let text = header("slow", "max_workers = 2")
+        + &stage("a", "demo::square", "{ range = [0, 100] }", "")
+        + &stage(
+            "s",
+            "faults::sleep_ms",
+            "{ file = \"ones.jsonl\" }",
+            "chunksize = 1",
+        );
+    fx.write("pipeline.toml", &text)
+}
+
+fn expected_slow_output() -> String {
+    (0..4_000)
+        .map(|i| format!("{{\"index\":{i},\"output\":1}}\n"))
+        .collect()
+}
+
+/// Runs the slow pipeline until `s` has written at least 1,500 records, then SIGKILLs it.
+fn killed_in_stage_s(fx: &Fixture, p: &Path) {
+    let child = spawn(fx, p);
+    wait_for(|| (output_lines(fx, "s") >= 1_500).then_some(()));
+    kill_runner(fx, child);
+}
+
+#[test]
+fn damage_in_the_middle_of_an_interrupted_output_is_found_and_rerun() {
+    type Damage = fn(&str) -> String;
+    let damages: [(&str, Damage); 2] = [
+        ("a line made invalid JSON", |text| {
+            text.replacen(
+                "{\"index\":500,\"output\":1}",
+                "{\"index\":500,\"output\":1x}",
+                1,
+            )
+        }),
+        ("bytes cut out between two records", |text| {
+            let start = text.find("{\"index\":800,").unwrap() + 12;
+            let end = text.find("{\"index\":900,").unwrap() + 12;
+            format!("{}{}", &text[..start], &text[end..])
+        }),
+    ];
+    for (what, damage) in damages {
+        let fx = Fixture::new();
+        let p = slow_pipeline(&fx);
+        killed_in_stage_s(&fx, &p);
+        let out = fx.path().join("out/s.jsonl");
+        let text = std::fs::read_to_string(&out).unwrap();
+        std::fs::write(&out, damage(&text)).unwrap();
+        let r = fx.run_within(&[p.to_str().unwrap(), "--resume"], Duration::from_secs(300));
+        r.assert_code(0).assert_stderr_has(&["s.jsonl", "damaged"]);
+        assert!(
+            std::fs::read_to_string(&out).unwrap() == expected_slow_output(),
+            "{what}: the resumed output is not the clean run's"
+        );
+    }
+}
+
+#[test]
+fn a_finished_output_changed_afterwards_is_refused_on_resume_and_rerun_with_force() {
+    let fx = Fixture::new();
+    let p = slow_pipeline(&fx);
+    killed_in_stage_s(&fx, &p);
+    let a = fx.path().join("out/a.jsonl");
+    let clean = std::fs::read_to_string(&a).unwrap();
+    assert!(manifest(&fx)["stages"][0]["output_sha256"].is_string());
+    // A digit changed: every line still a valid record, one value wrong.
+    std::fs::write(
+        &a,
+        clean.replacen(
+            "{\"index\":7,\"output\":49}",
+            "{\"index\":7,\"output\":48}",
+            1,
+        ),
+    )
+    .unwrap();
+    fx.run(&[p.to_str().unwrap(), "--resume"])
+        .assert_code(2)
+        .assert_stderr_has(&["a.jsonl", "changed after the stage finished", "--force"]);
+    let r = fx.run_within(
+        &[p.to_str().unwrap(), "--resume", "--force"],
+        Duration::from_secs(300),
+    );
+    r.assert_code(0);
+    assert_eq!(std::fs::read_to_string(&a).unwrap(), clean);
+    assert_eq!(
+        std::fs::read_to_string(fx.path().join("out/s.jsonl")).unwrap(),
+        expected_slow_output()
+    );
+}

@@ -251,16 +251,19 @@ impl Run<'_> {
             crate::config::InputSpec::File(path) => Some(path.as_path()),
             _ => from_file.as_deref(),
         };
-        let source = input::open(&stage.input, from_file.as_deref()).map_err(
-            RunError::io_in_run(match input_file {
+        let from_sha256 = planned
+            .from
+            .and_then(|j| self.manifest.stages[j].output_sha256.clone());
+        let from = from_file.as_deref().map(|f| (f, from_sha256.as_deref()));
+        let source =
+            input::open(&stage.input, from).map_err(RunError::io_in_run(match input_file {
                 Some(path) => format!(
                     "cannot open {}, the input of stage {}",
                     path.display(),
                     stage.name
                 ),
                 None => format!("cannot open the input of stage {}", stage.name),
-            }),
-        )?;
+            }))?;
         let out_path = output_file(&out_dir, &stage.name);
         let record = &mut self.manifest.stages[i];
         let previous_wall = record.wall_time_s;
@@ -310,11 +313,11 @@ impl Run<'_> {
         };
         outcome.ok += resumed.ok;
         outcome.failed += resumed.failed;
-        if outcome.is_interrupted() {
+        let output_sha256 = if outcome.is_interrupted() {
             // Held results stay in the journal: `--resume` takes them back.
-            writer.suspend()
+            writer.suspend().map(|()| None)
         } else {
-            writer.finish()
+            writer.finish().map(Some)
         }
         .map_err(RunError::io_in_run(format!(
             "cannot write {}",
@@ -323,6 +326,7 @@ impl Run<'_> {
 
         self.events.emit(&outcome.finished_event(&stage.name));
         outcome.record_into(&mut self.manifest.stages[i], &decision, previous_wall);
+        self.manifest.stages[i].output_sha256 = output_sha256;
         // The stage's outcome stands even if this write fails: the final write reports it.
         let _ = self.manifest.write(&out_dir);
         self.failed_any |= outcome.failed > 0 || outcome.stopped.is_some();
@@ -371,7 +375,12 @@ fn report_resumed(console: &Console, stage: &str, writer: &OrderedWriter, total:
         r.records(),
         r.failed
     ));
-    if r.dropped_output_bytes > 0 || r.dropped_journal_bytes > 0 {
+    if let Some((line, byte)) = r.damaged_at {
+        console.warn(&format!(
+            "stage {stage}: {} was damaged after line {line} (byte {byte}): cut back there; the results from input {line} on that the journal does not hold run again",
+            writer.path().display()
+        ));
+    } else if r.dropped_output_bytes > 0 || r.dropped_journal_bytes > 0 {
         console.info(&format!(
             "stage {stage}: cut off a partly written record at the end of its output ({} bytes) or journal ({} bytes); its task runs again",
             r.dropped_output_bytes, r.dropped_journal_bytes

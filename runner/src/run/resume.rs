@@ -222,16 +222,10 @@ pub fn prepare(
                 let parts = changed_parts(&before.fingerprint, &after.fingerprint);
                 if !parts.is_empty() {
                     changes.push((i, format!("stage `{}`: {}", after.name, parts.join(", "))));
-                } else if matches!(before.status, StageStatus::Done | StageStatus::Stopped)
-                    && !output_file(out_dir, &before.name).is_file()
-                {
-                    changes.push((
-                        i,
-                        format!(
-                            "stage `{}`: its output {} is missing",
-                            before.name, before.output
-                        ),
-                    ));
+                } else if matches!(before.status, StageStatus::Done | StageStatus::Stopped) {
+                    if let Some(problem) = finished_output_problem(out_dir, before) {
+                        changes.push((i, format!("stage `{}`: {problem}", before.name)));
+                    }
                 }
             }
             (None, Some(after)) => changes.push((i, format!("stage `{}` is new", after.name))),
@@ -318,6 +312,24 @@ pub fn prepare(
     manifest.resumed_at = prev.resumed_at;
     manifest.resumed_at.push(crate::events::now_rfc3339());
     Ok(Prepared::Run(starts))
+}
+
+/// Why the output of a finished stage cannot be kept, if it cannot: it is gone, or it is not
+/// the file the stage wrote (its SHA-256 differs from the manifest's).
+fn finished_output_problem(out_dir: &Path, stage: &StageRecord) -> Option<String> {
+    let path = output_file(out_dir, &stage.name);
+    if !path.is_file() {
+        return Some(format!("its output {} is missing", stage.output));
+    }
+    let expected = stage.output_sha256.as_deref()?;
+    match sha256_file(&path) {
+        Ok(actual) if actual == expected => None,
+        Ok(_) => Some(format!(
+            "its output {} changed after the stage finished (its SHA-256 is not the one the manifest recorded)",
+            path.display()
+        )),
+        Err(e) => Some(format!("its output {} cannot be read: {e}", path.display())),
+    }
 }
 
 /// Takes the output directory for this run: two runners writing the same outputs (a `--resume`
