@@ -658,7 +658,7 @@ fn verify_prefix(path: &Path, seals: &[Seal]) -> io::Result<VerifiedPrefix> {
             }
             _ => {
                 // A torn last line is what a crash leaves; anything else is damage.
-                damaged = reader.fill_buf()?.first().is_some();
+                damaged = !reader.fill_buf()?.is_empty();
                 break;
             }
         }
