@@ -119,7 +119,14 @@ struct Line<'a, 'e> {
 /// TCP listener's threads report rejected connections too).
 #[derive(Default, Clone)]
 pub struct EventLog {
-    out: Option<Arc<Mutex<BufWriter<File>>>>,
+    out: Option<Arc<Mutex<Sink>>>,
+}
+
+struct Sink {
+    file: BufWriter<File>,
+    /// The first write that failed: the log is incomplete from there on (reported at the end
+    /// of the run; an unwritable event log must not stop the run itself).
+    failed: Option<io::Error>,
 }
 
 impl EventLog {
@@ -132,7 +139,10 @@ impl EventLog {
             std::fs::create_dir_all(parent)?;
         }
         Ok(Self {
-            out: Some(Arc::new(Mutex::new(BufWriter::new(File::create(path)?)))),
+            out: Some(Arc::new(Mutex::new(Sink {
+                file: BufWriter::new(File::create(path)?),
+                failed: None,
+            }))),
         })
     }
 
@@ -143,10 +153,23 @@ impl EventLog {
             time: now_rfc3339(),
         };
         let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
-        // An unwritable event log must not stop the run; the summary still reports everything.
-        let _ = serde_json::to_writer(&mut *out, &line);
-        let _ = out.write_all(b"\n");
-        let _ = out.flush();
+        if out.failed.is_some() {
+            return;
+        }
+        let written = serde_json::to_writer(&mut out.file, &line)
+            .map_err(io::Error::from)
+            .and_then(|()| out.file.write_all(b"\n"))
+            .and_then(|()| out.file.flush());
+        if let Err(e) = written {
+            out.failed = Some(e);
+        }
+    }
+
+    /// Why the log is incomplete, if a write failed.
+    pub fn failure(&self) -> Option<String> {
+        let out = self.out.as_ref()?;
+        let out = out.lock().unwrap_or_else(|e| e.into_inner());
+        out.failed.as_ref().map(ToString::to_string)
     }
 }
 

@@ -343,3 +343,16 @@ fn chunks_and_results_larger_than_a_pipe_flow_both_ways_without_deadlock() {
     assert_eq!(outputs.len(), 60);
     assert!(outputs.iter().all(|o| *o == expected));
 }
+
+#[test]
+fn an_event_log_that_cannot_be_written_is_reported_not_silently_short() {
+    let fx = Fixture::new();
+    let text = header("full", "max_workers = 1")
+        + "\n[[stage]]\nname = \"s\"\ntask = \"demo::square\"\ninput = { range = [0, 3] }\n";
+    let p = fx.write("pipeline.toml", &text);
+    // Opening /dev/full works; every write to it fails with ENOSPC.
+    fx.run(&[p.to_str().unwrap(), "--events", "/dev/full"])
+        .assert_code(0)
+        .assert_stderr_has(&["event log /dev/full is incomplete", "No space left"]);
+    assert_eq!(fx.outputs("s"), [0, 1, 4]);
+}

@@ -357,6 +357,12 @@ impl Run<'_> {
             exit_code,
             wall_time_s: started.elapsed().as_secs_f64(),
         });
+        if let (Some(failure), Some(path)) = (self.events.failure(), &events) {
+            self.console.warn(&format!(
+                "the event log {} is incomplete: writing to it failed ({failure}); the results and the manifest are complete",
+                path.display()
+            ));
+        }
         Ok(RunReport {
             exit_code,
             kept: self.kept,
