@@ -40,6 +40,11 @@ pub enum InputError {
     #[error("{}:{line}: the line is longer than {MAX_LINE_BYTES} bytes, the most an input can be", path.display())]
     LineTooLong { path: PathBuf, line: u64 },
     #[error(
+        "{}:{line}: a blank line before more values: input k is line k + 1 of the file (and so is its record's index), so a blank line would shift every record after it; remove it (blank lines are allowed only at the end)",
+        path.display()
+    )]
+    BlankLine { path: PathBuf, line: u64 },
+    #[error(
         "input file {} is {kind}, not a regular file: loky-run reads an input file more than once (a check before any worker starts, the run, a resume); copy it to a file first",
         path.display()
     )]
@@ -129,6 +134,12 @@ fn read_line(reader: &mut impl BufRead, buf: &mut Vec<u8>, limit: usize) -> io::
 pub trait InputSource {
     /// Appends the next input to `frame`; `false` once the source is exhausted.
     fn next_into(&mut self, frame: &mut FrameBuf) -> io::Result<bool>;
+
+    /// For a `from` stage: the index of the earlier stage's record the last input came from
+    /// (records of that stage that failed are skipped, so the two indices differ).
+    fn source(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Opens the source of a stage. `from` is the output file of the stage named by `from`, with
@@ -165,6 +176,7 @@ pub fn open(
                 expected_sha256: sha256.map(str::to_owned),
                 line: Vec::new(),
                 line_no: 0,
+                source: None,
             })
         }
     })
@@ -229,11 +241,14 @@ enum Next<'a> {
     End,
     Line(&'a [u8]),
     TooLong,
+    /// A value after a blank line (the blank line's number).
+    AfterBlank(u64),
 }
 
 impl<R: Read> JsonLines<R> {
-    /// The next non-blank line (trimmed).
+    /// The next non-blank line (trimmed); blank lines are only allowed at the end.
     fn next_line(&mut self) -> io::Result<Next<'_>> {
+        let mut blank = None;
         loop {
             self.buf.clear();
             match read_line(&mut self.reader, &mut self.buf, MAX_LINE_BYTES)? {
@@ -245,13 +260,18 @@ impl<R: Read> JsonLines<R> {
                 LineRead::Line => self.line += 1,
             }
             let trimmed = self.buf.trim_ascii();
-            if !trimmed.is_empty() {
-                let (start, len) = (
-                    trimmed.as_ptr() as usize - self.buf.as_ptr() as usize,
-                    trimmed.len(),
-                );
-                return Ok(Next::Line(&self.buf[start..start + len]));
+            if trimmed.is_empty() {
+                blank.get_or_insert(self.line);
+                continue;
             }
+            if let Some(line) = blank {
+                return Ok(Next::AfterBlank(line));
+            }
+            let (start, len) = (
+                trimmed.as_ptr() as usize - self.buf.as_ptr() as usize,
+                trimmed.len(),
+            );
+            return Ok(Next::Line(&self.buf[start..start + len]));
         }
     }
 }
@@ -341,6 +361,12 @@ pub fn check_file(path: &Path) -> Result<FileCheck, InputError> {
                     line: lines.line,
                 });
             }
+            Next::AfterBlank(line) => {
+                return Err(InputError::BlankLine {
+                    path: path.to_owned(),
+                    line,
+                });
+            }
             Next::Line(line) => line,
         };
         // serde_json skips over the bytes of strings it does not keep: check UTF-8 first.
@@ -412,6 +438,8 @@ struct FromSource {
     expected_sha256: Option<String>,
     line: Vec<u8>,
     line_no: u64,
+    /// The index of the record the last input came from.
+    source: Option<u64>,
 }
 
 impl FromSource {
@@ -430,6 +458,10 @@ impl FromSource {
 }
 
 impl InputSource for FromSource {
+    fn source(&self) -> Option<u64> {
+        self.source
+    }
+
     fn next_into(&mut self, frame: &mut FrameBuf) -> io::Result<bool> {
         loop {
             self.line.clear();
@@ -472,6 +504,7 @@ impl InputSource for FromSource {
             match (record.output, record.error.is_some()) {
                 (Some(output), false) => {
                     frame.put_bytes(output.get().as_bytes());
+                    self.source = Some(record.index);
                     return Ok(true);
                 }
                 // Failed items of the earlier stage are skipped.
@@ -521,10 +554,10 @@ mod tests {
     }
 
     #[test]
-    fn files_skip_blank_lines_and_report_bad_ones() {
+    fn files_allow_blank_lines_only_at_the_end_and_report_bad_ones() {
         let dir = tempfile::tempdir().unwrap();
         let good = dir.path().join("in.jsonl");
-        std::fs::write(&good, "1\n\n  {\"a\": [1, 2]}  \r\n\"s\"\n\n  \n").unwrap();
+        std::fs::write(&good, "1\n  {\"a\": [1, 2]}  \r\n\"s\"\n\n  \n").unwrap();
         let checked = check_file(&good).unwrap();
         assert_eq!(checked.count, 3);
         assert_eq!(
@@ -540,6 +573,12 @@ mod tests {
         std::fs::write(&bad, "1\n2\n{oops\n").unwrap();
         match check_file(&bad) {
             Err(InputError::Malformed { line, .. }) => assert_eq!(line, 3),
+            other => panic!("{other:?}"),
+        }
+        // A blank line between values would shift every record after it.
+        std::fs::write(&bad, "1\n2\n \n\n3\n").unwrap();
+        match check_file(&bad) {
+            Err(InputError::BlankLine { line, .. }) => assert_eq!(line, 3),
             other => panic!("{other:?}"),
         }
     }
@@ -622,6 +661,15 @@ mod tests {
         )
         .unwrap();
         let spec = InputSpec::From("prev".into());
+        // The second input came from record 2 (record 1 failed).
+        let mut source = open(&spec, Some((&prev, None))).unwrap();
+        let mut frame = FrameBuf::new();
+        frame.begin(tag::CHUNK);
+        let mut sources = Vec::new();
+        while source.next_into(&mut frame).unwrap() {
+            sources.push(source.source());
+        }
+        assert_eq!(sources, [Some(0), Some(2)]);
         assert_eq!(
             drain(open(&spec, Some((&prev, None))).unwrap()),
             ["{\"x\":1}", "9"]

@@ -73,6 +73,9 @@ impl ErrorKind {
 #[derive(Serialize)]
 struct ErrorRecord<'a> {
     index: u64,
+    /// For a `from` stage: the index of the earlier stage's record this input came from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<u64>,
     error: ErrorBody<'a>,
 }
 
@@ -291,13 +294,15 @@ impl OrderedWriter {
                 .is_some_and(|max| index <= max && self.pending.contains_key(&index))
     }
 
-    pub fn ok(&mut self, index: u64, output: &[u8]) -> io::Result<()> {
+    /// A result: `{"index":N,"output":...}`, with `"source":S` after the index for a `from`
+    /// stage.
+    pub fn ok(&mut self, index: u64, source: Option<u64>, output: &[u8]) -> io::Result<()> {
         if index == self.next {
-            write_ok(&mut self.out, index, output)?;
+            write_ok(&mut self.out, index, source, output)?;
             self.advance()
         } else {
-            let mut line = Vec::with_capacity(output.len() + 32);
-            write_ok(&mut line, index, output)?;
+            let mut line = Vec::with_capacity(output.len() + 48);
+            write_ok(&mut line, index, source, output)?;
             self.hold(index, line)
         }
     }
@@ -305,12 +310,14 @@ impl OrderedWriter {
     pub fn error(
         &mut self,
         index: u64,
+        source: Option<u64>,
         kind: ErrorKind,
         message: &str,
         attempts: u32,
     ) -> io::Result<()> {
         let record = ErrorRecord {
             index,
+            source,
             error: ErrorBody {
                 kind,
                 message,
@@ -434,15 +441,14 @@ impl Drop for OrderedWriter {
 }
 
 /// The index and kind (`true`: output, `false`: error) of a record line as this module writes
-/// it: `{"index":N,"output":...}` or `{"index":N,"error":...}`.
+/// it: `{"index":N,"output":...}` or `{"index":N,"error":...}`, with `"source":S` after the
+/// index for a `from` stage.
 pub(crate) fn parse_record_head(line: &[u8]) -> Option<(u64, bool)> {
-    let rest = line.strip_prefix(b"{\"index\":")?;
-    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-    if digits == 0 || digits > 20 || (digits > 1 && rest[0] == b'0') {
-        return None;
-    }
-    let index: u64 = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
-    let rest = &rest[digits..];
+    let (index, rest) = number(line.strip_prefix(b"{\"index\":")?)?;
+    let rest = match rest.strip_prefix(b",\"source\":") {
+        Some(after) => number(after)?.1,
+        None => rest,
+    };
     if rest.starts_with(b",\"output\":") {
         Some((index, true))
     } else if rest.starts_with(b",\"error\":") {
@@ -450,6 +456,16 @@ pub(crate) fn parse_record_head(line: &[u8]) -> Option<(u64, bool)> {
     } else {
         None
     }
+}
+
+/// A decimal `u64` as this module writes them (no sign, no leading zero), and what follows.
+fn number(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    let digits = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || digits > 20 || (digits > 1 && bytes[0] == b'0') {
+        return None;
+    }
+    let value: u64 = std::str::from_utf8(&bytes[..digits]).ok()?.parse().ok()?;
+    Some((value, &bytes[digits..]))
 }
 
 /// The output file as the writer writes it: every byte also goes into the CRC of the segment
@@ -799,10 +815,14 @@ fn sync_loop(shared: &SyncShared) {
     }
 }
 
-fn write_ok(w: &mut impl Write, index: u64, output: &[u8]) -> io::Result<()> {
+fn write_ok(w: &mut impl Write, index: u64, source: Option<u64>, output: &[u8]) -> io::Result<()> {
     let mut digits = itoa::Buffer::new();
     w.write_all(b"{\"index\":")?;
     w.write_all(digits.format(index).as_bytes())?;
+    if let Some(source) = source {
+        w.write_all(b",\"source\":")?;
+        w.write_all(digits.format(source).as_bytes())?;
+    }
     w.write_all(b",\"output\":")?;
     w.write_all(output)?;
     w.write_all(b"}\n")
@@ -817,14 +837,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.jsonl");
         let mut w = OrderedWriter::create(&path).unwrap();
-        w.ok(2, b"4").unwrap();
-        w.error(1, ErrorKind::Panic, "boom \"x\"", 1).unwrap();
+        w.ok(2, None, b"4").unwrap();
+        w.error(1, None, ErrorKind::Panic, "boom \"x\"", 1).unwrap();
         assert_eq!(w.next_index(), 0);
         assert!(w.pending_bytes() > 0);
-        w.ok(0, b"0").unwrap();
+        w.ok(0, None, b"0").unwrap();
         assert_eq!(w.next_index(), 3);
         assert_eq!(w.pending_bytes(), 0);
-        w.error(3, ErrorKind::Crashed, "killed by SIGSEGV", 3)
+        w.error(3, None, ErrorKind::Crashed, "killed by SIGSEGV", 3)
             .unwrap();
         w.finish().unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
@@ -853,12 +873,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.jsonl");
         let mut w = OrderedWriter::create(&path).unwrap();
-        w.ok(0, b"0").unwrap();
-        w.ok(3, b"9").unwrap();
-        w.error(2, ErrorKind::TaskError, "two", 1).unwrap();
-        w.ok(5, b"25").unwrap();
+        w.ok(0, None, b"0").unwrap();
+        w.ok(3, None, b"9").unwrap();
+        w.error(2, None, ErrorKind::TaskError, "two", 1).unwrap();
+        w.ok(5, None, b"25").unwrap();
         w.flush().unwrap();
-        w.ok(6, b"36").unwrap(); // not flushed: lost with the crash
+        w.ok(6, None, b"36").unwrap(); // not flushed: lost with the crash
         crash(w);
         assert!(journal_path(&path).exists());
 
@@ -870,15 +890,15 @@ mod tests {
         let done: Vec<bool> = (0..8).map(|i| w.is_done(i)).collect();
         assert_eq!(done, [true, false, true, true, false, true, false, false]);
         // Held results stay in the journal across a second crash and resume.
-        w.ok(4, b"16").unwrap();
+        w.ok(4, None, b"16").unwrap();
         w.flush().unwrap();
         crash(w);
         let mut w = OrderedWriter::resume(&path).unwrap();
         assert_eq!(w.resumed().records(), 5);
         assert!(w.is_done(4) && !w.is_done(1) && !w.is_done(6));
-        w.ok(1, b"1").unwrap();
+        w.ok(1, None, b"1").unwrap();
         assert_eq!(w.next_index(), 6);
-        w.ok(6, b"36").unwrap();
+        w.ok(6, None, b"36").unwrap();
         w.finish().unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let expected = lines(0..7).replace(
@@ -931,7 +951,7 @@ mod tests {
         let mut w = OrderedWriter::create(path).unwrap();
         let value = format!("\"{}\"", "x".repeat(pad));
         for i in 0..n {
-            w.ok(i, value.as_bytes()).unwrap();
+            w.ok(i, None, value.as_bytes()).unwrap();
             if i % 1_000 == 999 {
                 w.flush().unwrap();
             }
@@ -1027,12 +1047,12 @@ mod tests {
         written(&path, 3_000, 1_000);
         let mut w = OrderedWriter::resume(&path).unwrap();
         assert_eq!(w.next_index(), 3_000);
-        w.ok(3_000, b"1").unwrap();
+        w.ok(3_000, None, b"1").unwrap();
         w.flush().unwrap();
         crash(w);
         let mut w = OrderedWriter::resume(&path).unwrap();
         assert_eq!(w.resumed().damaged_at, None, "its own seals verify");
-        w.ok(3_001, b"2").unwrap();
+        w.ok(3_001, None, b"2").unwrap();
         let sha = w.finish().unwrap();
         assert_eq!(sha, crate::manifest::sha256_file(&path).unwrap());
         assert!(
@@ -1046,9 +1066,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.jsonl");
         let mut w = OrderedWriter::create(&path).unwrap();
-        w.ok(1, b"1").unwrap(); // held and journaled, then written in order
-        w.ok(0, b"0").unwrap();
-        w.ok(3, b"9").unwrap();
+        w.ok(1, None, b"1").unwrap(); // held and journaled, then written in order
+        w.ok(0, None, b"0").unwrap();
+        w.ok(3, None, b"9").unwrap();
         w.flush().unwrap();
         crash(w);
         let w = OrderedWriter::resume(&path).unwrap();
@@ -1057,7 +1077,7 @@ mod tests {
         assert!(w.is_done(3) && !w.is_done(2));
         // Index 3 waits for 2; once 2 comes, both are written.
         let mut w = w;
-        w.ok(2, b"4").unwrap();
+        w.ok(2, None, b"4").unwrap();
         assert_eq!(w.next_index(), 4);
         w.finish().unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), lines(0..4));
@@ -1068,7 +1088,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.jsonl");
         let mut w = OrderedWriter::create(&path).unwrap();
-        w.ok(1, b"1").unwrap();
+        w.ok(1, None, b"1").unwrap();
         w.suspend().unwrap();
         assert!(journal_path(&path).exists(), "suspend keeps the journal");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "");

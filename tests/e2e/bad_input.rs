@@ -380,13 +380,34 @@ fn inputs_that_are_not_regular_files_are_refused_without_reading_them() {
 fn invalid_utf8_inside_a_json_string_is_refused_naming_the_line() {
     let fx = Fixture::new();
     let input = fx.path().join("in.jsonl");
-    std::fs::write(&input, b"\"fine\"\n\n\"caf\xe9\"\n").unwrap();
+    std::fs::write(&input, b"\"fine\"\n\"caf\xe9\"\n").unwrap();
     refused(
         &fx,
         &(header("utf8", "") + &file_stage(&input)),
         &[],
-        &["in.jsonl:3", "UTF-8"],
+        &["in.jsonl:2", "UTF-8"],
     );
+}
+
+#[test]
+fn a_blank_line_between_values_is_refused_since_it_would_shift_the_records() {
+    let fx = Fixture::new();
+    let input = fx.path().join("in.jsonl");
+    std::fs::write(&input, "1\n2\n\n3\n").unwrap();
+    refused(
+        &fx,
+        &(header("blank", "") + &file_stage(&input)),
+        &[],
+        &["in.jsonl:3", "blank line"],
+    );
+    // At the end they are fine.
+    std::fs::write(&input, "1\n2\n3\n\n  \n").unwrap();
+    let p = fx.write(
+        "pipeline.toml",
+        &(header("blank", "") + &file_stage(&input)),
+    );
+    fx.run(&[p.to_str().unwrap()]).assert_code(0);
+    assert_eq!(fx.outputs("s"), [1, 2, 3]);
 }
 
 #[test]

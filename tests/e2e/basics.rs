@@ -142,7 +142,7 @@ fn file_inputs_env_and_initializer_reach_the_tasks() {
     let fx = Fixture::new();
     fx.write(
         "names.jsonl",
-        "\"GREETING\"\n\n\"LOKY_WORKER_ID\"\n\"NOT_SET_ANYWHERE\"\n",
+        "\"GREETING\"\n\"LOKY_WORKER_ID\"\n\"NOT_SET_ANYWHERE\"\n\n",
     );
     let text = header(
         "env",
@@ -355,4 +355,39 @@ fn an_event_log_that_cannot_be_written_is_reported_not_silently_short() {
         .assert_code(0)
         .assert_stderr_has(&["event log /dev/full is incomplete", "No space left"]);
     assert_eq!(fx.outputs("s"), [0, 1, 4]);
+}
+
+#[test]
+fn records_of_a_from_stage_name_the_record_they_came_from() {
+    // Inputs 1 and 3 of `a` fail; `b` runs on the 3 outputs and names where each came from,
+    // so that joining on `source` pairs the right rows.
+    let fx = Fixture::new();
+    let text = header("source", "max_workers = 2\non_error = \"continue\"")
+        + r#"
+[[stage]]
+name = "a"
+task = "faults::crash_if"
+input = { items = [10, { exit = 3 }, 20, { exit = 4 }, 30] }
+
+[[stage]]
+name = "b"
+task = "demo::square"
+input = { from = "a" }
+"#;
+    let p = fx.write("pipeline.toml", &text);
+    fx.run(&[p.to_str().unwrap()]).assert_code(1);
+    let b = fx.records("b");
+    let pairs: Vec<(u64, u64, i64)> = b
+        .iter()
+        .map(|r| {
+            (
+                r["index"].as_u64().unwrap(),
+                r["source"].as_u64().unwrap(),
+                r["output"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(pairs, [(0, 0, 100), (1, 2, 400), (2, 4, 900)]);
+    // A stage reading a range or items has no source field.
+    assert!(fx.records("a").iter().all(|r| r.get("source").is_none()));
 }

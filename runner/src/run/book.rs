@@ -25,6 +25,8 @@ pub struct Item {
     pub index: u64,
     /// Where its length-prefixed input starts in the chunk's frame.
     pub at: u32,
+    /// For a `from` stage: the index of the earlier stage's record it came from.
+    pub source: Option<u64>,
     /// Attempts already made before this one.
     pub attempts: u32,
     /// Deaths this item's result was lost in (it had run, unreported, when its worker died).
@@ -39,6 +41,7 @@ impl Item {
         Self {
             index,
             at: 0,
+            source: None,
             attempts: 0,
             witnessed: 0,
             isolated: false,

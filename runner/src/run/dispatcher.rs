@@ -552,15 +552,20 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
                 self.inputs_done = true;
                 break;
             }
-            let index = self.next_index;
+            let item = Item {
+                at: before as u32,
+                source: self.job.input.source(),
+                ..Item::fresh(self.next_index)
+            };
             self.next_index += 1;
             let len = self.frame.len() - before - 4;
             if len > MAX_ITEM_BYTES {
                 self.frame.truncate(before);
                 let message = format!(
-                    "input {index} is {len} bytes, more than a frame carries ({MAX_ITEM_BYTES} bytes)"
+                    "input {} is {len} bytes, more than a frame carries ({MAX_ITEM_BYTES} bytes)",
+                    item.index
                 );
-                self.record(Item::fresh(index), ErrorKind::TooLarge, &message, None)?;
+                self.record(item, ErrorKind::TooLarge, &message, None)?;
                 continue;
             }
             if self.frame.len() > MAX_FRAME_LEN && !items.is_empty() {
@@ -568,16 +573,13 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
                 let input = self.frame.bytes_from(before + 4).to_vec();
                 self.frame.truncate(before);
                 self.requeue.push_front(Pending {
-                    item: Item::fresh(index),
+                    item,
                     input,
                     newer_than: None,
                 });
                 break;
             }
-            items.push(Item {
-                at: before as u32,
-                ..Item::fresh(index)
-            });
+            items.push(item);
         }
         if self.next_index >= self.job.total {
             self.inputs_done = true;
@@ -677,7 +679,7 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
             match code {
                 status::OK => {
                     self.writer
-                        .ok(item.index, bytes)
+                        .ok(item.index, item.source, bytes)
                         .map_err(|e| self.write_error(e))?;
                     self.outcome.ok += 1;
                 }
@@ -845,16 +847,17 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
         while next < self.job.total && self.writer.is_done(next) {
             next += 1;
         }
-        let index = self
+        // (An input not read yet has no known source record.)
+        let (index, source) = self
             .requeue
             .iter()
-            .map(|p| p.item.index)
-            .min()
-            .unwrap_or(next)
-            .min(next);
+            .map(|p| (p.item.index, p.item.source))
+            .min_by_key(|(index, _)| *index)
+            .filter(|(index, _)| *index < next)
+            .unwrap_or((next, None));
         if index < self.job.total && self.book.is_empty() {
             self.writer
-                .error(index, kind, message, 1)
+                .error(index, source, kind, message, 1)
                 .map_err(|e| self.write_error(e))?;
             self.count_failure(index, kind, message, 1, None);
         }
@@ -961,7 +964,7 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
     ) -> Result<(), RunError> {
         let attempts = item.attempts.max(1);
         self.writer
-            .error(item.index, kind, message, attempts)
+            .error(item.index, item.source, kind, message, attempts)
             .map_err(|e| self.write_error(e))?;
         self.count_failure(item.index, kind, message, attempts, worker);
         if self.job.stage.settings.on_error == OnError::Fail && self.outcome.stopped.is_none() {
