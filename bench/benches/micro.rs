@@ -282,7 +282,7 @@ mod output {
         b.counter(ItemsCount::new(N as usize)).bench_local(|| {
             let mut w = OrderedWriter::create(&dir.join("s.jsonl")).unwrap();
             for (i, o) in outs.iter().enumerate() {
-                w.ok(i as u64, o).unwrap();
+                w.ok(i as u64, None, o).unwrap();
             }
             assert_eq!(w.next_index(), N);
             w.finish().unwrap();
