@@ -305,7 +305,7 @@ mod output {
         b.counter(ItemsCount::new(N as usize)).bench_local(|| {
             let mut w = OrderedWriter::create(&dir.join("s.jsonl")).unwrap();
             for &i in &order {
-                w.ok(i, &outs[i as usize]).unwrap();
+                w.ok(i, None, &outs[i as usize]).unwrap();
             }
             assert_eq!(w.next_index(), N);
             w.finish().unwrap();
@@ -322,6 +322,7 @@ mod output {
             for i in 0..10_000u64 {
                 w.error(
                     i,
+                    None,
                     loky_run::output::ErrorKind::TaskError,
                     "the square of 3037000500 does not fit in a 64-bit integer",
                     1,
