@@ -111,6 +111,10 @@ pub struct RunArgs {
     /// Write life-cycle events as JSON lines to FILE.
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
+    /// Write one JSON line per task attempt to FILE (stage, index, worker, start, duration,
+    /// outcome, RSS); overrides `[pipeline] joblog`.
+    #[arg(long, value_name = "FILE")]
+    pub joblog: Option<PathBuf>,
     /// Progress bars: when stderr is a terminal (auto), always, or never.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
@@ -363,6 +367,7 @@ fn cmd_run(args: RunArgs, console: &Arc<Console>) -> Result<i32, Error> {
     crate::interrupt::install();
     let opts = RunOptions {
         events: args.events.clone(),
+        joblog: args.joblog.clone().or_else(|| plan.pipeline.joblog.clone()),
         dry_run: false,
         resume: run::ResumeMode {
             resume: args.resume,

@@ -13,6 +13,7 @@ pub mod events;
 pub mod guardian;
 pub mod input;
 pub mod interrupt;
+pub mod joblog;
 pub mod manifest;
 pub mod output;
 pub mod plugin;

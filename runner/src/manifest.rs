@@ -32,6 +32,9 @@ pub struct Manifest {
     pub plugins: Vec<PluginRecord>,
     /// Every stage of the pipeline, in order, from the start of the run (status `pending`).
     pub stages: Vec<StageRecord>,
+    /// Where the run's event log and joblog went, if it kept them (absolute).
+    pub events: Option<PathBuf>,
+    pub joblog: Option<PathBuf>,
     /// The resolved configuration (after defaults, environment and `--set`).
     pub config: Pipeline,
 }
@@ -189,6 +192,8 @@ impl Manifest {
             pipeline_sha256: sha256_file(&pipeline.file)?,
             plugins,
             stages: Vec::new(),
+            events: None,
+            joblog: None,
             config: pipeline.clone(),
         })
     }

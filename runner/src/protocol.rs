@@ -88,10 +88,14 @@ pub enum ReadyMsg {
     Failed { kind: String, message: String },
 }
 
-/// Sent when a stage starts on a worker, so it can expose `LOKY_STAGE` to tasks.
+/// Sent when a stage starts on a worker (and to every worker started for it), so it can
+/// expose `LOKY_STAGE` to tasks, and whether to time each task.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StageMsg {
     pub name: String,
+    /// Report when each task started and how long it ran (for the joblog).
+    #[serde(default)]
+    pub timing: bool,
 }
 
 /// Builds one frame in place: reserve the header, append payload, patch the length.
@@ -354,9 +358,10 @@ impl ChunkHeader {
     }
 }
 
-/// Header of a results frame: `chunk_id u64, first u32, count u32, busy_ns u64, rss u64`,
-/// then `count` items `status u8, len-prefixed bytes` for the chunk's positions
-/// `first..first+count`.
+/// Header of a results frame: `chunk_id u64, first u32, count u32, busy_ns u64, rss u64,
+/// flags u32`, then `count` items for the chunk's positions `first..first+count`: `status u8`,
+/// with [`ResultsHeader::TIMED`] `start_us u64` (wall clock, µs since the Unix epoch) and
+/// `ran_ns u64`, then the len-prefixed bytes.
 pub struct ResultsHeader {
     pub chunk_id: u64,
     pub first: u32,
@@ -364,14 +369,20 @@ pub struct ResultsHeader {
     /// Time the worker spent running these items.
     pub busy_ns: u64,
     /// The worker's own RSS in bytes, sampled at most every few tens of ms; 0 when the runner
-    /// reads it itself (local workers). Remote workers' memory is not in the runner's /proc.
+    /// reads it itself (local workers, unless timed). Remote workers' memory is not in the
+    /// runner's /proc.
     pub rss: u64,
+    pub flags: u32,
 }
 
 impl ResultsHeader {
     pub const COUNT_OFFSET: usize = 5 + 8 + 4;
     pub const BUSY_OFFSET: usize = 5 + 8 + 4 + 4;
     pub const RSS_OFFSET: usize = 5 + 8 + 4 + 4 + 8;
+    /// Bytes of the header, frame length and tag included.
+    pub const LEN: usize = 5 + 8 + 4 + 4 + 8 + 8 + 4;
+    /// Each item carries when its task started and how long it ran.
+    pub const TIMED: u32 = 1;
 
     pub fn write(&self, f: &mut FrameBuf) {
         f.begin(tag::RESULTS);
@@ -380,6 +391,7 @@ impl ResultsHeader {
         f.put_u32(self.count);
         f.put_u64(self.busy_ns);
         f.put_u64(self.rss);
+        f.put_u32(self.flags);
     }
 
     pub fn read(c: &mut Cursor<'_>) -> io::Result<Self> {
@@ -389,7 +401,12 @@ impl ResultsHeader {
             count: c.u32()?,
             busy_ns: c.u64()?,
             rss: c.u64()?,
+            flags: c.u32()?,
         })
+    }
+
+    pub fn timed(&self) -> bool {
+        self.flags & Self::TIMED != 0
     }
 }
 

@@ -57,6 +57,17 @@ pub fn render(loaded: &Loaded) -> String {
         o.path_line("pipeline.plugins", plugins(p)),
         o.path_line("pipeline.output_dir", quote(&path(&p.output_dir))),
         o.line("pipeline.grace_period", duration(p.grace_period)),
+        o.path_line(
+            "pipeline.joblog",
+            p.joblog
+                .as_deref()
+                .map_or_else(|| "none".to_owned(), |j| quote(&path(j))),
+        ),
+        o.line(
+            "pipeline.progress_interval",
+            p.progress_interval
+                .map_or_else(|| quote("0s"), duration),
+        ),
     ];
     push_group(&mut out, &lines);
 

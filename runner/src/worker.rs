@@ -180,6 +180,7 @@ fn run<R: Read + Send + 'static, W: Write>(
         out,
         results: ResultSender {
             frame,
+            timed: false,
             progress,
             rss: None,
             written: 0,
@@ -193,6 +194,7 @@ fn run<R: Read + Send + 'static, W: Write>(
             tag::CHUNK => runner.run_chunk(&msg[1..], &mut results)?,
             tag::STAGE => {
                 if let Ok(stage) = serde_json::from_slice::<StageMsg>(&msg[1..]) {
+                    runner.results.timed = stage.timing;
                     // SAFETY: tasks run on this thread only, between which this is called; the
                     // command thread never reads the environment.
                     unsafe { std::env::set_var("LOKY_STAGE", stage.name) };
@@ -282,6 +284,8 @@ struct ChunkRunner {
 /// Writes results frames and says how many results went out.
 struct ResultSender {
     frame: FrameBuf,
+    /// Each result carries when its task started and how long it ran (a joblog is kept).
+    timed: bool,
     progress: Option<ProgressSlot>,
     /// Remote workers report their own RSS: the last sample and when it was taken.
     rss: Option<(u64, Instant)>,
@@ -291,9 +295,6 @@ struct ResultSender {
 
 /// How often a remote worker reads its RSS for the results it sends.
 const RSS_SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
-
-/// Bytes of a results frame before its first item.
-const RESULTS_HEADER_BYTES: usize = 5 + 8 + 4 + 4 + 8 + 8;
 
 impl ChunkRunner {
     /// The runner asked to stop after the current item (STOP frame read by the command thread,
@@ -322,13 +323,19 @@ impl ChunkRunner {
                 break;
             }
             let input = cursor.bytes()?;
-            if let Some(progress) = &sender.progress {
-                progress.start(chunk.chunk_id, position, sys::monotonic_ns());
+            let started_ns = (sender.progress.is_some() || sender.timed).then(sys::monotonic_ns);
+            let started_us = if sender.timed { sys::unix_micros() } else { 0 };
+            if let (Some(progress), Some(at)) = (&sender.progress, started_ns) {
+                progress.start(chunk.chunk_id, position, at);
             }
             let mut status = plugin.call(chunk.task, input, out);
             if let Some(progress) = &sender.progress {
                 progress.finish(chunk.chunk_id, position);
             }
+            let ran_ns = match (sender.timed, started_ns) {
+                (true, Some(at)) => sys::monotonic_ns().saturating_sub(at),
+                _ => 0,
+            };
             if out.len() > MAX_ITEM_BYTES {
                 let message = format!(
                     "the {} is {} bytes, more than a frame carries ({MAX_ITEM_BYTES} bytes)",
@@ -349,6 +356,10 @@ impl ChunkRunner {
                 batch = sender.begin(chunk.chunk_id, position);
             }
             sender.frame.put_u8(status.0);
+            if sender.timed {
+                sender.frame.put_u64(started_us);
+                sender.frame.put_u64(ran_ns);
+            }
             sender.frame.put_bytes(out);
             batch.count += 1;
 
@@ -382,7 +393,8 @@ impl ResultSender {
     }
 
     fn begin(&mut self, chunk_id: u64, first: u32) -> Batch {
-        Batch::begin(&mut self.frame, chunk_id, first)
+        let flags = if self.timed { ResultsHeader::TIMED } else { 0 };
+        Batch::begin(&mut self.frame, chunk_id, first, flags)
     }
 
     /// Sends the results gathered in the frame, then publishes how many have been written.
@@ -391,7 +403,8 @@ impl ResultSender {
         self.frame
             .patch_u32(ResultsHeader::COUNT_OFFSET, batch.count);
         self.frame.patch_u64(ResultsHeader::BUSY_OFFSET, busy);
-        if self.progress.is_none() {
+        // Remote workers' memory is not in the runner's /proc; the joblog wants it per task.
+        if self.progress.is_none() || self.timed {
             let rss = self.sample_rss();
             self.frame.patch_u64(ResultsHeader::RSS_OFFSET, rss);
         }
@@ -432,16 +445,17 @@ struct Batch {
 }
 
 impl Batch {
-    fn begin(frame: &mut FrameBuf, chunk_id: u64, first: u32) -> Self {
+    fn begin(frame: &mut FrameBuf, chunk_id: u64, first: u32, flags: u32) -> Self {
         ResultsHeader {
             chunk_id,
             first,
             count: 0,
             busy_ns: 0,
             rss: 0,
+            flags,
         }
         .write(frame);
-        debug_assert_eq!(frame.len(), RESULTS_HEADER_BYTES);
+        debug_assert_eq!(frame.len(), ResultsHeader::LEN);
         Self {
             count: 0,
             started: Instant::now(),

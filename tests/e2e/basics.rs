@@ -391,3 +391,95 @@ input = { from = "a" }
     // A stage reading a range or items has no source field.
     assert!(fx.records("a").iter().all(|r| r.get("source").is_none()));
 }
+
+#[test]
+fn the_joblog_has_a_line_per_attempt_readable_by_duckdb() {
+    let fx = Fixture::new();
+    let marker = fx.path().join("crashed-once");
+    let text = header("joblog", "max_workers = 2\nretries = 1")
+        + &format!(
+            r#"
+[[stage]]
+name = "once"
+task = "faults::crash_once"
+input = {{ items = [{{ marker = "{}" }}] }}
+
+[[stage]]
+name = "naps"
+task = "faults::sleep_ms"
+input = {{ items = [30, 10, 20, 40] }}
+chunksize = 1
+"#,
+            marker.display()
+        );
+    let p = fx.write("pipeline.toml", &text);
+    fx.run(&[
+        p.to_str().unwrap(),
+        "--joblog",
+        "log/joblog.jsonl",
+        "--events",
+        "events.jsonl",
+    ])
+    .assert_code(0);
+    let lines = read_jsonl(&fx.path().join("log/joblog.jsonl"));
+    // Every line has every key.
+    for l in &lines {
+        assert_eq!(l.as_object().unwrap().len(), 11, "{l}");
+    }
+    // The crash, then the retry that worked, on another worker.
+    let once: Vec<&Value> = lines.iter().filter(|l| l["stage"] == "once").collect();
+    assert_eq!(once.len(), 2, "{once:?}");
+    assert_eq!(
+        (&once[0]["attempt"], &once[0]["outcome"]),
+        (&json!(1), &json!("crashed"))
+    );
+    assert_eq!(
+        (&once[1]["attempt"], &once[1]["outcome"]),
+        (&json!(2), &json!("ok"))
+    );
+    assert_ne!(once[0]["pid"], once[1]["pid"]);
+    // Each nap timed by the worker around its call.
+    let naps: Vec<&Value> = lines.iter().filter(|l| l["stage"] == "naps").collect();
+    assert_eq!(naps.len(), 4);
+    for n in &naps {
+        let asked = [30.0, 10.0, 20.0, 40.0][n["index"].as_u64().unwrap() as usize] / 1e3;
+        let took = n["duration_s"].as_f64().unwrap();
+        assert!(took >= asked, "{n}");
+        assert!(n["start"].as_str().unwrap().ends_with('Z'));
+        assert!(n["rss"].as_u64().unwrap() > 0);
+    }
+    // The pids are the workers' own, as the events say.
+    let ready: std::collections::BTreeSet<u64> = fx
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "worker_ready")
+        .map(|e| e["pid"].as_u64().unwrap())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .all(|l| ready.contains(&l["pid"].as_u64().unwrap()))
+    );
+    // Read as it is by duckdb (installed by .ci/run; skipped where it is not available).
+    let query = "import duckdb; print(duckdb.sql(\"select count(*), count(distinct stage), \
+                 max(attempt), min(start) < max(start) from read_json_auto('log/joblog.jsonl')\").fetchall())";
+    match std::process::Command::new("python3")
+        .args(["-c", query])
+        .current_dir(fx.path())
+        .output()
+    {
+        Ok(o) if o.status.success() => {
+            assert_eq!(
+                String::from_utf8_lossy(&o.stdout).trim(),
+                "[(6, 2, 2, True)]"
+            );
+        }
+        Ok(o)
+            if String::from_utf8_lossy(&o.stderr).contains("No module named 'duckdb'")
+                && std::env::var_os("LOKY_RUN_REQUIRE_DUCKDB").is_none() =>
+        {
+            eprintln!("duckdb check skipped: python3 has no duckdb (pip install duckdb)");
+        }
+        other => panic!("duckdb could not read the joblog: {other:?}"),
+    }
+}

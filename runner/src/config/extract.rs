@@ -35,6 +35,8 @@ pub(crate) struct RawPipeline {
     pub plugins: Option<Sourced<Vec<Sourced<String>>>>,
     pub output_dir: Option<Sourced<String>>,
     pub grace_period: Option<Sourced<Duration>>,
+    pub joblog: Option<Sourced<String>>,
+    pub progress_interval: Option<Sourced<Duration>>,
 }
 
 /// `[pool]`, or the pool keys of a stage.
@@ -241,6 +243,8 @@ impl<'a> Extractor<'a> {
                 "plugins" => raw.plugins = self.plugins(figment, &f),
                 "output_dir" => raw.output_dir = self.read(&f, |v| text(v, Kind::Path)),
                 "grace_period" => raw.grace_period = self.read(&f, duration),
+                "joblog" => raw.joblog = self.read(&f, |v| text(v, Kind::Path)),
+                "progress_interval" => raw.progress_interval = self.read(&f, duration),
                 _ => {}
             }
         }

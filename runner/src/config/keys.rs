@@ -144,6 +144,18 @@ pub const PIPELINE_KEYS: &[KeySpec] = &[
         Some("\"5s\""),
         "After a first Ctrl-C, how long running tasks may finish before they are killed.",
     ),
+    key(
+        "joblog",
+        Kind::Path,
+        Some("none"),
+        "A JSON-lines file with one line per task attempt (stage, index, worker, start, duration, outcome, RSS), relative to the pipeline file; `--joblog FILE` overrides it. Off by default.",
+    ),
+    key(
+        "progress_interval",
+        Kind::Duration,
+        Some("\"30s\""),
+        "When stderr is not a terminal, how often a line tells how each running stage is doing (`--progress never` turns it off, `\"0s\"` too).",
+    ),
 ];
 
 /// `[pool]`; every one of them may also be set in a `[[stage]]`.

@@ -22,6 +22,11 @@ pub struct Pipeline {
     /// After a first interrupt, how long running tasks may finish before they are killed.
     #[serde(with = "humantime_serde_compat")]
     pub grace_period: Duration,
+    /// Absolute; `None`: no joblog.
+    pub joblog: Option<PathBuf>,
+    /// Off a terminal, how often a progress line per running stage (`None`: never).
+    #[serde(with = "humantime_serde_compat::option")]
+    pub progress_interval: Option<Duration>,
     pub stages: Vec<Stage>,
 }
 

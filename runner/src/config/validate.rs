@@ -18,6 +18,8 @@ pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// loky's `_MAX_MEMORY_LEAK_SIZE`: a worker that grew more than this is replaced.
 pub(crate) const DEFAULT_MEMORY_GROWTH: u64 = 300_000_000;
 pub(crate) const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(5);
+/// Off a terminal, how often a progress line per running stage.
+pub(crate) const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_secs(30);
 
 pub(crate) struct Resolver<'a> {
     pub file: &'a Path,
@@ -114,6 +116,15 @@ impl Resolver<'_> {
             .grace_period
             .as_ref()
             .map_or(DEFAULT_GRACE_PERIOD, |g| g.value);
+        let joblog = pipeline
+            .joblog
+            .as_ref()
+            .map(|j| self.path(&j.value, &j.origin));
+        let progress_interval = match pipeline.progress_interval.as_ref().map(|p| p.value) {
+            None => Some(DEFAULT_PROGRESS_INTERVAL),
+            Some(d) if d.is_zero() => None,
+            Some(d) => Some(d),
+        };
 
         if stages.is_empty() {
             let help = if has_stage_key {
@@ -170,6 +181,8 @@ impl Resolver<'_> {
             plugins,
             output_dir,
             grace_period,
+            joblog,
+            progress_interval,
             stages,
         })
     }

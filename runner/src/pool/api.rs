@@ -157,6 +157,8 @@ pub struct WorkerExit {
     pub progress: Progress,
     /// `pid P`, or `pid P on HOST, step J.S` for a remote worker.
     pub process: String,
+    /// Its own pid and host, if known (see [`WorkerPool::identity`]).
+    pub identity: Option<(u32, String)>,
 }
 
 /// What the pool tells the dispatcher.
@@ -207,6 +209,9 @@ pub trait WorkerPool {
     /// Sends a chunk frame of `items` inputs to a worker, never blocking. A worker that is gone
     /// is reported by its exit.
     fn send_chunk(&mut self, worker: WorkerId, frame: &Arc<Vec<u8>>, items: u32);
+    /// A worker's own pid and the host it runs on, once known (a remote worker says so when it
+    /// is ready).
+    fn identity(&self, worker: WorkerId) -> Option<(u32, String)>;
     /// Tasks sent to a worker since it started (all stages), for `max_tasks_per_worker`.
     fn tasks_sent(&self, worker: WorkerId) -> u64;
     fn progress(&self, worker: WorkerId) -> Progress;

@@ -51,8 +51,10 @@ struct Reaped {
 pub struct Pool {
     spec: Option<WorkerSpec>,
     size: usize,
-    /// The stage the pool works for (`LOKY_STAGE` of new workers).
+    /// The stage the pool works for (`LOKY_STAGE` of new workers), and its STAGE frame (sent
+    /// to every worker, new ones after their INIT).
     stage: String,
+    stage_frame: Vec<u8>,
     workers: BTreeMap<WorkerId, Worker>,
     next_id: WorkerId,
     events: EventLog,
@@ -96,6 +98,7 @@ impl Pool {
             spec: None,
             size: 0,
             stage: String::new(),
+            stage_frame: Vec::new(),
             workers: BTreeMap::new(),
             next_id: 1,
             events,
@@ -130,7 +133,16 @@ impl Pool {
 
     /// Carries out a decision before a stage: stop everything for a restart, retire extra
     /// workers for a shrink; new workers are started on demand by [`WorkerPool::fill`].
-    pub fn apply(&mut self, decision: &Decision, spec: WorkerSpec, size: usize, stage: &str) {
+    /// `timing`: workers report when each task started and how long it ran (a joblog is
+    /// kept).
+    pub fn apply(
+        &mut self,
+        decision: &Decision,
+        spec: WorkerSpec,
+        size: usize,
+        stage: &str,
+        timing: bool,
+    ) {
         if matches!(decision, Decision::Restart { .. }) {
             self.counters.restarts += 1;
             self.stop_all(StopReason::Restart);
@@ -158,16 +170,23 @@ impl Pool {
         for id in victims {
             self.retire(id, StopReason::Resize);
         }
-        let msg = StageMsg {
-            name: stage.to_owned(),
-        };
-        let frame = self.frame.json(tag::STAGE, &msg).to_vec();
+        self.stage_frame = self
+            .frame
+            .json(
+                tag::STAGE,
+                &StageMsg {
+                    name: stage.to_owned(),
+                    timing,
+                },
+            )
+            .to_vec();
         let ids: Vec<WorkerId> = self
             .workers
             .iter()
             .filter(|(_, w)| !w.is_stopping())
             .map(|(id, _)| *id)
             .collect();
+        let frame = self.stage_frame.clone();
         for id in ids {
             self.send_to(id, &frame);
         }
@@ -306,6 +325,10 @@ impl Pool {
         // A worker that died at once shows up as an exit; a failed write says nothing more.
         let init = self.frame.json(tag::INIT, &init).to_vec();
         self.send_to(id, &init);
+        if !self.stage_frame.is_empty() {
+            let stage = self.stage_frame.clone();
+            self.send_to(id, &stage);
+        }
         self.events.emit(&Event::WorkerStarted {
             worker: id,
             pid,
@@ -546,6 +569,7 @@ impl Pool {
             was_ready: w.was_ready(),
             progress: w.progress(),
             process: w.describe(),
+            identity: w.identity(),
         }))
     }
 
@@ -763,6 +787,10 @@ impl WorkerPool for Pool {
         w.count_sent(items);
         let waits = w.commands().push_shared(frame);
         self.watch_commands(worker, waits);
+    }
+
+    fn identity(&self, worker: WorkerId) -> Option<(u32, String)> {
+        self.workers.get(&worker).and_then(Worker::identity)
     }
 
     fn tasks_sent(&self, worker: WorkerId) -> u64 {

@@ -17,6 +17,12 @@ const REMOTE_EXIT_WAIT: Duration = Duration::from_secs(10);
 /// How long a local worker may live on after its result stream closed.
 const LOCAL_EXIT_WAIT: Duration = Duration::from_secs(2);
 
+/// This host's name (read once).
+fn local_host() -> &'static str {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(crate::transport::hostname)
+}
+
 /// How a worker is reached, and what the runner can see of it.
 pub(super) enum Endpoint {
     /// A child process on this machine: its progress slot is shared memory, its RSS is in
@@ -104,6 +110,8 @@ pub(super) struct Worker {
     /// Results read from its stream (the lost-results check compares it with what it wrote).
     results_read: u64,
     rss_baseline: Option<u64>,
+    /// Its own pid and host, for the joblog (a remote worker's are known once it is ready).
+    identity: Option<(u32, String)>,
     /// When its memory was last read (reading `/proc` costs a few µs: rate-limited).
     memory_read: Option<Instant>,
 }
@@ -120,6 +128,11 @@ impl Worker {
         inbox: Inbox,
         output_drained: Arc<Drained>,
     ) -> Self {
+        // A local worker is this host's process `pid`; a remote one says where it is.
+        let identity = match &endpoint {
+            Endpoint::Local { .. } => Some((pid, local_host().to_owned())),
+            Endpoint::Remote(_) => None,
+        };
         Self {
             id,
             pid,
@@ -136,6 +149,7 @@ impl Worker {
             tasks_sent: 0,
             results_read: 0,
             rss_baseline: None,
+            identity,
             memory_read: None,
         }
     }
@@ -240,9 +254,14 @@ impl Worker {
         self.ready
     }
 
+    pub(super) fn identity(&self) -> Option<(u32, String)> {
+        self.identity.clone()
+    }
+
     /// The worker said it is ready: where it runs.
     pub(super) fn on_ready(&mut self, pid: u32, host: &str, step: Option<String>) {
         self.ready = true;
+        self.identity = Some((pid, host.to_owned()));
         if let Endpoint::Remote(r) = &mut self.endpoint {
             r.location = Some(match &step {
                 Some(step) => format!("pid {pid} on {host}, step {step}"),

@@ -25,7 +25,7 @@
 //!   arrived `task_timeout` after it started, is a `timeout`; results a worker wrote that never
 //!   arrive end the worker at once (the pool finds them).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -35,6 +35,7 @@ use crate::console::{Console, PoolStatus, StageProgress};
 use crate::events::{Event, EventLog};
 use crate::input::InputSource;
 use crate::interrupt;
+use crate::joblog::{Attempt, Joblog};
 use crate::output::{ErrorKind, OrderedWriter};
 use crate::pool::{
     Phase, PoolEvent, Progress, StartFailure, StopReason, WorkerExit, WorkerId, WorkerPool,
@@ -144,6 +145,9 @@ pub struct Dispatcher<'a, P: WorkerPool> {
     views: Vec<WorkerView>,
     /// The newest worker live or starting, as of the last dispatch.
     newest: WorkerId,
+    joblog: Option<&'a mut Joblog>,
+    /// Workers' own pids and hosts, for the joblog (asked once each).
+    identities: HashMap<WorkerId, (u32, String)>,
     started: Instant,
 }
 
@@ -185,6 +189,8 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
             lost_deaths: 0,
             views: Vec::new(),
             newest: 0,
+            joblog: None,
+            identities: HashMap::new(),
             started: Instant::now(),
         }
     }
@@ -228,6 +234,9 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
         if let Err(e) = self.writer.flush() {
             return Err(self.write_error(e));
         }
+        if let Some(joblog) = self.joblog.as_deref_mut() {
+            joblog.flush();
+        }
         self.show_progress(false);
         Ok(true)
     }
@@ -246,6 +255,12 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
         self.progress.finish();
         self.outcome.wall = self.started.elapsed();
         self.outcome
+    }
+
+    /// Keeps a joblog of every attempt (the pool must have been told to time tasks).
+    pub fn with_joblog(mut self, joblog: Option<&'a mut Joblog>) -> Self {
+        self.joblog = joblog;
+        self
     }
 
     /// The outcome so far (for tests).
@@ -565,6 +580,7 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
                     "input {} is {len} bytes, more than a frame carries ({MAX_ITEM_BYTES} bytes)",
                     item.index
                 );
+                self.log_attempt(item, None, None, ErrorKind::TooLarge.as_str(), None);
                 self.record(item, ErrorKind::TooLarge, &message, None)?;
                 continue;
             }
@@ -647,7 +663,7 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
         if header.count > 0 {
             self.lost_deaths = 0;
         }
-        let outcome = self.record_results(worker, &mut chunk, header.count, &mut c);
+        let outcome = self.record_results(worker, &mut chunk, &header, &mut c);
         self.book.seat(worker, now).active_since = now;
         if chunk.received as usize >= chunk.items.len() {
             self.book.forget(header.chunk_id, worker, now);
@@ -665,17 +681,42 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
         &mut self,
         worker: WorkerId,
         chunk: &mut Chunk,
-        count: u32,
+        header: &ResultsHeader,
         c: &mut Cursor<'_>,
     ) -> Result<(), RunError> {
-        for _ in 0..count {
-            let (Ok(code), Ok(bytes)) = (c.u8(), c.bytes()) else {
+        for _ in 0..header.count {
+            let Ok(code) = c.u8() else {
+                self.pool.kill(worker, StopReason::BrokenStream);
+                return Ok(());
+            };
+            let timing = if header.timed() {
+                match (c.u64(), c.u64()) {
+                    (Ok(start_us), Ok(ran_ns)) => Some((start_us, ran_ns)),
+                    _ => {
+                        self.pool.kill(worker, StopReason::BrokenStream);
+                        return Ok(());
+                    }
+                }
+            } else {
+                None
+            };
+            let Ok(bytes) = c.bytes() else {
                 self.pool.kill(worker, StopReason::BrokenStream);
                 return Ok(());
             };
             let position = chunk.received;
             let item = chunk.items[position as usize];
             chunk.received += 1;
+            if self.joblog.is_some() {
+                let outcome = match code {
+                    status::OK => "ok",
+                    status::TOO_LARGE => ErrorKind::TooLarge.as_str(),
+                    status::PANIC => ErrorKind::Panic.as_str(),
+                    _ => ErrorKind::TaskError.as_str(),
+                };
+                let rss = (header.rss > 0).then_some(header.rss);
+                self.log_attempt(item, Some(worker), timing, outcome, rss);
+            }
             match code {
                 status::OK => {
                     self.writer
@@ -701,6 +742,44 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
         Ok(())
     }
 
+    /// One line of the joblog (when it is kept): `timing` is when the task started (µs since
+    /// the epoch) and how long it ran (ns).
+    fn log_attempt(
+        &mut self,
+        item: Item,
+        worker: Option<WorkerId>,
+        timing: Option<(u64, u64)>,
+        outcome: &str,
+        rss: Option<u64>,
+    ) {
+        let Some(joblog) = self.joblog.as_deref_mut() else {
+            return;
+        };
+        let identity = match worker {
+            Some(w) => {
+                if !self.identities.contains_key(&w) {
+                    if let Some(id) = self.pool.identity(w) {
+                        self.identities.insert(w, id);
+                    }
+                }
+                self.identities.get(&w)
+            }
+            None => None,
+        };
+        joblog.record(&Attempt {
+            index: item.index,
+            source: item.source,
+            attempt: item.attempts + 1,
+            worker,
+            pid: identity.map(|(pid, _)| *pid),
+            host: identity.map(|(_, host)| host.as_str()),
+            start_us: timing.map(|(start, _)| start),
+            duration_ns: timing.map(|(_, ran)| ran),
+            outcome,
+            rss,
+        });
+    }
+
     /// Keeps an answered chunk's buffer for the next chunk (no allocation per chunk on the hot
     /// path). Answered, so fully written: the pool holds no reference any more.
     fn recycle_frame(&mut self, frame: Arc<Vec<u8>>) {
@@ -712,6 +791,9 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
     }
 
     fn on_exit(&mut self, exit: WorkerExit, now: Instant) -> Result<(), RunError> {
+        if let Some(identity) = exit.identity.clone() {
+            self.identities.insert(exit.worker, identity);
+        }
         let died = exit.reason.is_none_or(StopReason::is_failure);
         let decided = self.book.seat(exit.worker, now).blame.take();
         let blame = match exit.reason {
@@ -742,14 +824,33 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
                         running,
                     } if *c == id && *p == position => {
                         let (kind, message) = self.exit_record(&exit, item.index, *running);
+                        // When it started, if the runner saw it run.
+                        let timing = match exit.progress {
+                            Progress::Running { since, .. } if *running => {
+                                let ran = now.saturating_duration_since(since);
+                                let start =
+                                    sys::unix_micros().saturating_sub(ran.as_micros() as u64);
+                                Some((start, ran.as_nanos() as u64))
+                            }
+                            _ => None,
+                        };
+                        self.log_attempt(
+                            item,
+                            Some(exit.worker),
+                            timing,
+                            kind.as_str(),
+                            exit.peak_rss,
+                        );
                         self.fail(item, input, kind, message, exit.worker, true)?;
                         continue;
                     }
                     Blame::Suspects(suspects) if suspects.contains(&(id, position)) => {
+                        self.log_attempt(item, Some(exit.worker), None, "lost", None);
                         item.witnessed = item.witnessed.saturating_add(1);
                         item.isolated = true;
                     }
                     _ if bystanders.contains(&(id, position)) => {
+                        self.log_attempt(item, Some(exit.worker), None, "lost", None);
                         // Its result was lost with the worker. Twice is no coincidence: it
                         // runs alone from now on (a task that kills its worker after returning).
                         item.witnessed = item.witnessed.saturating_add(1);

@@ -22,12 +22,15 @@ use crate::config::{OnError, Pipeline};
 use crate::console::Console;
 use crate::events::{Event, EventLog};
 use crate::input;
+use crate::joblog::Joblog;
 use crate::manifest::{Manifest, StageRecord, StageStatus};
 use crate::output::OrderedWriter;
 use crate::pool::{Decision, Pool, decide};
 
 pub struct RunOptions {
     pub events: Option<PathBuf>,
+    /// One line per task attempt (`--joblog`, or `[pipeline] joblog`).
+    pub joblog: Option<PathBuf>,
     pub dry_run: bool,
     /// `--resume` and `--force`.
     pub resume: ResumeMode,
@@ -123,12 +126,26 @@ pub fn execute(
         )))?,
         None => EventLog::disabled(),
     };
+    let joblog = match &opts.joblog {
+        // A resumed run continues the joblog of the run it finishes.
+        Some(path) if opts.resume.resume => Some(Joblog::append(path)),
+        Some(path) => Some(Joblog::create(path)),
+        None => None,
+    }
+    .transpose()
+    .map_err(RunError::io(format!(
+        "cannot create the joblog {}",
+        opts.joblog.as_deref().unwrap_or(Path::new("")).display()
+    )))?;
+    manifest.events = opts.events.as_deref().map(absolute);
+    manifest.joblog = opts.joblog.as_deref().map(absolute);
     let pool = Pool::new(events.clone(), console.clone())
         .map_err(RunError::io("cannot set up the worker pool"))?;
     let mut run = Run {
         plan,
         console,
         events,
+        joblog,
         manifest,
         pool,
         ok_counts: Vec::new(),
@@ -163,6 +180,7 @@ struct Run<'a> {
     plan: &'a Plan,
     console: &'a Arc<Console>,
     events: EventLog,
+    joblog: Option<Joblog>,
     manifest: Manifest,
     pool: Pool,
     /// Records with an output, per stage so far (the size of a `from` stage's input).
@@ -236,6 +254,7 @@ impl Run<'_> {
             planned.spec.clone(),
             planned.workers,
             &stage.name,
+            self.joblog.is_some(),
         );
 
         let out_dir = self.out_dir().to_owned();
@@ -309,7 +328,12 @@ impl Run<'_> {
                 input: source,
                 grace: pipeline.grace_period,
             };
-            Dispatcher::new(job, &mut self.pool, &mut writer, &self.events, self.console).run()?
+            if let Some(joblog) = &mut self.joblog {
+                joblog.set_stage(&stage.name);
+            }
+            Dispatcher::new(job, &mut self.pool, &mut writer, &self.events, self.console)
+                .with_joblog(self.joblog.as_mut())
+                .run()?
         };
         outcome.ok += resumed.ok;
         outcome.failed += resumed.failed;
@@ -357,6 +381,14 @@ impl Run<'_> {
             exit_code,
             wall_time_s: started.elapsed().as_secs_f64(),
         });
+        if let Some(joblog) = &mut self.joblog {
+            if let Some(failure) = joblog.failure() {
+                self.console.warn(&format!(
+                    "the joblog {} is incomplete: writing to it failed ({failure}); the results and the manifest are complete",
+                    joblog.path().display()
+                ));
+            }
+        }
         if let (Some(failure), Some(path)) = (self.events.failure(), &events) {
             self.console.warn(&format!(
                 "the event log {} is incomplete: writing to it failed ({failure}); the results and the manifest are complete",
@@ -392,6 +424,11 @@ fn report_resumed(console: &Console, stage: &str, writer: &OrderedWriter, total:
             r.dropped_output_bytes, r.dropped_journal_bytes
         ));
     }
+}
+
+/// `path` made absolute against the current directory (for the manifest).
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
 }
 
 pub fn output_file(dir: &Path, stage: &str) -> PathBuf {

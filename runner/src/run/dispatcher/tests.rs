@@ -91,6 +91,7 @@ impl Fake {
             count: n,
             busy_ns: busy.as_nanos() as u64 * u64::from(n),
             rss: 0,
+            flags: 0,
         }
         .write(&mut f);
         for p in first..first + n {
@@ -130,6 +131,7 @@ impl Fake {
             was_ready,
             progress,
             process: format!("pid {}", 1000 + worker),
+            identity: Some((1000 + worker, "fake".into())),
         }));
     }
 
@@ -144,6 +146,7 @@ impl Fake {
             was_ready: false,
             progress: Progress::Between { last: None },
             process: format!("pid {}", 1000 + worker),
+            identity: Some((1000 + worker, "fake".into())),
         }));
     }
 
@@ -207,6 +210,10 @@ impl WorkerPool for Fake {
             chunk: header.chunk_id,
             inputs,
         });
+    }
+
+    fn identity(&self, worker: WorkerId) -> Option<(u32, String)> {
+        Some((1000 + worker, "fake".into()))
     }
 
     fn tasks_sent(&self, worker: WorkerId) -> u64 {
