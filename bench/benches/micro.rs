@@ -51,6 +51,7 @@ fn results_frame() -> Vec<u8> {
         count: CHUNK as u32,
         busy_ns: 12345,
         rss: 0,
+        flags: 0,
     }
     .write(&mut f);
     let mut digits = itoa_buf();
@@ -123,6 +124,7 @@ mod frames {
                 count: 0,
                 busy_ns: 0,
                 rss: 0,
+                flags: 0,
             }
             .write(&mut f);
             for out in &outputs {

@@ -113,7 +113,7 @@ pub fn pool_restarts(so: &Path, n: usize, launcher: Launcher) -> io::Result<Vec<
     let spec = spec(so, launcher);
     let mut pool = new_pool()?;
     let first = decide(None, &spec, 2, Reuse::Auto, false);
-    pool.apply(&first, spec.clone(), 2, "restart");
+    pool.apply(&first, spec.clone(), 2, "restart", false);
     start_all(&mut pool)?;
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
@@ -125,7 +125,7 @@ pub fn pool_restarts(so: &Path, n: usize, launcher: Launcher) -> io::Result<Vec<
             true,
         );
         let t0 = Instant::now();
-        pool.apply(&decision, spec.clone(), 2, "restart");
+        pool.apply(&decision, spec.clone(), 2, "restart", false);
         let stopped = t0.elapsed().as_nanos() as u64;
         let t1 = Instant::now();
         start_all(&mut pool)?;
@@ -148,7 +148,7 @@ pub fn via_pool(
     let spec = spec(so, launcher);
     let mut pool = new_pool()?;
     let decision = decide(None, &spec, 2, Reuse::Auto, false);
-    pool.apply(&decision, spec, 2, "latency");
+    pool.apply(&decision, spec, 2, "latency", false);
     let ids = start_all(&mut pool)?;
     let mut frame = FrameBuf::new();
     let mut digits = Vec::new();

@@ -115,9 +115,20 @@ impl W<'_> {
 
     /// Writes a pipeline file: 2 workers, the demo plugin, `stages` as TOML tables.
     fn pipeline(&self, name: &str, pool_extra: &str, stages: &str) -> Result<PathBuf, String> {
+        self.pipeline_with(name, "", pool_extra, stages)
+    }
+
+    /// Like [`Self::pipeline`], with more `[pipeline]` keys.
+    fn pipeline_with(
+        &self,
+        name: &str,
+        pipeline_extra: &str,
+        pool_extra: &str,
+        stages: &str,
+    ) -> Result<PathBuf, String> {
         let path = self.path(&format!("{name}.toml"));
         let text = format!(
-            "[pipeline]\nname = {}\nplugins = [{}]\noutput_dir = {}\n\n[pool]\nmax_workers = 2\n{pool_extra}\n{stages}",
+            "[pipeline]\nname = {}\nplugins = [{}]\noutput_dir = {}\n{pipeline_extra}\n\n[pool]\nmax_workers = 2\n{pool_extra}\n{stages}",
             toml_str(name),
             toml_str(&self.env.plugin.display().to_string()),
             toml_str(&format!("out-{name}")),
@@ -275,6 +286,15 @@ fn throughput(w: &W, s: &Sizes, rep: &mut Report) -> Result<(), String> {
             "chunksize = 1",
         ),
     )?;
+    let timed = w.pipeline_with(
+        "timed",
+        &format!(
+            "joblog = {}",
+            toml_str(&w.path("joblog.jsonl").display().to_string())
+        ),
+        "",
+        &stage("echo", "demo::echo", &format!("{{ range = [0, {n}] }}"), ""),
+    )?;
     let n_s = n.to_string();
     let n1_s = n1.to_string();
 
@@ -327,6 +347,9 @@ fn throughput(w: &W, s: &Sizes, rep: &mut Report) -> Result<(), String> {
         let b_noout = f64_of(&v, "stage_s")?;
         let (_, ev1) = w.loky_run(&one, LIMIT, |_, _| {})?;
         let a1 = ev1.stage("echo")?;
+        let (_, evj) = w.loky_run(&timed, LIMIT, |_, _| {})?;
+        let aj = evj.stage("echo")?;
+        let _ = fs::remove_file(w.path("joblog.jsonl"));
         let (_, v) = w.loky(
             &[
                 "throughput",
@@ -364,6 +387,13 @@ fn throughput(w: &W, s: &Sizes, rep: &mut Report) -> Result<(), String> {
         );
         r.lr.push(n as f64 / a_stage);
         r.loky.push(n as f64 / b_noout);
+        let r = rep.row(
+            "2 throughput",
+            "diag: same stage with a joblog (every task timed, a line each)",
+            "tasks/s",
+            Better::Higher,
+        );
+        r.lr.push(n as f64 / aj);
         let r = rep.row(
             "2 throughput",
             "same, whole process start → exit",

@@ -40,8 +40,10 @@ pub struct Attempt<'a> {
 pub struct Joblog {
     path: PathBuf,
     out: BufWriter<File>,
-    /// `"stage":"NAME",` of the stage being logged, escaped once.
+    /// `{"stage":"NAME"` of the stage being logged, escaped once.
     stage: Vec<u8>,
+    /// The line being formatted (reused: no allocation per line).
+    line: Vec<u8>,
     failed: Option<io::Error>,
 }
 
@@ -55,6 +57,7 @@ impl Joblog {
             path: path.to_owned(),
             out: BufWriter::with_capacity(1 << 16, File::create(path)?),
             stage: Vec::new(),
+            line: Vec::with_capacity(256),
             failed: None,
         })
     }
@@ -66,6 +69,7 @@ impl Joblog {
             path: path.to_owned(),
             out: BufWriter::with_capacity(1 << 16, file),
             stage: Vec::new(),
+            line: Vec::with_capacity(256),
             failed: None,
         })
     }
@@ -85,10 +89,10 @@ impl Joblog {
         if self.failed.is_some() {
             return;
         }
-        let mut line = Vec::with_capacity(256);
-        line.extend_from_slice(&self.stage);
-        format_attempt(&mut line, a);
-        if let Err(e) = self.out.write_all(&line) {
+        self.line.clear();
+        self.line.extend_from_slice(&self.stage);
+        format_attempt(&mut self.line, a);
+        if let Err(e) = self.out.write_all(&self.line) {
             self.failed = Some(e);
         }
     }
