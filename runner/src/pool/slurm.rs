@@ -138,14 +138,31 @@ impl PendingStep {
             Ok(Some(stream)) => return self.connected(stream).map(Some),
             Err(e) => e.to_string(),
             Ok(None) => {
+                // What the runner's port saw meanwhile: a step that never connected may have
+                // been crowded out, which srun's status alone would not say.
+                let dropped = || self.ticket.dropped_meanwhile();
                 if let Some(status) = child.try_wait()? {
+                    let dropped = dropped();
+                    let crowd = if dropped.total() == 0 {
+                        String::new()
+                    } else {
+                        format!("; meanwhile the runner dropped {dropped}")
+                    };
                     format!(
-                        "srun {} before the worker connected",
+                        "srun {} before the worker connected{crowd}",
                         sys::describe_exit(status)
                     )
                 } else if Instant::now() >= self.deadline {
+                    let dropped = dropped();
+                    let why = if dropped.total() == 0 {
+                        ": the step may still be waiting for resources (see `squeue -s`)".into()
+                    } else {
+                        format!(
+                            "; meanwhile the runner dropped {dropped}, which may have kept the worker out"
+                        )
+                    };
                     format!(
-                        "the worker step did not connect within {} s",
+                        "the worker step did not connect within {} s while its srun kept running{why}",
                         CONNECT_DEADLINE.as_secs()
                     )
                 } else if interrupt::count() > 0 {
