@@ -386,10 +386,10 @@ impl Reports {
         let dropped = self.counters.snapshot();
         if self.hidden > 0 {
             self.console.warn(&format!(
-                "rejected {} more worker connections in the last {} s; in all, in that time: {}",
-                self.hidden,
+                "rejected {} in the last {} s, {} of them not shown one by one",
+                dropped.since(&self.window_dropped),
                 WARNING_WINDOW.as_secs(),
-                dropped.since(&self.window_dropped)
+                self.hidden,
             ));
         }
         self.window_start = now;
@@ -920,6 +920,13 @@ fn connect_until(
         }
         std::thread::sleep(jittered(pause).min(left));
         pause = (pause * 2).min(RETRY_MAX);
+        if Instant::now() >= deadline {
+            return Err(ConnectError::GaveUp {
+                waited: started.elapsed(),
+                attempts,
+                last,
+            });
+        }
     }
 }
 
@@ -946,7 +953,10 @@ fn attempt(
         .to_socket_addrs()
         .map_err(|e| Attempt::Failed(format!("cannot resolve {addr}: {e}")))?
         .collect();
-    let mut failed = Attempt::Failed(format!("{addr} resolves to no address"));
+    if addrs.is_empty() {
+        return Err(Attempt::Failed(format!("{addr} resolves to no address")));
+    }
+    let mut failed = Attempt::Failed("no time left to connect".into());
     let mut connected = None;
     for a in addrs {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -1355,6 +1365,25 @@ mod tests {
         // Each connection it opened again had been dropped first, most pushed out.
         let dropped = l.dropped();
         assert!(dropped.total() > 330 && dropped.evicted > 0, "{dropped:?}");
+    }
+
+    #[test]
+    fn a_worker_that_cannot_reach_the_runner_tries_again_then_says_why() {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let result = connect_until(&addr, "t", Instant::now() + Duration::from_secs(3), |_| {});
+        let Err(ConnectError::GaveUp { attempts, last, .. }) = result else {
+            panic!("{result:?}");
+        };
+        assert!(attempts >= 2, "{attempts}");
+        assert!(
+            last.contains(&format!("cannot connect to {addr}")),
+            "{last}"
+        );
     }
 
     #[test]
