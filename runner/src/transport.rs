@@ -1190,18 +1190,15 @@ mod tests {
 
         let mut huge = TcpStream::connect(l.advertised()).unwrap();
         huge.write_all(&u32::MAX.to_le_bytes()).unwrap();
-        let started = Instant::now();
         assert!(closed_by_server(huge));
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "dropped at once, not after reading 4 GiB"
-        );
 
         // None of them consumed the real token.
         let _ok = connect(l.advertised(), ticket.token()).unwrap();
         assert!(ticket.wait(Duration::from_secs(10)).unwrap().is_some());
+        // Dropped for what they sent, none for being slow: the 4 GiB header at once.
         let dropped = l.dropped();
         assert_eq!((dropped.refused, dropped.malformed), (2, 2), "{dropped:?}");
+        assert_eq!(dropped.silent, 0, "{dropped:?}");
         assert_eq!(ticket.dropped_meanwhile(), dropped);
     }
 
