@@ -8,7 +8,8 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -388,6 +389,92 @@ fn foreign_connections_are_rejected_and_the_run_is_unaffected() {
 }
 
 #[test]
+fn a_flood_of_idle_and_slow_connections_does_not_keep_worker_steps_out() {
+    if !cluster_up() {
+        return;
+    }
+    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let fx = Fixture::new();
+    let (go, met) = (fx.path().join("go"), fx.path().join("met"));
+    let rendezvous = |name: &str, path: &std::path::Path, items: usize, extra: &str| {
+        let item = format!(
+            "{{ path = \"{}\", count = 2, timeout_ms = 300000 }}",
+            path.display()
+        );
+        format!(
+            "[[stage]]\nname = \"{name}\"\ntask = \"faults::rendezvous\"\ninput = {{ items = [{}] }}\nchunksize = 1\n{extra}\n",
+            vec![item; items].join(", ")
+        )
+    };
+    let squares = "[[stage]]\nname = \"squares\"\ntask = \"demo::square\"\ninput = { range = [0, 200] }\nchunksize = 1\n";
+    // `hold` keeps the first worker step until the flood is in place (this test appends the
+    // second line to `go`); `meet` then needs two fresh steps (kill_workers) running at once,
+    // and they connect through the flood; `squares` runs on them.
+    let text = header("flood", "launcher = \"slurm\"\nmax_workers = 1")
+        + &rendezvous("hold", &go, 1, "")
+        + &rendezvous("meet", &met, 2, "max_workers = 2\nkill_workers = true")
+        + squares
+        + "max_workers = 2\n";
+    fx.write("pipeline.toml", &text);
+    let reference = Fixture::new();
+    let local = reference.write(
+        "pipeline.toml",
+        &(header("flood", "max_workers = 2") + squares),
+    );
+    reference.run(&[local.to_str().unwrap()]).assert_code(0);
+
+    let child = salloc_command(
+        &fx,
+        2,
+        &format!(
+            "$LOKY pipeline.toml --progress never --events events.jsonl; echo \"runner=$?\"; {LIST_WORKER_STEPS}"
+        ),
+    )
+    .spawn()
+    .unwrap();
+    let child = KillOnDrop(Some(child));
+    let events_path = fx.path().join("events.jsonl");
+    let address = wait_for(|| {
+        read_events(&events_path)
+            .into_iter()
+            .find(|e| e["event"] == "listening")
+            .map(|e| e["address"].as_str().unwrap().to_owned())
+    });
+    // 300 silent connections and 50 dribbling ones, each opened again once the runner drops
+    // it: in place once it has opened all of them and as many again.
+    let (stop, opened) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let flooder = {
+        let (stop, opened) = (stop.clone(), opened.clone());
+        std::thread::spawn(move || flood(&address, 300, 50, &stop, &opened))
+    };
+    let mut child = child;
+    // (A run that ended already fails below, with its output.)
+    wait_for(|| (opened.load(Ordering::Relaxed) >= 700 || child.exited()).then_some(()));
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&go)
+        .and_then(|mut f| f.write_all(b"0\n"))
+        .unwrap();
+    let r = RunResult::from(child.wait_with_output());
+    stop.store(true, Ordering::Relaxed);
+    flooder.join().unwrap();
+
+    assert_eq!(runner_code_and_steps(&r), (0, 0), "{}", r.stderr);
+    let read = |fx: &Fixture| std::fs::read(fx.path().join("out/squares.jsonl")).unwrap();
+    assert_eq!(read(&fx), read(&reference), "squares.jsonl differs");
+    // Both steps of `meet` connected while the flood went on: they ran at the same time.
+    assert_eq!(pids(&fx.outputs("meet")).len(), 2);
+    let events = fx.events();
+    assert_eq!(events_of(&events, "worker_ready").len(), 3);
+    // Every connection the flood opened again had been dropped, each with its event.
+    assert!(events_of(&events, "connection_rejected").len() >= 350);
+}
+
+#[test]
 fn ctrl_c_inside_the_allocation_ends_every_step_and_resume_completes() {
     if !cluster_up() {
         return;
@@ -608,6 +695,13 @@ fn the_slurm_launcher_outside_an_allocation_says_where_to_run() {
 struct KillOnDrop(Option<std::process::Child>);
 
 impl KillOnDrop {
+    /// Whether the child has ended (it can still be waited for).
+    fn exited(&mut self) -> bool {
+        self.0
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+
     fn wait_with_output(mut self) -> std::process::Output {
         self.0.take().unwrap().wait_with_output().unwrap()
     }
@@ -640,18 +734,59 @@ fn hello(token: &[u8]) -> Vec<u8> {
     frame
 }
 
-/// Whether the runner closed the connection (EOF or reset) within a generous time.
+/// Whether the runner closed the connection (EOF or reset) within a generous time, after
+/// answering at most a refused hello.
 fn closed_by_runner(mut s: TcpStream) -> bool {
     use std::io::Read;
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut b = [0u8; 1];
-    match s.read(&mut b) {
-        Ok(0) => true,
-        Ok(_) => false,
-        // A read timeout is not a close.
-        Err(e) => !matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ),
+    let mut b = [0u8; 64];
+    let mut answered = 0;
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            // The answer to a hello is a frame of 6 bytes: more is not a refusal.
+            Ok(n) if answered + n <= 6 => answered += n,
+            Ok(_) => return false,
+            // A read timeout is not a close.
+            Err(e) => {
+                return !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                );
+            }
+        }
+    }
+}
+
+/// Keeps `idle` silent connections and `slow` ones dribbling a hello a byte at a time open to
+/// `address`, opening again each one the runner closes, until `stop`; counts in `opened`.
+fn flood(address: &str, idle: usize, slow: usize, stop: &AtomicBool, opened: &AtomicU64) {
+    use std::io::Read;
+    let open = |slow: bool| -> Option<TcpStream> {
+        let mut s = TcpStream::connect(address).ok()?;
+        if slow {
+            s.write_all(&256u32.to_le_bytes()).ok()?;
+        }
+        s.set_nonblocking(true).ok()?;
+        opened.fetch_add(1, Ordering::Relaxed);
+        Some(s)
+    };
+    let mut conns: Vec<Option<TcpStream>> = (0..idle + slow).map(|_| None).collect();
+    while !stop.load(Ordering::Relaxed) {
+        for (i, slot) in conns.iter_mut().enumerate() {
+            let slow = i >= idle;
+            let gone = slot.as_mut().is_none_or(|s| {
+                let mut b = [0u8; 16];
+                let closed = match s.read(&mut b) {
+                    Ok(_) => true,
+                    Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+                };
+                closed || (slow && s.write(&[loky_run::protocol::tag::HELLO]).is_err())
+            });
+            if gone {
+                *slot = open(slow);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

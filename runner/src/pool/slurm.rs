@@ -22,6 +22,9 @@ use crate::worker::WORKER_ARG;
 
 /// How long a step may take to start and connect.
 const CONNECT_DEADLINE: Duration = Duration::from_secs(120);
+// A worker that cannot connect gives up (and its srun ends) before the step's deadline, so a
+// step past it with srun still running was late to start, not kept out.
+const _: () = assert!(transport::WORKER_CONNECT_DEADLINE.as_secs() < CONNECT_DEADLINE.as_secs());
 
 /// Why `launcher = "slurm"` cannot be used here, if it cannot.
 pub fn unavailable() -> Option<String> {
@@ -138,15 +141,30 @@ impl PendingStep {
             Ok(Some(stream)) => return self.connected(stream).map(Some),
             Err(e) => e.to_string(),
             Ok(None) => {
+                // What the runner's port saw meanwhile: a step that never connected may have
+                // been crowded out, which srun's status alone would not say.
+                let crowd = || {
+                    let dropped = self.ticket.dropped_meanwhile();
+                    if dropped.total() == 0 {
+                        String::new()
+                    } else {
+                        format!("; meanwhile the runner dropped {dropped}")
+                    }
+                };
                 if let Some(status) = child.try_wait()? {
                     format!(
-                        "srun {} before the worker connected",
-                        sys::describe_exit(status)
+                        "srun {} before the worker connected{}",
+                        sys::describe_exit(status),
+                        crowd()
                     )
                 } else if Instant::now() >= self.deadline {
+                    // A running worker gives up connecting sooner (see above): this one has
+                    // not run for long, if at all.
                     format!(
-                        "the worker step did not connect within {} s",
-                        CONNECT_DEADLINE.as_secs()
+                        "the worker step did not connect within {} s while its srun kept running: \
+                         it may still be waiting for resources (see `squeue -s`){}",
+                        CONNECT_DEADLINE.as_secs(),
+                        crowd()
                     )
                 } else if interrupt::count() > 0 {
                     self.stop();
