@@ -60,6 +60,11 @@ pub enum Event<'a> {
         peer: &'a str,
         reason: &'a str,
     },
+    /// More connections were refused than get an event each (100 per 10 s): how many.
+    ConnectionsRejected {
+        count: u64,
+        seconds: u64,
+    },
     /// A worker loaded its plugins and ran its initializer: where it runs.
     WorkerReady {
         worker: u32,

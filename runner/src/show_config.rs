@@ -65,8 +65,7 @@ pub fn render(loaded: &Loaded) -> String {
         ),
         o.line(
             "pipeline.progress_interval",
-            p.progress_interval
-                .map_or_else(|| quote("0s"), duration),
+            p.progress_interval.map_or_else(|| quote("0s"), duration),
         ),
     ];
     push_group(&mut out, &lines);

@@ -63,6 +63,8 @@ const REFUSED: u8 = 0;
 /// Rejections warned about one by one in a window; the rest are summed up when it ends (each is
 /// still in the event log): a flood must not flood the terminal too.
 const WARNINGS_PER_WINDOW: u64 = 10;
+/// `connection_rejected` events per window; the rest are counted in `connections_rejected`.
+const EVENTS_PER_WINDOW: u64 = 100;
 const WARNING_WINDOW: Duration = Duration::from_secs(10);
 
 type Waiting = Arc<Mutex<HashMap<String, Sender<TcpStream>>>>;
@@ -345,6 +347,9 @@ struct Reports {
     window_dropped: Dropped,
     shown: u64,
     hidden: u64,
+    /// `connection_rejected` events emitted in this window, and those left out.
+    logged: u64,
+    unlogged: u64,
 }
 
 impl Reports {
@@ -357,16 +362,25 @@ impl Reports {
             window_dropped: Dropped::default(),
             shown: 0,
             hidden: 0,
+            logged: 0,
+            unlogged: 0,
         }
     }
 
     fn reject(&mut self, peer: &str, rejection: Rejection) {
         self.counters.count(rejection.kind);
-        self.events.emit(&Event::ConnectionRejected {
-            peer,
-            reason: &rejection.why,
-        });
         self.end_window(Instant::now());
+        // A flood must not fill the disk with events either: one each up to a budget per
+        // window, then a count when the window ends.
+        if self.logged < EVENTS_PER_WINDOW {
+            self.logged += 1;
+            self.events.emit(&Event::ConnectionRejected {
+                peer,
+                reason: &rejection.why,
+            });
+        } else {
+            self.unlogged += 1;
+        }
         if self.shown < WARNINGS_PER_WINDOW {
             self.shown += 1;
             self.console.warn(&format!(
@@ -384,6 +398,12 @@ impl Reports {
             return;
         }
         let dropped = self.counters.snapshot();
+        if self.unlogged > 0 {
+            self.events.emit(&Event::ConnectionsRejected {
+                count: self.unlogged,
+                seconds: WARNING_WINDOW.as_secs(),
+            });
+        }
         if self.hidden > 0 {
             self.console.warn(&format!(
                 "rejected {} in the last {} s, {} of them not shown one by one",
@@ -396,11 +416,13 @@ impl Reports {
         self.window_dropped = dropped;
         self.shown = 0;
         self.hidden = 0;
+        self.logged = 0;
+        self.unlogged = 0;
     }
 
     /// When the window must be closed to sum up hidden rejections.
     fn due(&self) -> Option<Instant> {
-        (self.hidden > 0).then(|| self.window_start + WARNING_WINDOW)
+        (self.hidden > 0 || self.unlogged > 0).then(|| self.window_start + WARNING_WINDOW)
     }
 }
 
