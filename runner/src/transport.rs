@@ -86,6 +86,28 @@ pub struct Listener {
     advertised: String,
     waiting: Waiting,
     dropped: Arc<DropCounters>,
+    /// Rejections past the event budget not yet summed up in an event (shared with the
+    /// accepting thread, which sums them up when its window ends, and the rest on drop).
+    unlogged: Arc<AtomicU64>,
+    events: EventLog,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        // The run ends before the window does: the last count must still reach the log.
+        flush_unlogged(&self.unlogged, &self.events);
+    }
+}
+
+/// Emits one `connections_rejected` event for the rejections counted but not logged, if any.
+fn flush_unlogged(unlogged: &AtomicU64, events: &EventLog) {
+    let count = unlogged.swap(0, Ordering::Relaxed);
+    if count > 0 {
+        events.emit(&Event::ConnectionsRejected {
+            count,
+            seconds: WARNING_WINDOW.as_secs(),
+        });
+    }
 }
 
 impl Listener {
@@ -127,13 +149,14 @@ impl Listener {
         widen_backlog(&listener);
         let waiting: Waiting = Arc::default();
         let dropped = Arc::<DropCounters>::default();
+        let unlogged = Arc::<AtomicU64>::default();
         let gate = Gate {
             epoll: Epoll::new()?,
             listener,
             pending: BTreeMap::new(),
             next: 0,
             waiting: waiting.clone(),
-            reports: Reports::new(console, events, dropped.clone()),
+            reports: Reports::new(console, events.clone(), dropped.clone(), unlogged.clone()),
             limits,
         };
         gate.epoll.add(gate.listener.as_raw_fd(), LISTENER)?;
@@ -144,6 +167,8 @@ impl Listener {
             advertised,
             waiting,
             dropped,
+            unlogged,
+            events,
         })
     }
 
@@ -349,11 +374,16 @@ struct Reports {
     hidden: u64,
     /// `connection_rejected` events emitted in this window, and those left out.
     logged: u64,
-    unlogged: u64,
+    unlogged: Arc<AtomicU64>,
 }
 
 impl Reports {
-    fn new(console: Arc<Console>, events: EventLog, counters: Arc<DropCounters>) -> Self {
+    fn new(
+        console: Arc<Console>,
+        events: EventLog,
+        counters: Arc<DropCounters>,
+        unlogged: Arc<AtomicU64>,
+    ) -> Self {
         Self {
             console,
             events,
@@ -363,7 +393,7 @@ impl Reports {
             shown: 0,
             hidden: 0,
             logged: 0,
-            unlogged: 0,
+            unlogged,
         }
     }
 
@@ -379,7 +409,7 @@ impl Reports {
                 reason: &rejection.why,
             });
         } else {
-            self.unlogged += 1;
+            self.unlogged.fetch_add(1, Ordering::Relaxed);
         }
         if self.shown < WARNINGS_PER_WINDOW {
             self.shown += 1;
@@ -398,12 +428,7 @@ impl Reports {
             return;
         }
         let dropped = self.counters.snapshot();
-        if self.unlogged > 0 {
-            self.events.emit(&Event::ConnectionsRejected {
-                count: self.unlogged,
-                seconds: WARNING_WINDOW.as_secs(),
-            });
-        }
+        flush_unlogged(&self.unlogged, &self.events);
         if self.hidden > 0 {
             self.console.warn(&format!(
                 "rejected {} in the last {} s, {} of them not shown one by one",
@@ -417,12 +442,11 @@ impl Reports {
         self.shown = 0;
         self.hidden = 0;
         self.logged = 0;
-        self.unlogged = 0;
     }
 
     /// When the window must be closed to sum up hidden rejections.
     fn due(&self) -> Option<Instant> {
-        (self.hidden > 0 || self.unlogged > 0).then(|| self.window_start + WARNING_WINDOW)
+        (self.hidden > 0 || self.unlogged.load(Ordering::Relaxed) > 0).then(|| self.window_start + WARNING_WINDOW)
     }
 }
 

@@ -470,8 +470,15 @@ fn a_flood_of_idle_and_slow_connections_does_not_keep_worker_steps_out() {
     assert_eq!(pids(&fx.outputs("meet")).len(), 2);
     let events = fx.events();
     assert_eq!(events_of(&events, "worker_ready").len(), 3);
-    // Every connection the flood opened again had been dropped, each with its event.
-    assert!(events_of(&events, "connection_rejected").len() >= 350);
+    // Every connection the flood opened again had been dropped: each has its event, or (past
+    // the cap on those) is counted in a `connections_rejected` event.
+    let counted: u64 = events_of(&events, "connections_rejected")
+        .iter()
+        .map(|e| e["count"].as_u64().unwrap())
+        .sum();
+    let one_by_one = events_of(&events, "connection_rejected").len() as u64;
+    assert!(one_by_one <= 100 || counted > 0, "{one_by_one} {counted}");
+    assert!(one_by_one + counted >= 350, "{one_by_one} + {counted}");
 }
 
 #[test]
