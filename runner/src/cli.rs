@@ -169,6 +169,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
         _ => ProgressMode::Never,
     };
     let console = Arc::new(Console::with_progress(verbosity, progress));
+    crate::plugin::resolve::quiet_builds(verbosity == Verbosity::Quiet);
     // The command that finishes this run if it stops on an I/O error after it started.
     let resume = match &cli.command {
         Command::Run(args) if !args.dry_run => Some(resume_command(&args.config)),
@@ -368,6 +369,7 @@ fn cmd_run(args: RunArgs, console: &Arc<Console>) -> Result<i32, Error> {
     let opts = RunOptions {
         events: args.events.clone(),
         joblog: args.joblog.clone().or_else(|| plan.pipeline.joblog.clone()),
+        progress_lines: args.progress != ProgressMode::Never,
         dry_run: false,
         resume: run::ResumeMode {
             resume: args.resume,

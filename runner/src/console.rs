@@ -116,6 +116,12 @@ impl Console {
         }
     }
 
+    /// A line shown at every verbosity, `-q` included: a task that failed as it happens, the
+    /// run's verdict.
+    pub fn notice(&self, msg: &str) {
+        self.write_raw(format!("{msg}\n").as_bytes());
+    }
+
     /// A detail shown with `-v`.
     pub fn debug(&self, msg: &str) {
         if self.verbosity >= Verbosity::Verbose {
@@ -148,15 +154,27 @@ impl Console {
             return StageProgress::hidden();
         };
         let bar = bars.add(ProgressBar::new(total));
+        // The bar takes what the terminal's width leaves (read again at every draw, so a
+        // resize is followed); an ETA with nothing done yet is unknown, not 0 s.
         bar.set_style(
             ProgressStyle::with_template(
-                "{prefix:>14} [{bar:30}] {pos}/{len} {rate:>10} ETA {eta:>4} {msg}",
+                "{prefix:>14} [{wide_bar}] {pos}/{len} {rate:>10} ETA {eta_or_unknown:>4} {msg}",
             )
             .expect("valid template")
             .with_key(
                 "rate",
                 |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
                     let _ = write!(w, "{:.0}/s", state.per_sec());
+                },
+            )
+            .with_key(
+                "eta_or_unknown",
+                |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = if state.pos() == 0 {
+                        write!(w, "?")
+                    } else {
+                        write!(w, "{:#}", indicatif::HumanDuration(state.eta()))
+                    };
                 },
             )
             .progress_chars("=> "),

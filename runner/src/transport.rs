@@ -446,7 +446,8 @@ impl Reports {
 
     /// When the window must be closed to sum up hidden rejections.
     fn due(&self) -> Option<Instant> {
-        (self.hidden > 0 || self.unlogged.load(Ordering::Relaxed) > 0).then(|| self.window_start + WARNING_WINDOW)
+        (self.hidden > 0 || self.unlogged.load(Ordering::Relaxed) > 0)
+            .then(|| self.window_start + WARNING_WINDOW)
     }
 }
 

@@ -45,6 +45,12 @@ fn settings() -> insta::Settings {
     s.set_snapshot_path("snapshots");
     s.set_prepend_module_to_snapshot(false);
     s.add_filter(r" +\d+\.\d\ds +\d+  ", "  [TIME]s  [RATE]  ");
+    // The stage lines and the verdict.
+    s.add_filter(
+        r"in \d+\.\d\d s \(\d+ tasks/s\)",
+        "in [TIME] s ([RATE] tasks/s)",
+    );
+    s.add_filter(r"(?m) in \d+\.\d s$", " in [TIME] s");
     s
 }
 
@@ -86,12 +92,29 @@ fn summary_snapshot() {
     );
     let mut r = fx.run(&[p.to_str().unwrap(), "--events", "events.jsonl"]);
     r.assert_code(1);
-    // The first errors are listed as they happened, which two workers may swap.
-    let (mut errors, rest): (Vec<&str>, Vec<&str>) =
-        r.stderr.lines().partition(|l| l.starts_with("  squares["));
+    // Failures are shown as they happen and the first are listed again at the end, in an
+    // order two workers may swap: each group sorted (an item's retry stays before its failure).
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    let live = |l: &&str| l.starts_with("RETRY ") || l.starts_with("FAIL  ");
+    let listed = |l: &&str| l.starts_with("  squares[");
+    let mut first: Vec<&str> = lines.iter().copied().filter(live).collect();
+    first.sort_by_key(|l| {
+        (
+            l.split(']')
+                .next()
+                .unwrap()
+                .split('[')
+                .nth(1)
+                .map(str::to_owned),
+            l.starts_with("FAIL"),
+        )
+    });
+    let mut errors: Vec<&str> = lines.iter().copied().filter(listed).collect();
     errors.sort();
-    r.stderr = rest
+    let rest = lines.iter().copied().filter(|l| !live(l) && !listed(l));
+    r.stderr = first
         .into_iter()
+        .chain(rest)
         .chain(errors)
         .map(|l| format!("{l}\n"))
         .collect();

@@ -632,3 +632,125 @@ fn what_a_task_started_ends_with_its_worker_at_the_end_of_the_run() {
     assert_eq!(sleepers.len(), 2);
     wait_for(|| sleepers.iter().all(|p| !alive(*p)).then_some(()));
 }
+
+/// A stage of 12 tasks, every 4th failing, slow enough (12 × 150 ms on 2 workers) for
+/// progress lines every 200 ms.
+fn live_pipeline(fx: &Fixture) -> std::path::PathBuf {
+    let items = (0..12)
+        .map(|i| {
+            if i % 4 == 1 {
+                "\"oops\"".to_owned()
+            } else {
+                "150".to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let text = header("live", "max_workers = 2\non_error = \"continue\"")
+        .replace("[pool]", "progress_interval = \"200ms\"\n\n[pool]")
+        + &stage(
+            "mixed",
+            "faults::sleep_ms",
+            &format!("{{ items = [{items}] }}"),
+            "chunksize = 1",
+        );
+    fx.write("pipeline.toml", &text)
+}
+
+#[test]
+fn a_batch_log_shows_failures_as_they_happen_progress_and_a_verdict() {
+    let fx = Fixture::new();
+    let p = live_pipeline(&fx);
+    // stderr is a pipe here (as in a Slurm or CI log): no bars, but lines.
+    let r = fx
+        .command()
+        .args([p.to_str().unwrap(), "--progress", "auto"])
+        .output()
+        .unwrap();
+    let r = RunResult::from(r);
+    r.assert_code(1);
+    let fails: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("FAIL  mixed["))
+        .collect();
+    assert_eq!(fails.len(), 3, "{}", r.stderr);
+    assert!(fails[0].contains("task_error"), "{}", fails[0]);
+    let progress = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("mixed:") && l.contains("ETA"))
+        .count();
+    assert!(progress >= 1, "no progress line:\n{}", r.stderr);
+    r.assert_stderr_has(&[
+        "DONE  mixed: 9 ok, 3 failed",
+        "12 tasks, 3 failed, 0 retried in",
+    ]);
+    // The summary table (header to the `outputs:` line) fits in 80 columns.
+    let table: Vec<&str> = r
+        .stderr
+        .lines()
+        .skip_while(|l| !l.starts_with("stage "))
+        .take_while(|l| !l.starts_with("outputs:"))
+        .collect();
+    assert!(table.len() >= 2, "no summary table:\n{}", r.stderr);
+    assert!(
+        table.iter().all(|l| l.chars().count() <= 80),
+        "{}",
+        r.stderr
+    );
+
+    // `--progress never`: no progress lines; failures and the verdict still.
+    let r = fx.run(&[p.to_str().unwrap()]);
+    assert!(!r.stderr.lines().any(|l| l.contains("ETA")), "{}", r.stderr);
+    r.assert_stderr_has(&["FAIL  mixed[1]", "12 tasks, 3 failed"]);
+}
+
+#[test]
+fn quiet_keeps_the_failures_and_the_verdict_only() {
+    let fx = Fixture::new();
+    let p = live_pipeline(&fx);
+    let r = fx.run(&[p.to_str().unwrap(), "-q"]);
+    r.assert_code(1);
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("FAIL  mixed["))
+            .count(),
+        3,
+        "{}",
+        r.stderr
+    );
+    assert!(
+        lines.last().unwrap().starts_with("12 tasks, 3 failed"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(lines.len(), 4, "nothing else under -q:\n{}", r.stderr);
+}
+
+#[test]
+fn after_a_few_failure_lines_the_rest_are_counted() {
+    let fx = Fixture::new();
+    let text = header("many", "max_workers = 2\non_error = \"continue\"")
+        + &stage(
+            "bad",
+            "faults::fail",
+            &format!("{{ items = [{}] }}", vec!["\"no\""; 40].join(", ")),
+            "",
+        );
+    let p = fx.write("pipeline.toml", &text);
+    let r = fx.run(&[p.to_str().unwrap()]);
+    r.assert_code(1);
+    let shown = r
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("FAIL  bad["))
+        .count();
+    assert_eq!(shown, 5, "{}", r.stderr);
+    r.assert_stderr_has(&[
+        "more failures and retries of stage bad are counted",
+        "40 tasks, 40 failed",
+    ]);
+}

@@ -97,3 +97,56 @@ fn no_bars_with_progress_never_or_when_stderr_is_a_file() {
     );
     assert!(r.stderr.contains("outputs:"));
 }
+
+#[test]
+fn failures_and_finished_stages_are_lines_above_the_bars_and_eta_starts_unknown() {
+    let fx = Fixture::new();
+    let items = (0..12)
+        .map(|i| {
+            if i % 4 == 1 {
+                "\"oops\"".to_owned()
+            } else {
+                "50".to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let text = header("live", "max_workers = 2\non_error = \"continue\"")
+        + &format!(
+            "\n[[stage]]\nname = \"mixed\"\ntask = \"faults::sleep_ms\"\ninput = {{ items = [{items}] }}\nchunksize = 1\n"
+        );
+    let p = fx.write("pipeline.toml", &text);
+    let out = std::process::Command::new("script")
+        .args([
+            "-q",
+            "-e",
+            "-c",
+            &format!(
+                "{} {} --progress auto",
+                env!("CARGO_BIN_EXE_loky-run"),
+                p.display()
+            ),
+        ])
+        .arg(fx.path().join("typescript"))
+        .current_dir(fx.path())
+        .env("TERM", "xterm-256color")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(out.code(), Some(1), "some tasks failed");
+    let screen =
+        String::from_utf8_lossy(&std::fs::read(fx.path().join("typescript")).unwrap()).into_owned();
+    let fails = screen
+        .lines()
+        .filter(|l| l.contains("FAIL  mixed["))
+        .count();
+    assert_eq!(fails, 3, "a line per failure as it happens:\n{screen}");
+    assert!(screen.contains("DONE  mixed: 9 ok, 3 failed"), "{screen}");
+    assert!(
+        screen.contains("12 tasks, 3 failed, 0 retried in"),
+        "{screen}"
+    );
+    // The first frame: nothing done yet, so no ETA.
+    assert!(screen.contains("ETA    ?"), "{screen}");
+}

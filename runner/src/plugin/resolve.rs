@@ -244,8 +244,18 @@ fn available_names(dirs: &[PathBuf]) -> Vec<String> {
     names
 }
 
+/// Whether cargo's own lines are held back unless the build fails (`-q`). Set once by the
+/// command line, like a log level.
+static QUIET_BUILDS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `-q`: cargo's lines are shown only when a build fails.
+pub fn quiet_builds(quiet: bool) {
+    QUIET_BUILDS.store(quiet, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Builds a plugin crate (release profile) and returns its cdylib, as cargo reports it.
 pub fn build_crate(dir: &Path) -> Result<PathBuf, ResolveError> {
+    let quiet = QUIET_BUILDS.load(std::sync::atomic::Ordering::Relaxed);
     let manifest = dir.join("Cargo.toml");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut child = Command::new(cargo)
@@ -262,7 +272,7 @@ pub fn build_crate(dir: &Path) -> Result<PathBuf, ResolveError> {
         // On a terminal cargo draws its progress and colours there. Otherwise its messages are
         // passed on by us: cargo stops with an error when its stderr is a closed pipe, and
         // that must not fail the build (nor the run).
-        .stderr(if std::io::stderr().is_terminal() {
+        .stderr(if std::io::stderr().is_terminal() && !quiet {
             Stdio::inherit()
         } else {
             Stdio::piped()
@@ -272,17 +282,21 @@ pub fn build_crate(dir: &Path) -> Result<PathBuf, ResolveError> {
             dir: dir.to_owned(),
             source,
         })?;
+    // Quiet: kept, and shown only if the build fails.
     let forward = child.stderr.take().map(|mut err| {
         std::thread::spawn(move || {
+            let mut held = Vec::new();
             let mut buf = [0u8; 8192];
             loop {
                 match err.read(&mut buf) {
                     Ok(0) => break,
+                    Ok(n) if quiet => held.extend_from_slice(&buf[..n]),
                     Ok(n) => crate::console::write_stderr(&buf[..n]),
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(_) => break,
                 }
             }
+            held
         })
     });
     let wanted = std::fs::canonicalize(&manifest).unwrap_or(manifest);
@@ -314,14 +328,15 @@ pub fn build_crate(dir: &Path) -> Result<PathBuf, ResolveError> {
                 .map(PathBuf::from);
         }
     }
-    if let Some(forward) = forward {
-        let _ = forward.join();
-    }
+    let held = forward
+        .and_then(|forward| forward.join().ok())
+        .unwrap_or_default();
     let status = child.wait().map_err(|source| ResolveError::Cargo {
         dir: dir.to_owned(),
         source,
     })?;
     if !status.success() {
+        crate::console::write_stderr(&held);
         return Err(ResolveError::BuildFailed {
             dir: dir.to_owned(),
             status: sys::describe_exit(status),

@@ -60,6 +60,16 @@ impl Decision {
         }
     }
 
+    /// A few words for the summary table: `start 4`, `reuse 4`, `resize 2->4`, `restart 4`.
+    pub fn short(&self) -> String {
+        match self {
+            Decision::Start { size } => format!("start {size}"),
+            Decision::Reuse { size } => format!("reuse {size}"),
+            Decision::Resize { from, to } => format!("resize {from}->{to}"),
+            Decision::Restart { to, .. } => format!("restart {to}"),
+        }
+    }
+
     /// One line for the event log and `--dry-run`.
     pub fn reason(&self) -> String {
         match self {

@@ -68,6 +68,8 @@ const CHUNK_SOFT_BYTES: usize = 16 << 20;
 const TICK: Duration = Duration::from_millis(50);
 /// After SIGTERM for a timeout, how long before SIGKILL.
 const TIMEOUT_KILL_GRACE: Duration = Duration::from_millis(500);
+/// Failures and retries of a stage shown one line each as they happen.
+pub const LIVE_LINES: usize = 5;
 /// Workers that die while starting, in a row, before the stage gives up.
 pub const START_DEATH_LIMIT: u32 = 3;
 /// Chunk buffers kept for reuse, and the largest kept (a few chunks in flight per worker).
@@ -95,6 +97,8 @@ pub struct StageJob<'a> {
     pub input: Box<dyn InputSource>,
     /// After a first interrupt, how long running tasks may finish before they are killed.
     pub grace: Duration,
+    /// When no bars are drawn: how often a line says how the stage is doing (`None`: never).
+    pub progress_every: Option<Duration>,
 }
 
 /// An input waiting to be (re)sent.
@@ -148,6 +152,9 @@ pub struct Dispatcher<'a, P: WorkerPool> {
     joblog: Option<&'a mut Joblog>,
     /// Workers' own pids and hosts, for the joblog (asked once each).
     identities: HashMap<WorkerId, (u32, String)>,
+    /// Failure and retry lines shown so far, and when the last progress line was.
+    live_shown: usize,
+    last_progress_line: Instant,
     started: Instant,
 }
 
@@ -191,6 +198,8 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
             newest: 0,
             joblog: None,
             identities: HashMap::new(),
+            live_shown: 0,
+            last_progress_line: Instant::now(),
             started: Instant::now(),
         }
     }
@@ -238,6 +247,7 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
             joblog.flush();
         }
         self.show_progress(false);
+        self.progress_line(Instant::now());
         Ok(true)
     }
 
@@ -1045,6 +1055,13 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
                 kind: kind.as_str(),
                 message: &message,
             });
+            self.live_line(format_args!(
+                "RETRY {}[{}] (attempt {} next): {}: {message}",
+                self.stage_name(),
+                item.index,
+                attempts + 1,
+                kind.as_str()
+            ));
             self.requeue.push_back(Pending {
                 item: Item { attempts, ..item },
                 input: input.to_vec(),
@@ -1099,6 +1116,62 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
             attempts,
             worker,
         });
+        self.live_line(format_args!(
+            "FAIL  {}[{index}]: {}: {message}",
+            self.stage_name(),
+            kind.as_str()
+        ));
+    }
+
+    /// A failure or a retry as it happens, for the first [`LIVE_LINES`] of a stage (the bars
+    /// and progress lines count the rest; the summary lists the first failures by index).
+    fn live_line(&mut self, line: std::fmt::Arguments<'_>) {
+        self.live_shown += 1;
+        if self.live_shown <= LIVE_LINES {
+            self.console.notice(&line.to_string());
+        } else if self.live_shown == LIVE_LINES + 1 {
+            self.console.notice(&format!(
+                "      (more failures and retries of stage {} are counted, not shown; they are in its records)",
+                self.stage_name()
+            ));
+        }
+    }
+
+    /// Without bars (a log file, a batch job): a line every `progress_every` saying how far the
+    /// stage is, so a long stage is not silent.
+    fn progress_line(&mut self, now: Instant) {
+        let Some(every) = self.job.progress_every else {
+            return;
+        };
+        if self.console.draws_bars()
+            || now.saturating_duration_since(self.last_progress_line) < every
+        {
+            return;
+        }
+        self.last_progress_line = now;
+        let o = &self.outcome;
+        let done = self.resumed_done + o.ok + o.failed;
+        let elapsed = now.saturating_duration_since(self.started).as_secs_f64();
+        let rate = (o.ok + o.failed) as f64 / elapsed.max(1e-9);
+        let left = o.total.saturating_sub(done);
+        let eta = if o.ok + o.failed == 0 {
+            "?".to_owned()
+        } else {
+            humantime::format_duration(Duration::from_secs((left as f64 / rate).ceil() as u64))
+                .to_string()
+        };
+        let pct = if o.total == 0 {
+            100.0
+        } else {
+            done as f64 * 100.0 / o.total as f64
+        };
+        self.console.info(&format!(
+            "      {}: {done}/{} ({pct:.0}%), {} failed, {} retried, {rate:.0} tasks/s, ETA {eta}",
+            self.stage_name(),
+            o.total,
+            o.failed,
+            o.retried
+        ));
     }
 
     // ---- timers --------------------------------------------------------------------------

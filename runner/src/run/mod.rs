@@ -31,6 +31,8 @@ pub struct RunOptions {
     pub events: Option<PathBuf>,
     /// One line per task attempt (`--joblog`, or `[pipeline] joblog`).
     pub joblog: Option<PathBuf>,
+    /// Progress lines when no bars are drawn (`--progress never` turns them off).
+    pub progress_lines: bool,
     pub dry_run: bool,
     /// `--resume` and `--force`.
     pub resume: ResumeMode,
@@ -39,6 +41,8 @@ pub struct RunOptions {
 /// What a finished run reports back to the command line.
 pub struct RunReport {
     pub exit_code: i32,
+    /// How long this run took.
+    pub wall: std::time::Duration,
     /// Stages finished in an earlier run and kept by `--resume` (they come first).
     pub kept: Vec<(String, StageOutcome)>,
     /// Stages run now.
@@ -109,6 +113,7 @@ pub fn execute(
             ));
             return Ok(RunReport {
                 exit_code,
+                wall: std::time::Duration::ZERO,
                 kept: stages
                     .iter()
                     .map(|r| (r.name.clone(), StageOutcome::kept(r)))
@@ -146,6 +151,10 @@ pub fn execute(
         console,
         events,
         joblog,
+        progress_every: opts
+            .progress_lines
+            .then_some(pipeline.progress_interval)
+            .flatten(),
         manifest,
         pool,
         ok_counts: Vec::new(),
@@ -181,6 +190,7 @@ struct Run<'a> {
     console: &'a Arc<Console>,
     events: EventLog,
     joblog: Option<Joblog>,
+    progress_every: Option<std::time::Duration>,
     manifest: Manifest,
     pool: Pool,
     /// Records with an output, per stage so far (the size of a `from` stage's input).
@@ -327,6 +337,7 @@ impl Run<'_> {
                 total,
                 input: source,
                 grace: pipeline.grace_period,
+                progress_every: self.progress_every,
             };
             if let Some(joblog) = &mut self.joblog {
                 joblog.set_stage(&stage.name);
@@ -355,6 +366,7 @@ impl Run<'_> {
         let _ = self.manifest.write(&out_dir);
         self.failed_any |= outcome.failed > 0 || outcome.stopped.is_some();
         self.ok_counts.push(outcome.ok);
+        self.console.info(&outcome.finished_line(&stage.name));
         let stop = outcome.stopped.is_some();
         self.stages.push((stage.name.clone(), outcome, decision));
         Ok(stop)
@@ -397,6 +409,7 @@ impl Run<'_> {
         }
         Ok(RunReport {
             exit_code,
+            wall: started.elapsed(),
             kept: self.kept,
             stages: self.stages,
             output_dir: self.plan.pipeline.output_dir.clone(),
@@ -450,21 +463,54 @@ fn prepare_output_dir(dir: &Path) -> Result<(), RunError> {
 
 /// Printed at the end of every run, terminal or not.
 pub fn print_summary(report: &RunReport, pipeline: &Pipeline, console: &Console) {
+    print_table(report, pipeline, console);
+    // The verdict, at every verbosity.
+    let all = || {
+        report
+            .kept
+            .iter()
+            .map(|(_, o)| o)
+            .chain(report.stages.iter().map(|(_, o, _)| o))
+    };
+    let tasks: u64 = all().map(|o| o.total).sum();
+    let failed: u64 = all().map(|o| o.failed).sum();
+    let retried: u64 = all().map(|o| o.retried).sum();
+    let not_run: u64 = all().map(StageOutcome::not_run).sum();
+    let not_run = match not_run {
+        0 => String::new(),
+        n => format!(", {n} not run"),
+    };
+    console.notice(&format!(
+        "{tasks} tasks, {failed} failed, {retried} retried{not_run} in {:.1} s",
+        report.wall.as_secs_f64()
+    ));
+}
+
+fn print_table(report: &RunReport, pipeline: &Pipeline, console: &Console) {
     let width = report
         .kept
         .iter()
         .map(|(n, _)| n)
         .chain(report.stages.iter().map(|(n, ..)| n))
-        .map(|n| n.len())
+        .map(|n| n.chars().count())
         .max()
         .unwrap_or(5)
-        .max(5);
+        .clamp(5, outcome::NAME_COLUMN);
     let mut lines = vec![StageOutcome::summary_header(width)];
     for (name, o) in &report.kept {
-        lines.push(o.summary_row(name, width, "kept (finished in an earlier run)"));
+        lines.push(o.summary_row(name, width, "kept"));
     }
     for (name, o, d) in &report.stages {
-        lines.push(o.summary_row(name, width, &format!("{} ({})", d.kind(), d.reason())));
+        lines.push(o.summary_row(name, width, &d.short()));
+    }
+    if !report.kept.is_empty() {
+        lines.push("kept: finished in an earlier run, not run again".into());
+    }
+    // The table says what the pool did; why it restarted is worth a line of its own.
+    for (name, _, d) in &report.stages {
+        if matches!(d, Decision::Restart { .. }) {
+            lines.push(format!("pool restarted for {name}: {}", d.reason()));
+        }
     }
     let not_started: Vec<&str> = pipeline
         .stages

@@ -139,18 +139,20 @@ impl StageOutcome {
         }
     }
 
-    /// The summary table's header, for stage names up to `width` wide.
+    /// The summary table's header, for stage names up to `width` wide (at most
+    /// [`NAME_COLUMN`]: with the pool column the table fits in 80 columns).
     pub fn summary_header(width: usize) -> String {
         format!(
-            "{:width$}  {:>9} {:>7} {:>7}  {:>8}  {:>11}  pool",
+            "{:width$}  {:>8} {:>6} {:>7}  {:>8}  {:>9}  pool",
             "stage", "ok", "failed", "retried", "time", "tasks/s"
         )
     }
 
-    /// One row of the summary table; `pool` says what the pool did.
+    /// One row of the summary table; `pool` says what the pool did, in a few words.
     pub fn summary_row(&self, name: &str, width: usize, pool: &str) -> String {
         format!(
-            "{name:width$}  {:>9} {:>7} {:>7}  {:>7.2}s  {:>11.0}  {pool}",
+            "{:width$}  {:>8} {:>6} {:>7}  {:>7.2}s  {:>9.0}  {pool}",
+            fit(name, width),
             self.ok,
             self.failed,
             self.retried,
@@ -158,6 +160,40 @@ impl StageOutcome {
             self.rate(),
         )
     }
+
+    /// The line that says a stage is over, printed as it ends.
+    pub fn finished_line(&self, name: &str) -> String {
+        let word = match self.stopped {
+            None => "DONE ",
+            Some(StageStop::Interrupted(_)) => "INTERRUPTED",
+            Some(_) => "STOPPED",
+        };
+        let not_run = match self.not_run() {
+            0 => String::new(),
+            n => format!(", {n} not run"),
+        };
+        format!(
+            "{word} {name}: {} ok, {} failed, {} retried{not_run} in {:.2} s ({:.0} tasks/s)",
+            self.ok,
+            self.failed,
+            self.retried,
+            self.wall.as_secs_f64(),
+            self.rate()
+        )
+    }
+}
+
+/// The widest stage name the summary table shows whole.
+pub const NAME_COLUMN: usize = 16;
+
+/// `name` cut to `width` characters, the last one an ellipsis when it was longer.
+fn fit(name: &str, width: usize) -> String {
+    if name.chars().count() <= width {
+        return name.to_owned();
+    }
+    let mut cut: String = name.chars().take(width.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
 }
 
 pub fn rate(count: u64, secs: f64) -> f64 {
@@ -193,6 +229,11 @@ mod tests {
         assert_eq!(record.wall_time_s, 3.0);
         let event = serde_json::to_value(o.finished_event("s")).unwrap();
         assert_eq!(event["tasks_per_s"], 5.0);
-        assert!(o.summary_row("s", 5, "reuse").contains("    9       1"));
+        let row = o.summary_row("a-long-stage-name-indeed", NAME_COLUMN, "restart 128");
+        assert!(
+            row.len() <= 80 && row.starts_with("a-long-stage-na…"),
+            "{row}"
+        );
+        assert!(o.finished_line("s").starts_with("DONE  s: 9 ok, 1 failed"));
     }
 }

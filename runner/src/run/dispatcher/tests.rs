@@ -330,6 +330,7 @@ impl Harness {
             total: self.total,
             input: crate::input::open(&self.stage.input, None).unwrap(),
             grace: Duration::from_secs(1),
+            progress_every: None,
         }
     }
 
