@@ -169,7 +169,18 @@ pub fn main(args: Vec<OsString>) -> i32 {
         _ => ProgressMode::Never,
     };
     let console = Arc::new(Console::with_progress(verbosity, progress));
-    crate::plugin::resolve::quiet_builds(verbosity == Verbosity::Quiet);
+    {
+        use crate::plugin::resolve::{BuildOutput, set_build_output};
+        set_build_output(match verbosity {
+            Verbosity::Quiet => BuildOutput::Hidden,
+            Verbosity::Verbose => BuildOutput::Shown,
+            // A terminal shows cargo's progress as it goes; a log gets one line instead.
+            Verbosity::Normal if std::io::IsTerminal::is_terminal(&std::io::stderr()) => {
+                BuildOutput::Shown
+            }
+            Verbosity::Normal => BuildOutput::Summed,
+        });
+    }
     // The command that finishes this run if it stops on an I/O error after it started.
     let resume = match &cli.command {
         Command::Run(args) if !args.dry_run => Some(resume_command(&args.config)),

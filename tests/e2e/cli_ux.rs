@@ -791,3 +791,81 @@ fn a_full_disk_is_exit_74_naming_the_file_and_resume_finishes_the_run() {
         "the resumed output differs from a clean run's"
     );
 }
+
+/// A plugin crate with no dependencies (quick to build): `body` is its `src/lib.rs`.
+fn tiny_crate(fx: &Fixture, name: &str, body: &str) {
+    std::fs::create_dir_all(fx.path().join(name).join("src")).unwrap();
+    fx.write(
+        &format!("{name}/Cargo.toml"),
+        &format!(
+            "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n\
+             [lib]\ncrate-type = [\"cdylib\"]\n\n[workspace]\n"
+        ),
+    );
+    fx.write(&format!("{name}/src/lib.rs"), body);
+}
+
+#[test]
+fn cargo_output_is_held_back_and_shown_when_a_plugin_build_fails() {
+    let fx = Fixture::new();
+    tiny_crate(&fx, "broken", "pub fn oops( {\n");
+    let p = fx.write(
+        "pipeline.toml",
+        "[pipeline]\nname = \"b\"\nplugins = [\"./broken\"]\noutput_dir = \"out\"\n\n\
+         [[stage]]\nname = \"s\"\ntask = \"broken::x\"\ninput = { items = [1] }\n",
+    );
+    let target = fx.path().join("target");
+    for quiet in [true, false] {
+        let mut args = vec![p.to_str().unwrap()];
+        if quiet {
+            args.push("-q");
+        }
+        let r = RunResult::from(
+            fx.command()
+                .args(&args)
+                .env("CARGO_TARGET_DIR", &target)
+                .output()
+                .unwrap(),
+        );
+        r.assert_code(2);
+        // cargo's own diagnostic, held back until the build failed, then shown.
+        assert!(r.stderr.contains("src/lib.rs"), "{}", r.stderr);
+        assert!(r.stderr.contains("broken"), "{}", r.stderr);
+    }
+}
+
+#[test]
+fn a_plugin_build_in_a_log_is_one_line_and_nothing_under_quiet() {
+    let fx = Fixture::new();
+    // Compiles, but exports no plugin: the run stops at loading it, after the build.
+    tiny_crate(&fx, "fine", "pub fn nothing() {}\n");
+    let p = fx.write(
+        "pipeline.toml",
+        "[pipeline]\nname = \"b\"\nplugins = [\"./fine\"]\noutput_dir = \"out\"\n\n\
+         [[stage]]\nname = \"s\"\ntask = \"fine::x\"\ninput = { items = [1] }\n",
+    );
+    let target = fx.path().join("target");
+    let run = |extra: &[&str]| {
+        RunResult::from(
+            fx.command()
+                .arg(&p)
+                .args(extra)
+                .env("CARGO_TARGET_DIR", &target)
+                .output()
+                .unwrap(),
+        )
+    };
+    // stderr is a pipe: cargo's lines are summed up in one of ours.
+    let r = run(&[]);
+    assert!(!r.stderr.contains("Compiling"), "{}", r.stderr);
+    assert!(r.stderr.contains("built plugin crate"), "{}", r.stderr);
+    // Nothing compiled the second time: no line at all; `-v` passes cargo's through.
+    assert!(!run(&[]).stderr.contains("built plugin crate"));
+    std::fs::write(fx.path().join("fine/src/lib.rs"), "pub fn other() {}\n").unwrap();
+    let r = run(&["-v"]);
+    assert!(r.stderr.contains("Compiling fine"), "{}", r.stderr);
+    std::fs::write(fx.path().join("fine/src/lib.rs"), "pub fn third() {}\n").unwrap();
+    let r = run(&["-q"]);
+    assert!(!r.stderr.contains("Compiling"), "{}", r.stderr);
+    assert!(!r.stderr.contains("built plugin crate"), "{}", r.stderr);
+}

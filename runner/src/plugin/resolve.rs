@@ -244,18 +244,38 @@ fn available_names(dirs: &[PathBuf]) -> Vec<String> {
     names
 }
 
-/// Whether cargo's own lines are held back unless the build fails (`-q`). Set once by the
-/// command line, like a log level.
-static QUIET_BUILDS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// What is shown of cargo's own lines when a plugin crate is built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BuildOutput {
+    /// As cargo writes them (`-v`, or a terminal).
+    Shown,
+    /// Held back, then one line if anything was compiled (a log: cargo's lines would be most
+    /// of it); all of them if the build fails.
+    Summed,
+    /// Held back; shown only if the build fails (`-q`).
+    Hidden,
+}
 
-/// `-q`: cargo's lines are shown only when a build fails.
-pub fn quiet_builds(quiet: bool) {
-    QUIET_BUILDS.store(quiet, std::sync::atomic::Ordering::Relaxed);
+/// Set once by the command line, like a log level (0 shown, 1 summed, 2 hidden).
+static BUILD_OUTPUT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+pub fn set_build_output(mode: BuildOutput) {
+    BUILD_OUTPUT.store(mode as u8, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn build_output() -> BuildOutput {
+    match BUILD_OUTPUT.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => BuildOutput::Shown,
+        1 => BuildOutput::Summed,
+        _ => BuildOutput::Hidden,
+    }
 }
 
 /// Builds a plugin crate (release profile) and returns its cdylib, as cargo reports it.
 pub fn build_crate(dir: &Path) -> Result<PathBuf, ResolveError> {
-    let quiet = QUIET_BUILDS.load(std::sync::atomic::Ordering::Relaxed);
+    let mode = build_output();
+    let hold = mode != BuildOutput::Shown;
+    let started = std::time::Instant::now();
     let manifest = dir.join("Cargo.toml");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut child = Command::new(cargo)
@@ -272,7 +292,7 @@ pub fn build_crate(dir: &Path) -> Result<PathBuf, ResolveError> {
         // On a terminal cargo draws its progress and colours there. Otherwise its messages are
         // passed on by us: cargo stops with an error when its stderr is a closed pipe, and
         // that must not fail the build (nor the run).
-        .stderr(if std::io::stderr().is_terminal() && !quiet {
+        .stderr(if std::io::stderr().is_terminal() && !hold {
             Stdio::inherit()
         } else {
             Stdio::piped()
@@ -282,7 +302,7 @@ pub fn build_crate(dir: &Path) -> Result<PathBuf, ResolveError> {
             dir: dir.to_owned(),
             source,
         })?;
-    // Quiet: kept, and shown only if the build fails.
+    // Held: kept, and shown only if the build fails.
     let forward = child.stderr.take().map(|mut err| {
         std::thread::spawn(move || {
             let mut held = Vec::new();
@@ -290,7 +310,7 @@ pub fn build_crate(dir: &Path) -> Result<PathBuf, ResolveError> {
             loop {
                 match err.read(&mut buf) {
                     Ok(0) => break,
-                    Ok(n) if quiet => held.extend_from_slice(&buf[..n]),
+                    Ok(n) if hold => held.extend_from_slice(&buf[..n]),
                     Ok(n) => crate::console::write_stderr(&buf[..n]),
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     Err(_) => break,
@@ -301,6 +321,7 @@ pub fn build_crate(dir: &Path) -> Result<PathBuf, ResolveError> {
     });
     let wanted = std::fs::canonicalize(&manifest).unwrap_or(manifest);
     let mut found = None;
+    let mut compiled = 0usize;
     for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
         let Ok(line) = line else { break };
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
@@ -309,6 +330,7 @@ pub fn build_crate(dir: &Path) -> Result<PathBuf, ResolveError> {
         if msg["reason"] != "compiler-artifact" {
             continue;
         }
+        compiled += usize::from(msg["fresh"] == false);
         let same_manifest = msg["manifest_path"].as_str().is_some_and(|p| {
             std::fs::canonicalize(p)
                 .map(|p| p == wanted)
@@ -341,6 +363,16 @@ pub fn build_crate(dir: &Path) -> Result<PathBuf, ResolveError> {
             dir: dir.to_owned(),
             status: sys::describe_exit(status),
         });
+    }
+    if mode == BuildOutput::Summed && compiled > 0 {
+        crate::console::write_stderr(
+            format!(
+                "built plugin crate {} ({compiled} crate(s) compiled in {:.1} s; `-v` shows cargo's output)\n",
+                dir.display(),
+                started.elapsed().as_secs_f64()
+            )
+            .as_bytes(),
+        );
     }
     found.ok_or_else(|| ResolveError::NoCdylib(dir.to_owned()))
 }
