@@ -55,6 +55,9 @@ pub enum Command {
     /// Run a pipeline.
     #[command(after_help = exit_codes_help!())]
     Run(RunArgs),
+    /// What a run did or is doing: stages, counts, failures, pool decisions, ETA (read-only:
+    /// it works while the run goes on).
+    Status(StatusArgs),
     /// Parse a pipeline, resolve and load its plugins, check its tasks exist; run nothing.
     Validate(ConfigArgs),
     /// List the tasks and initializers a plugin exports.
@@ -85,6 +88,29 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The run's output directory (or its pipeline file, whose `output_dir` is read).
+    pub dir: PathBuf,
+    /// Print it as one JSON object, for scripts.
+    #[arg(long)]
+    pub json: bool,
+    /// How many failures to list per stage, or `all` [default: 10, with --json 100].
+    #[arg(long, value_name = "N|all", value_parser = parse_failure_limit)]
+    pub failures: Option<crate::status::FailureLimit>,
+}
+
+fn parse_failure_limit(s: &str) -> Result<crate::status::FailureLimit, String> {
+    use crate::status::FailureLimit;
+    match s {
+        "all" => Ok(FailureLimit::All),
+        n => n
+            .parse()
+            .map(FailureLimit::At)
+            .map_err(|_| format!("`{n}` is not a number of failures or `all`")),
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -123,8 +149,9 @@ pub struct RunArgs {
     pub dry_run: bool,
 }
 
-const SUBCOMMANDS: [&str; 9] = [
+const SUBCOMMANDS: [&str; 10] = [
     "run",
+    "status",
     "validate",
     "tasks",
     "show-config",
@@ -188,6 +215,7 @@ pub fn main(args: Vec<OsString>) -> i32 {
     };
     let result = match cli.command {
         Command::Run(args) => cmd_run(args, &console),
+        Command::Status(args) => cmd_status(&args),
         Command::Validate(args) => cmd_validate(args, &console),
         Command::Tasks { plugin } => cmd_tasks(&plugin, &console),
         Command::ShowConfig(args) => cmd_show_config(&args),
@@ -390,6 +418,37 @@ fn cmd_run(args: RunArgs, console: &Arc<Console>) -> Result<i32, Error> {
     let report = run::execute(&plan, &opts, console)?;
     run::print_summary(&report, &plan.pipeline, console);
     Ok(report.exit_code)
+}
+
+fn cmd_status(args: &StatusArgs) -> Result<i32, Error> {
+    use crate::status::{self, FailureLimit};
+    // A pipeline file stands for its output directory.
+    let dir = if args.dir.is_file() {
+        config::load(&load_options(&ConfigArgs {
+            pipeline: args.dir.clone(),
+            sets: Vec::new(),
+        }))?
+        .output_dir
+    } else {
+        args.dir.clone()
+    };
+    let limit = args
+        .failures
+        .unwrap_or(FailureLimit::At(if args.json { 100 } else { 10 }));
+    let report = status::gather(&dir, limit)?;
+    if args.json {
+        let mut text = serde_json::to_string_pretty(&report).map_err(|e| Error::Io {
+            context: "cannot format the status".into(),
+            source: e.into(),
+        })?;
+        text.push('\n');
+        return print_out(text);
+    }
+    let hint = format!(
+        "loky-run run --resume {}",
+        crate::scaffold::shell_word(&report.pipeline_file.display().to_string())
+    );
+    print_out(status::render(&report, &hint))
 }
 
 fn cmd_show_config(args: &ConfigArgs) -> Result<i32, Error> {

@@ -20,6 +20,9 @@ pub enum Error {
     Run(#[from] RunError),
     #[error("{0}")]
     Usage(String),
+    /// `status` found no run it can read.
+    #[error(transparent)]
+    Status(#[from] crate::status::StatusError),
     /// Something failed while running (a disk error, a process that could not start).
     #[error("{context}: {source}")]
     Io {
@@ -44,6 +47,8 @@ impl Error {
             Error::Run(e) if e.is_usage() => 2,
             Error::Run(RunError::Io { .. }) | Error::Io { .. } | Error::Stdout(_) => EXIT_IO,
             Error::Run(_) => 1,
+            Error::Status(crate::status::StatusError::Read { .. }) => EXIT_IO,
+            Error::Status(_) => 2,
             Error::ClosedPipe => 0,
         }
     }

@@ -94,6 +94,9 @@ pub struct StageRecord {
     pub wall_time_s: f64,
     /// `null` until the stage starts.
     pub pool_decision: Option<DecisionRecord>,
+    /// When the stage (last) started, `null` until then.
+    #[serde(default)]
+    pub started_at: Option<String>,
     /// SHA-256 of `<stage>.jsonl` once the stage is over (`done` or `stopped`): `--resume`
     /// refuses to keep an output that changed since, and a stage reading it checks it.
     #[serde(default)]
@@ -116,6 +119,7 @@ impl StageRecord {
             not_run: 0,
             wall_time_s: 0.0,
             pool_decision: None,
+            started_at: None,
             output_sha256: None,
         }
     }

@@ -4,10 +4,6 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-fn stage(name: &str, task: &str, input: &str, extra: &str) -> String {
-    format!("\n[[stage]]\nname = \"{name}\"\ntask = \"{task}\"\ninput = {input}\n{extra}\n")
-}
-
 #[test]
 fn task_errors_and_panics_are_recorded_and_the_run_goes_on_with_continue() {
     let fx = Fixture::new();

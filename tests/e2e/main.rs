@@ -11,4 +11,5 @@ mod pool;
 mod resume;
 mod scheduler;
 mod slurm;
+mod status;
 mod terminal;

@@ -7,10 +7,6 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-fn stage(name: &str, task: &str, input: &str, extra: &str) -> String {
-    format!("\n[[stage]]\nname = \"{name}\"\ntask = \"{task}\"\ninput = {input}\n{extra}\n")
-}
-
 /// Runs a pipeline with an event log; returns the events.
 fn run_events(fx: &Fixture, text: &str, args: &[&str], code: i32) -> Vec<Value> {
     let p = fx.write("pipeline.toml", text);

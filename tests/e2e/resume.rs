@@ -11,10 +11,6 @@ use serde_json::Value;
 
 use crate::support::*;
 
-fn stage(name: &str, task: &str, input: &str, extra: &str) -> String {
-    format!("\n[[stage]]\nname = \"{name}\"\ntask = \"{task}\"\ninput = {input}\n{extra}\n")
-}
-
 /// Writes `name`: one `append_line` input per line, appending `value` to `target`.
 fn append_inputs(fx: &Fixture, name: &str, target: &Path, values: impl Iterator<Item = u64>) {
     let text: String = values

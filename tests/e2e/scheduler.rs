@@ -6,14 +6,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{Fixture, header, started_pids, wait_for, wait_within};
+use crate::support::{Fixture, header, stage, started_pids, wait_for, wait_within};
 
 /// Generous: these runs take a second or two; a loop or a hang must fail, not stall CI.
 const LIMIT: Duration = Duration::from_secs(180);
-
-fn stage(name: &str, task: &str, input: &str, extra: &str) -> String {
-    format!("\n[[stage]]\nname = \"{name}\"\ntask = \"{task}\"\ninput = {input}\n{extra}\n")
-}
 
 /// `count` rendezvous inputs on `file`: each task waits until all `count` have arrived, so
 /// they all succeed only if they all run at the same moment.

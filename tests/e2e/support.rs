@@ -212,6 +212,11 @@ pub fn header(name: &str, extra_pool: &str) -> String {
     )
 }
 
+/// A `[[stage]]` table: `input` is TOML (`{ items = [...] }`), `extra` more keys.
+pub fn stage(name: &str, task: &str, input: &str, extra: &str) -> String {
+    format!("\n[[stage]]\nname = \"{name}\"\ntask = \"{task}\"\ninput = {input}\n{extra}\n")
+}
+
 /// Whether a process exists (and is not a zombie).
 pub fn alive(pid: u64) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

@@ -36,6 +36,7 @@ use crate::events::{Event, EventLog};
 use crate::input::InputSource;
 use crate::interrupt;
 use crate::joblog::{Attempt, Joblog};
+use crate::live::{self, LiveFile, StageProgress as LiveProgress};
 use crate::output::{ErrorKind, OrderedWriter};
 use crate::pool::{
     Phase, PoolEvent, Progress, StartFailure, StopReason, WorkerExit, WorkerId, WorkerPool,
@@ -155,7 +156,12 @@ pub struct Dispatcher<'a, P: WorkerPool> {
     /// Failure and retry lines shown so far, and when the last progress line was.
     live_shown: usize,
     last_progress_line: Instant,
+    /// Where `loky-run status` reads how the stage is doing.
+    live: Option<&'a mut LiveFile>,
+    /// Results recorded by the run being resumed: ok and failed.
+    resumed_ok_failed: (u64, u64),
     started: Instant,
+    started_at: String,
 }
 
 impl<'a, P: WorkerPool> Dispatcher<'a, P> {
@@ -172,7 +178,9 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
         };
         let total = job.total;
         let progress = console.stage_progress(&job.stage.name, total);
-        let resumed_done = writer.resumed().records();
+        let resumed = writer.resumed();
+        let resumed_done = resumed.records();
+        let resumed_ok_failed = (resumed.ok, resumed.failed);
         Self {
             job,
             pool,
@@ -200,7 +208,10 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
             identities: HashMap::new(),
             live_shown: 0,
             last_progress_line: Instant::now(),
+            live: None,
+            resumed_ok_failed,
             started: Instant::now(),
+            started_at: crate::events::now_rfc3339(),
         }
     }
 
@@ -247,11 +258,50 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
             joblog.flush();
         }
         self.show_progress(false);
-        self.progress_line(Instant::now());
+        let now = Instant::now();
+        self.progress_line(now);
+        self.update_live(now, false);
         Ok(true)
     }
 
     /// The stage is over: workers due for recycling retire (they hold nothing now).
+    /// How the stage is doing, for `status` (and the progress lines).
+    fn stage_progress(&self, now: Instant) -> LiveProgress {
+        let o = &self.outcome;
+        let done_now = o.ok + o.failed;
+        let done = self.resumed_done + done_now;
+        let elapsed = now.saturating_duration_since(self.started).as_secs_f64();
+        let tasks_per_s = if elapsed > 0.0 {
+            done_now as f64 / elapsed
+        } else {
+            0.0
+        };
+        LiveProgress {
+            name: self.stage_name().to_owned(),
+            started_at: self.started_at.clone(),
+            total: o.total,
+            done,
+            ok: self.resumed_ok_failed.0 + o.ok,
+            failed: self.resumed_ok_failed.1 + o.failed,
+            retried: o.retried,
+            workers: self.pool.workers().count(),
+            busy: self.book.busy(),
+            tasks_per_s,
+            eta_s: live::eta_seconds(o.total.saturating_sub(done), done_now, tasks_per_s),
+        }
+    }
+
+    /// Rewrites `.live.json` when due (or now, if `force`).
+    fn update_live(&mut self, now: Instant, force: bool) {
+        if !self.live.as_ref().is_some_and(|l| force || l.due(now)) {
+            return;
+        }
+        let progress = self.stage_progress(now);
+        if let Some(live) = self.live.as_deref_mut() {
+            live.write(Some(progress), now);
+        }
+    }
+
     fn finish(mut self) -> StageOutcome {
         let due: Vec<(WorkerId, StopReason)> = self
             .book
@@ -265,6 +315,13 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
         self.progress.finish();
         self.outcome.wall = self.started.elapsed();
         self.outcome
+    }
+
+    /// Keeps `.live.json` up to date for `loky-run status`.
+    pub fn with_live(mut self, live: Option<&'a mut LiveFile>) -> Self {
+        self.live = live;
+        self.update_live(Instant::now(), true);
+        self
     }
 
     /// Keeps a joblog of every attempt (the pool must have been told to time tasks).
@@ -1149,28 +1206,19 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
             return;
         }
         self.last_progress_line = now;
-        let o = &self.outcome;
-        let done = self.resumed_done + o.ok + o.failed;
-        let elapsed = now.saturating_duration_since(self.started).as_secs_f64();
-        let rate = (o.ok + o.failed) as f64 / elapsed.max(1e-9);
-        let left = o.total.saturating_sub(done);
-        let eta = if o.ok + o.failed == 0 {
-            "?".to_owned()
-        } else {
-            humantime::format_duration(Duration::from_secs((left as f64 / rate).ceil() as u64))
-                .to_string()
+        let p = self.stage_progress(now);
+        let eta = match p.eta_s {
+            None => "?".to_owned(),
+            Some(s) => humantime::format_duration(Duration::from_secs(s.ceil() as u64)).to_string(),
         };
-        let pct = if o.total == 0 {
+        let pct = if p.total == 0 {
             100.0
         } else {
-            done as f64 * 100.0 / o.total as f64
+            p.done as f64 * 100.0 / p.total as f64
         };
         self.console.info(&format!(
-            "      {}: {done}/{} ({pct:.0}%), {} failed, {} retried, {rate:.0} tasks/s, ETA {eta}",
-            self.stage_name(),
-            o.total,
-            o.failed,
-            o.retried
+            "      {}: {}/{} ({pct:.0}%), {} failed, {} retried, {:.0} tasks/s, ETA {eta}",
+            p.name, p.done, p.total, p.failed, p.retried, p.tasks_per_s
         ));
     }
 

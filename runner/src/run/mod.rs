@@ -23,6 +23,7 @@ use crate::console::Console;
 use crate::events::{Event, EventLog};
 use crate::input;
 use crate::joblog::Joblog;
+use crate::live::LiveFile;
 use crate::manifest::{Manifest, StageRecord, StageStatus};
 use crate::output::OrderedWriter;
 use crate::pool::{Decision, Pool, decide};
@@ -156,6 +157,7 @@ pub fn execute(
             .then_some(pipeline.progress_interval)
             .flatten(),
         manifest,
+        live: LiveFile::new(out_dir),
         pool,
         ok_counts: Vec::new(),
         kept: Vec::new(),
@@ -163,6 +165,7 @@ pub fn execute(
         failed_any: false,
     };
     run.write_manifest(false)?;
+    run.live.write(None, Instant::now());
     run.events.emit(&Event::RunStarted {
         pipeline: &pipeline.name,
         file: &pipeline.file,
@@ -192,6 +195,8 @@ struct Run<'a> {
     joblog: Option<Joblog>,
     progress_every: Option<std::time::Duration>,
     manifest: Manifest,
+    /// How the run is doing now, for `loky-run status`.
+    live: LiveFile,
     pool: Pool,
     /// Records with an output, per stage so far (the size of a `from` stage's input).
     ok_counts: Vec<u64>,
@@ -298,6 +303,8 @@ impl Run<'_> {
         let previous_wall = record.wall_time_s;
         record.status = StageStatus::Running;
         record.tasks = total;
+        record.started_at = Some(crate::events::now_rfc3339());
+        record.pool_decision = Some(outcome::decision_record(&decision));
         self.manifest
             .write_unsynced(&out_dir)
             .map_err(RunError::io_in_run(format!(
@@ -344,6 +351,7 @@ impl Run<'_> {
             }
             Dispatcher::new(job, &mut self.pool, &mut writer, &self.events, self.console)
                 .with_joblog(self.joblog.as_mut())
+                .with_live(Some(&mut self.live))
                 .run()?
         };
         outcome.ok += resumed.ok;
@@ -364,6 +372,7 @@ impl Run<'_> {
         self.manifest.stages[i].output_sha256 = output_sha256;
         // The stage's outcome stands even if this write fails: the final write reports it.
         let _ = self.manifest.write(&out_dir);
+        self.live.write(None, Instant::now());
         self.failed_any |= outcome.failed > 0 || outcome.stopped.is_some();
         self.ok_counts.push(outcome.ok);
         self.console.info(&outcome.finished_line(&stage.name));
@@ -389,6 +398,13 @@ impl Run<'_> {
         self.manifest.exit_code = Some(exit_code);
         self.manifest.finished_at = Some(crate::events::now_rfc3339());
         self.write_manifest(true)?;
+        self.live.remove();
+        if let Some(failure) = self.live.failure() {
+            self.console.warn(&format!(
+                "`loky-run status` could not follow this run: writing {} failed ({failure}); the results and the manifest are complete",
+                self.live.path().display()
+            ));
+        }
         self.events.emit(&Event::RunFinished {
             exit_code,
             wall_time_s: started.elapsed().as_secs_f64(),

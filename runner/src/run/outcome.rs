@@ -110,7 +110,6 @@ impl StageOutcome {
     /// The manifest record of a stage that ran now. `previous_wall`: what a resumed stage had
     /// already spent.
     pub fn record_into(&self, record: &mut StageRecord, decision: &Decision, previous_wall: f64) {
-        let (from, to) = decision.from_to();
         record.status = self.status();
         record.tasks = self.total;
         record.ok = self.ok;
@@ -118,12 +117,7 @@ impl StageOutcome {
         record.retried = self.retried;
         record.not_run = self.not_run();
         record.wall_time_s = previous_wall + self.wall.as_secs_f64();
-        record.pool_decision = Some(DecisionRecord {
-            decision: decision.kind().to_owned(),
-            from,
-            to,
-            reason: decision.reason(),
-        });
+        record.pool_decision = Some(decision_record(decision));
     }
 
     pub fn finished_event<'a>(&self, stage: &'a str) -> Event<'a> {
@@ -183,11 +177,22 @@ impl StageOutcome {
     }
 }
 
+/// What the manifest says of a pool decision (from the stage's start on).
+pub fn decision_record(decision: &Decision) -> DecisionRecord {
+    let (from, to) = decision.from_to();
+    DecisionRecord {
+        decision: decision.kind().to_owned(),
+        from,
+        to,
+        reason: decision.reason(),
+    }
+}
+
 /// The widest stage name the summary table shows whole.
 pub const NAME_COLUMN: usize = 16;
 
 /// `name` cut to `width` characters, the last one an ellipsis when it was longer.
-fn fit(name: &str, width: usize) -> String {
+pub(crate) fn fit(name: &str, width: usize) -> String {
     if name.chars().count() <= width {
         return name.to_owned();
     }
