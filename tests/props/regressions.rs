@@ -1,0 +1,1 @@
+//! Failing cases found by the properties, kept as plain tests.
