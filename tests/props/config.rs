@@ -227,51 +227,56 @@ fn mutate(text: &mut Vec<u8>, m: &Mutation) {
 
 /// `--set` arguments, right and wrong.
 fn set_arg() -> impl Strategy<Value = String> {
-    let key = select(&[
-        "pool.max_workers",
-        "pool.retries",
-        "pool.chunksize",
-        "pool.idle_timeout",
-        "pool.task_timeout",
-        "pool.max_memory_growth",
-        "pool.env.X",
-        "pool.env",
-        "pool.initializer.task",
-        "pool.initializer.args",
-        "pool.initializer.args.a.b",
-        "pipeline.name",
-        "pipeline.output_dir",
-        "pipeline.plugins",
-        "stage.a.retries",
-        "stage.a.input.range",
-        "stage.a.input.items",
-        "stage.a.input.from",
-        "stage.a.name",
-        "stage.squares.max_workers",
-        "stage.nope.retries",
-        "stage..x",
-        "pool",
-        "",
-        "nope.key",
-    ][..]);
+    let key = select(
+        &[
+            "pool.max_workers",
+            "pool.retries",
+            "pool.chunksize",
+            "pool.idle_timeout",
+            "pool.task_timeout",
+            "pool.max_memory_growth",
+            "pool.env.X",
+            "pool.env",
+            "pool.initializer.task",
+            "pool.initializer.args",
+            "pool.initializer.args.a.b",
+            "pipeline.name",
+            "pipeline.output_dir",
+            "pipeline.plugins",
+            "stage.a.retries",
+            "stage.a.input.range",
+            "stage.a.input.items",
+            "stage.a.input.from",
+            "stage.a.name",
+            "stage.squares.max_workers",
+            "stage.nope.retries",
+            "stage..x",
+            "pool",
+            "",
+            "nope.key",
+        ][..],
+    );
     let value = prop_oneof![select(TOKENS).prop_map(str::to_owned), Just(String::new())];
-    (key, value, any::<bool>()).prop_map(|(k, v, eq)| if eq { format!("{k}={v}") } else { k.to_owned() })
+    (key, value, any::<bool>())
+        .prop_map(|(k, v, eq)| if eq { format!("{k}={v}") } else { k.to_owned() })
 }
 
 fn env_var() -> impl Strategy<Value = (String, String)> {
-    let name = select(&[
-        "LOKY_RUN_POOL_MAX_WORKERS",
-        "LOKY_RUN_POOL_RETRIES",
-        "LOKY_RUN_POOL_IDLE_TIMEOUT",
-        "LOKY_RUN_POOL_ENV",
-        "LOKY_RUN_PIPELINE_NAME",
-        "LOKY_RUN_STAGE_A_RETRIES",
-        "LOKY_RUN_STAGE_A_INPUT",
-        "LOKY_RUN_STAGE_",
-        "LOKY_RUN_",
-        "LOKY_RUN_POOL_",
-        "LOKY_RUN_PLUGIN_PATH",
-    ][..]);
+    let name = select(
+        &[
+            "LOKY_RUN_POOL_MAX_WORKERS",
+            "LOKY_RUN_POOL_RETRIES",
+            "LOKY_RUN_POOL_IDLE_TIMEOUT",
+            "LOKY_RUN_POOL_ENV",
+            "LOKY_RUN_PIPELINE_NAME",
+            "LOKY_RUN_STAGE_A_RETRIES",
+            "LOKY_RUN_STAGE_A_INPUT",
+            "LOKY_RUN_STAGE_",
+            "LOKY_RUN_",
+            "LOKY_RUN_POOL_",
+            "LOKY_RUN_PLUGIN_PATH",
+        ][..],
+    );
     (name, select(TOKENS)).prop_map(|(n, v)| (n.to_owned(), v.to_owned()))
 }
 

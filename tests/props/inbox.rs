@@ -97,7 +97,10 @@ fn worker_frames() -> impl Strategy<Value = Vec<u8>> {
         3 => (30_000usize..300_000, any::<u8>()).prop_map(|(n, b)| vec![b; n]),
         1 => (4_200_000usize..5_000_000).prop_map(|n| (0..n).map(|i| i as u8).collect()),
     ];
-    let frame = (prop::sample::select(vec![tag::READY, tag::RESULTS]), payload);
+    let frame = (
+        prop::sample::select(vec![tag::READY, tag::RESULTS]),
+        payload,
+    );
     prop::collection::vec(frame, 0..10).prop_map(|frames| {
         let mut f = FrameBuf::new();
         let mut wire = Vec::new();

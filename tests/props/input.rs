@@ -28,7 +28,11 @@ enum Line {
 impl Line {
     fn bytes(&self) -> &[u8] {
         match self {
-            Line::Value(_, b) | Line::Blank(b) | Line::Bad(b) | Line::NotUtf8(b) | Line::Noise(b) => b,
+            Line::Value(_, b)
+            | Line::Blank(b)
+            | Line::Bad(b)
+            | Line::NotUtf8(b)
+            | Line::Noise(b) => b,
         }
     }
 }
@@ -162,8 +166,10 @@ fn output_file() -> impl Strategy<Value = (Vec<u8>, Vec<Vec<u8>>)> {
                     outputs.push(o);
                 }
                 None => text.extend_from_slice(
-                    format!("{{\"index\":{i},\"error\":{{\"kind\":\"panic\",\"message\":\"m\"}}}}\n")
-                        .as_bytes(),
+                    format!(
+                        "{{\"index\":{i},\"error\":{{\"kind\":\"panic\",\"message\":\"m\"}}}}\n"
+                    )
+                    .as_bytes(),
                 ),
             }
         }

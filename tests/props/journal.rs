@@ -93,8 +93,7 @@ fn record(big: bool) -> impl Strategy<Value = Rec> {
         any::<i64>().prop_map(|v| v.to_string().into_bytes()),
         message().prop_map(|m| serde_json::to_vec(&m).unwrap()),
         (any::<u16>(), message()).prop_map(|(a, m)| {
-            serde_json::to_vec(&serde_json::json!({ "a": a, "m": m, "l": [1, 2.5, null] }))
-                .unwrap()
+            serde_json::to_vec(&serde_json::json!({ "a": a, "m": m, "l": [1, 2.5, null] })).unwrap()
         }),
     ];
     // Large outputs, so that a case crosses several seals (one per MiB): a long run of
@@ -316,7 +315,10 @@ fn run_case(case: &Case) -> Result<(), TestCaseError> {
         let r = w.resumed();
         let done: Vec<usize> = (0..n).filter(|&i| w.is_done(i as u64)).collect();
         for &i in &done {
-            prop_assert!(written.contains(&i), "index {i} counted as recorded, never written");
+            prop_assert!(
+                written.contains(&i),
+                "index {i} counted as recorded, never written"
+            );
         }
         prop_assert_eq!(r.records(), done.len() as u64, "resumed counts: {:?}", r);
         prop_assert!(r.prefix <= w.next_index());
@@ -336,7 +338,10 @@ fn run_case(case: &Case) -> Result<(), TestCaseError> {
     let sha = w.finish().unwrap();
     let got = fs::read(&path).unwrap();
     prop_assert!(!journal_path(&path).exists(), "finish deletes the journal");
-    prop_assert!(!seals::seals_path(&path).exists(), "finish deletes the seals");
+    prop_assert!(
+        !seals::seals_path(&path).exists(),
+        "finish deletes the seals"
+    );
     let sha_of_file: String = {
         use sha2::Digest;
         sha2::Sha256::digest(&got)
