@@ -71,12 +71,11 @@ fn parse(args: &[String]) -> Result<Options, String> {
         };
         match a.as_str() {
             "--scale" => {
-                let s: f64 = value("a number")?
-                    .parse()
-                    .map_err(|_| "--scale takes a number")?;
-                if !(s > 0.0) {
-                    return Err("--scale must be above 0".into());
-                }
+                let s = value("a number")?
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| *s > 0.0)
+                    .ok_or("--scale takes a number above 0")?;
                 o.tasks = ((10_000_000.0 * s).round() as u64).max(1);
             }
             "--tasks" => {

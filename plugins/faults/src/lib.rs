@@ -434,10 +434,11 @@ pub fn crash_randomly(input: Value) -> Result<Value, String> {
     let p = PROBABILITY
         .get_or_init(|| parse_probability(std::env::var(CRASH_PROBABILITY_VAR).ok().as_deref()))
         .clone()?;
-    if let (Some(counts), Some(i)) = (call_counts(), input.as_u64()) {
-        if let Some(c) = usize::try_from(i).ok().and_then(|i| counts.get(i)) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
+    let counter = call_counts()
+        .zip(input.as_u64())
+        .and_then(|(counts, i)| counts.get(usize::try_from(i).ok()?));
+    if let Some(c) = counter {
+        c.fetch_add(1, Ordering::Relaxed);
     }
     let draw = next_random();
     if crashes(p, draw) {
