@@ -201,6 +201,7 @@ impl OrderedWriter {
     pub fn resume(path: &Path) -> io::Result<Self> {
         let seals_file = seals::seals_path(path);
         let prefix = verify_prefix(path, &seals::read(&seals_file)?)?;
+        seals::truncate(&seals_file, prefix.seals_kept)?;
         let mut file = OpenOptions::new()
             .write(true)
             .create(true)
@@ -588,9 +589,11 @@ fn verify_prefix(path: &Path, seals: &[Seal]) -> io::Result<VerifiedPrefix> {
     'sealed: for (i, seal) in seals.iter().enumerate() {
         while kept.len < seal.offset {
             line.clear();
-            if reader.read_until(b'\n', &mut line)? == 0 {
-                // Shorter than sealed: the seal reached the disk before the data (a power
-                // cut). What is there is checked line by line below.
+            let got = reader.read_until(b'\n', &mut line)? as u64;
+            if got == 0 || (!line.ends_with(b"\n") && kept.len + got < seal.offset) {
+                // Shorter than sealed, maybe in the middle of a line: the seal reached the
+                // disk before the data (a power cut). What is there is checked line by line
+                // below.
                 break 'sealed;
             }
             let head = parse_record_head(&line).filter(|(index, _)| *index == kept.lines);

@@ -6,7 +6,8 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, Once, OnceLock, PoisonError};
 use std::thread;
 use std::time::Duration;
 
@@ -344,6 +345,112 @@ pub fn init_segfault(_args: Value) {
     die_by_sigsegv()
 }
 
+/// The variable that gives `crash_randomly` its probability of crashing per call.
+pub const CRASH_PROBABILITY_VAR: &str = "FAULTS_CRASH_PROBABILITY";
+/// The variable that names a file of little-endian u32 counters, one per input index, that
+/// `crash_randomly` increments on every call (before it may crash): how often each input ran.
+pub const CALL_COUNTS_VAR: &str = "FAULTS_CALL_COUNTS";
+
+/// Reads a probability in [0, 1] from the text of an environment variable.
+pub fn parse_probability(text: Option<&str>) -> Result<f64, String> {
+    let text = text.ok_or_else(|| {
+        format!("{CRASH_PROBABILITY_VAR} is not set: give crash_randomly a probability (env = {{ {CRASH_PROBABILITY_VAR} = \"0.01\" }})")
+    })?;
+    match text.trim().parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err(format!(
+            "{CRASH_PROBABILITY_VAR} = {text:?} is not a probability (a number from 0 to 1)"
+        )),
+    }
+}
+
+/// Whether a uniformly random `draw` means a crash, with probability `p`.
+pub fn crashes(p: f64, draw: u64) -> bool {
+    // 53 random bits as a number in [0, 1): exact in an f64.
+    ((draw >> 11) as f64 / (1u64 << 53) as f64) < p
+}
+
+/// A random number per call, from a per-process state (splitmix64): workers must not crash
+/// in step, and a retried input must get a fresh draw.
+fn next_random() -> u64 {
+    static STATE: AtomicU64 = AtomicU64::new(0);
+    static SEEDED: Once = Once::new();
+    SEEDED.call_once(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let seed = nanos ^ (u64::from(std::process::id()) << 32);
+        STATE.store(seed, Ordering::Relaxed);
+    });
+    let mut z = STATE
+        .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+        .wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The call counters of [`CALL_COUNTS_VAR`], mapped shared (they survive the worker's crash
+/// and a `kill -9` of the runner: the counts are in the page cache at once).
+fn call_counts() -> Option<&'static [AtomicU32]> {
+    static COUNTS: OnceLock<Option<&'static [AtomicU32]>> = OnceLock::new();
+    *COUNTS.get_or_init(|| map_counts(Path::new(&std::env::var_os(CALL_COUNTS_VAR)?)))
+}
+
+/// Maps the counters in `path` (its length rounded down to whole u32s), for good.
+pub fn map_counts(path: &Path) -> Option<&'static [AtomicU32]> {
+    let file = OpenOptions::new().read(true).write(true).open(path).ok()?;
+    let len = usize::try_from(file.metadata().ok()?.len()).ok()? / 4 * 4;
+    if len == 0 {
+        return None;
+    }
+    // SAFETY: a fresh shared mapping of `len` bytes of an open file (checked for
+    // failure); it is never unmapped, so the slice below lives for the rest of the process.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return None;
+    }
+    // SAFETY: the mapping is page-aligned, `len` bytes long and readable and writable;
+    // AtomicU32 has the size and alignment of u32 and every bit pattern is valid. Other
+    // processes change it only through atomic operations too.
+    Some(unsafe { std::slice::from_raw_parts(ptr.cast::<AtomicU32>(), len / 4) })
+}
+
+/// Returns its input, but first, with the probability in `FAULTS_CRASH_PROBABILITY`, ends the
+/// worker: by SIGSEGV, SIGABRT or `exit(3)`, chosen at random. Each call draws anew, so a
+/// retried input most likely succeeds. If `FAULTS_CALL_COUNTS` names a file, an integer
+/// input `i` increments its `i`-th u32 counter first (the soak benchmark counts reruns so).
+pub fn crash_randomly(input: Value) -> Result<Value, String> {
+    static PROBABILITY: OnceLock<Result<f64, String>> = OnceLock::new();
+    let p = PROBABILITY
+        .get_or_init(|| parse_probability(std::env::var(CRASH_PROBABILITY_VAR).ok().as_deref()))
+        .clone()?;
+    let counter = call_counts()
+        .zip(input.as_u64())
+        .and_then(|(counts, i)| counts.get(usize::try_from(i).ok()?));
+    if let Some(c) = counter {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+    let draw = next_random();
+    if crashes(p, draw) {
+        match draw % 3 {
+            0 => die_by_sigsegv(),
+            1 => std::process::abort(),
+            _ => std::process::exit(3),
+        }
+    }
+    Ok(input)
+}
+
 plugin_api::export_plugin! {
     name: "faults",
     tasks: [
@@ -364,6 +471,7 @@ plugin_api::export_plugin! {
         huge_output,
         rendezvous,
         spawn_sleeper,
+        crash_randomly,
     ],
     initializers: [init_fail, init_panic, init_segfault, init_sleep],
 }
@@ -476,6 +584,60 @@ mod tests {
         let marker = dir.join("no-such-dir").join("marker");
         let error = crash_once(CrashOnce { marker }).unwrap_err();
         assert!(error.starts_with("cannot create marker"), "{error}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+    #[test]
+    fn crash_probabilities_are_read_and_checked() {
+        assert_eq!(parse_probability(Some("0.01")), Ok(0.01));
+        assert_eq!(parse_probability(Some(" 1 ")), Ok(1.0));
+        assert_eq!(parse_probability(Some("0")), Ok(0.0));
+        for bad in ["", "-0.1", "1.5", "NaN", "often"] {
+            let e = parse_probability(Some(bad)).unwrap_err();
+            assert!(e.contains(CRASH_PROBABILITY_VAR), "{e}");
+        }
+        assert!(parse_probability(None).unwrap_err().contains("is not set"));
+    }
+
+    #[test]
+    fn crashes_follow_the_probability() {
+        assert!(!crashes(0.0, 0) && !crashes(0.0, u64::MAX));
+        assert!(crashes(1.0, 0) && crashes(1.0, u64::MAX));
+        // Fresh draws: about 1% of 200000 (the standard deviation is about 45).
+        let n = 200_000;
+        let hits = (0..n).filter(|_| crashes(0.01, next_random())).count();
+        assert!(
+            (1_700..2_300).contains(&hits),
+            "{hits} crashes in {n} draws"
+        );
+        let a = next_random();
+        assert_ne!(a, next_random(), "every call draws anew");
+    }
+
+    #[test]
+    fn crash_randomly_echoes_when_it_does_not_crash() {
+        // The test process has no FAULTS_CRASH_PROBABILITY: a clear task error, no crash.
+        if std::env::var_os(CRASH_PROBABILITY_VAR).is_none() {
+            let e = crash_randomly(json!(5)).unwrap_err();
+            assert!(e.contains(CRASH_PROBABILITY_VAR), "{e}");
+        }
+    }
+    #[test]
+    fn call_counts_are_shared_through_the_file() {
+        let dir = scratch_dir("counts");
+        let path = dir.join("counts");
+        std::fs::write(&path, [0u8; 18]).unwrap();
+        let counts = map_counts(&path).unwrap();
+        assert_eq!(counts.len(), 4, "whole u32s only");
+        counts[1].fetch_add(1, Ordering::Relaxed);
+        counts[1].fetch_add(1, Ordering::Relaxed);
+        counts[3].fetch_add(7, Ordering::Relaxed);
+        // Another reader of the file sees them (what the benchmark reads after the run).
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[4..8], &2u32.to_le_bytes());
+        assert_eq!(&bytes[12..16], &7u32.to_le_bytes());
+        assert!(map_counts(&dir.join("missing")).is_none());
+        std::fs::write(dir.join("empty"), b"").unwrap();
+        assert!(map_counts(&dir.join("empty")).is_none());
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

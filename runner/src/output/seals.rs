@@ -105,6 +105,23 @@ pub fn read(path: &Path) -> io::Result<Vec<Seal>> {
     Ok(seals)
 }
 
+/// Cuts the seals file back to its first `keep` entries (a missing file stays missing). A
+/// resume does it at once: the entries after those it verified describe bytes that are about
+/// to be written anew, and a crash before the next seal must not check those against them.
+pub fn truncate(path: &Path, keep: usize) -> io::Result<()> {
+    match OpenOptions::new().write(true).open(path) {
+        Ok(file) => {
+            let at = (keep * ENTRY) as u64;
+            if file.metadata()?.len() > at {
+                file.set_len(at)?;
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Appends seals; the file is created (or cut back to the seals kept) on first use.
 pub struct SealWriter {
     path: PathBuf,
