@@ -250,7 +250,7 @@ proptest! {
         items in prop::collection::vec((any::<u8>(), prop::collection::vec(any::<u8>(), 0..300)), 0..20),
     ) {
         let mut f = FrameBuf::new();
-        ResultsHeader { chunk_id, first, count: items.len() as u32, busy_ns, rss }.write(&mut f);
+        ResultsHeader { chunk_id, first, count: items.len() as u32, busy_ns, rss, flags: 0 }.write(&mut f);
         for (status, bytes) in &items {
             f.put_u8(*status);
             f.put_bytes(bytes);

@@ -102,25 +102,40 @@ fn file_bytes(lines: &[Line], last_newline: bool) -> Vec<u8> {
 
 /// What the check must find: the values (trimmed lines), or the first bad line (1-based)
 /// and whether it is not UTF-8.
-fn reference(lines: &[Line]) -> Result<Vec<Vec<u8>>, (u64, bool)> {
+/// Why a file is refused, as the reference model sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Malformed,
+    NotUtf8,
+    /// A blank line with more lines after it (blank lines are allowed only at the end: the
+    /// line number is the record's index).
+    Blank,
+}
+
+fn reference(lines: &[Line]) -> Result<Vec<Vec<u8>>, (u64, Fault)> {
     let mut values = Vec::new();
+    let mut blank = None;
     for (i, l) in lines.iter().enumerate() {
         let trimmed = l.bytes().trim_ascii();
         let number = i as u64 + 1;
+        if trimmed.is_empty() {
+            blank.get_or_insert(number);
+            continue;
+        }
+        if let Some(at) = blank {
+            return Err((at, Fault::Blank));
+        }
         match l {
-            Line::Blank(_) => continue,
+            Line::Blank(_) => unreachable!("a blank line trims to nothing"),
             Line::Value(..) => values.push(trimmed.to_vec()),
-            Line::Bad(_) => return Err((number, false)),
-            Line::NotUtf8(_) => return Err((number, true)),
+            Line::Bad(_) => return Err((number, Fault::Malformed)),
+            Line::NotUtf8(_) => return Err((number, Fault::NotUtf8)),
             Line::Noise(_) => {
-                if trimmed.is_empty() {
-                    continue;
-                }
                 if std::str::from_utf8(trimmed).is_err() {
-                    return Err((number, true));
+                    return Err((number, Fault::NotUtf8));
                 }
                 if serde_json::from_slice::<serde::de::IgnoredAny>(trimmed).is_err() {
-                    return Err((number, false));
+                    return Err((number, Fault::Malformed));
                 }
                 values.push(trimmed.to_vec());
             }
@@ -267,13 +282,18 @@ proptest! {
                     }
                 }
             }
-            (Err(e), Err((line, not_utf8))) => {
+            (Err(e), Err((line, fault))) => {
                 let text = e.to_string();
                 prop_assert!(text.contains(&format!("{shown}:{line}:")), "{text}");
                 match e {
-                    InputError::NotUtf8 { line: l, .. } => prop_assert!(not_utf8 && l == line),
+                    InputError::NotUtf8 { line: l, .. } => {
+                        prop_assert!(fault == Fault::NotUtf8 && l == line)
+                    }
+                    InputError::BlankLine { line: l, .. } => {
+                        prop_assert!(fault == Fault::Blank && l == line)
+                    }
                     InputError::Malformed { line: l, message, .. } => {
-                        prop_assert!(!not_utf8 && l == line);
+                        prop_assert!(fault == Fault::Malformed && l == line);
                         prop_assert!(!message.is_empty());
                     }
                     other => prop_assert!(false, "unexpected error {other:?}"),

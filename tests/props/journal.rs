@@ -206,10 +206,10 @@ fn case() -> impl Strategy<Value = Case> {
 /// Records `rec` (its `version`, for a volatile task).
 fn write(w: &mut OrderedWriter, index: usize, rec: &Rec, version: Option<usize>) {
     match (rec, version) {
-        (Rec::Ok(output), None) => w.ok(index as u64, output).unwrap(),
+        (Rec::Ok(output), None) => w.ok(index as u64, None, output).unwrap(),
         (Rec::Ok(output), Some(v)) => {
             let text = [b"[", &output[..], format!(",{v}]").as_bytes()].concat();
-            w.ok(index as u64, &text).unwrap()
+            w.ok(index as u64, None, &text).unwrap()
         }
         (
             Rec::Err {
@@ -223,7 +223,8 @@ fn write(w: &mut OrderedWriter, index: usize, rec: &Rec, version: Option<usize>)
                 Some(v) => format!("{message} #{v}"),
                 None => message.clone(),
             };
-            w.error(index as u64, *kind, &message, *attempts).unwrap()
+            w.error(index as u64, None, *kind, &message, *attempts)
+                .unwrap()
         }
     }
 }

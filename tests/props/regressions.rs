@@ -25,7 +25,7 @@ fn a_stale_seal_left_by_a_power_cut_is_not_damage_on_the_next_resume() {
     let path = dir.path().join("s.jsonl");
     let mut w = OrderedWriter::create(&path).unwrap();
     for i in 0..25 {
-        w.ok(i, &record(i, 0)).unwrap();
+        w.ok(i, None, &record(i, 0)).unwrap();
         w.flush().unwrap(); // a seal after each MiB
     }
     w.suspend().unwrap();
@@ -44,7 +44,7 @@ fn a_stale_seal_left_by_a_power_cut_is_not_damage_on_the_next_resume() {
     // the next seal (a MiB further on).
     let next = w.next_index();
     for i in next..25 {
-        w.ok(i, &record(i, 1)).unwrap();
+        w.ok(i, None, &record(i, 1)).unwrap();
     }
     w.flush().unwrap();
     std::mem::forget(w);
@@ -70,7 +70,7 @@ fn a_line_torn_inside_a_sealed_segment_is_a_torn_end_not_damage() {
     let path = dir.path().join("s.jsonl");
     let mut w = OrderedWriter::create(&path).unwrap();
     for i in 0..10 {
-        w.ok(i, format!("{}", i * i).as_bytes()).unwrap();
+        w.ok(i, None, format!("{}", i * i).as_bytes()).unwrap();
     }
     w.suspend().unwrap(); // seals everything written
     let full = fs::read(&path).unwrap();
