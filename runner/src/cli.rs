@@ -123,6 +123,7 @@ pub struct ConfigArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("continuing").args(["resume", "retry_failed"]).multiple(true)))]
 pub struct RunArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
@@ -130,10 +131,19 @@ pub struct RunArgs {
     /// completed tasks; refused if the pipeline or its inputs changed since.
     #[arg(long)]
     pub resume: bool,
-    /// With --resume: accept a changed pipeline, rerunning the first changed stage and the ones
-    /// after it.
-    #[arg(long, requires = "resume")]
+    /// With --resume or --retry-failed: accept a changed pipeline, rerunning the first changed
+    /// stage and the ones after it.
+    #[arg(long, requires = "continuing")]
     pub force: bool,
+    /// Rerun only the tasks whose record is a failure (and the stages that read from theirs),
+    /// keeping every ok record as it is; finishes an interrupted run first. Retry settings
+    /// (`retries`, `task_timeout`, `on_error`) may be changed for it.
+    #[arg(long)]
+    pub retry_failed: bool,
+    /// Run only stage NAME (its `from` source is read from the output directory); the stages
+    /// that read from it are reset to pending.
+    #[arg(long, value_name = "NAME")]
+    pub stage: Option<String>,
     /// Write life-cycle events as JSON lines to FILE.
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
@@ -411,13 +421,35 @@ fn cmd_run(args: RunArgs, console: &Arc<Console>) -> Result<i32, Error> {
         progress_lines: args.progress != ProgressMode::Never,
         dry_run: false,
         resume: run::ResumeMode {
-            resume: args.resume,
+            resume: args.resume || args.retry_failed,
             force: args.force,
+            retry_failed: args.retry_failed,
+            only: args
+                .stage
+                .as_deref()
+                .map(|name| stage_position(&plan.pipeline, name))
+                .transpose()?,
         },
     };
     let report = run::execute(&plan, &opts, console)?;
     run::print_summary(&report, &plan.pipeline, console);
     Ok(report.exit_code)
+}
+
+/// The position of the stage `--stage NAME` names.
+fn stage_position(pipeline: &config::Pipeline, name: &str) -> Result<usize, Error> {
+    pipeline
+        .stages
+        .iter()
+        .position(|s| s.name == name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = pipeline.stages.iter().map(|s| s.name.as_str()).collect();
+            Error::Usage(format!(
+                "--stage {name}: {} has no stage of that name; its stages are: {}",
+                pipeline.file.display(),
+                names.join(", ")
+            ))
+        })
 }
 
 fn cmd_status(args: &StatusArgs) -> Result<i32, Error> {

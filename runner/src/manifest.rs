@@ -74,6 +74,11 @@ impl StageStatus {
             StageStatus::Interrupted => "interrupted",
         }
     }
+
+    /// Over for good (`done` or `stopped`): its output is complete as it is.
+    pub fn is_finished(self) -> bool {
+        matches!(self, StageStatus::Done | StageStatus::Stopped)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -101,6 +106,13 @@ pub struct StageRecord {
     /// refuses to keep an output that changed since, and a stage reading it checks it.
     #[serde(default)]
     pub output_sha256: Option<String>,
+    /// `--retry-failed` is rerunning this stage's failures over its previous output (kept in
+    /// `.journal/<stage>.previous` until the new one is complete); `previous_sha256` is what
+    /// the manifest had recorded of that output.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retrying: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_sha256: Option<String>,
 }
 
 impl StageRecord {
@@ -121,7 +133,14 @@ impl StageRecord {
             pool_decision: None,
             started_at: None,
             output_sha256: None,
+            retrying: false,
+            previous_sha256: None,
         }
+    }
+
+    /// Inputs without an ok record: failures, and inputs a stopped stage never ran.
+    pub fn has_failures(&self) -> bool {
+        self.failed > 0 || self.not_run > 0 || self.status == StageStatus::Stopped
     }
 }
 

@@ -20,6 +20,7 @@
 //! [`OrderedWriter::finish`] returns for the manifest (checked wherever a finished output is
 //! read again).
 
+pub mod carried;
 pub mod journal;
 pub mod seals;
 
@@ -35,6 +36,7 @@ use std::time::Duration;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use carried::Carried;
 use journal::JournalWriter;
 use seals::{Seal, SealWriter};
 
@@ -117,6 +119,10 @@ pub struct Resumed {
     /// seal, or a line that is not a record): the line (= input index) and byte offset it was
     /// cut back to. The results from there on run again (unless the journal holds them).
     pub damaged_at: Option<(u64, u64)>,
+    /// `--retry-failed`: ok records of the stage's previous output carried over as they are
+    /// (counted in `ok`), and the failures it held (they run again).
+    pub carried: u64,
+    pub previous_failed: u64,
 }
 
 impl Resumed {
@@ -142,6 +148,9 @@ pub struct OrderedWriter {
     resumed_held_max: Option<u64>,
     /// Bytes of the results taken from the journal that wait for a gap before them.
     resumed_held_bytes: usize,
+    /// `--retry-failed`: the stage's previous output, whose ok records are copied in as the
+    /// write position reaches them.
+    carried: Option<Carried>,
     /// `finish` or `suspend` ran.
     closed: bool,
 }
@@ -151,6 +160,7 @@ impl OrderedWriter {
     pub fn create(path: &Path) -> io::Result<Self> {
         let journal = journal_path(path);
         seals::remove(&seals::seals_path(path))?;
+        remove_file(&carried::previous_path(path))?;
         journal::remove(&journal)?;
         let file = File::create(path)?;
         let writer = Self::with(
@@ -190,6 +200,7 @@ impl OrderedWriter {
             resumed: Resumed::default(),
             resumed_held_max: None,
             resumed_held_bytes: 0,
+            carried: None,
             closed: false,
         })
     }
@@ -197,8 +208,42 @@ impl OrderedWriter {
     /// Continues the `<stage>.jsonl` of an interrupted run: keeps its verified prefix (cut back
     /// before the first damage or torn line) and takes the journaled results beyond it back
     /// into the reorder buffer. A missing file is an empty prefix. See
-    /// [`OrderedWriter::resumed`] and [`OrderedWriter::is_done`].
+    /// [`OrderedWriter::resumed`] and [`OrderedWriter::is_done`]. An interrupted retry (see
+    /// [`OrderedWriter::retry`]) continues as one.
     pub fn resume(path: &Path) -> io::Result<Self> {
+        let previous = carried::previous_path(path);
+        let carried = match previous.exists() {
+            true => Some(Carried::open(&previous, None)?),
+            false => None,
+        };
+        Self::resume_with(path, carried)
+    }
+
+    /// `--retry-failed`: starts `<stage>.jsonl` again over the stage's finished output, which
+    /// moves to `.journal/<stage>.previous` (`expected_sha256`: what the manifest recorded of
+    /// it). Its ok records are carried over byte for byte; the other inputs run again (see
+    /// [`carried`]). A retry that was interrupted (the previous file is there) continues.
+    pub fn retry(path: &Path, expected_sha256: Option<&str>) -> io::Result<Self> {
+        let previous = carried::previous_path(path);
+        if previous.exists() {
+            let carried = Carried::open(&previous, expected_sha256)?;
+            return Self::resume_with(path, Some(carried));
+        }
+        // Checked before anything moves: a refused retry leaves the output where it was.
+        let mut carried = Carried::open(path, expected_sha256)?;
+        seals::remove(&seals::seals_path(path))?;
+        journal::remove(&journal_path(path))?;
+        let dir = previous.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        std::fs::rename(path, &previous)?;
+        // The move survives a power cut: both directory entries are durable.
+        journal::sync_dir(dir);
+        sync_parent(path);
+        carried.moved_to(previous);
+        Self::resume_with(path, Some(carried))
+    }
+
+    fn resume_with(path: &Path, carried: Option<Carried>) -> io::Result<Self> {
         let seals_file = seals::seals_path(path);
         let prefix = verify_prefix(path, &seals::read(&seals_file)?)?;
         seals::truncate(&seals_file, prefix.seals_kept)?;
@@ -242,6 +287,15 @@ impl OrderedWriter {
             seals,
             prefix.sealed_at,
         )?;
+        let (carried_ok, previous_failed) = match &carried {
+            Some(c) => {
+                let taken_again = pending.keys().filter(|i| c.has_ok(**i)).count() as u64;
+                (c.ok_from(prefix.lines) - taken_again, c.totals().1)
+            }
+            None => (0, 0),
+        };
+        ok += carried_ok;
+        w.carried = carried;
         w.resumed_held_max = pending.last_key_value().map(|(k, _)| *k);
         w.pending = pending;
         w.pending_bytes = pending_bytes;
@@ -252,6 +306,8 @@ impl OrderedWriter {
             dropped_output_bytes: prefix.file_len.saturating_sub(prefix.valid_len),
             dropped_journal_bytes: scan.ignored,
             damaged_at: prefix.damaged.then_some((prefix.lines, prefix.valid_len)),
+            carried: w.carried.as_ref().map_or(0, |c| c.totals().0),
+            previous_failed,
         };
         // Journaled results that continue the prefix go to the file now.
         w.drain()?;
@@ -293,6 +349,7 @@ impl OrderedWriter {
             || self
                 .resumed_held_max
                 .is_some_and(|max| index <= max && self.pending.contains_key(&index))
+            || self.carried.as_ref().is_some_and(|c| c.has_ok(index))
     }
 
     /// A result: `{"index":N,"output":...}`, with `"source":S` after the index for a `from`
@@ -352,9 +409,22 @@ impl OrderedWriter {
         self.drain()
     }
 
-    /// Writes the held records that now continue the file.
+    /// Writes the held (and carried) records that now continue the file.
     fn drain(&mut self) -> io::Result<()> {
-        while let Some(entry) = self.pending.first_entry() {
+        loop {
+            if let Some(carried) = &mut self.carried {
+                if let Some(line) = carried.take(self.next)? {
+                    self.out.write_all(line)?;
+                    if let Some(extra) = self.pending.remove(&self.next) {
+                        self.pending_bytes -= extra.len();
+                    }
+                    self.next += 1;
+                    continue;
+                }
+            }
+            let Some(entry) = self.pending.first_entry() else {
+                break;
+            };
             if *entry.key() != self.next {
                 break;
             }
@@ -404,12 +474,40 @@ impl OrderedWriter {
     /// come), makes the file durable and deletes the journal.
     /// Returns the SHA-256 of the finished file, in hex.
     pub fn finish(mut self) -> io::Result<String> {
-        for (_, line) in std::mem::take(&mut self.pending) {
-            self.out.write_all(&line)?;
+        let mut pending = std::mem::take(&mut self.pending).into_iter().peekable();
+        let mut carried = self.carried.take();
+        loop {
+            // The carried records and the held ones, merged in index order.
+            let from_carried = match &mut carried {
+                Some(c) => c.next_ok(self.next)?,
+                None => None,
+            };
+            let held = pending.peek().map(|(i, _)| *i);
+            let carried_first = match (from_carried, held) {
+                (Some(c), Some(h)) => c <= h,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            if let (true, Some(c)) = (carried_first, from_carried) {
+                if held == Some(c) {
+                    pending.next(); // carried records win: they stay as they were
+                }
+                if let Some(line) = carried.as_mut().and_then(|k| k.take(c).transpose()) {
+                    self.out.write_all(line?)?;
+                }
+                self.next = c + 1;
+            } else if let Some((h, line)) = pending.next() {
+                self.out.write_all(&line)?;
+                self.next = h + 1;
+            }
         }
         self.pending_bytes = 0;
         self.out.flush()?;
         self.out.get_ref().file.sync_all()?;
+        if let Some(c) = carried {
+            c.remove()?;
+        }
         self.syncer.stop();
         // The seals first: removing the journal removes their directory once it is empty.
         self.seals.discard()?;
@@ -688,6 +786,14 @@ fn verify_prefix(path: &Path, seals: &[Seal]) -> io::Result<VerifiedPrefix> {
 /// The offset of the last of the first `kept` seals (0: none).
 fn seal_offset(seals: &[Seal], kept: usize) -> u64 {
     kept.checked_sub(1).map_or(0, |i| seals[i].offset)
+}
+
+/// Deletes a file; a missing one is fine.
+fn remove_file(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// Makes a new directory entry durable (best effort).
@@ -1084,6 +1190,108 @@ mod tests {
         assert_eq!(w.next_index(), 4);
         w.finish().unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), lines(0..4));
+    }
+
+    /// A finished output with failures at 1 and 4, and no record for 5 (a stopped stage);
+    /// the ok records are spaced oddly so that a byte-for-byte copy shows.
+    const PREVIOUS: &str = "{\"index\":0,\"output\": [0, \"a\"]}\n\
+        {\"index\":1,\"error\":{\"kind\":\"crashed\",\"message\":\"x\"}}\n\
+        {\"index\":2,\"output\": 2 }\n\
+        {\"index\":3,\"output\":3}\n\
+        {\"index\":4,\"error\":{\"kind\":\"timeout\",\"message\":\"y\"}}\n\
+        {\"index\":6,\"output\":6}\n";
+
+    fn retried_expected() -> String {
+        PREVIOUS
+            .replace(
+                "{\"index\":1,\"error\":{\"kind\":\"crashed\",\"message\":\"x\"}}",
+                "{\"index\":1,\"output\":1}",
+            )
+            .replace("{\"index\":6,", "{\"index\":5,\"output\":5}\n{\"index\":6,")
+    }
+
+    #[test]
+    fn a_retry_reruns_what_has_no_ok_record_and_copies_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.jsonl");
+        std::fs::write(&path, PREVIOUS).unwrap();
+        let sha = crate::manifest::sha256_file(&path).unwrap();
+        let mut w = OrderedWriter::retry(&path, Some(&sha)).unwrap();
+        let r = w.resumed();
+        assert_eq!((r.ok, r.failed, r.carried, r.previous_failed), (4, 0, 4, 2));
+        assert_eq!(w.next_index(), 1, "index 0 is copied at once");
+        let done: Vec<bool> = (0..8).map(|i| w.is_done(i)).collect();
+        assert_eq!(done, [true, false, true, true, false, false, true, false]);
+        w.ok(5, None, b"5").unwrap();
+        w.ok(1, None, b"1").unwrap();
+        assert_eq!(
+            w.next_index(),
+            4,
+            "2 and 3 follow 1 from the previous output"
+        );
+        w.error(4, None, ErrorKind::Timeout, "y", 1).unwrap();
+        assert_eq!(w.next_index(), 7);
+        w.finish().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), retried_expected());
+        assert!(!carried::previous_path(&path).exists());
+        assert!(!dir.path().join(JOURNAL_DIR).exists());
+    }
+
+    #[test]
+    fn an_interrupted_retry_continues_and_a_stopped_one_keeps_every_ok_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.jsonl");
+        std::fs::write(&path, PREVIOUS).unwrap();
+        let mut w = OrderedWriter::retry(&path, None).unwrap();
+        w.ok(5, None, b"5").unwrap(); // held: journaled
+        w.ok(1, None, b"1").unwrap();
+        w.flush().unwrap();
+        crash(w);
+        assert!(carried::previous_path(&path).exists());
+        // `--resume` finds the retry by its previous file.
+        let w = OrderedWriter::resume(&path).unwrap();
+        let r = w.resumed();
+        assert_eq!((r.ok, r.failed, r.prefix), (6, 0, 4));
+        assert_eq!(w.next_index(), 4);
+        assert!(w.is_done(5) && w.is_done(6) && !w.is_done(4));
+        crash(w);
+        // So does `--retry-failed` again; then the stage stops before 4 has a record.
+        let w = OrderedWriter::retry(&path, None).unwrap();
+        assert_eq!(w.resumed().ok, 6);
+        w.finish().unwrap();
+        let expected: String = retried_expected()
+            .lines()
+            .filter(|l| !l.starts_with("{\"index\":4,"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), expected);
+    }
+
+    #[test]
+    fn a_retry_refuses_a_damaged_or_changed_previous_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.jsonl");
+        std::fs::write(&path, PREVIOUS).unwrap();
+        let err = OrderedWriter::retry(&path, Some("00")).err().unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("SHA-256"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            PREVIOUS,
+            "left in place"
+        );
+        for (damaged, line) in [
+            (PREVIOUS.replace("{\"index\":3,", "{\"index\":1,"), 4),
+            (
+                PREVIOUS.replace("{\"index\":3,\"output\":3}", "{\"index\":3,\"outp"),
+                4,
+            ),
+        ] {
+            std::fs::write(&path, damaged).unwrap();
+            let err = OrderedWriter::retry(&path, None).err().unwrap();
+            assert!(err.to_string().contains(&format!("line {line} ")), "{err}");
+            assert!(path.exists() && !dir.path().join(JOURNAL_DIR).exists());
+        }
     }
 
     #[test]

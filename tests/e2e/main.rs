@@ -9,6 +9,7 @@ mod cli_ux;
 mod failures;
 mod pool;
 mod resume;
+mod retry;
 mod scheduler;
 mod slurm;
 mod status;

@@ -28,6 +28,19 @@ pub struct CrashOnce {
     pub marker: PathBuf,
 }
 
+/// Input of `fail_while`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailWhile {
+    /// While this file exists, the task fails.
+    pub flag: PathBuf,
+    /// What the task returns once the file is gone.
+    pub value: Value,
+    /// How long it takes to return it, in milliseconds.
+    #[serde(default)]
+    pub sleep_ms: u64,
+}
+
 /// Input of `rendezvous`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -156,6 +169,16 @@ pub fn crash_once(input: CrashOnce) -> Result<bool, String> {
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(true),
         Err(e) => Err(format!("cannot create marker {}: {e}", marker.display())),
     }
+}
+
+/// Fails (a task error naming the flag) while `flag` exists, else returns `value`: a fault that
+/// a person fixes between two runs, as `--retry-failed` expects.
+pub fn fail_while(input: FailWhile) -> Result<Value, String> {
+    if input.flag.exists() {
+        return Err(format!("{} exists", input.flag.display()));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(input.sleep_ms));
+    Ok(input.value)
 }
 
 /// Makes a newly created file durable: its contents and its directory entry.
@@ -472,6 +495,7 @@ plugin_api::export_plugin! {
         rendezvous,
         spawn_sleeper,
         crash_randomly,
+        fail_while,
     ],
     initializers: [init_fail, init_panic, init_segfault, init_sleep],
 }

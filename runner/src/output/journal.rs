@@ -145,7 +145,7 @@ pub fn remove(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-fn sync_dir(dir: &Path) {
+pub(super) fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }

@@ -104,14 +104,12 @@ pub fn execute(
     let starts = match resume::prepare(plan, &mut manifest, opts.resume, console)? {
         resume::Prepared::Run(starts) => starts,
         resume::Prepared::Finished {
-            status,
+            message,
+            status: _,
             exit_code,
             stages,
         } => {
-            console.info(&format!(
-                "nothing to resume: the run in {} already finished ({status}); its outputs are complete",
-                out_dir.display()
-            ));
+            console.info(&message);
             return Ok(RunReport {
                 exit_code,
                 wall: std::time::Duration::ZERO,
@@ -163,6 +161,7 @@ pub fn execute(
         kept: Vec::new(),
         stages: Vec::new(),
         failed_any: false,
+        partial: opts.resume.only.is_some(),
     };
     run.write_manifest(false)?;
     run.live.write(None, Instant::now());
@@ -176,8 +175,12 @@ pub fn execute(
     for (i, start) in starts.iter().enumerate() {
         let stop = match start {
             resume::StageStart::Keep(record) => run.keep(i, record),
-            resume::StageStart::Resume => run.stage(i, true)?,
-            resume::StageStart::Fresh => run.stage(i, false)?,
+            resume::StageStart::Skip(record) => run.skip(i, record.as_deref()),
+            resume::StageStart::Resume => run.stage(i, Writing::Resume)?,
+            resume::StageStart::Retry { previous_sha256 } => {
+                run.stage(i, Writing::Retry(previous_sha256.as_deref()))?
+            }
+            resume::StageStart::Fresh => run.stage(i, Writing::Fresh)?,
         };
         if stop {
             break;
@@ -203,6 +206,18 @@ struct Run<'a> {
     kept: Vec<(String, StageOutcome)>,
     stages: Vec<(String, StageOutcome, Decision)>,
     failed_any: bool,
+    /// `--stage`: the other stages are not run.
+    partial: bool,
+}
+
+/// How a stage's output starts.
+#[derive(Clone, Copy)]
+enum Writing<'a> {
+    Fresh,
+    /// Continues what an interrupted run recorded.
+    Resume,
+    /// `--retry-failed`: over the finished output (with the SHA-256 the manifest recorded).
+    Retry(Option<&'a str>),
 }
 
 impl Run<'_> {
@@ -237,9 +252,19 @@ impl Run<'_> {
         stopped
     }
 
-    /// Runs stage `i` (continuing what an interrupted run recorded, if `resume`). Returns
-    /// whether the run stops here.
-    fn stage(&mut self, i: usize, resume: bool) -> Result<bool, RunError> {
+    /// `--stage` runs another stage: this one's record (from the earlier run, if any) stands,
+    /// and its output feeds the chosen stage if that reads from it.
+    fn skip(&mut self, i: usize, record: Option<&StageRecord>) -> bool {
+        if let Some(record) = record {
+            self.manifest.stages[i] = record.clone();
+        }
+        self.ok_counts.push(record.map_or(0, |r| r.ok));
+        false
+    }
+
+    /// Runs stage `i`, its output written as `writing` says. Returns whether the run stops
+    /// here.
+    fn stage(&mut self, i: usize, writing: Writing<'_>) -> Result<bool, RunError> {
         let pipeline = &self.plan.pipeline;
         let stage = &pipeline.stages[i];
         let planned = &self.plan.stages[i];
@@ -305,24 +330,46 @@ impl Run<'_> {
         record.tasks = total;
         record.started_at = Some(crate::events::now_rfc3339());
         record.pool_decision = Some(outcome::decision_record(&decision));
-        self.manifest
-            .write_unsynced(&out_dir)
-            .map_err(RunError::io_in_run(format!(
-                "cannot write {}",
-                out_dir.join("manifest.json").display()
-            )))?;
-        let mut writer = if resume {
-            let w = OrderedWriter::resume(&out_path).map_err(RunError::io_in_run(format!(
-                "cannot resume {}",
-                out_path.display()
-            )))?;
-            report_resumed(self.console, &stage.name, &w, total);
-            w
+        let manifest_error = RunError::io_in_run(format!(
+            "cannot write {}",
+            out_dir.join("manifest.json").display()
+        ));
+        if let Writing::Retry(sha) = writing {
+            // Durable before the output moves aside: a resume must know it is a retry's.
+            record.retrying = true;
+            record.previous_sha256 = sha.map(str::to_owned);
+            self.manifest.write(&out_dir).map_err(manifest_error)?;
         } else {
-            OrderedWriter::create(&out_path).map_err(RunError::io_in_run(format!(
-                "cannot create {}",
-                out_path.display()
-            )))?
+            self.manifest
+                .write_unsynced(&out_dir)
+                .map_err(manifest_error)?;
+        }
+        let mut writer = match writing {
+            Writing::Fresh => OrderedWriter::create(&out_path).map_err(RunError::io_in_run(
+                format!("cannot create {}", out_path.display()),
+            ))?,
+            Writing::Resume => {
+                let w = OrderedWriter::resume(&out_path).map_err(RunError::io_in_run(format!(
+                    "cannot resume {}",
+                    out_path.display()
+                )))?;
+                report_resumed(self.console, &stage.name, &w, total);
+                w
+            }
+            Writing::Retry(sha) => {
+                let w = OrderedWriter::retry(&out_path, sha).map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::InvalidData {
+                        RunError::Refused(format!(
+                            "cannot retry the failures of stage {}: {e}; rerun the whole stage with `loky-run run --stage {} PIPELINE`",
+                            stage.name, stage.name
+                        ))
+                    } else {
+                        RunError::io_in_run(format!("cannot retry {}", out_path.display()))(e)
+                    }
+                })?;
+                report_retry(self.console, &stage.name, &w, total);
+                w
+            }
         };
         let resumed = writer.resumed();
         self.events.emit(&Event::StageStarted {
@@ -369,7 +416,13 @@ impl Run<'_> {
 
         self.events.emit(&outcome.finished_event(&stage.name));
         outcome.record_into(&mut self.manifest.stages[i], &decision, previous_wall);
-        self.manifest.stages[i].output_sha256 = output_sha256;
+        let record = &mut self.manifest.stages[i];
+        // An interrupted retry stays one: its previous output waits in the journal directory.
+        record.retrying = matches!(writing, Writing::Retry(_)) && output_sha256.is_none();
+        if !record.retrying {
+            record.previous_sha256 = None;
+        }
+        record.output_sha256 = output_sha256;
         // The stage's outcome stands even if this write fails: the final write reports it.
         let _ = self.manifest.write(&out_dir);
         self.live.write(None, Instant::now());
@@ -390,8 +443,12 @@ impl Run<'_> {
             Some(sig) => crate::interrupt::exit_code(sig),
             None => i32::from(self.failed_any),
         };
+        let unfinished =
+            self.partial && self.manifest.stages.iter().any(|r| !r.status.is_finished());
         self.manifest.status = match (interrupted, self.failed_any) {
             (Some(_), _) => "interrupted",
+            // `--stage` left other stages to run: `--resume` runs them.
+            (None, _) if unfinished => "partial",
             (None, true) => "failed",
             (None, false) => "succeeded",
         };
@@ -453,6 +510,26 @@ fn report_resumed(console: &Console, stage: &str, writer: &OrderedWriter, total:
             r.dropped_output_bytes, r.dropped_journal_bytes
         ));
     }
+}
+
+/// Says what a retry reruns and what it keeps.
+fn report_retry(console: &Console, stage: &str, writer: &OrderedWriter, total: u64) {
+    let r = writer.resumed();
+    if r.prefix > 0 {
+        // An interrupted retry, continued.
+        return report_resumed(console, stage, writer, total);
+    }
+    let never_ran = total.saturating_sub(r.carried + r.previous_failed);
+    let never = match never_ran {
+        0 => String::new(),
+        n => format!(", {n} never ran"),
+    };
+    console.info(&format!(
+        "stage {stage}: retrying {} of {total} tasks ({} failed{never}); {} results kept as they are",
+        total.saturating_sub(r.carried),
+        r.previous_failed,
+        r.carried
+    ));
 }
 
 /// `path` made absolute against the current directory (for the manifest).

@@ -21,12 +21,25 @@ use crate::output::{self, JOURNAL_DIR};
 
 use super::{Plan, output_file};
 
-/// What `--resume` / `--force` asked for.
+/// What `--resume` / `--force` / `--retry-failed` / `--stage` asked for.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ResumeMode {
     pub resume: bool,
     pub force: bool,
+    /// `--retry-failed` (with `resume` set): finished stages rerun the inputs whose record is
+    /// a failure, keeping their ok records; the stages reading from them rerun.
+    pub retry_failed: bool,
+    /// `--stage`: run only this stage (by position); its `from` source must have a finished
+    /// output in the output directory, the stages reading from it are reset to pending, the
+    /// others are left as they are.
+    pub only: Option<usize>,
 }
+
+/// Fingerprint parts that change how failures are handled, not what an ok record holds:
+/// `--retry-failed` accepts a change in them (more retries, a longer timeout).
+const RETRY_SETTINGS: [&str; 3] = ["retries", "task_timeout", "on_error"];
+/// The changed part of a `from` stage whose source stage's fingerprint changed.
+const SOURCE_CHANGED: &str = "input (its source stage changed)";
 
 /// How a stage starts in this run.
 #[derive(Debug, Clone)]
@@ -37,13 +50,22 @@ pub enum StageStart {
     Resume,
     /// Finished in an earlier run: kept as recorded, not run.
     Keep(Box<StageRecord>),
+    /// `--retry-failed`: reruns the inputs without an ok record in its finished output
+    /// (failures; inputs a stopped stage never ran) and keeps the others byte for byte; also
+    /// an interrupted retry, continued. `previous_sha256`: the manifest's SHA-256 of that
+    /// output.
+    Retry { previous_sha256: Option<String> },
+    /// `--stage` runs another stage: this one is not run, its record (if any) stands.
+    Skip(Option<Box<StageRecord>>),
 }
 
 pub enum Prepared {
     /// One entry per stage of the pipeline.
     Run(Vec<StageStart>),
-    /// `--resume` of a run that had already finished, unchanged: nothing to do.
+    /// `--resume` of a run that had already finished, unchanged: nothing to do (`message` says
+    /// so).
     Finished {
+        message: String,
         status: String,
         exit_code: i32,
         stages: Vec<StageRecord>,
@@ -143,9 +165,7 @@ fn changed_parts(before: &BTreeMap<String, String>, now: &BTreeMap<String, Strin
         .filter(|k| before.get(*k) != now.get(*k))
         .map(|k| match (k.as_str(), now.get(k)) {
             ("input", Some(v)) if v.starts_with("file ") => "input file content".to_owned(),
-            ("input", Some(v)) if v.starts_with("from ") => {
-                "input (its source stage changed)".to_owned()
-            }
+            ("input", Some(v)) if v.starts_with("from ") => SOURCE_CHANGED.to_owned(),
             ("plugin", _) => "plugin file".to_owned(),
             _ => k.clone(),
         })
@@ -175,13 +195,19 @@ pub fn prepare(
                 ));
             }
         }
-        let names = pipeline.stages.iter().map(|s| s.name.as_str());
-        discard(out_dir, names)?;
-        let _ = std::fs::remove_dir_all(out_dir.join(JOURNAL_DIR));
-        return Ok(Prepared::Run(vec![
-            StageStart::Fresh;
-            pipeline.stages.len()
-        ]));
+        let Some(only) = mode.only else {
+            let names = pipeline.stages.iter().map(|s| s.name.as_str());
+            discard(out_dir, names)?;
+            let _ = std::fs::remove_dir_all(out_dir.join(JOURNAL_DIR));
+            return Ok(Prepared::Run(vec![
+                StageStart::Fresh;
+                pipeline.stages.len()
+            ]));
+        };
+        let prev = previous.ok().flatten();
+        let mut starts = vec![StageStart::Fresh; pipeline.stages.len()];
+        return only_stage(plan, manifest, prev.as_ref(), only, &mut starts, console)
+            .map(|()| Prepared::Run(starts));
     }
 
     let prev = match previous {
@@ -235,6 +261,30 @@ pub fn prepare(
             (None, None) => unreachable!(),
         }
     }
+    if mode.retry_failed {
+        // Retry settings may change: they do not touch the ok records a retry keeps (nor the
+        // inputs of a stage reading from one whose retry settings changed).
+        let mut tolerated = vec![false; now.len()];
+        for (i, after) in now.iter().enumerate() {
+            let Some(before) = prev.stages.get(i).filter(|b| b.name == after.name) else {
+                continue;
+            };
+            let source_tolerated = plan.stages[i].from.is_some_and(|j| tolerated[j]);
+            tolerated[i] = changed_parts(&before.fingerprint, &after.fingerprint)
+                .iter()
+                .all(|part| {
+                    RETRY_SETTINGS.contains(&part.as_str())
+                        || (source_tolerated && part == SOURCE_CHANGED)
+                })
+                && !(before.status.is_finished()
+                    && finished_output_problem(out_dir, before).is_some());
+        }
+        changes.retain(|(i, _)| !tolerated.get(*i).copied().unwrap_or(false));
+    }
+    if let Some(only) = mode.only {
+        // Other stages are not run: only the chosen one's changes matter.
+        changes.retain(|(i, _)| *i == only);
+    }
     let first_changed = changes.iter().map(|(i, _)| *i).min();
 
     if !changes.is_empty() && !mode.force {
@@ -249,22 +299,48 @@ pub fn prepare(
             list.join("\n")
         )));
     }
-    if changes.is_empty() && prev.finished() {
+    if changes.is_empty() && prev.finished() && !mode.retry_failed && mode.only.is_none() {
         return Ok(Prepared::Finished {
+            message: format!(
+                "nothing to resume: the run in {} already finished ({}); its outputs are complete",
+                out_dir.display(),
+                prev.status
+            ),
             status: prev.status.clone(),
             exit_code: prev.exit_code.unwrap_or(0),
             stages: prev.stages,
         });
     }
 
-    let mut starts = Vec::new();
+    let mut starts: Vec<StageStart> = Vec::new();
     let mut notes = Vec::new();
     for (i, record) in manifest.stages.iter_mut().enumerate() {
-        let before = prev.stages.get(i);
+        let before = prev.stages.get(i).filter(|b| b.name == record.name);
+        // A stage reading from one that changes in this run runs again from scratch.
+        let source_changes = plan.stages[i]
+            .from
+            .is_some_and(|j| !matches!(starts.get(j), Some(StageStart::Keep(_))));
         let start = match (first_changed, before) {
             (Some(c), _) if i >= c => StageStart::Fresh,
-            (_, Some(b)) if matches!(b.status, StageStatus::Done | StageStatus::Stopped) => {
-                StageStart::Keep(Box::new(b.clone()))
+            _ if source_changes && mode.retry_failed => StageStart::Fresh,
+            (_, Some(b)) if b.retrying && !b.status.is_finished() => {
+                record.wall_time_s = b.wall_time_s;
+                StageStart::Retry {
+                    previous_sha256: b.previous_sha256.clone(),
+                }
+            }
+            (_, Some(b)) if b.status.is_finished() && mode.retry_failed && b.has_failures() => {
+                record.wall_time_s = b.wall_time_s;
+                StageStart::Retry {
+                    previous_sha256: b.output_sha256.clone(),
+                }
+            }
+            (_, Some(b)) if b.status.is_finished() => {
+                let mut kept = b.clone();
+                if mode.retry_failed {
+                    kept.fingerprint = record.fingerprint.clone();
+                }
+                StageStart::Keep(Box::new(kept))
             }
             (_, Some(b)) if matches!(b.status, StageStatus::Running | StageStatus::Interrupted) => {
                 record.wall_time_s = b.wall_time_s; // time spent so far
@@ -273,13 +349,40 @@ pub fn prepare(
             _ => StageStart::Fresh,
         };
         let note = match &start {
-            StageStart::Keep(_) => "kept",
-            StageStart::Resume => "continues",
-            StageStart::Fresh if first_changed.is_some_and(|c| i >= c) => "reruns",
-            StageStart::Fresh => "runs",
+            StageStart::Keep(_) => "kept".to_owned(),
+            StageStart::Resume => "continues".to_owned(),
+            StageStart::Retry { .. } => match before {
+                Some(b) if !b.status.is_finished() => "continues its retry".to_owned(),
+                Some(b) => format!("retries {} failed", b.failed + b.not_run),
+                None => "retries".to_owned(),
+            },
+            StageStart::Fresh if first_changed.is_some_and(|c| i >= c) => "reruns".to_owned(),
+            StageStart::Fresh if source_changes && before.is_some() => {
+                "reruns (its source changes)".to_owned()
+            }
+            StageStart::Fresh | StageStart::Skip(_) => "runs".to_owned(),
         };
         notes.push(format!("{} {note}", record.name));
         starts.push(start);
+    }
+    if let Some(only) = mode.only {
+        only_stage(plan, manifest, Some(&prev), only, &mut starts, console)?;
+        notes = vec![format!(
+            "--stage {}: only that stage runs",
+            manifest.stages[only].name
+        )];
+    }
+    if mode.retry_failed && starts.iter().all(|s| matches!(s, StageStart::Keep(_))) {
+        return Ok(Prepared::Finished {
+            message: format!(
+                "nothing to retry: the run in {} finished ({}) with no failed task",
+                out_dir.display(),
+                prev.status
+            ),
+            status: prev.status.clone(),
+            exit_code: prev.exit_code.unwrap_or(0),
+            stages: prev.stages,
+        });
     }
     // Outputs that must not be reused: stages that start afresh, stages that no longer exist.
     let now = &manifest.stages;
@@ -303,7 +406,12 @@ pub fn prepare(
         ));
     }
     console.info(&format!(
-        "resuming the run in {} (started {}): {}",
+        "{} the run in {} (started {}): {}",
+        if mode.retry_failed {
+            "retrying the failures of"
+        } else {
+            "resuming"
+        },
         out_dir.display(),
         prev.started_at,
         notes.join(", ")
@@ -312,6 +420,74 @@ pub fn prepare(
     manifest.resumed_at = prev.resumed_at;
     manifest.resumed_at.push(crate::events::now_rfc3339());
     Ok(Prepared::Run(starts))
+}
+
+/// `--stage`: narrows `starts` to the chosen stage. Its `from` source must have a finished,
+/// unchanged output; the stages that read from it (directly or not) are reset to pending and
+/// their outputs deleted (they would no longer match it); every other stage is left as it is.
+fn only_stage(
+    plan: &Plan,
+    manifest: &mut Manifest,
+    prev: Option<&PreviousRun>,
+    only: usize,
+    starts: &mut [StageStart],
+    console: &Console,
+) -> Result<(), RunError> {
+    let out_dir = &plan.pipeline.output_dir;
+    let names: Vec<String> = manifest.stages.iter().map(|r| r.name.clone()).collect();
+    let name = |i: usize| names[i].clone();
+    let previous = |i: usize| {
+        prev.and_then(|p| p.stages.get(i))
+            .filter(|b| b.name == names[i])
+    };
+    if let Some(j) = plan.stages[only].from {
+        let problem = match previous(j) {
+            Some(b) if b.status.is_finished() => finished_output_problem(out_dir, b),
+            _ => Some("it has not finished in this output directory".to_owned()),
+        };
+        if let Some(problem) = problem {
+            return Err(RunError::Refused(format!(
+                "--stage {}: it reads from stage `{}`, and {problem}; run that stage first (`--stage {}`, or the whole pipeline)",
+                name(only),
+                name(j),
+                name(j)
+            )));
+        }
+    }
+    let mut reset = vec![false; starts.len()];
+    for i in only + 1..starts.len() {
+        reset[i] = plan.stages[i].from.is_some_and(|j| j == only || reset[j]);
+    }
+    let mut discarded = Vec::new();
+    for i in 0..starts.len() {
+        if i == only {
+            if matches!(starts[i], StageStart::Keep(_) | StageStart::Skip(_)) {
+                starts[i] = StageStart::Fresh;
+            }
+            continue;
+        }
+        let kept = previous(i).filter(|_| !reset[i]).cloned().map(Box::new);
+        if let Some(record) = &kept {
+            manifest.stages[i] = (**record).clone();
+        }
+        if reset[i] && previous(i).is_some_and(|b| b.status != StageStatus::Pending) {
+            discarded.push(name(i));
+        }
+        starts[i] = StageStart::Skip(kept);
+    }
+    let reset_names: Vec<String> = (0..starts.len())
+        .filter(|i| reset[*i] || *i == only && matches!(starts[*i], StageStart::Fresh))
+        .map(name)
+        .collect();
+    discard(out_dir, reset_names.iter().map(String::as_str))?;
+    if !discarded.is_empty() {
+        console.warn(&format!(
+            "--stage {}: the stages reading from it no longer match its output and are reset to pending (their outputs deleted): {}; `loky-run run --resume` runs them",
+            name(only),
+            discarded.join(", ")
+        ));
+    }
+    Ok(())
 }
 
 /// Why the output of a finished stage cannot be kept, if it cannot: it is gone, or it is not
@@ -384,7 +560,9 @@ pub fn lock_output_dir(dir: &Path) -> Result<std::fs::File, RunError> {
 fn discard<'a>(out_dir: &Path, stages: impl Iterator<Item = &'a str>) -> Result<(), RunError> {
     for name in stages {
         let path = output_file(out_dir, name);
-        for file in [output::journal_path(&path), path] {
+        let previous = output::carried::previous_path(&path);
+        let seals = output::seals::seals_path(&path);
+        for file in [output::journal_path(&path), previous, seals, path] {
             match std::fs::remove_file(&file) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
