@@ -186,6 +186,8 @@ pub enum RunState {
     Succeeded,
     Failed,
     Interrupted,
+    /// `--stage` ran some stages and left others pending: `--resume` runs them.
+    Partial,
     /// It never finished and its runner is gone: `--resume` finishes it.
     Killed,
     /// Unfinished, and its runner (on another host) is not heard from.
@@ -199,6 +201,7 @@ impl RunState {
             RunState::Succeeded => "succeeded",
             RunState::Failed => "failed",
             RunState::Interrupted => "interrupted",
+            RunState::Partial => "partial",
             RunState::Killed => "killed",
             RunState::Unknown => "unknown",
         }
@@ -296,6 +299,7 @@ pub fn gather(dir: &Path, limit: FailureLimit) -> Result<Status, StatusError> {
         ("succeeded", _) => RunState::Succeeded,
         ("failed", _) => RunState::Failed,
         ("interrupted", _) => RunState::Interrupted,
+        ("partial", _) => RunState::Partial,
         (_, Runner::Alive { .. }) => RunState::Running,
         (_, Runner::Gone { .. }) => RunState::Killed,
         _ => RunState::Unknown,
@@ -566,6 +570,9 @@ pub fn render(status: &Status, resume_hint: &str) -> String {
                 "not finished, and nothing says who runs it: it may have been killed (`{resume_hint}` finishes it)"
             ),
         },
+        (RunState::Partial, _) => format!(
+            "partial: `--stage` ran some stages and left others pending; `{resume_hint}` runs them"
+        ),
         (state, _) => {
             let code = status
                 .exit_code
@@ -733,7 +740,7 @@ mod tests {
     #[test]
     fn a_finished_run_needs_no_runner() {
         let now = SystemTime::now();
-        for status in ["succeeded", "failed", "interrupted"] {
+        for status in ["succeeded", "failed", "interrupted", "partial"] {
             let s = snapshot("here", Duration::ZERO, now);
             assert_eq!(
                 judge_runner(status, Some(&s), "here", now, |_| panic!("not asked")),

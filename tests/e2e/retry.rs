@@ -404,6 +404,10 @@ fn stage_runs_one_stage_and_resets_the_ones_reading_from_it() {
         .map(|s| s["status"].as_str().unwrap())
         .collect();
     assert_eq!(states, ["done", "done", "pending", "done"]);
+    let status = fx.run(&["status", "out", "--json"]);
+    status.assert_code(0);
+    let status: Value = serde_json::from_str(&status.stdout).unwrap();
+    assert_eq!(status["state"], "partial");
 
     // `--resume` runs what is left.
     fx.run(&[p, "--resume"]).assert_code(0);

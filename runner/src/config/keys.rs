@@ -208,19 +208,19 @@ pub const POOL_KEYS: &[KeySpec] = &[
         "task_timeout",
         Kind::Duration,
         Some("\"0s\""),
-        "Kill a task running longer than this; \"0s\" = no timeout.",
+        "Kill a task running longer than this; \"0s\" = no timeout. `--retry-failed` may change it.",
     ),
     key(
         "retries",
         Kind::Count,
         Some("0"),
-        "How often a failed or crashed task is retried.",
+        "How often a failed or crashed task is retried. `--retry-failed` may change it.",
     ),
     key(
         "on_error",
         Kind::Choice(ON_ERROR_CHOICES),
         Some("\"fail\""),
-        "fail: stop at the first failed task; continue: record it and go on.",
+        "fail: stop at the first failed task; continue: record it and go on. `--retry-failed` may change it.",
     ),
     key(
         "chunksize",
