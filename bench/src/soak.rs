@@ -193,10 +193,18 @@ fn setup(opts: &Options) -> Result<Paths, String> {
         .map(|t| if t.is_relative() { root.join(t) } else { t })
         .unwrap_or_else(|| root.join("target"));
     if opts.build {
-        println!("== building: cargo build --release -j2 -p runner -p faults");
+        println!("== building: cargo build --release -j2 -p loky-run -p faults");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let ok = Command::new(cargo)
-            .args(["build", "--release", "-j2", "-p", "runner", "-p", "faults"])
+            .args([
+                "build",
+                "--release",
+                "-j2",
+                "-p",
+                "loky-run",
+                "-p",
+                "faults",
+            ])
             .current_dir(&root)
             .status()
             .map_err(|e| format!("cannot run cargo: {e}"))?
@@ -217,7 +225,7 @@ fn setup(opts: &Options) -> Result<Paths, String> {
         let copy = bin.join(name);
         fs::copy(&built, &copy).map_err(|e| {
             format!(
-                "cannot copy {} (build it: cargo build --release -p runner -p faults): {e}",
+                "cannot copy {} (build it: cargo build --release -p loky-run -p faults): {e}",
                 built.display()
             )
         })?;

@@ -1,4 +1,4 @@
-//! # plugin-api: write task plugins for loky-run
+//! # loky-run-plugin: write task plugins for loky-run
 //!
 //! A loky-run plugin is a Rust `cdylib` crate that exports plain functions as *tasks*. The runner
 //! starts worker processes, each of which loads (dlopens) the plugin and calls its tasks, one input
@@ -20,7 +20,7 @@
 //! crate-type = ["cdylib", "rlib"]   # cdylib for loky-run; rlib so `cargo test` can call the tasks
 //!
 //! [dependencies]
-//! plugin-api = "0.1"
+//! loky-run-plugin = "0.2"
 //! serde = { version = "1", features = ["derive"] }
 //! ```
 //!
@@ -60,7 +60,7 @@
 //!     text.split_whitespace().filter(|w| w.len() >= min).map(str::to_owned).collect()
 //! }
 //!
-//! plugin_api::export_plugin! {
+//! loky_run_plugin::export_plugin! {
 //!     name: "wordcount",
 //!     tasks: [count, parse_int, long_words],
 //!     initializers: [setup],
@@ -97,13 +97,18 @@
 //!
 //! ## Compatibility
 //!
-//! The runner refuses a plugin built against an incompatible `plugin-api` (a different major
+//! The runner refuses a plugin built against an incompatible `loky-run-plugin` (a different major
 //! version, or a different minor version while below 1.0) with one line naming both versions.
 //! New ABI fields are only ever appended, so a change that would break an old plugin comes
 //! with a version bump of this crate.
 
 // `abi_stable`'s derives expand to impls that trip this lint on recent compilers.
 #![allow(non_local_definitions)]
+
+/// The crate's README (its crates.io page): its example compiles and runs as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExample;
 
 use std::cell::{Cell, RefCell};
 use std::fmt::Display;
@@ -125,7 +130,7 @@ pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The outcome of one call through [`PluginModule::call`].
 ///
-/// A plain integer rather than a Rust enum, so that a status added by a newer plugin-api can
+/// A plain integer rather than a Rust enum, so that a status added by a newer loky-run-plugin can
 /// never be an invalid value in an older runner.
 #[repr(transparent)]
 #[derive(StableAbi, Clone, Copy, PartialEq, Eq, Debug)]
@@ -429,9 +434,9 @@ pub mod __private {
 /// pub fn checked_half(x: i64) -> Result<i64, String> {
 ///     if x % 2 == 0 { Ok(x / 2) } else { Err(format!("{x} is odd")) }
 /// }
-/// pub fn configure(_args: plugin_api::serde_json::Value) {}
+/// pub fn configure(_args: loky_run_plugin::serde_json::Value) {}
 ///
-/// plugin_api::export_plugin! {
+/// loky_run_plugin::export_plugin! {
 ///     name: "arith",
 ///     tasks: [double, checked_half],
 ///     initializers: [configure],

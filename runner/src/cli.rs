@@ -520,7 +520,7 @@ fn plan_text(plan: &run::Plan) -> String {
     for p in &plan.plugins {
         let _ = writeln!(
             out,
-            "plugin {} {} (plugin-api {}): {}",
+            "plugin {} {} (loky-run-plugin {}): {}",
             p.name,
             p.version,
             p.api_version,
@@ -601,7 +601,7 @@ fn tasks_text(info: &PluginInfo) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "plugin {} {} (plugin-api {})",
+        "plugin {} {} (loky-run-plugin {})",
         info.name, info.version, info.api_version
     );
     let _ = writeln!(out, "  {}", info.path.display());

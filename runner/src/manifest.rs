@@ -205,7 +205,7 @@ impl Manifest {
             .collect::<io::Result<Vec<_>>>()?;
         Ok(Self {
             runner_version: env!("CARGO_PKG_VERSION"),
-            plugin_api_version: plugin_api::API_VERSION,
+            plugin_api_version: loky_run_plugin::API_VERSION,
             status: "running",
             exit_code: None,
             started_at: crate::events::now_rfc3339(),

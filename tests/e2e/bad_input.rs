@@ -152,7 +152,7 @@ fn unwritable_output_directory() {
         .assert_stderr_has(&["out"]);
 }
 
-/// `plugin-api`'s manifest made standalone (no `workspace = true` fields) with another version.
+/// `loky-run-plugin`'s manifest made standalone (no `workspace = true` fields) with another version.
 fn plugin_api_manifest_with_version(version: &str) -> String {
     let root = workspace_root();
     let read = |p: &str| -> toml::Table {
@@ -178,7 +178,7 @@ fn plugin_api_manifest_with_version(version: &str) -> String {
     toml::to_string(&api).unwrap()
 }
 
-/// Builds the scaffolded plugin `name` against a copy of plugin-api at `version` whose source
+/// Builds the scaffolded plugin `name` against a copy of loky-run-plugin at `version` whose source
 /// went through `edit`, and returns the path of the `.so`, next to the fixture's pipeline.
 fn plugin_built_against_a_copy_of_plugin_api(
     fx: &Fixture,
@@ -186,7 +186,7 @@ fn plugin_built_against_a_copy_of_plugin_api(
     version: &str,
     edit: impl Fn(String) -> String,
 ) -> std::path::PathBuf {
-    let api_dir = fx.path().join(format!("plugin-api-{name}"));
+    let api_dir = fx.path().join(format!("loky-run-plugin-{name}"));
     std::fs::create_dir_all(&api_dir).unwrap();
     std::fs::write(
         api_dir.join("Cargo.toml"),
@@ -209,7 +209,7 @@ fn plugin_built_against_a_copy_of_plugin_api(
     m["dependencies"]
         .as_table_mut()
         .unwrap()
-        .insert("plugin-api".into(), dep.into());
+        .insert("loky-run-plugin".into(), dep.into());
     std::fs::write(&manifest, toml::to_string(&m).unwrap()).unwrap();
     std::fs::copy(
         workspace_root().join("Cargo.lock"),
@@ -239,7 +239,7 @@ fn plugin_built_against_a_copy_of_plugin_api(
     so
 }
 
-/// This checkout's plugin-api version.
+/// This checkout's loky-run-plugin version.
 fn plugin_api_version() -> String {
     let api: toml::Table = toml::from_str(
         &std::fs::read_to_string(workspace_root().join("plugin-api/Cargo.toml")).unwrap(),
@@ -256,7 +256,7 @@ fn cube_pipeline(fx: &Fixture, name: &str) -> std::path::PathBuf {
     fx.write("pipeline.toml", &text)
 }
 
-/// The promise of the stable ABI, end to end: a plugin built against a plugin-api this runner
+/// The promise of the stable ABI, end to end: a plugin built against a loky-run-plugin this runner
 /// is not compatible with (here a newer minor version, 0.x semantics) is refused before any
 /// worker starts, in one line naming both versions.
 #[test]
@@ -269,8 +269,8 @@ fn a_plugin_built_against_an_incompatible_plugin_api_is_refused_naming_both_vers
         let r = fx.run(&[command, p.to_str().unwrap()]);
         r.assert_code(2).assert_stderr_has(&[
             "libnewer.so",
-            &format!("plugin-api {newer}"),
-            &format!("plugin-api {runner_version}"),
+            &format!("loky-run-plugin {newer}"),
+            &format!("loky-run-plugin {runner_version}"),
         ]);
         assert!(
             r.stderr.lines().count() <= 6,
@@ -281,7 +281,7 @@ fn a_plugin_built_against_an_incompatible_plugin_api_is_refused_naming_both_vers
     assert!(!fx.path().join("out").exists(), "no worker ran");
 }
 
-/// The same version number over a different ABI (a plugin-api edited without a version bump):
+/// The same version number over a different ABI (a loky-run-plugin edited without a version bump):
 /// abi_stable's layout check refuses it, in one line, with the full report only under `-v`.
 #[test]
 fn a_plugin_whose_abi_layout_differs_under_the_same_version_is_refused() {
@@ -293,7 +293,7 @@ fn a_plugin_whose_abi_layout_differs_under_the_same_version_is_refused() {
             .replace("fn(u32,", "fn(u64,");
         assert_ne!(
             edited, s,
-            "plugin-api's call signature moved: update this test"
+            "loky-run-plugin's call signature moved: update this test"
         );
         edited
     });

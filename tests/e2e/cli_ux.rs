@@ -3,7 +3,7 @@
 //! example pipeline validates; completions; `LOKY_RUN_LOG`; and `new-plugin` end to end.
 //!
 //! Snapshots live in `tests/e2e/snapshots/`. A mismatch fails the test (CI writes nothing). To
-//! accept a change on purpose: `INSTA_UPDATE=always cargo test -p runner --test e2e cli_ux`,
+//! accept a change on purpose: `INSTA_UPDATE=always cargo test -p loky-run --test e2e cli_ux`,
 //! then review the `.snap` diff (or use `cargo insta review` if you have it).
 
 use std::path::{Path, PathBuf};
@@ -274,7 +274,7 @@ fn assert_current(args: &[&str], committed: &str) {
     assert!(
         on_disk == r.stdout,
         "{committed} is not what `loky-run {}` generates from the config key tables; \
-         regenerate it with:\n\n    cargo run -q -p runner -- {} > {committed}\n",
+         regenerate it with:\n\n    cargo run -q -p loky-run -- {} > {committed}\n",
         args.join(" "),
         args.join(" "),
     );
@@ -390,10 +390,10 @@ fn new_plugin_builds_tests_and_runs_with_the_printed_commands() {
     let r = fx.run(&["new-plugin", "demo2"]);
     r.assert_code(0);
     let dir = fx.path().join("demo2");
-    // In this checkout, plugin-api by path; a workspace of its own.
+    // In this checkout, loky-run-plugin by path; a workspace of its own.
     let manifest: toml::Table =
         toml::from_str(&std::fs::read_to_string(dir.join("Cargo.toml")).unwrap()).unwrap();
-    let api = manifest["dependencies"]["plugin-api"]["path"]
+    let api = manifest["dependencies"]["loky-run-plugin"]["path"]
         .as_str()
         .unwrap();
     assert_eq!(

@@ -474,7 +474,7 @@ pub fn crash_randomly(input: Value) -> Result<Value, String> {
     Ok(input)
 }
 
-plugin_api::export_plugin! {
+loky_run_plugin::export_plugin! {
     name: "faults",
     tasks: [
         panic,
