@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 use crate::config::{self, LoadOptions, PluginSpec};
 pub use crate::console::ProgressMode;
@@ -80,6 +80,8 @@ pub enum Command {
     Schema,
     /// Print the pipeline reference in Markdown (committed as docs/pipeline-reference.md).
     Reference,
+    /// Print the manual page, loky-run(1), in roff: `loky-run man | man -l -`.
+    Man,
     /// Print a shell completion script for bash, zsh or fish.
     ///
     /// For example: `loky-run completions bash > ~/.local/share/bash-completion/completions/loky-run`.
@@ -159,7 +161,7 @@ pub struct RunArgs {
     pub dry_run: bool,
 }
 
-const SUBCOMMANDS: [&str; 10] = [
+const SUBCOMMANDS: [&str; 11] = [
     "run",
     "status",
     "validate",
@@ -169,6 +171,7 @@ const SUBCOMMANDS: [&str; 10] = [
     "schema",
     "reference",
     "completions",
+    "man",
     "help",
 ];
 
@@ -232,12 +235,13 @@ pub fn main(args: Vec<OsString>) -> i32 {
         Command::NewPlugin { name, path } => cmd_new_plugin(&name, path.as_deref()),
         Command::Schema => print_out(crate::schema::json_schema_text()),
         Command::Reference => print_out(crate::schema::reference_markdown()),
-        Command::Completions { shell } => {
-            // Generated into memory: clap_complete panics when its writer fails.
-            let mut script = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "loky-run", &mut script);
-            write_stdout(&script).map_err(Error::stdout).map(|()| 0)
-        }
+        Command::Man => crate::man::page()
+            .and_then(|page| write_stdout(&page))
+            .map_err(Error::stdout)
+            .map(|()| 0),
+        Command::Completions { shell } => write_stdout(&crate::completions::script(shell))
+            .map_err(Error::stdout)
+            .map(|()| 0),
     };
     match result {
         Ok(code) => code,
@@ -630,6 +634,7 @@ fn tasks_text(info: &PluginInfo) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
     fn words(args: &[&str]) -> Vec<String> {
         with_default_subcommand(args.iter().map(OsString::from).collect())

@@ -6,6 +6,7 @@
 //! [`output`], life-cycle facts to [`events`] and [`manifest`].
 
 pub mod cli;
+pub mod completions;
 pub mod config;
 pub mod console;
 pub mod error;
@@ -15,6 +16,7 @@ pub mod input;
 pub mod interrupt;
 pub mod joblog;
 pub mod live;
+pub mod man;
 pub mod manifest;
 pub mod output;
 pub mod plugin;

@@ -290,6 +290,11 @@ fn committed_reference_is_current() {
     assert_current(&["reference"], "docs/pipeline-reference.md");
 }
 
+#[test]
+fn committed_man_page_is_current() {
+    assert_current(&["man"], "docs/loky-run.1");
+}
+
 /// TOML as JSON, as a schema validator (and Taplo) sees it.
 fn toml_as_json(path: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(path).unwrap();
@@ -355,6 +360,63 @@ fn completions_for_bash_zsh_and_fish() {
         }
     }
     fx.run(&["completions", "tcsh"]).assert_code(2);
+}
+
+/// What bash offers at `TAB` after `words` (the last one being completed), with the script of
+/// `loky-run completions bash` sourced as a user would.
+fn bash_completes(fx: &Fixture, words: &[&str]) -> Vec<String> {
+    let script = fx.run(&["completions", "bash"]);
+    script.assert_code(0);
+    let path = fx.write("loky-run.bash", &script.stdout);
+    let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+    let harness = format!(
+        "source '{}'\n\
+         COMP_WORDS=({}); COMP_CWORD=$(( ${{#COMP_WORDS[@]}} - 1 )); COMPREPLY=()\n\
+         _loky__run loky-run \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"\n\
+         printf '%s\\n' \"${{COMPREPLY[@]}}\"\n",
+        path.display(),
+        quoted.join(" ")
+    );
+    let out = std::process::Command::new("bash")
+        .args(["--norc", "--noprofile", "-c", &harness])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn bash_completes_flags_subcommands_and_values_after_the_subcommand() {
+    let fx = Fixture::new();
+    assert_eq!(
+        bash_completes(&fx, &["loky-run", "run", "--pro"]),
+        ["--progress"]
+    );
+    assert_eq!(
+        bash_completes(&fx, &["loky-run", "run", "--retry"]),
+        ["--retry-failed"]
+    );
+    assert_eq!(bash_completes(&fx, &["loky-run", "sta"]), ["status"]);
+    assert_eq!(
+        bash_completes(&fx, &["loky-run", "run", "--progress", ""]),
+        ["auto", "always", "never"]
+    );
+    let shells = bash_completes(&fx, &["loky-run", "completions", ""]);
+    for shell in ["bash", "zsh", "fish"] {
+        assert!(shells.iter().any(|s| s == shell), "{shells:?}");
+    }
+    assert_eq!(
+        bash_completes(&fx, &["loky-run", "status", "--js"]),
+        ["--json"]
+    );
 }
 
 #[test]
