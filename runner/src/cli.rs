@@ -48,6 +48,10 @@ pub struct Cli {
     /// Only errors.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Colour on stderr: on a terminal (auto, unless NO_COLOR is set; CLICOLOR_FORCE forces
+    /// it), always, or never.
+    #[arg(long, value_name = "WHEN", value_enum, global = true, default_value_t = crate::style::ColorWhen::Auto)]
+    pub color: crate::style::ColorWhen,
 }
 
 #[derive(Debug, Subcommand)]
@@ -67,7 +71,7 @@ pub enum Command {
     },
     /// Print the resolved configuration (defaults, file, environment, --set), every value with
     /// where it came from.
-    ShowConfig(ConfigArgs),
+    ShowConfig(ShowConfigArgs),
     /// Create a plugin crate: one example task with a unit test, and a pipeline that runs it.
     NewPlugin {
         /// The plugin's (and crate's) name: ASCII letters, digits, `_` and `-`.
@@ -116,12 +120,24 @@ fn parse_failure_limit(s: &str) -> Result<crate::status::FailureLimit, String> {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct ShowConfigArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Only the keys under this one: `pool`, `stage.squares`, `stage.squares.retries`.
+    #[arg(value_name = "KEY")]
+    pub key: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct ConfigArgs {
     /// The pipeline file.
     pub pipeline: PathBuf,
     /// Override a setting: `pool.max_workers=4`, `stage.NAME.retries=2`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
+    /// Worker processes: `--set pool.max_workers=N` (stages that set their own keep it).
+    #[arg(short = 'j', long = "jobs", value_name = "N")]
+    pub jobs: Option<std::num::NonZeroUsize>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -175,8 +191,10 @@ const SUBCOMMANDS: [&str; 11] = [
     "help",
 ];
 
-/// `loky-run PIPELINE.toml ...` means `loky-run run PIPELINE.toml ...`.
-fn with_default_subcommand(mut args: Vec<OsString>) -> Vec<OsString> {
+/// `loky-run PIPELINE.toml ...` means `loky-run run PIPELINE.toml ...`. A first word that is
+/// no subcommand, names no file and looks like a mistyped subcommand (`valdate`) is refused
+/// with the subcommand it resembles.
+fn with_default_subcommand(mut args: Vec<OsString>) -> Result<Vec<OsString>, String> {
     let first_positional = args
         .iter()
         .skip(1)
@@ -184,15 +202,29 @@ fn with_default_subcommand(mut args: Vec<OsString>) -> Vec<OsString> {
     if let Some(i) = first_positional {
         let word = args[i + 1].to_string_lossy().into_owned();
         if !SUBCOMMANDS.contains(&word.as_str()) {
+            let path_like = word.contains(['.', '/']) || Path::new(&word).exists();
+            if let Some(close) = config::closest(&word, SUBCOMMANDS).filter(|_| !path_like) {
+                return Err(format!(
+                    "error: unrecognized subcommand '{word}'\n\n  tip: a similar subcommand exists: '{close}'\n  (a pipeline file is run as `loky-run PIPELINE.toml`; no file named '{word}' exists)\n\nFor more information, try '--help'.\n"
+                ));
+            }
             args.insert(1, "run".into());
         }
     }
-    args
+    Ok(args)
 }
 
 /// Parses the arguments, runs the command, and returns the process exit code.
 pub fn main(args: Vec<OsString>) -> i32 {
-    let cli = match Cli::try_parse_from(with_default_subcommand(args)) {
+    crate::style::init(crate::style::scan_args(&args));
+    let args = match with_default_subcommand(args) {
+        Ok(args) => args,
+        Err(message) => {
+            write_stderr(message.as_bytes());
+            return 2;
+        }
+    };
+    let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -269,6 +301,9 @@ fn resume_command(args: &ConfigArgs) -> String {
         "loky-run run --resume {}",
         word(&args.pipeline.display().to_string())
     );
+    if let Some(n) = args.jobs {
+        cmd.push_str(&format!(" -j {n}"));
+    }
     for set in &args.sets {
         cmd.push_str(&format!(" --set {}", word(set)));
     }
@@ -363,7 +398,13 @@ fn load_and_plan(args: &ConfigArgs, console: &Console) -> Result<run::Plan, Erro
 fn load_options(args: &ConfigArgs) -> LoadOptions {
     LoadOptions {
         file: args.pipeline.clone(),
-        sets: args.sets.clone(),
+        // `-j` first: an explicit `--set pool.max_workers` wins.
+        sets: args
+            .jobs
+            .map(|n| format!("pool.max_workers={n}"))
+            .into_iter()
+            .chain(args.sets.iter().cloned())
+            .collect(),
         env: std::env::vars().collect(),
     }
 }
@@ -463,6 +504,7 @@ fn cmd_status(args: &StatusArgs) -> Result<i32, Error> {
         config::load(&load_options(&ConfigArgs {
             pipeline: args.dir.clone(),
             sets: Vec::new(),
+            jobs: None,
         }))?
         .output_dir
     } else {
@@ -487,9 +529,27 @@ fn cmd_status(args: &StatusArgs) -> Result<i32, Error> {
     print_out(status::render(&report, &hint))
 }
 
-fn cmd_show_config(args: &ConfigArgs) -> Result<i32, Error> {
-    let loaded = config::load_with_origins(&load_options(args))?;
-    print_out(crate::show_config::render(&loaded))
+fn cmd_show_config(args: &ShowConfigArgs) -> Result<i32, Error> {
+    let loaded = config::load_with_origins(&load_options(&args.config))?;
+    let Some(key) = &args.key else {
+        return print_out(crate::show_config::render(&loaded));
+    };
+    match crate::show_config::render_filtered(&loaded, key) {
+        Some(text) => print_out(text),
+        None => {
+            let stages: Vec<String> = loaded
+                .pipeline
+                .stages
+                .iter()
+                .map(|s| format!("stage.{}", s.name))
+                .collect();
+            Err(Error::Usage(format!(
+                "show-config: no key is `{key}` or under it; keys start with pipeline, pool{}{}",
+                if stages.is_empty() { "" } else { ", " },
+                stages.join(", ")
+            )))
+        }
+    }
 }
 
 fn cmd_new_plugin(name: &str, path: Option<&Path>) -> Result<i32, Error> {
@@ -638,6 +698,7 @@ mod tests {
 
     fn words(args: &[&str]) -> Vec<String> {
         with_default_subcommand(args.iter().map(OsString::from).collect())
+            .unwrap()
             .into_iter()
             .map(|a| a.into_string().unwrap())
             .collect()
@@ -666,6 +727,23 @@ mod tests {
             words(&["loky-run", "completions", "bash"]),
             ["loky-run", "completions", "bash"]
         );
+    }
+
+    #[test]
+    fn a_mistyped_subcommand_is_refused_with_the_one_it_resembles() {
+        let refused = |w: &str| with_default_subcommand(vec!["loky-run".into(), w.into()]);
+        for (typo, meant) in [
+            ("valdate", "validate"),
+            ("stauts", "status"),
+            ("complétions", "completions"),
+        ] {
+            let message = refused(typo).unwrap_err();
+            assert!(message.contains(&format!("'{meant}'")), "{typo}: {message}");
+        }
+        // Pipeline files, whatever their names.
+        for word in ["valdate.toml", "dir/status", "pipeline"] {
+            assert!(refused(word).is_ok(), "{word}");
+        }
     }
 
     #[test]
@@ -726,10 +804,11 @@ mod tests {
         let args = ConfigArgs {
             pipeline: "my dir/p.toml".into(),
             sets: vec!["pool.retries=2".into(), "pool.env.X=a b".into()],
+            jobs: std::num::NonZeroUsize::new(3),
         };
         assert_eq!(
             resume_command(&args),
-            "loky-run run --resume 'my dir/p.toml' --set pool.retries=2 --set 'pool.env.X=a b'"
+            "loky-run run --resume 'my dir/p.toml' -j 3 --set pool.retries=2 --set 'pool.env.X=a b'"
         );
     }
 

@@ -26,7 +26,12 @@ pub fn write_stdout(text: &[u8]) -> io::Result<()> {
 /// tells. Never panics, unlike `eprint!`.
 pub fn write_stderr(text: &[u8]) {
     let mut err = io::stderr().lock();
-    let _ = err.write_all(text);
+    if crate::style::enabled() {
+        let painted = crate::style::decorate(&String::from_utf8_lossy(text));
+        let _ = err.write_all(painted.as_bytes());
+    } else {
+        let _ = err.write_all(text);
+    }
     let _ = err.flush();
 }
 

@@ -29,6 +29,7 @@ pub mod schema;
 pub mod show_config;
 pub mod spin;
 pub mod status;
+pub mod style;
 pub mod sys;
 pub mod transport;
 pub mod worker;

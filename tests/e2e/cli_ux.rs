@@ -245,6 +245,38 @@ fn show_config_snapshot() {
     let r = RunResult::from(out);
     r.assert_code(0);
     snapshot("show_config", &fx, &r);
+
+    // One key, one table, one stage; `-j` is pool.max_workers; a key that matches nothing.
+    let keys = |args: &[&str]| -> Vec<String> {
+        let mut cmd = fx.command();
+        cmd.arg("show-config").arg(&p).args(args);
+        let r = RunResult::from(cmd.output().unwrap());
+        r.assert_code(0);
+        r.stdout
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| l.split(" = ").next().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(keys(&["pool.retries"]), ["pool.retries"]);
+    assert!(
+        keys(&["stage.echoed"])
+            .iter()
+            .all(|k| k.starts_with("stage.echoed."))
+    );
+    assert!(keys(&["pool"]).contains(&"pool.max_memory_growth".to_owned()));
+    assert!(!keys(&["pool"]).iter().any(|k| k.starts_with("stage.")));
+    let mut cmd = fx.command();
+    cmd.args(["show-config", "-j", "3"])
+        .arg(&p)
+        .arg("pool.max_workers");
+    let r = RunResult::from(cmd.output().unwrap());
+    assert!(r.stdout.contains("pool.max_workers = 3"), "{}", r.stdout);
+    let mut cmd = fx.command();
+    cmd.arg("show-config").arg(&p).arg("stage.nope");
+    RunResult::from(cmd.output().unwrap())
+        .assert_code(2)
+        .assert_stderr_has(&["stage.nope", "stage.squares, stage.echoed"]);
 }
 
 #[test]
@@ -360,6 +392,35 @@ fn completions_for_bash_zsh_and_fish() {
         }
     }
     fx.run(&["completions", "tcsh"]).assert_code(2);
+}
+
+#[test]
+fn colour_follows_the_flag_no_color_and_clicolor_force() {
+    let fx = Fixture::new();
+    let text = header("colour", "max_workers = 1\non_error = \"continue\"")
+        + &stage("s", "faults::fail", "{ items = [\"boom\"] }", "");
+    let p = fx.write("pipeline.toml", &text);
+    let p = p.to_str().unwrap();
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = fx.command();
+        cmd.arg(p).args(["--progress", "never"]).args(args);
+        cmd.env_remove("NO_COLOR").env_remove("CLICOLOR_FORCE");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let escape = "\x1b[";
+    let painted = run(&["--color", "always"], &[]);
+    assert!(painted.contains(&format!("{escape}31mFAIL")), "{painted:?}");
+    assert!(painted.contains(" failed\x1b[0m"), "{painted:?}");
+    // Not a terminal: no colour unless forced.
+    assert!(!run(&[], &[]).contains(escape));
+    assert!(run(&[], &[("CLICOLOR_FORCE", "1")]).contains(escape));
+    assert!(!run(&[], &[("NO_COLOR", "1"), ("CLICOLOR_FORCE", "0")]).contains(escape));
+    assert!(!run(&["--color", "never"], &[("CLICOLOR_FORCE", "1")]).contains(escape));
 }
 
 /// What bash offers at `TAB` after `words` (the last one being completed), with the script of
