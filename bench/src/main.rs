@@ -260,8 +260,8 @@ fn latency_only(args: &[OsString]) -> i32 {
                             v.len(),
                             stats::quantile(&stop, 0.5),
                             stats::quantile(&start, 0.5),
-                            start.iter().cloned().fold(f64::INFINITY, f64::min),
-                            start.iter().cloned().fold(0.0, f64::max),
+                            start.iter().copied().fold(f64::INFINITY, f64::min),
+                            start.iter().copied().fold(0.0, f64::max),
                         );
                         v.iter().map(|&(a, b)| a + b).collect()
                     })

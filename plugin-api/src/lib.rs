@@ -237,7 +237,7 @@ pub mod __private {
                         .unwrap_or_else(|| "an unknown location".to_owned());
                     let message = payload_message(info.payload());
                     LAST_PANIC.with(|p| {
-                        *p.borrow_mut() = Some(format!("panicked at {location}: {message}"))
+                        *p.borrow_mut() = Some(format!("panicked at {location}: {message}"));
                     });
                 } else {
                     previous(info);
@@ -500,6 +500,8 @@ macro_rules! export_plugin {
         /// The library header abi_stable looks for when the runner loads this plugin.
         #[doc(hidden)]
         #[unsafe(no_mangle)]
+        // Exported to the dynamic loader, wherever the macro is invoked.
+        #[allow(unreachable_pub)]
         pub static _1as_0lib_1header_0root_bmodule_bloader: $crate::__private::LibHeader = {
             extern "C" fn erased_root() -> $crate::__private::RootModuleResult {
                 $crate::__private::__call_root_module_loader(__loky_plugin_root)
@@ -528,20 +530,20 @@ mod tests {
         );
     }
 
-    pub fn double(x: i64) -> i64 {
+    pub(crate) fn double(x: i64) -> i64 {
         x * 2
     }
-    pub fn half(x: i64) -> Result<i64, String> {
+    pub(crate) fn half(x: i64) -> Result<i64, String> {
         if x % 2 == 0 {
             Ok(x / 2)
         } else {
             Err(format!("{x} is odd"))
         }
     }
-    pub fn boom(msg: String) -> i64 {
+    pub(crate) fn boom(msg: String) -> i64 {
         panic!("{msg}")
     }
-    pub fn init(_args: serde_json::Value) {}
+    pub(crate) fn init(_args: serde_json::Value) {}
 
     export_plugin! {
         name: "selftest",

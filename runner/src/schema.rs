@@ -145,7 +145,7 @@ fn key_schema(section: &str, spec: &KeySpec) -> Value {
     match spec.default {
         Some(d) => description.push_str(&format!(" Default: {d}.")),
         None if section != "input" && !spec.doc.contains("required") => {
-            description.push_str(" Required.")
+            description.push_str(" Required.");
         }
         None => {}
     }
@@ -446,7 +446,7 @@ mod tests {
             Kind::ChunkSize => &["\"auto\"", "4", "0", "\"4\"", "\"big\"", "-1"],
             Kind::Range | Kind::Any | Kind::AnyList => &[],
         };
-        let mut out: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+        let mut out: Vec<String> = v.iter().map(std::string::ToString::to_string).collect();
         if let Kind::Choice(options) = kind {
             out.extend(options.iter().map(|o| format!("\"{o}\"")));
         }

@@ -194,7 +194,7 @@ impl Origins<'_> {
         };
         let max_workers = s
             .max_workers
-            .map_or_else(crate::sys::usable_cpus, |n| n.get());
+            .map_or_else(crate::sys::usable_cpus, std::num::NonZero::get);
         push("max_workers", max_workers.to_string(), &mut lines);
         push(
             "idle_timeout",

@@ -51,7 +51,7 @@ pub fn scan_args(args: &[std::ffi::OsString]) -> ColorWhen {
     let mut it = args.iter().map(|a| a.to_string_lossy());
     while let Some(arg) = it.next() {
         let value = match arg.strip_prefix("--color") {
-            Some("") => it.next().map(|v| v.into_owned()),
+            Some("") => it.next().map(std::borrow::Cow::into_owned),
             Some(rest) => rest.strip_prefix('=').map(str::to_owned),
             None => None,
         };

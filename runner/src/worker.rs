@@ -389,7 +389,10 @@ impl ResultSender {
     #[inline]
     fn stop_requested(&self) -> bool {
         STOP_REQUESTED.load(Ordering::Relaxed)
-            || self.progress.as_ref().is_some_and(|p| p.stop_requested())
+            || self
+                .progress
+                .as_ref()
+                .is_some_and(super::progress::ProgressSlot::stop_requested)
     }
 
     fn begin(&mut self, chunk_id: u64, first: u32) -> Batch {

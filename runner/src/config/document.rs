@@ -98,19 +98,19 @@ pub(crate) fn parse_value(text: &str) -> Option<Node> {
 }
 
 impl Node {
-    pub fn table(&self) -> Option<&[(Key, Node)]> {
+    pub(super) fn table(&self) -> Option<&[(Key, Node)]> {
         match &self.kind {
             NodeKind::Table(entries) => Some(entries),
             _ => None,
         }
     }
 
-    pub fn get(&self, name: &str) -> Option<&(Key, Node)> {
+    pub(super) fn get(&self, name: &str) -> Option<&(Key, Node)> {
         self.table()?.iter().find(|(k, _)| k.name == name)
     }
 
     /// The node at `path`, with the key that led to it (if the last step was a key).
-    pub fn find(&self, path: &[Seg]) -> Option<(Option<&Key>, &Node)> {
+    pub(super) fn find(&self, path: &[Seg]) -> Option<(Option<&Key>, &Node)> {
         let mut key = None;
         let mut node = self;
         for seg in path {
@@ -131,7 +131,7 @@ impl Node {
     }
 
     /// The value as a figment value (datetimes as strings), for layering.
-    pub fn to_figment(&self) -> Value {
+    pub(super) fn to_figment(&self) -> Value {
         match &self.kind {
             NodeKind::String(s) | NodeKind::Datetime(s) => Value::from(s.clone()),
             NodeKind::Integer(i) => Value::from(*i),

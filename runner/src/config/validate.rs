@@ -64,7 +64,7 @@ impl Resolver<'_> {
         std::path::absolute(&joined).unwrap_or(joined)
     }
 
-    pub fn resolve(
+    pub(super) fn resolve(
         &mut self,
         pipeline: RawPipeline,
         pool: &RawPool,

@@ -73,16 +73,22 @@ pub(super) struct Drained {
 
 impl Drained {
     pub(super) fn set(&self) {
-        *self.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        *self
+            .done
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = true;
         self.cond.notify_all();
     }
 
     pub(super) fn wait(&self, limit: Duration) {
-        let done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        let done = self
+            .done
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let _ = self
             .cond
             .wait_timeout_while(done, limit, |done| !*done)
-            .unwrap_or_else(|e| e.into_inner());
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
     }
 }
 

@@ -642,7 +642,7 @@ fn print_table(report: &RunReport, pipeline: &Pipeline, console: &Console) {
                 "  {name} stopped at its first failure (on_error = \"fail\"); set on_error = \"continue\" to run every task"
             )),
             Some(StageStop::WorkerStart(msg) | StageStop::WorkersLost(msg)) => {
-                lines.push(format!("  {name} stopped: {msg}"))
+                lines.push(format!("  {name} stopped: {msg}"));
             }
             Some(StageStop::Interrupted(sig)) => lines.push(format!(
                 "  {name} interrupted by {}: completed results are kept; finish with `loky-run run --resume {}`",

@@ -238,7 +238,7 @@ pub fn plan(pipeline: Pipeline, verbose: bool) -> Result<Plan, PlanError> {
         let workers = stage
             .settings
             .max_workers
-            .map(|n| n.get())
+            .map(std::num::NonZero::get)
             .unwrap_or(default_workers);
         let spec = WorkerSpec {
             plugins: plugin_paths.clone(),
