@@ -174,6 +174,8 @@ fn plugin_api_manifest_with_version(version: &str) -> String {
             *value = shared[key.as_str()].clone();
         }
     }
+    // The workspace's lint table stays behind with the workspace.
+    api.remove("lints");
     api.insert("workspace".into(), toml::Table::new().into());
     toml::to_string(&api).unwrap()
 }
