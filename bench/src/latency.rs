@@ -102,6 +102,7 @@ fn spec(so: &Path, launcher: Launcher) -> WorkerSpec {
         initializer: None,
         launcher,
         srun_args: Vec::new(),
+        workdir: None,
     }
 }
 
@@ -200,6 +201,7 @@ pub(crate) fn direct(so: &Path, task: u32, n: usize, warmup: usize) -> io::Resul
         env: &env,
         threads_per_worker: 1,
         stage: "latency",
+        workdir: None,
     })?;
     let mut commands = File::from(w.commands);
     let mut reader = FrameReader::new(BufReader::with_capacity(1 << 16, File::from(w.results)));

@@ -3,7 +3,7 @@
 //! worker starts, and every problem is a configuration error (exit 2).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::config::{Diagnostic, InputSpec, Layer, Origin, Pipeline, Stage, TaskRef};
 use crate::input;
@@ -159,6 +159,11 @@ pub fn plan(pipeline: Pipeline, verbose: bool) -> Result<Plan, PlanError> {
     }
     let cpus = crate::sys::usable_cpus();
     let plugin_paths: Vec<PathBuf> = plugins.iter().map(|p| p.path.clone()).collect();
+    // Workers start where the pipeline file is: relative paths in task inputs are relative to
+    // the file, as every path in it is.
+    let workdir = std::path::absolute(&pipeline.file)
+        .ok()
+        .and_then(|f| f.parent().map(Path::to_path_buf));
     let mut stages = Vec::new();
     for (i, stage) in pipeline.stages.iter().enumerate() {
         let keyed = |key: String| {
@@ -246,6 +251,7 @@ pub fn plan(pipeline: Pipeline, verbose: bool) -> Result<Plan, PlanError> {
             initializer,
             launcher: stage.settings.launcher,
             srun_args: stage.settings.srun_args.clone(),
+            workdir: workdir.clone(),
         };
         if stage.settings.launcher == crate::config::Launcher::Slurm {
             if let Some(why) = crate::pool::slurm::unavailable() {
