@@ -105,6 +105,8 @@
 // `abi_stable`'s derives expand to impls that trip this lint on recent compilers.
 #![allow(non_local_definitions)]
 
+mod finite;
+
 /// The crate's README (its crates.io page): its example compiles and runs as a doctest.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
@@ -347,7 +349,7 @@ pub mod __private {
     }
 
     fn encode<T: Serialize>(value: &T, out: &mut RVec<u8>) -> Result<(), Failure> {
-        serde_json::to_writer(&mut *out, value).map_err(|e| Failure {
+        crate::finite::to_writer(&mut *out, value).map_err(|e| Failure {
             status: CallStatus::TASK_ERROR,
             message: format!("the task's output could not be encoded as JSON: {e}"),
         })

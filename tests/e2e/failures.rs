@@ -750,3 +750,26 @@ fn after_a_few_failure_lines_the_rest_are_counted() {
         "40 tasks, 40 failed",
     ]);
 }
+
+/// JSON has no NaN or infinity: a task returning one gets a task error naming it, never a
+/// silent `null` output.
+#[test]
+fn a_nan_or_infinite_output_is_a_task_error_not_null() {
+    let fx = Fixture::new();
+    let text = header("floats", "max_workers = 1\non_error = \"continue\"")
+        + &stage(
+            "ratios",
+            "faults::ratio",
+            "{ items = [[1, 2], [0, 0], [1, 0]] }",
+            "",
+        );
+    let p = fx.write("pipeline.toml", &text);
+    fx.run(&[p.to_str().unwrap()]).assert_code(1);
+    let records = fx.records("ratios");
+    assert_eq!(records[0], json!({"index": 0, "output": 0.5}));
+    for (record, value) in records[1..].iter().zip(["NaN", "inf"]) {
+        assert_eq!(record["error"]["kind"], "task_error", "{record}");
+        let message = record["error"]["message"].as_str().unwrap();
+        assert!(message.contains(value), "{message}");
+    }
+}

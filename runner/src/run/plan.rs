@@ -345,7 +345,14 @@ fn lookup(
             });
             let mut message = format!("{context}: unknown {what} `{task}`");
             if other_kind {
-                message.push_str(&format!(" (it exists, but is not exported as a {what})"));
+                let article = if what.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                    "an"
+                } else {
+                    "a"
+                };
+                message.push_str(&format!(
+                    " (it exists, but is not exported as {article} {what})"
+                ));
             }
             message.push_str(&format!(
                 "; {} {}",
