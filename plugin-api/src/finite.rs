@@ -292,7 +292,10 @@ mod tests {
             b: Some(vec![(1, 2.0)]),
             c: [("k".to_owned(), serde_json::json!({"x": [1, null, "s"]}))].into(),
         };
-        assert_eq!(json(&value).unwrap(), serde_json::to_string(&value).unwrap());
+        assert_eq!(
+            json(&value).unwrap(),
+            serde_json::to_string(&value).unwrap()
+        );
     }
 
     #[test]

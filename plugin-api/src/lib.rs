@@ -95,6 +95,33 @@
 //!   long as the worker process; the runner may reuse a worker across stages.
 //! - Write to stdout/stderr freely: the runner forwards those lines, they never corrupt results.
 //!
+//! ## When it does not compile
+//!
+//! - A task whose output is neither `Serialize` nor a `Result<T, E>` with `T: Serialize` and
+//!   `E: Display` stops `cargo build` with "a loky-run task must return a type that implements
+//!   `serde::Serialize` ... or `Result<T, E>` with `T: Serialize` and `E: Display`", and the
+//!   note under it names the type (`cargo check` does not show it: it is a build-time check):
+//!
+//! ```compile_fail,E0080
+//! pub struct Point { pub x: f64 }   // no #[derive(Serialize)]
+//! pub fn origin(_: ()) -> Point { Point { x: 0.0 } }
+//! loky_run_plugin::export_plugin! { name: "p", tasks: [origin] }
+//! # fn main() {}
+//! ```
+//!
+//! - A task taking a borrowed input (`&str`, `&[T]`) fails with "implementation of
+//!   `Deserialize` is not general enough": inputs are decoded into owned values, so take
+//!   `String` or `Vec<T>`:
+//!
+//! ```compile_fail
+//! pub fn length(s: &str) -> usize { s.len() }   // write `s: String`
+//! loky_run_plugin::export_plugin! { name: "p", tasks: [length] }
+//! # fn main() {}
+//! ```
+//!
+//! - An output holding a NaN or an infinite float is a `task_error` naming the value (JSON
+//!   has neither; serde_json alone would write `null`): return `Option<f64>` for "no value".
+//!
 //! ## Compatibility
 //!
 //! The runner refuses a plugin built against an incompatible `loky-run-plugin` (a different major
@@ -299,18 +326,36 @@ pub mod __private {
         Ok(())
     }
 
-    /// Decodes a task's input; the input type is inferred from the task function itself.
-    pub fn decode_input<A, R, F>(_task: &F, task_name: &str, input: &[u8]) -> Result<A, Failure>
+    /// Decodes a task's input (an initializer's args); the type is inferred from the function
+    /// itself. The message says what was expected and what came, without serde_json's line and
+    /// column: they point into the JSON the runner made, not into anything the user wrote.
+    pub fn decode_input<A, R, F>(
+        _task: &F,
+        kind: TaskKind,
+        name: &str,
+        input: &[u8],
+    ) -> Result<A, Failure>
     where
         F: Fn(A) -> R,
         A: DeserializeOwned,
     {
-        serde_json::from_slice(input).map_err(|e| Failure {
-            status: CallStatus::BAD_INPUT,
-            message: format!(
-                "task `{task_name}` expects {}: {e}",
-                short_type_name(std::any::type_name::<A>())
-            ),
+        serde_json::from_slice(input).map_err(|e| {
+            let detail = e.to_string();
+            let detail = match detail.rfind(" at line ") {
+                Some(at) if e.line() > 0 || e.column() > 0 || detail[at..].contains("column") => {
+                    detail[..at].to_owned()
+                }
+                _ => detail,
+            };
+            let expected = short_type_name(std::any::type_name::<A>());
+            Failure {
+                status: CallStatus::BAD_INPUT,
+                message: if kind == TaskKind::INITIALIZER {
+                    format!("its args do not decode as `{expected}`: {detail}")
+                } else {
+                    format!("task `{name}` expects `{expected}`: {detail}")
+                },
+            }
         })
     }
 
@@ -357,7 +402,10 @@ pub mod __private {
 
     /// Wraps a task's return value so that the right encoding is picked by method resolution
     /// ("autoref specialization"): `Result<T, E>` maps `Err` to a task error, any other
-    /// `T: Serialize` is an output. Called as `(&&Ret::new(value)).loky_finish(out)`.
+    /// `T: Serialize` is an output, and anything else stops the build with a message that
+    /// says what a task may return ([`ViaNothing`]). Called as
+    /// `(&&&Ret::new(value)).loky_finish(out)`: the more `&` an impl's receiver needs, the
+    /// earlier method resolution tries it.
     pub struct Ret<T>(Cell<Option<T>>);
 
     impl<T> Ret<T> {
@@ -375,7 +423,7 @@ pub mod __private {
         fn loky_finish(&self, out: &mut RVec<u8>) -> Result<(), Failure>;
     }
 
-    impl<T: Serialize, E: Display> ViaResult for &Ret<Result<T, E>> {
+    impl<T: Serialize, E: Display> ViaResult for &&Ret<Result<T, E>> {
         fn loky_finish(&self, out: &mut RVec<u8>) -> Result<(), Failure> {
             match self.take() {
                 Ok(value) => encode(&value, out),
@@ -391,9 +439,34 @@ pub mod __private {
         fn loky_finish(&self, out: &mut RVec<u8>) -> Result<(), Failure>;
     }
 
-    impl<T: Serialize> ViaValue for Ret<T> {
+    impl<T: Serialize> ViaValue for &Ret<T> {
         fn loky_finish(&self, out: &mut RVec<u8>) -> Result<(), Failure> {
             encode(&self.take(), out)
+        }
+    }
+
+    /// What a task returns when it is neither `Serialize` nor a `Result` of one with a
+    /// `Display` error: evaluating this constant fails the build (`cargo build`; `cargo check`
+    /// does not evaluate it), and the compiler's next note names the type and the task.
+    pub struct NotAnOutput<T>(std::marker::PhantomData<T>);
+
+    impl<T> NotAnOutput<T> {
+        pub const ERROR: () = panic!(
+            "a loky-run task must return a type that implements `serde::Serialize` (derive it), \
+             or `Result<T, E>` with `T: Serialize` and `E: Display` (`Result<T, String>` works); \
+             the note below names the type this task returns"
+        );
+    }
+
+    pub trait ViaNothing {
+        fn loky_finish(&self, out: &mut RVec<u8>) -> Result<(), Failure>;
+    }
+
+    impl<T> ViaNothing for Ret<T> {
+        fn loky_finish(&self, _out: &mut RVec<u8>) -> Result<(), Failure> {
+            #[allow(clippy::let_unit_value)]
+            let () = NotAnOutput::<T>::ERROR;
+            unreachable!("a build with this task fails")
         }
     }
 
@@ -459,15 +532,25 @@ macro_rules! export_plugin {
         static __LOKY_PLUGIN_ADAPTERS: &[$crate::__private::Adapter] = &[
             $( |input, out| {
                 #[allow(unused_imports)]
-                use $crate::__private::{ViaResult as _, ViaValue as _};
-                let arg = $crate::__private::decode_input(&$task, stringify!($task), input)?;
-                (&&$crate::__private::Ret::new($task(arg))).loky_finish(out)
+                use $crate::__private::{ViaNothing as _, ViaResult as _, ViaValue as _};
+                let arg = $crate::__private::decode_input(
+                    &$task,
+                    $crate::TaskKind::TASK,
+                    stringify!($task),
+                    input,
+                )?;
+                (&&&$crate::__private::Ret::new($task(arg))).loky_finish(out)
             }, )*
             $( $( |input, out| {
                 #[allow(unused_imports)]
-                use $crate::__private::{ViaResult as _, ViaValue as _};
-                let arg = $crate::__private::decode_input(&$init, stringify!($init), input)?;
-                (&&$crate::__private::Ret::new($init(arg))).loky_finish(out)
+                use $crate::__private::{ViaNothing as _, ViaResult as _, ViaValue as _};
+                let arg = $crate::__private::decode_input(
+                    &$init,
+                    $crate::TaskKind::INITIALIZER,
+                    stringify!($init),
+                    input,
+                )?;
+                (&&&$crate::__private::Ret::new($init(arg))).loky_finish(out)
             }, )* )?
         ];
 
@@ -600,7 +683,10 @@ mod tests {
         );
         let (status, message) = call(0, "\"x\"");
         assert_eq!(status, CallStatus::BAD_INPUT);
-        assert!(message.contains("`double` expects i64"), "{message}");
+        assert_eq!(
+            message,
+            "task `double` expects `i64`: invalid type: string \"x\", expected i64"
+        );
         assert_eq!(call(3, "{}"), (CallStatus::OK, "null".to_owned()));
         assert_eq!(call(9, "1").0, CallStatus::UNKNOWN_TASK);
     }

@@ -642,7 +642,19 @@ fn print_table(report: &RunReport, pipeline: &Pipeline, console: &Console) {
                 "  {name} stopped at its first failure (on_error = \"fail\"); set on_error = \"continue\" to run every task"
             )),
             Some(StageStop::WorkerStart(msg) | StageStop::WorkersLost(msg)) => {
-                lines.push(format!("  {name} stopped: {msg}"));
+                let listed = o.first_errors.iter().find(|f| &f.message == msg);
+                lines.push(match (listed, &o.stopped) {
+                    // Said in full just above.
+                    (Some(f), Some(StageStop::WorkerStart(_))) => format!(
+                        "  {name} stopped: its workers could not start ({name}[{}] above)",
+                        f.index
+                    ),
+                    (Some(f), _) => format!(
+                        "  {name} stopped: its workers kept dying ({name}[{}] above)",
+                        f.index
+                    ),
+                    (None, _) => format!("  {name} stopped: {msg}"),
+                });
             }
             Some(StageStop::Interrupted(sig)) => lines.push(format!(
                 "  {name} interrupted by {}: completed results are kept; finish with `loky-run run --resume {}`",
