@@ -243,6 +243,8 @@ pub struct StageStatusReport {
     pub not_run: u64,
     pub wall_time_s: f64,
     pub started_at: Option<String>,
+    /// When the stage ended (a stage that ran with an older loky-run: `null`).
+    pub finished_at: Option<String>,
     pub pool_decision: Option<DecisionRecord>,
     pub output: PathBuf,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -357,6 +359,7 @@ fn stage_report(
         not_run: record.not_run,
         wall_time_s: record.wall_time_s,
         started_at: record.started_at.clone(),
+        finished_at: record.finished_at.clone(),
         pool_decision: record.pool_decision.clone(),
         output,
         progress: None,

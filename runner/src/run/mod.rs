@@ -304,6 +304,7 @@ impl Run<'_> {
         record.status = StageStatus::Running;
         record.tasks = total;
         record.started_at = Some(crate::events::now_rfc3339());
+        record.finished_at = None;
         record.pool_decision = Some(outcome::decision_record(&decision));
         self.manifest
             .write_unsynced(&out_dir)
@@ -370,6 +371,7 @@ impl Run<'_> {
         self.events.emit(&outcome.finished_event(&stage.name));
         outcome.record_into(&mut self.manifest.stages[i], &decision, previous_wall);
         self.manifest.stages[i].output_sha256 = output_sha256;
+        self.manifest.stages[i].finished_at = Some(crate::events::now_rfc3339());
         // The stage's outcome stands even if this write fails: the final write reports it.
         let _ = self.manifest.write(&out_dir);
         self.live.write(None, Instant::now());
