@@ -468,7 +468,7 @@ fn scan_output(path: &Path, limit: FailureLimit, stop_early: bool) -> io::Result
 
 /// Reads one line into `head` (at most `max` bytes of it; the rest is skipped). Returns whether
 /// the line ended with a newline, and whether the file ended.
-fn read_head(
+pub(crate) fn read_head(
     reader: &mut impl BufRead,
     head: &mut Vec<u8>,
     max: usize,

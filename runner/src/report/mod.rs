@@ -1,0 +1,500 @@
+//! `loky-run report OUTPUT_DIR [-o FILE.html]`: one self-contained HTML file about a run (inline
+//! CSS and SVG, nothing fetched from anywhere): the stages, a timeline of every task attempt
+//! per worker, throughput over time, task durations, the slowest tasks, every failure and the
+//! workers' memory.
+//!
+//! Read-only, like `status` (whose [`crate::status::gather`] gives the stages and failures):
+//! it works while a run goes on. Its sources: the manifest, the joblog (`--joblog`, named in the
+//! manifest; without one there is no per-task part, and the report says so), and the event log
+//! (`--events`, also named there) for the exact stage boundaries and pool restarts, else the
+//! manifest's stage times and pool decisions. Reading ([`build`]) is kept apart from the model
+//! ([`model`], pure) and from the HTML ([`html`]).
+
+pub mod html;
+pub mod model;
+
+use std::borrow::Cow;
+use std::io::{self, BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+
+use crate::status::{self, FailureLimit, RunState, StageStatusReport, Status, StatusError};
+use model::{AttemptLine, Builder, Frame, Timeline};
+
+/// Where the report goes by default, in the output directory.
+pub const DEFAULT_FILE: &str = "report.html";
+/// What the report (and stderr) says when the run kept no joblog.
+pub const NO_JOBLOG: &str = "per-task timeline needs a joblog: run with --joblog FILE (or `joblog = \"FILE\"` in [pipeline])";
+/// Failures listed per stage; the rest are counted, with where to find them.
+pub const FAILURES_PER_STAGE: usize = 1000;
+/// The longest joblog or event line read (longer ones are skipped as unreadable).
+const MAX_LINE: usize = 64 << 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// No run there, or its manifest or outputs cannot be read.
+    #[error(transparent)]
+    Status(#[from] StatusError),
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot write the report {}: {source}", path.display())]
+    Write { path: PathBuf, source: io::Error },
+}
+
+impl ReportError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ReportError::Status(StatusError::Read { .. }) => crate::error::EXIT_IO,
+            ReportError::Status(_) => 2,
+            ReportError::Read { .. } | ReportError::Write { .. } => crate::error::EXIT_IO,
+        }
+    }
+}
+
+/// A line across the charts at a moment of the run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Marker {
+    /// Seconds since the frame's start.
+    pub at_s: f64,
+    pub kind: MarkerKind,
+    pub label: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkerKind {
+    StageStart,
+    Restart,
+    Resume,
+}
+
+/// When a stage ran (seconds since the frame's start), as far as anything says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageSpan {
+    pub name: String,
+    pub start_s: Option<f64>,
+    pub end_s: Option<f64>,
+}
+
+/// Everything the HTML shows.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub status: Status,
+    pub frame: Frame,
+    pub spans: Vec<StageSpan>,
+    pub markers: Vec<Marker>,
+    /// `None` without a joblog.
+    pub timeline: Option<Timeline>,
+    /// What the report could not show, and why (also printed on stderr).
+    pub notes: Vec<String>,
+    /// Where the stage times came from: `events` or `manifest`.
+    pub times_from: &'static str,
+    pub generated_at: String,
+}
+
+/// The events the report reads (others are skipped unparsed).
+#[derive(Debug, Clone, Deserialize)]
+pub struct EventView {
+    pub event: String,
+    pub time: String,
+    #[serde(default)]
+    pub stage: Option<String>,
+    #[serde(default)]
+    pub decision: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Reads the run in `dir`.
+pub fn build(dir: &Path) -> Result<Report, ReportError> {
+    let status = status::gather(dir, FailureLimit::At(FAILURES_PER_STAGE))?;
+    let now = SystemTime::now();
+    let mut notes = Vec::new();
+
+    let events = match &status.events {
+        Some(path) => match read_events(path) {
+            Ok(events) => Some(events),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                notes.push(format!(
+                    "the event log {} is gone: stage times come from the manifest",
+                    path.display()
+                ));
+                None
+            }
+            Err(source) => {
+                return Err(ReportError::Read {
+                    path: path.clone(),
+                    source,
+                });
+            }
+        },
+        None => None,
+    };
+    let events = events.unwrap_or_default();
+
+    // The frame: from the run's start to its end (now, while it runs), widened to whatever the
+    // joblog and the events hold (clocks of other hosts differ a little).
+    let start_us = us_of(&status.started_at).unwrap_or_else(|| us_since_epoch(now));
+    let end_us = match &status.finished_at {
+        Some(at) => us_of(at),
+        None if status.state == RunState::Running => Some(us_since_epoch(now)),
+        None => None,
+    };
+    let mut frame = Frame {
+        start_us,
+        end_us: end_us.unwrap_or(start_us),
+    };
+    for e in &events {
+        if let Some(us) = us_of(&e.time) {
+            frame = frame.union(Frame {
+                start_us: us,
+                end_us: us,
+            });
+        }
+    }
+    for s in &status.stages {
+        for at in [&s.started_at, &s.finished_at].into_iter().flatten() {
+            if let Some(us) = us_of(at) {
+                frame = frame.union(Frame {
+                    start_us: us,
+                    end_us: us,
+                });
+            }
+        }
+    }
+
+    let timeline = match &status.joblog {
+        None => {
+            notes.push(NO_JOBLOG.to_owned());
+            None
+        }
+        Some(path) => match read_joblog(path, frame, &status.stages) {
+            Ok((timeline, unreadable)) => {
+                if unreadable > 0 {
+                    notes.push(format!(
+                        "{unreadable} line(s) of the joblog {} could not be read and are left out",
+                        path.display()
+                    ));
+                }
+                frame = timeline.frame;
+                Some(timeline)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                notes.push(format!(
+                    "the joblog {} named in the manifest is gone: {NO_JOBLOG}",
+                    path.display()
+                ));
+                None
+            }
+            Err(source) => {
+                return Err(ReportError::Read {
+                    path: path.clone(),
+                    source,
+                });
+            }
+        },
+    };
+    if let Some(t) = &timeline {
+        if let Some(gap) = t.coalesced {
+            notes.push(format!(
+                "{} attempts are more than the {} bars the timeline draws: adjacent tasks of a \
+                 worker and stage (closer than {}) are drawn as one busy span; every other chart \
+                 counts each attempt",
+                t.timed,
+                model::MAX_BARS,
+                html::duration(gap)
+            ));
+        }
+        if t.untimed > 0 {
+            notes.push(format!(
+                "{} attempt(s) have no times in the joblog (a result lost with its worker, an \
+                 input too large to send): counted, not drawn",
+                t.untimed
+            ));
+        }
+    }
+    let (spans, markers) = assemble(&status.stages, &status.resumed_at, &events, frame);
+    let times_from = if events.iter().any(|e| e.event == "stage_started") {
+        "events"
+    } else {
+        "manifest"
+    };
+    Ok(Report {
+        status,
+        frame,
+        spans,
+        markers,
+        timeline,
+        notes,
+        times_from,
+        generated_at: crate::events::now_rfc3339(),
+    })
+}
+
+/// Writes the report (atomically: a browser reloading it never sees half of it).
+pub fn write(report: &Report, path: &Path) -> Result<(), ReportError> {
+    let text = html::render(report);
+    let fail = |source| ReportError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let name = path
+        .file_name()
+        .map_or_else(|| DEFAULT_FILE.into(), |n| n.to_string_lossy().into_owned());
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text.as_bytes()).map_err(fail)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        fail(e)
+    })
+}
+
+/// Stage spans and markers: from the events when the run kept them (the last start and finish
+/// of each stage, restarts at their pool decision), else from the manifest (each stage's start
+/// and end, a restart at the start of its stage); the resumes from the manifest.
+pub fn assemble(
+    stages: &[StageStatusReport],
+    resumed_at: &[String],
+    events: &[EventView],
+    frame: Frame,
+) -> (Vec<StageSpan>, Vec<Marker>) {
+    let at = |time: &str| us_of(time).map(|us| frame.at(us));
+    let mut spans: Vec<StageSpan> = stages
+        .iter()
+        .map(|s| StageSpan {
+            name: s.name.clone(),
+            start_s: s.started_at.as_deref().and_then(at),
+            end_s: s.finished_at.as_deref().and_then(at),
+        })
+        .collect();
+    // An older manifest has no stage end: the start plus its wall time, at most the next start.
+    for i in 0..spans.len() {
+        if spans[i].end_s.is_none() && stages[i].state != "running" {
+            let next = spans[i + 1..].iter().find_map(|s| s.start_s);
+            spans[i].end_s = spans[i].start_s.map(|s| {
+                let end = s + stages[i].wall_time_s;
+                next.map_or(end, |n| end.min(n))
+            });
+        }
+    }
+    let mut markers = Vec::new();
+    let from_events = events.iter().any(|e| e.event == "stage_started");
+    if from_events {
+        for e in events {
+            let (Some(stage), Some(t)) = (e.stage.as_deref(), at(&e.time)) else {
+                continue;
+            };
+            let span = spans.iter_mut().find(|s| s.name == stage);
+            match (e.event.as_str(), span) {
+                ("stage_started", Some(span)) => {
+                    span.start_s = Some(t);
+                    span.end_s = None;
+                }
+                ("stage_finished", Some(span)) => span.end_s = Some(t),
+                ("pool_decision", _) if e.decision.as_deref() == Some("restart") => {
+                    markers.push(Marker {
+                        at_s: t,
+                        kind: MarkerKind::Restart,
+                        label: restart_label(stage, e.reason.as_deref()),
+                    });
+                }
+                _ => {}
+            }
+        }
+    } else {
+        for (s, span) in stages.iter().zip(&spans) {
+            let Some((d, t)) = s.pool_decision.as_ref().zip(span.start_s) else {
+                continue;
+            };
+            if d.decision == "restart" {
+                markers.push(Marker {
+                    at_s: t,
+                    kind: MarkerKind::Restart,
+                    label: restart_label(&s.name, Some(&d.reason)),
+                });
+            }
+        }
+    }
+    for span in &spans {
+        if let Some(t) = span.start_s {
+            markers.push(Marker {
+                at_s: t,
+                kind: MarkerKind::StageStart,
+                label: span.name.clone(),
+            });
+        }
+    }
+    for r in resumed_at {
+        if let Some(t) = at(r) {
+            markers.push(Marker {
+                at_s: t,
+                kind: MarkerKind::Resume,
+                label: "resumed".into(),
+            });
+        }
+    }
+    markers.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
+    (spans, markers)
+}
+
+fn restart_label(stage: &str, reason: Option<&str>) -> String {
+    match reason {
+        Some(r) => format!("pool restart before {stage}: {r}"),
+        None => format!("pool restart before {stage}"),
+    }
+}
+
+/// A joblog line as written by [`crate::joblog`] (every key; `null` where unknown).
+#[derive(Debug, Deserialize)]
+struct JoblogLine<'a> {
+    #[serde(borrow)]
+    stage: Cow<'a, str>,
+    index: u64,
+    #[serde(default)]
+    source: Option<u64>,
+    #[serde(default)]
+    attempt: Option<u32>,
+    #[serde(default)]
+    worker: Option<u32>,
+    #[serde(default)]
+    pid: Option<u32>,
+    #[serde(borrow, default)]
+    host: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    start: Option<Cow<'a, str>>,
+    #[serde(default)]
+    duration_s: Option<f64>,
+    #[serde(borrow)]
+    outcome: Cow<'a, str>,
+    #[serde(default)]
+    rss: Option<u64>,
+}
+
+impl JoblogLine<'_> {
+    fn attempt(&self) -> AttemptLine<'_> {
+        AttemptLine {
+            stage: &self.stage,
+            index: self.index,
+            source: self.source,
+            attempt: self.attempt.unwrap_or(1),
+            worker: self.worker,
+            pid: self.pid,
+            host: self.host.as_deref(),
+            start_us: self.start.as_deref().and_then(us_of),
+            duration_us: self
+                .duration_s
+                .filter(|d| d.is_finite() && *d >= 0.0)
+                .map(|d| (d * 1e6).round() as u64),
+            outcome: &self.outcome,
+            rss: self.rss,
+        }
+    }
+}
+
+/// Reads the joblog twice: once for the time it spans, once into the model (only the lines
+/// the first pass saw: a running run's joblog grows meanwhile). Returns the timeline and how
+/// many lines could not be read.
+fn read_joblog(
+    path: &Path,
+    frame: Frame,
+    stages: &[StageStatusReport],
+) -> io::Result<(Timeline, u64)> {
+    let mut frame = frame;
+    let mut unreadable = 0;
+    let seen = for_each_line(path, u64::MAX, |line| {
+        match serde_json::from_slice::<JoblogLine<'_>>(line) {
+            Ok(l) => {
+                if let Some((start, end)) = l.attempt().span_us() {
+                    frame = frame.union(Frame {
+                        start_us: start,
+                        end_us: end,
+                    });
+                }
+            }
+            Err(_) => unreadable += 1,
+        }
+    })?;
+    let names: Vec<String> = stages.iter().map(|s| s.name.clone()).collect();
+    let mut builder = Builder::new(frame, &names);
+    for_each_line(path, seen, |line| {
+        if let Ok(l) = serde_json::from_slice::<JoblogLine<'_>>(line) {
+            builder.add(&l.attempt());
+        }
+    })?;
+    Ok((builder.finish(), unreadable))
+}
+
+/// The events the report uses, in order (a torn or unreadable line is skipped).
+fn read_events(path: &Path) -> io::Result<Vec<EventView>> {
+    const WANTED: [&str; 3] = ["stage_started", "stage_finished", "pool_decision"];
+    let mut events = Vec::new();
+    for_each_line(path, u64::MAX, |line| {
+        if let Ok(e) = serde_json::from_slice::<EventView>(line) {
+            if WANTED.contains(&e.event.as_str()) {
+                events.push(e);
+            }
+        }
+    })?;
+    Ok(events)
+}
+
+/// Calls `f` with each whole line (ending in a newline) of the first `limit` bytes of a file;
+/// lines longer than [`MAX_LINE`] are passed cut (they do not parse). Returns the bytes of the
+/// whole lines read.
+fn for_each_line(path: &Path, limit: u64, mut f: impl FnMut(&[u8])) -> io::Result<u64> {
+    let file = std::fs::File::open(path)?;
+    let mut reader = Counted {
+        inner: BufReader::with_capacity(1 << 16, file.take(limit)),
+        consumed: 0,
+    };
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let before = reader.consumed;
+        let (complete, _) = status::read_head(&mut reader, &mut line, MAX_LINE)?;
+        if !complete {
+            // The end, or a line still being written.
+            return Ok(before);
+        }
+        f(&line);
+    }
+}
+
+/// A reader that counts the bytes consumed.
+struct Counted<R> {
+    inner: R,
+    consumed: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.consumed += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for Counted<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.consumed += n as u64;
+        self.inner.consume(n);
+    }
+}
+
+/// Microseconds since the Unix epoch of an RFC 3339 time.
+pub fn us_of(time: &str) -> Option<i64> {
+    let t = humantime::parse_rfc3339_weak(time).ok()?;
+    Some(us_since_epoch(t))
+}
+
+fn us_since_epoch(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_micros()).unwrap_or(i64::MAX),
+    }
+}
