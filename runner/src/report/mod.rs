@@ -498,3 +498,270 @@ fn us_since_epoch(t: SystemTime) -> i64 {
         Err(e) => -i64::try_from(e.duration().as_micros()).unwrap_or(i64::MAX),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::DecisionRecord;
+    use crate::status::{Failure, Runner};
+
+    const T0: &str = "2030-01-01T00:00:00.000Z";
+
+    fn at(s: f64) -> String {
+        let t = humantime::parse_rfc3339(T0).unwrap() + std::time::Duration::from_secs_f64(s);
+        humantime::format_rfc3339_micros(t).to_string()
+    }
+
+    fn frame(secs: f64) -> Frame {
+        let start_us = us_of(T0).unwrap();
+        Frame {
+            start_us,
+            end_us: start_us + (secs * 1e6) as i64,
+        }
+    }
+
+    fn stage(
+        name: &str,
+        started: Option<f64>,
+        finished: Option<f64>,
+        decision: &str,
+    ) -> StageStatusReport {
+        StageStatusReport {
+            name: name.into(),
+            task: "demo::square".into(),
+            state: "done".into(),
+            tasks: 3,
+            done: 3,
+            ok: 2,
+            failed: 1,
+            retried: 0,
+            not_run: 0,
+            wall_time_s: 1.0,
+            started_at: started.map(at),
+            finished_at: finished.map(at),
+            pool_decision: Some(DecisionRecord {
+                decision: decision.into(),
+                from: 2,
+                to: 2,
+                reason: format!("{decision} <because>"),
+            }),
+            output: format!("out/{name}.jsonl").into(),
+            progress: None,
+            failures: Vec::new(),
+        }
+    }
+
+    fn event(event: &str, s: f64, stage: &str, decision: Option<&str>) -> EventView {
+        EventView {
+            event: event.into(),
+            time: at(s),
+            stage: Some(stage.into()),
+            decision: decision.map(str::to_owned),
+            reason: decision.map(|d| format!("{d} reason")),
+        }
+    }
+
+    #[test]
+    fn without_events_the_manifest_gives_stage_spans_and_restarts() {
+        let mut old = stage("c", Some(5.0), None, "reuse");
+        old.wall_time_s = 10.0;
+        let stages = [
+            stage("a", Some(0.5), Some(2.0), "start"),
+            stage("b", Some(2.5), Some(4.0), "restart"),
+            old,
+            stage("d", Some(7.0), None, "reuse"),
+        ];
+        let (spans, markers) = assemble(&stages, &[at(6.0)], &[], frame(8.0));
+        assert_eq!(spans[0].start_s, Some(0.5));
+        assert_eq!(spans[1].end_s, Some(4.0));
+        // An older manifest without stage ends: start + wall time, cut at the next start.
+        assert_eq!(spans[2].end_s, Some(7.0));
+        let kinds: Vec<(MarkerKind, f64)> = markers.iter().map(|m| (m.kind, m.at_s)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (MarkerKind::StageStart, 0.5),
+                (MarkerKind::Restart, 2.5),
+                (MarkerKind::StageStart, 2.5),
+                (MarkerKind::StageStart, 5.0),
+                (MarkerKind::Resume, 6.0),
+                (MarkerKind::StageStart, 7.0),
+            ]
+        );
+        assert_eq!(markers[1].label, "pool restart before b: restart <because>");
+    }
+
+    #[test]
+    fn events_give_the_exact_boundaries_and_restarts_at_their_decision() {
+        let stages = [
+            stage("a", Some(0.5), Some(2.0), "start"),
+            stage("b", Some(2.5), Some(4.0), "restart"),
+        ];
+        let events = [
+            event("pool_decision", 0.1, "a", Some("start")),
+            event("stage_started", 0.2, "a", None),
+            event("stage_finished", 1.9, "a", None),
+            event("pool_decision", 2.1, "b", Some("restart")),
+            event("stage_started", 2.3, "b", None),
+            event("stage_finished", 3.9, "b", None),
+        ];
+        let (spans, markers) = assemble(&stages, &[], &events, frame(5.0));
+        let s: Vec<(Option<f64>, Option<f64>)> =
+            spans.iter().map(|s| (s.start_s, s.end_s)).collect();
+        assert_eq!(s, [(Some(0.2), Some(1.9)), (Some(2.3), Some(3.9))]);
+        let restarts: Vec<&Marker> = markers
+            .iter()
+            .filter(|m| m.kind == MarkerKind::Restart)
+            .collect();
+        assert_eq!(restarts.len(), 1);
+        assert_eq!(restarts[0].at_s, 2.1);
+        assert!(restarts[0].label.contains("restart reason"));
+    }
+
+    #[test]
+    fn whole_lines_only_and_their_length_is_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.jsonl");
+        let long = "x".repeat(MAX_LINE + 10);
+        std::fs::write(&path, format!("one\n{long}\nthree\ntorn")).unwrap();
+        let mut lines = Vec::new();
+        let read = for_each_line(&path, u64::MAX, |l| lines.push(l.len())).unwrap();
+        assert_eq!(lines, [3, MAX_LINE, 5]);
+        assert_eq!(read, (4 + long.len() + 1 + 6) as u64);
+        let mut again = 0;
+        assert_eq!(for_each_line(&path, 4, |_| again += 1).unwrap(), 4);
+        assert_eq!(again, 1);
+    }
+
+    #[test]
+    fn joblog_lines_read_as_the_joblog_writes_them() {
+        let line = br#"{"stage":"naps","index":1,"source":7,"attempt":2,"worker":2,"pid":9036,"host":"vm","start":"2026-12-01T23:47:09.105925Z","duration_s":0.020193,"outcome":"ok","rss":10772480}"#;
+        let l: JoblogLine<'_> = serde_json::from_slice(line).unwrap();
+        let a = l.attempt();
+        assert_eq!(
+            (a.stage, a.index, a.source, a.attempt),
+            ("naps", 1, Some(7), 2)
+        );
+        assert_eq!(a.duration_us, Some(20_193));
+        assert_eq!(a.start_us.map(|us| us % 1_000_000), Some(105_925));
+        let lost = br#"{"stage":"s","index":0,"source":null,"attempt":1,"worker":3,"pid":null,"host":null,"start":null,"duration_s":null,"outcome":"lost","rss":null}"#;
+        let l: JoblogLine<'_> = serde_json::from_slice(lost).unwrap();
+        assert!(l.attempt().span_us().is_none());
+    }
+
+    /// A finished run of two stages with a joblog: three attempts, one failed with a nasty
+    /// message.
+    fn sample_report() -> Report {
+        let mut a = stage("a", Some(0.1), Some(1.0), "start");
+        a.failures.push(Failure {
+            index: 1,
+            source: None,
+            kind: "task_error".into(),
+            message: "<script>alert('x')</script> & more".into(),
+            attempts: Some(1),
+        });
+        let b = stage("b<i>", Some(1.2), Some(2.0), "restart");
+        let stages = vec![a, b];
+        let f = frame(2.5);
+        let names: Vec<String> = stages.iter().map(|s| s.name.clone()).collect();
+        let mut builder = Builder::new(f, &names);
+        for (stage, index, start, outcome) in [
+            ("a", 0, 0.2, "ok"),
+            ("a", 1, 0.3, "task_error"),
+            ("b<i>", 0, 1.3, "ok"),
+        ] {
+            builder.add(&AttemptLine {
+                stage,
+                index,
+                source: None,
+                attempt: 1,
+                worker: Some(1),
+                pid: Some(42),
+                host: Some("node&1"),
+                start_us: Some(f.start_us + (start * 1e6) as i64),
+                duration_us: Some(50_000),
+                outcome,
+                rss: Some(8 << 20),
+            });
+        }
+        let (spans, markers) = assemble(&stages, &[], &[], f);
+        Report {
+            status: Status {
+                output_dir: "out".into(),
+                pipeline: Some("p<1>".into()),
+                pipeline_file: "/p.toml".into(),
+                state: RunState::Failed,
+                exit_code: Some(1),
+                runner: Runner::Finished,
+                started_at: at(0.0),
+                resumed_at: Vec::new(),
+                finished_at: Some(at(2.5)),
+                elapsed_s: Some(2.5),
+                stages,
+                events: None,
+                joblog: Some("/out/joblog.jsonl".into()),
+            },
+            frame: f,
+            spans,
+            markers,
+            timeline: Some(builder.finish()),
+            notes: Vec::new(),
+            times_from: "manifest",
+            generated_at: at(3.0),
+        }
+    }
+
+    #[test]
+    fn the_page_has_a_bar_per_attempt_escapes_the_run_and_fetches_nothing() {
+        let html = html::render(&sample_report());
+        assert_eq!(html.matches("<rect class=\"task ").count(), 3, "{html}");
+        assert_eq!(html.matches("<rect class=\"task error").count(), 1);
+        assert!(html.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; more"));
+        assert!(!html.contains("<script"), "no script at all");
+        assert!(html.contains("b&lt;i&gt;") && !html.contains("b<i>"));
+        assert!(html.contains("node&amp;1"));
+        assert!(html.contains("class=\"mark restart\""));
+        for fetch in ["src=", "href=", "url(", "@import", "http://", "https://"] {
+            assert!(!html.contains(fetch), "{fetch}");
+        }
+        // Without a joblog: the rest, and what to do.
+        let mut r = sample_report();
+        r.timeline = None;
+        let html = html::render(&r);
+        assert!(html.contains(NO_JOBLOG.split(':').next().unwrap()));
+        assert_eq!(html.matches("class=\"task ").count(), 0);
+        assert!(html.contains("Failures (2)"));
+    }
+
+    #[test]
+    fn a_large_run_stays_a_file_of_bounded_size() {
+        let mut r = sample_report();
+        let f = frame(600.0);
+        let mut builder = Builder::new(f, &["a".to_owned()]);
+        // 8 workers x 25,000 tasks of 3 ms, with a 0.1 ms gap between tasks.
+        for i in 0..200_000u64 {
+            let worker = (i % 8) as u32;
+            let start_us = f.start_us + (i / 8) as i64 * 3_100;
+            builder.add(&AttemptLine {
+                stage: "a",
+                index: i,
+                source: None,
+                attempt: 1,
+                worker: Some(worker),
+                pid: Some(100 + worker),
+                host: Some("node1"),
+                start_us: Some(start_us),
+                duration_us: Some(3_000),
+                outcome: if i % 1000 == 7 { "panic" } else { "ok" },
+                rss: Some((10 << 20) + i),
+            });
+        }
+        r.frame = f;
+        r.timeline = Some(builder.finish());
+        let html = html::render(&r);
+        let busy = html.matches("<rect class=\"busy ").count();
+        assert!(busy > 0 && busy <= model::MAX_BARS, "{busy}");
+        assert_eq!(html.matches("<rect class=\"task ").count(), 0);
+        assert!(html.len() < 8 << 20, "{} bytes", html.len());
+    }
+}
