@@ -53,11 +53,11 @@ pub fn esc(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// A duration as people read it: `850µs`, `12.3ms`, `1.50s`, `5m 03s`.
+/// A duration as people read it: `850µs`, `12.3ms`, `0.25s`, `1.50s`, `5m 03s`.
 pub fn duration(secs: f64) -> String {
     if secs < 1e-3 {
         format!("{:.0}µs", secs * 1e6)
-    } else if secs < 1.0 {
+    } else if secs < 0.1 {
         format!("{:.1}ms", secs * 1e3)
     } else {
         crate::status::short_duration(secs)
@@ -681,7 +681,7 @@ fn legend_of_stages(out: &mut String, r: &Report) {
 
 /// Y ticks for a chart of height `h` from `bottom` up, values 0..=`max`.
 fn y_ticks(out: &mut String, max: f64, bottom: f64, h: f64, label: impl Fn(f64) -> String) {
-    let step = nice_step(max / 4.0);
+    let step = nice_step(max / 5.0);
     let mut v = 0.0;
     while v <= max * 1.0001 {
         let y = bottom - v / max * h;
@@ -1021,6 +1021,7 @@ mod tests {
         assert_eq!(clock(7200.0, 600.0), "2h00");
         assert_eq!(duration(0.000_42), "420µs");
         assert_eq!(duration(0.0123), "12.3ms");
+        assert_eq!(duration(0.25), "0.25s");
         assert_eq!(duration(2.5), "2.50s");
         assert_eq!(bytes(5 << 20), "5.0 MiB");
         assert_eq!(edge_label(0), "0");
