@@ -20,8 +20,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 
+use crate::joblog::Attempt;
 use crate::status::{self, FailureLimit, RunState, StageStatusReport, Status, StatusError};
-use model::{AttemptLine, Builder, Frame, Timeline};
+use model::{Builder, Frame, Logged, Timeline};
 
 /// Where the report goes by default, in the output directory.
 pub const DEFAULT_FILE: &str = "report.html";
@@ -113,25 +114,12 @@ pub fn build(dir: &Path) -> Result<Report, ReportError> {
     let mut notes = Vec::new();
 
     let events = match &status.events {
-        Some(path) => match read_events(path) {
-            Ok(events) => Some(events),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                notes.push(format!(
-                    "the event log {} is gone: stage times come from the manifest",
-                    path.display()
-                ));
-                None
-            }
-            Err(source) => {
-                return Err(ReportError::Read {
-                    path: path.clone(),
-                    source,
-                });
-            }
-        },
+        Some(path) => named_file(read_events(path), path, &mut notes, |p| {
+            format!("the event log {p} is gone: stage times come from the manifest")
+        })?,
         None => None,
-    };
-    let events = events.unwrap_or_default();
+    }
+    .unwrap_or_default();
 
     // The frame: from the run's start to its end (now, while it runs), widened to whatever the
     // joblog and the events hold (clocks of other hosts differ a little).
@@ -169,8 +157,14 @@ pub fn build(dir: &Path) -> Result<Report, ReportError> {
             notes.push(NO_JOBLOG.to_owned());
             None
         }
-        Some(path) => match read_joblog(path, frame, &status.stages) {
-            Ok((timeline, unreadable)) => {
+        Some(path) => {
+            let read = named_file(
+                read_joblog(path, frame, &status.stages),
+                path,
+                &mut notes,
+                |p| format!("the joblog {p} named in the manifest is gone: {NO_JOBLOG}"),
+            )?;
+            read.map(|(timeline, unreadable)| {
                 if unreadable > 0 {
                     notes.push(format!(
                         "{unreadable} line(s) of the joblog {} could not be read and are left out",
@@ -178,22 +172,9 @@ pub fn build(dir: &Path) -> Result<Report, ReportError> {
                     ));
                 }
                 frame = timeline.frame;
-                Some(timeline)
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                notes.push(format!(
-                    "the joblog {} named in the manifest is gone: {NO_JOBLOG}",
-                    path.display()
-                ));
-                None
-            }
-            Err(source) => {
-                return Err(ReportError::Read {
-                    path: path.clone(),
-                    source,
-                });
-            }
-        },
+                timeline
+            })
+        }
     };
     if let Some(t) = &timeline {
         if let Some(gap) = t.coalesced {
@@ -230,6 +211,26 @@ pub fn build(dir: &Path) -> Result<Report, ReportError> {
         times_from,
         generated_at: crate::events::now_rfc3339(),
     })
+}
+
+/// What was read from a file the manifest names: `None`, with a note, when it is gone.
+fn named_file<T>(
+    read: io::Result<T>,
+    path: &Path,
+    notes: &mut Vec<String>,
+    gone: impl FnOnce(std::path::Display<'_>) -> String,
+) -> Result<Option<T>, ReportError> {
+    match read {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            notes.push(gone(path.display()));
+            Ok(None)
+        }
+        Err(source) => Err(ReportError::Read {
+            path: path.to_owned(),
+            source,
+        }),
+    }
 }
 
 /// Writes the report (atomically: a browser reloading it never sees half of it).
@@ -372,22 +373,29 @@ struct JoblogLine<'a> {
 }
 
 impl JoblogLine<'_> {
-    fn attempt(&self) -> AttemptLine<'_> {
-        AttemptLine {
+    fn logged(&self) -> Logged<'_> {
+        Logged {
             stage: &self.stage,
-            index: self.index,
-            source: self.source,
-            attempt: self.attempt.unwrap_or(1),
-            worker: self.worker,
-            pid: self.pid,
-            host: self.host.as_deref(),
-            start_us: self.start.as_deref().and_then(us_of),
-            duration_us: self
-                .duration_s
-                .filter(|d| d.is_finite() && *d >= 0.0)
-                .map(|d| (d * 1e6).round() as u64),
-            outcome: &self.outcome,
-            rss: self.rss,
+            attempt: Attempt {
+                index: self.index,
+                source: self.source,
+                attempt: self.attempt.unwrap_or(1),
+                worker: self.worker,
+                pid: self.pid,
+                host: self.host.as_deref(),
+                start_us: self
+                    .start
+                    .as_deref()
+                    .and_then(us_of)
+                    .and_then(|us| u64::try_from(us).ok()),
+                // The joblog has microseconds: no float noise below them.
+                duration_ns: self
+                    .duration_s
+                    .filter(|d| d.is_finite() && *d >= 0.0)
+                    .map(|d| (d * 1e6).round() as u64 * 1000),
+                outcome: &self.outcome,
+                rss: self.rss,
+            },
         }
     }
 }
@@ -405,7 +413,7 @@ fn read_joblog(
     let seen = for_each_line(path, u64::MAX, |line| {
         match serde_json::from_slice::<JoblogLine<'_>>(line) {
             Ok(l) => {
-                if let Some((start, end)) = l.attempt().span_us() {
+                if let Some((start, end)) = l.logged().span_us() {
                     frame = frame.union(Frame {
                         start_us: start,
                         end_us: end,
@@ -419,7 +427,7 @@ fn read_joblog(
     let mut builder = Builder::new(frame, &names);
     for_each_line(path, seen, |line| {
         if let Ok(l) = serde_json::from_slice::<JoblogLine<'_>>(line) {
-            builder.add(&l.attempt());
+            builder.add(&l.logged());
         }
     })?;
     Ok((builder.finish(), unreadable))
@@ -504,6 +512,7 @@ mod tests {
     use super::*;
     use crate::manifest::DecisionRecord;
     use crate::status::{Failure, Runner};
+    use model::tests::logged;
 
     const T0: &str = "2030-01-01T00:00:00.000Z";
 
@@ -634,19 +643,59 @@ mod tests {
     }
 
     #[test]
-    fn joblog_lines_read_as_the_joblog_writes_them() {
-        let line = br#"{"stage":"naps","index":1,"source":7,"attempt":2,"worker":2,"pid":9036,"host":"vm","start":"2026-12-01T23:47:09.105925Z","duration_s":0.020193,"outcome":"ok","rss":10772480}"#;
-        let l: JoblogLine<'_> = serde_json::from_slice(line).unwrap();
-        let a = l.attempt();
+    fn joblog_lines_read_back_as_the_joblog_writes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("joblog.jsonl");
+        let mut joblog = crate::joblog::Joblog::create(&path).unwrap();
+        joblog.set_stage("naps \"1\"");
+        let timed = Attempt {
+            index: 1,
+            source: Some(7),
+            attempt: 2,
+            worker: Some(2),
+            pid: Some(9036),
+            host: Some("vm"),
+            start_us: Some(1_796_000_000_105_925),
+            duration_ns: Some(20_193_456),
+            outcome: "ok",
+            rss: Some(10_772_480),
+        };
+        joblog.record(&timed);
+        let lost = Attempt {
+            start_us: None,
+            duration_ns: None,
+            pid: None,
+            host: None,
+            rss: None,
+            outcome: "lost",
+            ..timed
+        };
+        joblog.record(&lost);
+        assert!(joblog.failure().is_none());
+        let mut read = Vec::new();
+        for_each_line(&path, u64::MAX, |line| {
+            let l: JoblogLine<'_> = serde_json::from_slice(line).unwrap();
+            let logged = l.logged();
+            read.push((
+                logged.stage.to_owned(),
+                format!("{:?}", logged.attempt),
+                logged.span_us(),
+            ));
+        })
+        .unwrap();
+        // What the worker timed, to the microsecond the joblog keeps.
+        let expected = Attempt {
+            duration_ns: Some(20_193_000),
+            ..timed
+        };
+        assert_eq!(read[0].0, "naps \"1\"");
+        assert_eq!(read[0].1, format!("{expected:?}"));
         assert_eq!(
-            (a.stage, a.index, a.source, a.attempt),
-            ("naps", 1, Some(7), 2)
+            read[0].2,
+            Some((1_796_000_000_105_925, 1_796_000_000_126_118))
         );
-        assert_eq!(a.duration_us, Some(20_193));
-        assert_eq!(a.start_us.map(|us| us % 1_000_000), Some(105_925));
-        let lost = br#"{"stage":"s","index":0,"source":null,"attempt":1,"worker":3,"pid":null,"host":null,"start":null,"duration_s":null,"outcome":"lost","rss":null}"#;
-        let l: JoblogLine<'_> = serde_json::from_slice(lost).unwrap();
-        assert!(l.attempt().span_us().is_none());
+        assert_eq!(read[1].1, format!("{lost:?}"));
+        assert_eq!(read[1].2, None);
     }
 
     /// A finished run of two stages with a joblog: three attempts, one failed with a nasty
@@ -670,19 +719,10 @@ mod tests {
             ("a", 1, 0.3, "task_error"),
             ("b<i>", 0, 1.3, "ok"),
         ] {
-            builder.add(&AttemptLine {
-                stage,
-                index,
-                source: None,
-                attempt: 1,
-                worker: Some(1),
-                pid: Some(42),
-                host: Some("node&1"),
-                start_us: Some(f.start_us + (start * 1e6) as i64),
-                duration_us: Some(50_000),
-                outcome,
-                rss: Some(8 << 20),
-            });
+            let start_us = f.start_us + (start * 1e6) as i64;
+            let mut l = logged(stage, index, 1, start_us, 50_000, outcome);
+            l.attempt.host = Some("node&1");
+            builder.add(&l);
         }
         let (spans, markers) = assemble(&stages, &[], &[], f);
         Report {
@@ -742,19 +782,8 @@ mod tests {
         for i in 0..200_000u64 {
             let worker = (i % 8) as u32;
             let start_us = f.start_us + (i / 8) as i64 * 3_100;
-            builder.add(&AttemptLine {
-                stage: "a",
-                index: i,
-                source: None,
-                attempt: 1,
-                worker: Some(worker),
-                pid: Some(100 + worker),
-                host: Some("node1"),
-                start_us: Some(start_us),
-                duration_us: Some(3_000),
-                outcome: if i % 1000 == 7 { "panic" } else { "ok" },
-                rss: Some((10 << 20) + i),
-            });
+            let outcome = if i % 1000 == 7 { "panic" } else { "ok" };
+            builder.add(&logged("a", i, worker, start_us, 3_000, outcome));
         }
         r.frame = f;
         r.timeline = Some(builder.finish());

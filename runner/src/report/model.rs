@@ -5,6 +5,8 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
+use crate::joblog::Attempt;
+
 /// The most bars the timeline draws; past that, adjacent tasks of a worker and stage are merged
 /// into busy spans (the file stays a few MB).
 pub const MAX_BARS: usize = 20_000;
@@ -58,27 +60,18 @@ impl Frame {
     }
 }
 
-/// One joblog line (times in µs since the Unix epoch).
+/// One joblog line: its stage, and the attempt as [`crate::joblog`] writes it.
 #[derive(Debug, Clone, Copy)]
-pub struct AttemptLine<'a> {
+pub struct Logged<'a> {
     pub stage: &'a str,
-    pub index: u64,
-    pub source: Option<u64>,
-    pub attempt: u32,
-    pub worker: Option<u32>,
-    pub pid: Option<u32>,
-    pub host: Option<&'a str>,
-    pub start_us: Option<i64>,
-    pub duration_us: Option<u64>,
-    pub outcome: &'a str,
-    pub rss: Option<u64>,
+    pub attempt: Attempt<'a>,
 }
 
-impl AttemptLine<'_> {
-    /// When it started and ended, if the joblog timed it.
+impl Logged<'_> {
+    /// When it started and ended (µs since the Unix epoch), if the joblog timed it.
     pub fn span_us(&self) -> Option<(i64, i64)> {
-        let start = self.start_us?;
-        let duration = i64::try_from(self.duration_us?).ok()?;
+        let start = i64::try_from(self.attempt.start_us?).ok()?;
+        let duration = i64::try_from(self.attempt.duration_ns? / 1000).ok()?;
         Some((start, start.saturating_add(duration)))
     }
 }
@@ -258,18 +251,40 @@ pub fn coalesce(mut bars: Vec<Bar>, gap: f64, failed: impl Fn(u16) -> bool) -> V
     out
 }
 
+/// Names given small ids in the order first seen (stages, outcomes).
+#[derive(Default)]
+struct Names {
+    names: Vec<String>,
+    ids: HashMap<String, u16>,
+}
+
+impl Names {
+    fn id(&mut self, name: &str) -> u16 {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        match u16::try_from(self.names.len()) {
+            Ok(id) if id < u16::MAX => {
+                self.names.push(name.to_owned());
+                self.ids.insert(name.to_owned(), id);
+                id
+            }
+            // 65535 names: the rest share the last one (no pipeline has that many).
+            _ => u16::MAX - 1,
+        }
+    }
+}
+
 /// Builds a [`Timeline`] from attempts, one at a time.
 pub struct Builder {
     frame: Frame,
-    stages: Vec<String>,
-    stage_ids: HashMap<String, u16>,
+    stages: Names,
     per_stage: Vec<StageAttempts>,
     rows: Vec<Row>,
     /// Per row, its slices of memory samples (`None`: no sample there).
     rss: Vec<Vec<Option<(f64, u64)>>>,
     row_ids: HashMap<(Option<u32>, Option<u32>), Vec<u32>>,
-    outcomes: Vec<String>,
-    outcome_ids: HashMap<String, u16>,
+    outcomes: Names,
     bars: Vec<Bar>,
     gap: Option<f64>,
     timed: u64,
@@ -286,14 +301,12 @@ impl Builder {
     pub fn new(frame: Frame, stages: &[String]) -> Self {
         let mut b = Self {
             frame,
-            stages: Vec::new(),
-            stage_ids: HashMap::new(),
+            stages: Names::default(),
             per_stage: Vec::new(),
             rows: Vec::new(),
             rss: Vec::new(),
             row_ids: HashMap::new(),
-            outcomes: Vec::new(),
-            outcome_ids: HashMap::new(),
+            outcomes: Names::default(),
             bars: Vec::new(),
             gap: None,
             timed: 0,
@@ -318,34 +331,14 @@ impl Builder {
     }
 
     fn stage_id(&mut self, name: &str) -> u16 {
-        if let Some(&id) = self.stage_ids.get(name) {
-            return id;
+        let id = self.stages.id(name);
+        if usize::from(id) == self.per_stage.len() {
+            self.per_stage.push(StageAttempts::default());
         }
-        let id = u16::try_from(self.stages.len()).unwrap_or(u16::MAX);
-        if id == u16::MAX {
-            // 65535 stages: the rest share the last id (no pipeline has that many).
-            return id - 1;
-        }
-        self.stages.push(name.to_owned());
-        self.stage_ids.insert(name.to_owned(), id);
-        self.per_stage.push(StageAttempts::default());
         id
     }
 
-    fn outcome_id(&mut self, outcome: &str) -> u16 {
-        if let Some(&id) = self.outcome_ids.get(outcome) {
-            return id;
-        }
-        let id = u16::try_from(self.outcomes.len()).unwrap_or(u16::MAX);
-        if id == u16::MAX {
-            return id - 1;
-        }
-        self.outcomes.push(outcome.to_owned());
-        self.outcome_ids.insert(outcome.to_owned(), id);
-        id
-    }
-
-    fn row_id(&mut self, a: &AttemptLine<'_>, at_s: f64) -> u32 {
+    fn row_id(&mut self, a: &Attempt<'_>, at_s: f64) -> u32 {
         let candidates = self.row_ids.entry((a.worker, a.pid)).or_default();
         for &id in candidates.iter() {
             if self.rows[id as usize].host.as_deref() == a.host {
@@ -369,8 +362,9 @@ impl Builder {
         id
     }
 
-    pub fn add(&mut self, a: &AttemptLine<'_>) {
-        let stage = self.stage_id(a.stage);
+    pub fn add(&mut self, line: &Logged<'_>) {
+        let a = &line.attempt;
+        let stage = self.stage_id(line.stage);
         let class = Class::of(a.outcome);
         let counts = &mut self.per_stage[usize::from(stage)];
         counts.attempts += 1;
@@ -379,14 +373,14 @@ impl Builder {
             Class::Error => counts.failed += 1,
             Class::Lost => counts.lost += 1,
         }
-        let Some((start_us, end_us)) = a.span_us() else {
+        let Some((start_us, end_us)) = line.span_us() else {
             self.untimed += 1;
             return;
         };
         self.timed += 1;
-        let outcome = self.outcome_id(a.outcome);
+        let outcome = self.outcomes.id(a.outcome);
         let (start_s, end_s) = (self.frame.at(start_us), self.frame.at(end_us));
-        let duration_us = a.duration_us.unwrap_or_default();
+        let duration_us = a.duration_ns.unwrap_or_default() / 1000;
         self.per_stage[usize::from(stage)].busy_s += duration_us as f64 / 1e6;
 
         let row = self.row_id(a, start_s);
@@ -473,7 +467,7 @@ impl Builder {
     fn compact(&mut self, target: usize) {
         let span = self.frame.span_s();
         let mut gap = self.gap.unwrap_or(span / 4000.0);
-        let outcomes = &self.outcomes;
+        let outcomes = &self.outcomes.names;
         let failed = |id: u16| {
             outcomes
                 .get(usize::from(id))
@@ -537,14 +531,14 @@ impl Builder {
         });
         Timeline {
             frame: self.frame,
-            stages: self.stages,
+            stages: self.stages.names,
             per_stage: self.per_stage,
             rows,
             bars: self.bars,
             coalesced: self.gap,
             timed: self.timed,
             untimed: self.untimed,
-            outcomes: self.outcomes,
+            outcomes: self.outcomes.names,
             throughput: self.throughput,
             histogram: self.histogram,
             slowest,
@@ -553,7 +547,7 @@ impl Builder {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     const T0: i64 = 1_800_000_000_000_000;
@@ -565,6 +559,33 @@ mod tests {
         }
     }
 
+    /// A timed attempt of worker `worker` (pid 100 + worker on node1).
+    pub(in crate::report) fn logged<'a>(
+        stage: &'a str,
+        index: u64,
+        worker: u32,
+        start_us: i64,
+        duration_us: u64,
+        outcome: &'a str,
+    ) -> Logged<'a> {
+        Logged {
+            stage,
+            attempt: Attempt {
+                index,
+                source: None,
+                attempt: 1,
+                worker: Some(worker),
+                pid: Some(100 + worker),
+                host: Some("node1"),
+                start_us: u64::try_from(start_us).ok(),
+                duration_ns: Some(duration_us * 1000),
+                outcome,
+                rss: Some((8 << 20) + index),
+            },
+        }
+    }
+
+    /// An attempt starting `start_ms` into the frame, `ms` long.
     fn line<'a>(
         stage: &'a str,
         index: u64,
@@ -572,20 +593,15 @@ mod tests {
         start_ms: i64,
         ms: u64,
         outcome: &'a str,
-    ) -> AttemptLine<'a> {
-        AttemptLine {
+    ) -> Logged<'a> {
+        logged(
             stage,
             index,
-            source: None,
-            attempt: 1,
-            worker: Some(worker),
-            pid: Some(1000 + worker),
-            host: Some("node1"),
-            start_us: Some(T0 + start_ms * 1000),
-            duration_us: Some(ms * 1000),
+            worker,
+            T0 + start_ms * 1000,
+            ms * 1000,
             outcome,
-            rss: Some(1 << 20),
-        }
+        )
     }
 
     #[test]
@@ -596,14 +612,16 @@ mod tests {
         b.add(&line("a", 0, 5, 200, 100, "ok"));
         b.add(&line("a", 1, 2, 100, 300, "task_error"));
         b.add(&line("b", 0, 5, 1_000, 50, "ok"));
-        b.add(&AttemptLine {
+        let mut lost = line("b", 1, 0, 0, 0, "lost");
+        lost.attempt = Attempt {
             start_us: None,
-            duration_us: None,
+            duration_ns: None,
             worker: None,
             pid: None,
             host: None,
-            ..line("b", 1, 0, 0, 0, "lost")
-        });
+            ..lost.attempt
+        };
+        b.add(&lost);
         let t = b.finish();
         assert_eq!((t.timed, t.untimed), (3, 1));
         assert_eq!(t.bars.len(), 3);
@@ -743,7 +761,7 @@ mod tests {
         let mut b = Builder::new(frame(10), &[]);
         for i in 0..100u64 {
             let mut l = line("s", i, 1, i as i64 * 10, i, "ok");
-            l.rss = Some(i * 1000);
+            l.attempt.rss = Some(i * 1000);
             b.add(&l);
         }
         let t = b.finish();
@@ -762,14 +780,12 @@ mod tests {
     fn the_same_worker_id_on_another_pid_or_host_is_another_row() {
         let mut b = Builder::new(frame(10), &[]);
         b.add(&line("s", 0, 1, 0, 10, "ok"));
-        b.add(&AttemptLine {
-            pid: Some(7),
-            ..line("s", 1, 1, 20, 10, "ok")
-        });
-        b.add(&AttemptLine {
-            host: Some("node2"),
-            ..line("s", 2, 1, 40, 10, "ok")
-        });
+        let mut other_pid = line("s", 1, 1, 20, 10, "ok");
+        other_pid.attempt.pid = Some(7);
+        b.add(&other_pid);
+        let mut other_host = line("s", 2, 1, 40, 10, "ok");
+        other_host.attempt.host = Some("node2");
+        b.add(&other_host);
         b.add(&line("s", 3, 1, 60, 10, "ok"));
         let t = b.finish();
         assert_eq!(t.rows.len(), 3);
