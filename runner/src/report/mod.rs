@@ -113,8 +113,8 @@ pub fn build(dir: &Path) -> Result<Report, ReportError> {
     let now = SystemTime::now();
     let mut notes = Vec::new();
 
-    let events = match &status.events {
-        Some(path) => named_file(read_events(path), path, &mut notes, |p| {
+    let events = match status.events.as_deref().map(|p| locate(p, dir)) {
+        Some(path) => named_file(read_events(&path), &path, &mut notes, |p| {
             format!("the event log {p} is gone: stage times come from the manifest")
         })?,
         None => None,
@@ -152,15 +152,15 @@ pub fn build(dir: &Path) -> Result<Report, ReportError> {
         }
     }
 
-    let timeline = match &status.joblog {
+    let timeline = match status.joblog.as_deref().map(|p| locate(p, dir)) {
         None => {
             notes.push(NO_JOBLOG.to_owned());
             None
         }
         Some(path) => {
             let read = named_file(
-                read_joblog(path, frame, &status.stages),
-                path,
+                read_joblog(&path, frame, &status.stages),
+                &path,
                 &mut notes,
                 |p| format!("the joblog {p} named in the manifest is gone: {NO_JOBLOG}"),
             )?;
@@ -211,6 +211,19 @@ pub fn build(dir: &Path) -> Result<Report, ReportError> {
         times_from,
         generated_at: crate::events::now_rfc3339(),
     })
+}
+
+/// Where a file the manifest names (by its absolute path) is now: there, or, when the run's
+/// directory was moved or copied (from a cluster to a laptop) and it was kept inside it, in
+/// `dir` under the same name.
+fn locate(path: &Path, dir: &Path) -> PathBuf {
+    if path.exists() {
+        return path.to_owned();
+    }
+    match path.file_name().map(|name| dir.join(name)) {
+        Some(moved) if moved.is_file() => moved,
+        _ => path.to_owned(),
+    }
 }
 
 /// What was read from a file the manifest names: `None`, with a note, when it is gone.
@@ -280,41 +293,45 @@ pub fn assemble(
         }
     }
     let mut markers = Vec::new();
-    let from_events = events.iter().any(|e| e.event == "stage_started");
-    if from_events {
-        for e in events {
-            let (Some(stage), Some(t)) = (e.stage.as_deref(), at(&e.time)) else {
-                continue;
-            };
-            let span = spans.iter_mut().find(|s| s.name == stage);
-            match (e.event.as_str(), span) {
-                ("stage_started", Some(span)) => {
-                    span.start_s = Some(t);
-                    span.end_s = None;
+    // Stages whose pool decision the events tell (a resumed run's event log only knows the
+    // stages it ran: the others' come from the manifest).
+    let mut decided = vec![false; spans.len()];
+    for e in events {
+        let (Some(stage), Some(t)) = (e.stage.as_deref(), at(&e.time)) else {
+            continue;
+        };
+        let i = spans.iter().position(|s| s.name == stage);
+        match (e.event.as_str(), i) {
+            ("stage_started", Some(i)) => {
+                spans[i].start_s = Some(t);
+                spans[i].end_s = None;
+            }
+            ("stage_finished", Some(i)) => spans[i].end_s = Some(t),
+            ("pool_decision", i) => {
+                if let Some(i) = i {
+                    decided[i] = true;
                 }
-                ("stage_finished", Some(span)) => span.end_s = Some(t),
-                ("pool_decision", _) if e.decision.as_deref() == Some("restart") => {
+                if e.decision.as_deref() == Some("restart") {
                     markers.push(Marker {
                         at_s: t,
                         kind: MarkerKind::Restart,
                         label: restart_label(stage, e.reason.as_deref()),
                     });
                 }
-                _ => {}
             }
+            _ => {}
         }
-    } else {
-        for (s, span) in stages.iter().zip(&spans) {
-            let Some((d, t)) = s.pool_decision.as_ref().zip(span.start_s) else {
-                continue;
-            };
-            if d.decision == "restart" {
-                markers.push(Marker {
-                    at_s: t,
-                    kind: MarkerKind::Restart,
-                    label: restart_label(&s.name, Some(&d.reason)),
-                });
-            }
+    }
+    for ((s, span), decided) in stages.iter().zip(&spans).zip(decided) {
+        let Some((d, t)) = s.pool_decision.as_ref().zip(span.start_s) else {
+            continue;
+        };
+        if !decided && d.decision == "restart" {
+            markers.push(Marker {
+                at_s: t,
+                kind: MarkerKind::Restart,
+                label: restart_label(&s.name, Some(&d.reason)),
+            });
         }
     }
     for span in &spans {
@@ -625,6 +642,37 @@ mod tests {
         assert_eq!(restarts.len(), 1);
         assert_eq!(restarts[0].at_s, 2.1);
         assert!(restarts[0].label.contains("restart reason"));
+    }
+
+    #[test]
+    fn a_resumed_runs_events_tell_only_the_stages_it_ran() {
+        let stages = [
+            stage("a", Some(0.5), Some(2.0), "restart"),
+            stage("b", Some(3.0), Some(4.0), "restart"),
+        ];
+        let events = [
+            event("pool_decision", 2.9, "b", Some("restart")),
+            event("stage_started", 3.1, "b", None),
+        ];
+        let (spans, markers) = assemble(&stages, &[at(2.8)], &events, frame(5.0));
+        assert_eq!(spans[0].start_s, Some(0.5));
+        assert_eq!(spans[1].start_s, Some(3.1));
+        let restarts: Vec<f64> = markers
+            .iter()
+            .filter(|m| m.kind == MarkerKind::Restart)
+            .map(|m| m.at_s)
+            .collect();
+        assert_eq!(restarts, [0.5, 2.9]);
+    }
+
+    #[test]
+    fn a_moved_run_directory_still_finds_its_joblog() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("joblog.jsonl"), "").unwrap();
+        let gone = Path::new("/no/such/place/joblog.jsonl");
+        assert_eq!(locate(gone, dir.path()), dir.path().join("joblog.jsonl"));
+        let elsewhere = Path::new("/no/such/place/other.jsonl");
+        assert_eq!(locate(elsewhere, dir.path()), elsewhere);
     }
 
     #[test]
