@@ -265,6 +265,7 @@ svg text{fill:#333}.axis{fill:#555}
 .mark.resume{stroke:#1f5fbf;stroke-dasharray:2 3;stroke-width:2}
 .mlabel.restart{fill:#c81e1e;font-weight:600}.mlabel.resume{fill:#1f5fbf;font-weight:600}
 .task.error,.busy.error{fill:#d62728;stroke:#7a0f10;stroke-width:.6}.task.lost{fill:#aaa}
+.busy.mixed{stroke:#d62728;stroke-width:1.5}
 .busy{opacity:.85}
 .tp.ok{fill:#4e79a7}.tp.error{fill:#d62728}.hist{fill:#59a14f}
 .rss{fill:none;stroke-width:1.6}
@@ -536,14 +537,13 @@ fn gantt(out: &mut String, r: &Report, t: &Timeline) {
     let bottom = top + row_h * n as f64;
     w!(
         out,
-        "<section id=\"timeline\"><h2>Tasks per worker</h2><p class=\"small\">One bar per task attempt \
-         ({} drawn{}); red: failed, grey: result lost with its worker. Hover a bar for its task.</p>\
+        "<section id=\"timeline\"><h2>Tasks per worker</h2><p class=\"small\">{}; red: failed, \
+         grey: result lost with its worker. Hover a bar for its task.</p>\
          <svg viewBox=\"0 0 {WIDTH} {h:.0}\" width=\"{WIDTH}\" height=\"{h:.0}\">",
-        t.timed,
         if t.coalesced.is_some() {
-            ", merged into busy spans"
+            format!("{} attempts, adjacent ones merged into busy spans", t.timed)
         } else {
-            ""
+            format!("One bar per task attempt ({} drawn)", t.timed)
         },
         h = bottom + 36.0
     );
@@ -606,7 +606,7 @@ fn gantt(out: &mut String, r: &Report, t: &Timeline) {
         // A failure stays visible however short it was.
         let failed = match &bar.what {
             BarKind::Task { outcome, .. } => Class::of(t.outcome(*outcome)) == Class::Error,
-            BarKind::Busy { failed, .. } => *failed > 0,
+            BarKind::Busy { .. } => false,
         };
         let width = (x1 - x0).max(if failed { 2.0 } else { 0.6 });
         let stage = t
@@ -640,10 +640,15 @@ fn gantt(out: &mut String, r: &Report, t: &Timeline) {
                 );
             }
             BarKind::Busy { tasks, failed } => {
+                // Failures drawn on their own leave the span its stage's colour.
+                let class = match (*failed, t.failures_drawn) {
+                    (0, _) | (_, true) => "ok",
+                    (f, false) if f * 2 >= *tasks => "error",
+                    _ => "mixed",
+                };
                 w!(
                     out,
-                    "<rect class=\"busy {} s{stage_colour}\" x=\"{x0:.1}\" y=\"{y:.1}\" width=\"{width:.1}\" height=\"{:.1}\"><title>{}: {tasks} attempts{}, from {} to {}</title></rect>\n",
-                    if *failed > 0 { "error" } else { "ok" },
+                    "<rect class=\"busy {class} s{stage_colour}\" x=\"{x0:.1}\" y=\"{y:.1}\" width=\"{width:.1}\" height=\"{:.1}\"><title>{}: {tasks} attempts{}, from {} to {}</title></rect>\n",
                     row_h - 2.0 * inset,
                     esc(stage),
                     if *failed > 0 {
@@ -698,7 +703,11 @@ fn y_ticks(out: &mut String, max: f64, bottom: f64, h: f64, label: impl Fn(f64) 
 }
 
 fn rate(v: f64) -> String {
-    if v >= 100.0 || v == 0.0 {
+    if v >= 1e6 {
+        format!("{}M", trim(v / 1e6))
+    } else if v >= 1e4 {
+        format!("{}k", trim(v / 1e3))
+    } else if v >= 100.0 || v == 0.0 {
         format!("{v:.0}")
     } else if v >= 1.0 {
         format!("{v:.1}")
@@ -764,6 +773,12 @@ fn throughput(out: &mut String, r: &Report, t: &Timeline) {
     }
     axis.markers(out, &r.markers, top, bottom, false);
     out.push_str("</svg></section>\n");
+}
+
+/// A number with at most one decimal, none if it is whole: `2`, `1.5`.
+fn trim(v: f64) -> String {
+    let text = format!("{v:.1}");
+    text.strip_suffix(".0").unwrap_or(&text).to_owned()
 }
 
 /// The lower edge of a histogram bucket.
@@ -1024,6 +1039,11 @@ mod tests {
         assert_eq!(duration(0.25), "0.25s");
         assert_eq!(duration(2.5), "2.50s");
         assert_eq!(bytes(5 << 20), "5.0 MiB");
+        assert_eq!(rate(2_000_000.0), "2M");
+        assert_eq!(rate(1_500_000.0), "1.5M");
+        assert_eq!(rate(25_000.0), "25k");
+        assert_eq!(rate(250.0), "250");
+        assert_eq!(rate(2.5), "2.5");
         assert_eq!(edge_label(0), "0");
         assert_eq!(edge_label(1), "1µs");
         assert_eq!(edge_label(10), "1ms");

@@ -178,10 +178,19 @@ pub fn build(dir: &Path) -> Result<Report, ReportError> {
     };
     if let Some(t) = &timeline {
         if let Some(gap) = t.coalesced {
+            let failures = if t.failures_drawn {
+                "failed attempts are still drawn one by one, over them".to_owned()
+            } else {
+                format!(
+                    "with more than {} failed attempts, those are counted in their spans \
+                     (outlined in red, or red when most of a span failed)",
+                    model::MAX_FAILED_BARS
+                )
+            };
             notes.push(format!(
                 "{} attempts are more than the {} bars the timeline draws: adjacent tasks of a \
-                 worker and stage (closer than {}) are drawn as one busy span; every other chart \
-                 counts each attempt",
+                 worker and stage (closer than {}) are drawn as one busy span; {failures}; every \
+                 other chart counts each attempt",
                 t.timed,
                 model::MAX_BARS,
                 html::duration(gap)
@@ -838,7 +847,9 @@ mod tests {
         let html = html::render(&r);
         let busy = html.matches("<rect class=\"busy ").count();
         assert!(busy > 0 && busy <= model::MAX_BARS, "{busy}");
-        assert_eq!(html.matches("<rect class=\"task ").count(), 0);
+        // The 200 failures drawn one by one over the spans.
+        assert_eq!(html.matches("<rect class=\"task error").count(), 200);
+        assert_eq!(html.matches("<rect class=\"task ok").count(), 0);
         assert!(html.len() < 8 << 20, "{} bytes", html.len());
     }
 }

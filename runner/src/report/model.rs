@@ -10,6 +10,9 @@ use crate::joblog::Attempt;
 /// The most bars the timeline draws; past that, adjacent tasks of a worker and stage are merged
 /// into busy spans (the file stays a few MB).
 pub const MAX_BARS: usize = 20_000;
+/// Failed attempts drawn one by one over the busy spans of a coalesced timeline; past that
+/// they are only counted in their spans.
+pub const MAX_FAILED_BARS: usize = 2_000;
 /// Buckets of the throughput chart.
 pub const THROUGHPUT_BUCKETS: usize = 60;
 /// Points of each worker's memory line (the highest sample in each slice of time).
@@ -181,6 +184,9 @@ pub struct Timeline {
     pub bars: Vec<Bar>,
     /// The gap (s) under which adjacent attempts were merged into busy spans, if they were.
     pub coalesced: Option<f64>,
+    /// With `coalesced`: whether the failed attempts are still drawn one by one, over the
+    /// spans (at most [`MAX_FAILED_BARS`]), or only counted in them.
+    pub failures_drawn: bool,
     /// Attempts with a start and a duration (each one bar unless coalesced).
     pub timed: u64,
     /// Attempts without (a lost result, an input too large to send): counted, not drawn.
@@ -295,6 +301,8 @@ pub struct Builder {
     slow: HashMap<u64, Slow>,
     seq: u64,
     max_bars: usize,
+    /// The failed attempts' own bars (for a coalesced timeline), unless there are too many.
+    failed_bars: Option<Vec<Bar>>,
 }
 
 impl Builder {
@@ -317,6 +325,7 @@ impl Builder {
             slow: HashMap::new(),
             seq: 0,
             max_bars: MAX_BARS,
+            failed_bars: Some(Vec::new()),
         };
         for s in stages {
             b.stage_id(s);
@@ -418,7 +427,7 @@ impl Builder {
             start_s,
         });
 
-        self.bars.push(Bar {
+        let bar = Bar {
             row,
             stage,
             start_s,
@@ -429,7 +438,14 @@ impl Builder {
                 attempt: a.attempt,
                 outcome,
             },
-        });
+        };
+        if class == Class::Error {
+            match &mut self.failed_bars {
+                Some(bars) if bars.len() < MAX_FAILED_BARS => bars.push(bar.clone()),
+                _ => self.failed_bars = None,
+            }
+        }
+        self.bars.push(bar);
         if self.bars.len() >= 2 * self.max_bars {
             self.compact(self.max_bars / 2);
         }
@@ -484,8 +500,14 @@ impl Builder {
     }
 
     pub fn finish(mut self) -> Timeline {
+        let mut failures_drawn = true;
         if self.gap.is_some() || self.bars.len() > self.max_bars {
             self.compact(self.max_bars);
+            // Failures stay visible one by one, drawn over the spans that count them.
+            match self.failed_bars.take() {
+                Some(failed) => self.bars.extend(failed),
+                None => failures_drawn = false,
+            }
         }
         // Rows in the order workers started; bars by row, then time.
         let mut order: Vec<u32> = (0..self.rows.len() as u32).collect();
@@ -514,9 +536,12 @@ impl Builder {
         for bar in &mut self.bars {
             bar.row = new_id[bar.row as usize];
         }
+        // By row, spans before single attempts (drawn over them), then by time.
+        let single = |b: &Bar| matches!(b.what, BarKind::Task { .. });
         self.bars.sort_by(|a, b| {
             a.row
                 .cmp(&b.row)
+                .then(single(a).cmp(&single(b)))
                 .then(a.start_s.total_cmp(&b.start_s))
                 .then(a.stage.cmp(&b.stage))
         });
@@ -536,6 +561,7 @@ impl Builder {
             rows,
             bars: self.bars,
             coalesced: self.gap,
+            failures_drawn,
             timed: self.timed,
             untimed: self.untimed,
             outcomes: self.outcomes.names,
@@ -669,19 +695,27 @@ pub(super) mod tests {
         }
         b.add(&line("b", 0, 1, 11_000, 100, "ok"));
         let t = b.finish();
-        assert!(t.coalesced.is_some());
-        assert!(t.bars.len() <= 50, "{}", t.bars.len());
-        // Each worker's run of stage a is one span; stage b is a span of its own.
-        assert_eq!(t.bars.len(), 3, "{:?}", t.bars);
-        let busy: Vec<(u32, u16, u64, u64)> = t
+        assert!(t.coalesced.is_some() && t.failures_drawn);
+        // Each worker's run of stage a is one span; stage b is a span of its own; the
+        // failure is drawn on its own too, over its span.
+        assert_eq!(t.bars.len(), 4, "{:?}", t.bars);
+        let bars: Vec<(u32, u16, u64, u64)> = t
             .bars
             .iter()
             .map(|bar| match bar.what {
                 BarKind::Busy { tasks, failed } => (bar.row, bar.stage, tasks, failed),
-                BarKind::Task { .. } => panic!("a task bar left: {bar:?}"),
+                BarKind::Task { index, .. } => (bar.row, bar.stage, index, u64::MAX),
             })
             .collect();
-        assert_eq!(busy, [(0, 0, 100, 0), (0, 1, 1, 0), (1, 0, 100, 1)]);
+        assert_eq!(
+            bars,
+            [
+                (0, 0, 100, 0),
+                (0, 1, 1, 0),
+                (1, 0, 100, 1),
+                (1, 0, 7, u64::MAX)
+            ]
+        );
         assert!((t.bars[0].end_s - 10.0).abs() < 1e-9);
         // Counted all the same.
         assert_eq!(t.timed, 201);
@@ -727,6 +761,7 @@ pub(super) mod tests {
         }
         let t = b.finish();
         assert!(t.bars.len() <= 100, "{}", t.bars.len());
+        assert!(t.failures_drawn);
         let tasks: u64 = t
             .bars
             .iter()
@@ -736,6 +771,28 @@ pub(super) mod tests {
             })
             .sum();
         assert_eq!(tasks, 10_000);
+    }
+
+    #[test]
+    fn too_many_failures_are_only_counted_in_their_spans() {
+        let mut b = Builder::new(frame(100), &["s".to_owned()]).with_max_bars(10);
+        let n = 2 * MAX_FAILED_BARS as u64 + 4;
+        for i in 0..n {
+            let outcome = if i % 2 == 0 { "crashed" } else { "ok" };
+            b.add(&line("s", i, 1, i as i64, 1, outcome));
+        }
+        let t = b.finish();
+        assert!(!t.failures_drawn);
+        assert!(t.bars.len() <= 10);
+        let failed: u64 = t
+            .bars
+            .iter()
+            .map(|b| match b.what {
+                BarKind::Busy { failed, .. } => failed,
+                BarKind::Task { .. } => panic!("{b:?}"),
+            })
+            .sum();
+        assert_eq!(failed, n / 2);
     }
 
     #[test]
