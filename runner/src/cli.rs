@@ -58,9 +58,14 @@ pub enum Command {
     /// What a run did or is doing: stages, counts, failures, pool decisions, ETA (read-only:
     /// it works while the run goes on).
     Status(StatusArgs),
-    /// Write one self-contained HTML report of a run: its stages, a timeline of every task on
-    /// every worker (with a joblog), throughput, task durations, the slowest tasks, every
-    /// failure, worker memory (read-only: it works while the run goes on).
+    /// Write one self-contained HTML file about a run: stages, a timeline of every task, charts,
+    /// failures.
+    ///
+    /// The stages; a bar per task attempt on a row per worker process, with stage boundaries
+    /// and pool restarts (from the joblog: run with --joblog FILE); throughput over time, task
+    /// durations, worker memory, the slowest tasks and every failure with its message. Inline
+    /// CSS and SVG, nothing loaded from anywhere. Read-only: it works while the run goes on.
+    /// Prints the path it wrote. Exit codes: 0 written, 2 no run there, 74 an I/O error.
     Report(ReportArgs),
     /// Parse a pipeline, resolve and load its plugins, check its tasks exist; run nothing.
     Validate(ConfigArgs),
