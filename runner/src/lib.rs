@@ -23,6 +23,7 @@ pub mod plugin;
 pub mod pool;
 pub mod progress;
 pub mod protocol;
+pub mod report;
 pub mod run;
 pub mod scaffold;
 pub mod schema;

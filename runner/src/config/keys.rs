@@ -148,7 +148,7 @@ pub const PIPELINE_KEYS: &[KeySpec] = &[
         "joblog",
         Kind::Path,
         Some("none"),
-        "A JSON-lines file with one line per task attempt (stage, index, worker, start, duration, outcome, RSS), relative to the pipeline file; `--joblog FILE` overrides it. Off by default.",
+        "A JSON-lines file with one line per task attempt (stage, index, worker, start, duration, outcome, RSS), relative to the pipeline file; `--joblog FILE` overrides it. Off by default. `loky-run report OUTPUT_DIR` draws it: a bar per attempt on a row per worker, throughput, durations, memory.",
     ),
     key(
         "progress_interval",

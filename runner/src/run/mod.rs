@@ -329,6 +329,7 @@ impl Run<'_> {
         record.status = StageStatus::Running;
         record.tasks = total;
         record.started_at = Some(crate::events::now_rfc3339());
+        record.finished_at = None;
         record.pool_decision = Some(outcome::decision_record(&decision));
         let manifest_error = RunError::io_in_run(format!(
             "cannot write {}",
@@ -423,6 +424,7 @@ impl Run<'_> {
             record.previous_sha256 = None;
         }
         record.output_sha256 = output_sha256;
+        record.finished_at = Some(crate::events::now_rfc3339());
         // The stage's outcome stands even if this write fails: the final write reports it.
         let _ = self.manifest.write(&out_dir);
         self.live.write(None, Instant::now());
