@@ -343,9 +343,6 @@ pub fn render_error(e: &Error, resume: Option<&str>) -> String {
     text
 }
 
-/// Where plugins named by a bare name are also searched.
-const PLUGIN_PATH_VAR: &str = "LOKY_RUN_PLUGIN_PATH";
-
 /// What to do after a run-level failure: fix the cause (when the OS error says what it is),
 /// then finish the run with `--resume` if it had started, or run the command again.
 fn error_help(e: &Error, resume: Option<&str>) -> Option<String> {
@@ -655,20 +652,11 @@ fn plan_text(plan: &run::Plan) -> String {
 fn cmd_tasks(plugin: &str, console: &Arc<Console>) -> Result<i32, Error> {
     let cwd = current_dir()?;
     let spec = classify_plugin_arg(plugin, &cwd);
-    let path = resolve::resolve(&spec, &cwd).map_err(|e| {
-        let help = match &e {
-            resolve::ResolveError::NotFound {
-                suggestion: Some(s),
-                ..
-            } => format!("did you mean `{s}`?"),
-            resolve::ResolveError::NotFound { .. } => format!(
-                "give the path of the plugin's .so file or crate directory (`loky-run tasks \
-                 ./path/libNAME.so`), or add its directory to {PLUGIN_PATH_VAR}"
-            ),
-            _ => return Error::Usage(e.to_string()),
-        };
-        Error::Usage(format!("{e}\n  = help: {help}"))
-    })?;
+    let path =
+        resolve::resolve(&spec, &cwd).map_err(|e| match resolve::not_found_help(&e, &cwd) {
+            Some(help) => Error::Usage(format!("{e}\n  = help: {help}")),
+            None => Error::Usage(e.to_string()),
+        })?;
     let info = probe::probe(&path, console.verbosity() >= Verbosity::Verbose)
         .map_err(|e| Error::Usage(e.to_string()))?;
     print_out(tasks_text(&info))
@@ -683,20 +671,9 @@ fn current_dir() -> Result<PathBuf, Error> {
 }
 
 fn classify_plugin_arg(arg: &str, cwd: &Path) -> PluginSpec {
-    let path = cwd.join(arg);
-    let kind = if arg.contains('/') || arg.ends_with(".so") || arg.starts_with('.') || path.is_dir()
-    {
-        if path.is_dir() {
-            config::PluginSpecKind::Crate(path)
-        } else {
-            config::PluginSpecKind::Library(path)
-        }
-    } else {
-        config::PluginSpecKind::Name(arg.to_owned())
-    };
     PluginSpec {
         written: arg.to_owned(),
-        kind,
+        kind: resolve::classify(arg, cwd.join(arg)),
     }
 }
 

@@ -450,3 +450,44 @@ fn a_runner_blocked_in_a_system_call_still_ends_on_a_signal() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("SIGTERM"), "{stderr}");
 }
+
+/// What a first-time plugin author gets wrong in `plugins`, said in words that lead to the fix:
+/// a directory without Cargo.toml, a workspace root, an .rlib; `tasks` and a pipeline agree.
+#[test]
+fn plugin_entries_that_are_no_plugin_say_what_to_name_instead() {
+    let fx = Fixture::new();
+    std::fs::create_dir(fx.path().join("empty")).unwrap();
+    std::fs::create_dir_all(fx.path().join("ws/member")).unwrap();
+    std::fs::write(
+        fx.path().join("ws/Cargo.toml"),
+        "[workspace]\nmembers = [\"member\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        fx.path().join("libthing.rlib"),
+        b"!<arch>\n/               0  ",
+    )
+    .unwrap();
+    let pipeline = |plugin: &str| {
+        let text = format!(
+            "[pipeline]\nname = \"p\"\nplugins = [{plugin:?}]\noutput_dir = \"out\"\n\n\
+             [[stage]]\nname = \"s\"\ntask = \"x\"\ninput = {{ range = [0, 1] }}\n"
+        );
+        fx.write("pipeline.toml", &text)
+    };
+    for (entry, said) in [
+        ("./empty", vec!["has no Cargo.toml", "new-plugin"]),
+        ("empty", vec!["holds no Cargo.toml", "new-plugin empty"]),
+        ("./ws", vec!["is a Cargo workspace", "member"]),
+        ("./libthing.rlib", vec!["static library", "cdylib"]),
+        ("nosuch", vec!["not found", "./nosuch"]),
+    ] {
+        let p = pipeline(entry);
+        fx.run(&["validate", p.to_str().unwrap()])
+            .assert_code(2)
+            .assert_stderr_has(&said);
+        fx.run(&["tasks", entry])
+            .assert_code(2)
+            .assert_stderr_has(&said);
+    }
+}

@@ -172,7 +172,12 @@ fn check_is_shared_library(path: &Path) -> Result<(), LoadError> {
         return Err(not_lib("the file is empty or too short"));
     }
     if &magic != b"\x7fELF" {
-        let what = if magic
+        let what = if &magic == b"!<ar" {
+            // `!<arch>`: a static archive, which is what an .rlib (or .a) is.
+            "it is a static library (an .rlib or .a archive), not a shared one: build the crate \
+             with `[lib] crate-type = [\"cdylib\"]` and name the lib<name>.so it makes, or the \
+             crate's directory"
+        } else if magic
             .iter()
             .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace())
         {

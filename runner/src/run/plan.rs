@@ -111,13 +111,7 @@ pub fn plan(pipeline: Pipeline, verbose: bool) -> Result<Plan, PlanError> {
         let path = match resolve::resolve(spec, &pipeline.base_dir) {
             Ok(path) => path,
             Err(e) => {
-                let help = match &e {
-                    resolve::ResolveError::NotFound {
-                        suggestion: Some(s),
-                        ..
-                    } => Some(format!("did you mean `{s}`?")),
-                    _ => None,
-                };
+                let help = resolve::not_found_help(&e, &pipeline.base_dir);
                 problems.push(PlanProblem::new(e.to_string(), help, "pipeline.plugins"));
                 continue;
             }
