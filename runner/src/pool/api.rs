@@ -146,7 +146,8 @@ pub struct WorkerExit {
     /// `None`: it died on its own.
     pub reason: Option<StopReason>,
     /// What broke, when the reason is [`StopReason::BrokenStream`] or
-    /// [`StopReason::LostResults`].
+    /// [`StopReason::LostResults`]; with no reason, why the runner ended a worker that had
+    /// died in all but name (a remote worker whose connection ended while its srun lived on).
     pub detail: Option<String>,
     pub end: ProcessEnd,
     /// `None` when unknown (a remote worker that never reported it).

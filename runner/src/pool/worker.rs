@@ -12,10 +12,22 @@ use super::{slurm, spawn};
 use crate::progress::ProgressSlot;
 use crate::sys::{self, ProcessEnd};
 
-/// How long a remote worker's srun may live on after its connection ended.
-const REMOTE_EXIT_WAIT: Duration = Duration::from_secs(10);
+/// How long a remote worker's srun may live on after its connection ended. A worker that
+/// exits closes its connection a moment before its step ends and srun exits (milliseconds,
+/// tenths of a second on a loaded node); an srun still running after this is waiting on a node
+/// that died or lost its network (Slurm may take a minute or more to say so), and a task the
+/// worker held would wait with it for its retry.
+const REMOTE_EXIT_WAIT: Duration = Duration::from_secs(3);
 /// How long a local worker may live on after its result stream closed.
 const LOCAL_EXIT_WAIT: Duration = Duration::from_secs(2);
+
+/// Why a remote worker whose connection ended while its srun lived on was ended.
+fn lost_connection_detail() -> String {
+    format!(
+        "its connection to the runner ended and its srun was still running {} s later (its node failed or lost its network?), so the runner ended the step",
+        REMOTE_EXIT_WAIT.as_secs()
+    )
+}
 
 /// This host's name (read once).
 fn local_host() -> &'static str {
@@ -100,7 +112,8 @@ pub(super) struct Worker {
     exited: Arc<AtomicBool>,
     ready: bool,
     stop: Option<StopReason>,
-    /// What broke, for [`StopReason::BrokenStream`].
+    /// What broke, for [`StopReason::BrokenStream`] and [`StopReason::LostResults`], or why the
+    /// runner ended a remote worker that lost its connection.
     detail: Option<String>,
     /// When a terminated worker gets SIGKILL if it is still alive.
     kill_at: Option<Instant>,
@@ -441,12 +454,17 @@ impl Worker {
                 if !self.has_exited() {
                     // A local worker still alive long after its result stream ended: a task
                     // closed the descriptor, and whatever it ran since is lost.
-                    if self.closed_alive && !self.is_remote() && self.stop.is_none() {
-                        self.stop = Some(StopReason::LostResults);
-                        self.detail = Some(
-                            "its result descriptor (4) was redirected or closed, most likely by a task, and it went on running"
-                                .into(),
-                        );
+                    if self.closed_alive && self.stop.is_none() {
+                        if self.is_remote() {
+                            // Not a crash reason of its own: what it held crashed with it.
+                            self.detail.get_or_insert_with(lost_connection_detail);
+                        } else {
+                            self.stop = Some(StopReason::LostResults);
+                            self.detail = Some(
+                                "its result descriptor (4) was redirected or closed, most likely by a task, and it went on running"
+                                    .into(),
+                            );
+                        }
                     }
                     spawn::kill_group(self.pid, libc::SIGKILL);
                     // A killed `srun` leaves its step behind: cancel it in Slurm.
