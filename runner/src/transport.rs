@@ -843,8 +843,12 @@ fn advertised_address(listen: Option<&str>, local: SocketAddr) -> String {
 
 /// Turns on TCP keepalive with short timers, so that a peer that vanished without closing the
 /// connection (a node that lost power, a cut network) ends it within about half a minute
-/// instead of after the kernel's default two hours.
+/// instead of after the kernel's default two hours; and bounds how long data sent may go
+/// unacknowledged the same way (`TCP_USER_TIMEOUT`: keepalive probes only an idle connection,
+/// and one with data in flight would retransmit for a quarter of an hour).
 pub fn keep_alive(stream: &TcpStream) {
+    // (10 s idle, then 3 probes 5 s apart: the same 25 s for a connection with data in flight.)
+    const PEER_SILENCE_LIMIT_MS: libc::c_int = 25_000;
     use std::os::fd::AsRawFd;
     let fd = stream.as_raw_fd();
     for (level, name, value) in [
@@ -852,6 +856,7 @@ pub fn keep_alive(stream: &TcpStream) {
         (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 10),
         (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 5),
         (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3),
+        (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, PEER_SILENCE_LIMIT_MS),
     ] {
         let value: libc::c_int = value;
         // SAFETY: setsockopt on an open socket with a pointer to a c_int and its size.
