@@ -18,10 +18,10 @@ use crate::support::{Fixture, RunResult, header, plugin_path, read_jsonl, wait_f
 
 /// One allocation at a time: the node has as many CPUs as one test allocates, and a test
 /// waiting in the queue would eat into its own time limits.
-static CLUSTER: Mutex<()> = Mutex::new(());
+pub(crate) static CLUSTER: Mutex<()> = Mutex::new(());
 
 /// Whether the Slurm tests run here; panics when they are required and the cluster is down.
-fn cluster_up() -> bool {
+pub(crate) fn cluster_up() -> bool {
     let mode = std::env::var("LOKY_RUN_SLURM_TESTS").unwrap_or_default();
     if mode == "0" {
         eprintln!("Slurm tests skipped: LOKY_RUN_SLURM_TESTS=0");
@@ -34,8 +34,11 @@ fn cluster_up() -> bool {
     let (ok, why) = match state {
         Ok(o) => {
             let out = String::from_utf8_lossy(&o.stdout).trim().to_owned();
-            let ready =
-                o.status.success() && ["idle", "mix", "alloc"].iter().any(|s| out.starts_with(s));
+            // One line per state (a node another test took away may be `down*`).
+            let ready = o.status.success()
+                && out
+                    .lines()
+                    .any(|l| ["idle", "mix", "alloc"].iter().any(|s| l.starts_with(s)));
             let why = format!(
                 "sinfo: exit {:?}, node state {out:?}, {}",
                 o.status.code(),
@@ -62,21 +65,20 @@ fn cluster_up() -> bool {
 /// Runs `bash -c SCRIPT` inside `salloc -n TASKS` in the fixture directory; `$LOKY` is the
 /// runner. The script's output is the result's stdout.
 fn salloc_command(fx: &Fixture, tasks: u32, script: &str) -> Command {
+    salloc_command_with(fx, &[&format!("--ntasks={tasks}")], script)
+}
+
+/// As [`salloc_command`], with `args` (e.g. `--nodes=3 --ntasks=6 --no-kill`) for `salloc`.
+pub(crate) fn salloc_command_with(fx: &Fixture, args: &[&str], script: &str) -> Command {
     let mut cmd = Command::new("salloc");
-    cmd.args([
-        &format!("--ntasks={tasks}"),
-        "--time=10",
-        "--job-name=loky-e2e",
-        "bash",
-        "-c",
-        script,
-    ])
-    .current_dir(fx.path())
-    .env("LOKY", env!("CARGO_BIN_EXE_loky-run"))
-    .env_remove("RUST_LOG")
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    cmd.args(args)
+        .args(["--time=10", "--job-name=loky-e2e", "bash", "-c", script])
+        .current_dir(fx.path())
+        .env("LOKY", env!("CARGO_BIN_EXE_loky-run"))
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     for (k, _) in std::env::vars() {
         if k.starts_with("LOKY_") || k.starts_with("SLURM_") {
             cmd.env_remove(k);
@@ -90,12 +92,12 @@ fn salloc(fx: &Fixture, tasks: u32, script: &str) -> RunResult {
 }
 
 /// After the runner exited inside the allocation: the job's worker steps still known to Slurm.
-const LIST_WORKER_STEPS: &str =
+pub(crate) const LIST_WORKER_STEPS: &str =
     "echo \"steps:$(squeue -s -h -j \"$SLURM_JOB_ID\" -o %j | grep -c loky-run-worker)\"";
 
 /// `(exit code of the runner, worker steps left)` printed by a script ending in
 /// `echo "runner=$?"; LIST_WORKER_STEPS`.
-fn runner_code_and_steps(r: &RunResult) -> (i32, usize) {
+pub(crate) fn runner_code_and_steps(r: &RunResult) -> (i32, usize) {
     let field = |name: &str| -> i64 {
         r.stdout
             .lines()
@@ -108,7 +110,7 @@ fn runner_code_and_steps(r: &RunResult) -> (i32, usize) {
     (field("runner=") as i32, field("steps:") as usize)
 }
 
-fn events_of(events: &[Value], kind: &str) -> Vec<Value> {
+pub(crate) fn events_of(events: &[Value], kind: &str) -> Vec<Value> {
     events
         .iter()
         .filter(|e| e["event"] == kind)
@@ -116,7 +118,7 @@ fn events_of(events: &[Value], kind: &str) -> Vec<Value> {
         .collect()
 }
 
-fn pids(values: &[Value]) -> BTreeSet<u64> {
+pub(crate) fn pids(values: &[Value]) -> BTreeSet<u64> {
     values.iter().map(|v| v.as_u64().unwrap()).collect()
 }
 
@@ -699,17 +701,17 @@ fn the_slurm_launcher_outside_an_allocation_says_where_to_run() {
 }
 
 /// A child process killed (with its output discarded) if the test ends before it is waited for.
-struct KillOnDrop(Option<std::process::Child>);
+pub(crate) struct KillOnDrop(pub(crate) Option<std::process::Child>);
 
 impl KillOnDrop {
     /// Whether the child has ended (it can still be waited for).
-    fn exited(&mut self) -> bool {
+    pub(crate) fn exited(&mut self) -> bool {
         self.0
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
     }
 
-    fn wait_with_output(mut self) -> std::process::Output {
+    pub(crate) fn wait_with_output(mut self) -> std::process::Output {
         self.0.take().unwrap().wait_with_output().unwrap()
     }
 }
@@ -725,7 +727,7 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn read_events(path: &std::path::Path) -> Vec<Value> {
+pub(crate) fn read_events(path: &std::path::Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
