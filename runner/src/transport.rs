@@ -856,7 +856,11 @@ pub fn keep_alive(stream: &TcpStream) {
         (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 10),
         (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 5),
         (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3),
-        (libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, PEER_SILENCE_LIMIT_MS),
+        (
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            PEER_SILENCE_LIMIT_MS,
+        ),
     ] {
         let value: libc::c_int = value;
         // SAFETY: setsockopt on an open socket with a pointer to a c_int and its size.
