@@ -249,18 +249,30 @@ fn six_workers_over_three_nodes_reuse_kill_workers_resize_and_leave_nothing() {
     let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
     let fx = Fixture::new();
     let squares = "\n[[stage]]\nname = \"squares\"\ntask = \"demo::square\"\ninput = { range = [0, 300] }\n\n[[stage]]\nname = \"copied\"\ntask = \"demo::echo\"\ninput = { from = \"squares\" }\n";
-    let pid_ms = [100; 24];
+    let pid_ms = [100; 12];
+    // Each worker of a rendezvous stage takes one of its 6 tasks, which end only once all 6
+    // run at once: every step of the pool has connected, whatever the machine's load.
+    let meet = |name: &str, extra: &str| {
+        let item = format!(
+            "{{ path = \"{}\", count = 6, timeout_ms = 60000 }}",
+            fx.path().join(name).display()
+        );
+        format!(
+            "\n[[stage]]\nname = \"{name}\"\ntask = \"faults::rendezvous\"\ninput = {{ items = [{}] }}\nchunksize = 1\n{extra}\n",
+            vec![item; 6].join(", ")
+        )
+    };
     // a: 6 steps start; b: reuse; c: kill_workers, 6 new steps; d: shrink to 3 (steps kept);
     // e: grow to 6 again (3 new steps in the CPUs d gave back).
     let text = header(
         "spread",
         "launcher = \"slurm\"\nmax_workers = 6\nchunksize = 1\n",
     ) + squares
-        + &sleeps("a", "demo::pid", &pid_ms[..12], "")
-        + &sleeps("b", "demo::pid", &pid_ms[..12], "")
-        + &sleeps("c", "demo::pid", &pid_ms, "kill_workers = true")
+        + &meet("a", "")
+        + &sleeps("b", "demo::pid", &pid_ms, "")
+        + &meet("c", "kill_workers = true")
         + &sleeps("d", "demo::pid", &pid_ms[..6], "max_workers = 3")
-        + &sleeps("e", "demo::pid", &pid_ms, "max_workers = 6");
+        + &meet("e", "max_workers = 6");
     fx.write("pipeline.toml", &text);
     let r = RunResult::from(
         salloc_command_with(
@@ -304,14 +316,15 @@ fn six_workers_over_three_nodes_reuse_kill_workers_resize_and_leave_nothing() {
             .map(|(_, e)| e)
             .collect()
     };
-    // Steps join as they connect: some may come while `copied` or `a` runs.
-    let before_c: Vec<&Value> = ["squares", "copied", "a", "b"]
+    // Steps join as they connect (some may come while `copied` runs); `a` needed all six.
+    let first: Vec<&Value> = ["squares", "copied", "a"]
         .iter()
         .flat_map(|s| of(s))
         .collect();
-    let counts = [before_c.len(), of("c").len(), of("d").len(), of("e").len()];
-    assert_eq!(counts, [6, 6, 0, 3], "worker steps ready per stage");
-    assert_eq!(hosts(before_c.iter().copied()).len(), NODES, "{before_c:?}");
+    let counts = [first.len(), of("b").len(), of("c").len(), of("d").len()];
+    assert_eq!(counts, [6, 0, 6, 0], "worker steps ready per stage");
+    assert_eq!(of("e").len(), 3, "growing started 3 steps: {:?}", of("e"));
+    assert_eq!(hosts(first.iter().copied()).len(), NODES, "{first:?}");
     assert_eq!(hosts(of("c")).len(), NODES, "{:?}", of("c"));
     let steps: BTreeSet<&str> = ready
         .iter()
@@ -319,14 +332,10 @@ fn six_workers_over_three_nodes_reuse_kill_workers_resize_and_leave_nothing() {
         .collect();
     assert_eq!(steps.len(), 15, "every worker is its own step");
 
-    let ready_pids = |stages: &[&str]| -> BTreeSet<u64> {
-        stages
-            .iter()
-            .flat_map(|s| of(s))
-            .map(|e| e["pid"].as_u64().unwrap())
-            .collect()
+    let ready_pids = |ready: &[&Value]| -> BTreeSet<u64> {
+        ready.iter().map(|e| e["pid"].as_u64().unwrap()).collect()
     };
-    let first = ready_pids(&["squares", "copied", "a", "b"]);
+    let first = ready_pids(&first);
     let (a, b, c, d, e) = (
         pids(&fx.outputs("a")),
         pids(&fx.outputs("b")),
@@ -334,29 +343,20 @@ fn six_workers_over_three_nodes_reuse_kill_workers_resize_and_leave_nothing() {
         pids(&fx.outputs("d")),
         pids(&fx.outputs("e")),
     );
-    assert!(
-        a.is_subset(&first) && b.is_subset(&first),
-        "reuse: the same steps"
-    );
-    assert!(
-        c.is_subset(&ready_pids(&["c"])) && c.is_disjoint(&first),
-        "kill_workers: new steps"
-    );
-    assert!(d.is_subset(&ready_pids(&["c"])), "shrinking kept c's steps");
-    assert!(e.is_subset(&ready_pids(&["c", "e"])));
+    assert_eq!(a, first, "a ran on all six");
+    assert!(b.is_subset(&first), "reuse: the same steps");
+    assert_eq!(c, ready_pids(&of("c")), "kill_workers: six new steps");
+    assert!(c.is_disjoint(&first));
+    assert!(d.is_subset(&c) && d.len() <= 3, "shrinking kept c's steps");
+    assert_eq!(e.len(), 6);
+    assert!(e.is_subset(&c.union(&ready_pids(&of("e"))).copied().collect()));
     // 6 workers on the 6 CPUs: after growing again the pool spans every node.
-    let retired: BTreeSet<u64> = events_of(&events, "worker_exited")
+    let host_of: BTreeMap<u64, &str> = ready
         .iter()
-        .filter(|x| x["reason"] == "resize")
-        .map(|x| x["worker"].as_u64().unwrap())
+        .map(|(_, r)| (r["pid"].as_u64().unwrap(), r["host"].as_str().unwrap()))
         .collect();
-    let grown: Vec<&Value> = of("c")
-        .into_iter()
-        .chain(of("e"))
-        .filter(|r| !retired.contains(&r["worker"].as_u64().unwrap()))
-        .collect();
-    assert_eq!(grown.len(), 6);
-    assert_eq!(hosts(grown).len(), NODES);
+    let e_hosts: BTreeSet<&str> = e.iter().map(|p| host_of[p]).collect();
+    assert_eq!(e_hosts.len(), NODES, "{e:?} {host_of:?}");
     let exits = events_of(&events, "worker_exited");
     assert!(
         exits
