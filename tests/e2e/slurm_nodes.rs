@@ -386,6 +386,17 @@ fn attempts(fx: &Fixture) -> BTreeMap<u64, Vec<Value>> {
 
 #[test]
 fn a_node_killed_mid_stage_costs_only_the_tasks_it_held_and_retries_heal_them() {
+    node_lost_mid_stage("kill");
+}
+
+#[test]
+fn a_node_slurm_declares_down_mid_stage_costs_only_the_tasks_it_held() {
+    // Slurm says it first (its workers' sruns end with "Node failure", exit status 0).
+    node_lost_mid_stage("down");
+}
+
+/// A run on 6 workers over 3 nodes loses node3 mid-stage by `slurm-node.sh ACTION node3`.
+fn node_lost_mid_stage(action: &str) {
     if !three_nodes_up() {
         return;
     }
@@ -416,7 +427,7 @@ fn a_node_killed_mid_stage_costs_only_the_tasks_it_held_and_retries_heal_them() 
     let _restore = Restore("node3");
     let killed_at = SystemTime::now();
     let killed = Instant::now();
-    node_cmd(&["kill", "node3"]).assert_code(0);
+    node_cmd(&[action, "node3"]).assert_code(0);
     let r = RunResult::from(child.wait_with_output());
     let finished_after = killed.elapsed();
     // Steps left on the lost node are Slurm's to clear once it knows the node is gone: none
@@ -470,7 +481,7 @@ fn a_node_killed_mid_stage_costs_only_the_tasks_it_held_and_retries_heal_them() 
         .max()
         .unwrap();
     eprintln!(
-        "node3 killed: its workers' crashes were noticed after {:.1} s; the run ended {:.1} s after the kill; a retry said: {}",
+        "node3 lost ({action}): its workers' crashes were noticed after {:.1} s; the run ended {:.1} s after; a retry said: {}",
         noticed.as_secs_f64(),
         finished_after.as_secs_f64(),
         retried[0]["message"]

@@ -306,6 +306,11 @@ impl Pool {
             .spawn(move || {
                 for line in BufReader::new(output).split(b'\n') {
                     let Ok(line) = line else { break };
+                    if socket {
+                        if let Some(failure) = slurm::node_failure(&line) {
+                            signal.note_node_failure(failure);
+                        }
+                    }
                     console.worker_line(id, &line);
                 }
                 signal.set();

@@ -76,14 +76,28 @@ impl Endpoint {
     }
 }
 
-/// A flag set once, waited for with a time limit.
+/// What a worker's output thread tells the pool: a flag set once it forwarded everything,
+/// waited for with a time limit; and for a Slurm step, srun's report that its node failed.
 #[derive(Default)]
 pub(super) struct Drained {
     done: Mutex<bool>,
     cond: Condvar,
+    node_failure: Mutex<Option<String>>,
 }
 
 impl Drained {
+    /// srun said the step's node failed (the line it printed).
+    pub(super) fn note_node_failure(&self, line: String) {
+        *self.node_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(line);
+    }
+
+    fn node_failure(&self) -> Option<String> {
+        self.node_failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub(super) fn set(&self) {
         *self.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
         self.cond.notify_all();
@@ -194,7 +208,15 @@ impl Worker {
         self.stop
     }
 
+    /// What the exit needs said besides its reason: what broke, or, for a remote worker that
+    /// ended on its own, that Slurm reported its node failed (srun then exits 0, which alone
+    /// would read as a clean exit).
     pub(super) fn take_detail(&mut self) -> Option<String> {
+        if self.detail.is_none() && self.stop.is_none() && self.is_remote() {
+            if let Some(line) = self.output_drained.node_failure() {
+                self.detail = Some(format!("Slurm reported that its node failed ({line})"));
+            }
+        }
         self.detail.take()
     }
 
