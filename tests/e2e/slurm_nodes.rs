@@ -4,8 +4,8 @@
 //! These tests run when the Slurm tests do (see `slurm.rs`: `LOKY_RUN_SLURM_TESTS`) and the
 //! cluster has at least 3 nodes; with fewer they say on stderr that they were skipped, unless
 //! `LOKY_RUN_SLURM_NODES=3` (what `.ci/run` sets) makes them required. They break nodes on
-//! purpose (`scripts/slurm-node.sh kill`), and bring them back before they let go of the
-//! cluster, panicking or not.
+//! purpose (`scripts/slurm-node.sh kill|cut|down`, as root: not root, they are skipped too),
+//! and bring them back before they let go of the cluster, panicking or not.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -63,6 +63,17 @@ fn three_nodes_up() -> bool {
         .ok()
         .and_then(|n| n.parse::<usize>().ok())
         .is_some_and(|n| n >= NODES);
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            !required,
+            "LOKY_RUN_SLURM_NODES asks for the multi-node tests, which break and mend nodes with scripts/slurm-node.sh: run them as root"
+        );
+        eprintln!(
+            "multi-node Slurm tests skipped: they break and mend nodes with scripts/slurm-node.sh, which needs root"
+        );
+        return false;
+    }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let nodes = node_states();
