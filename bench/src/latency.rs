@@ -26,7 +26,7 @@ use loky_run::protocol::{
 };
 
 /// Index of `task` in the plugin at `so` (loaded into this process).
-pub fn task_index(so: &Path, task: &str) -> Result<u32, String> {
+pub(crate) fn task_index(so: &Path, task: &str) -> Result<u32, String> {
     let plugin = host::load(so, false).map_err(|e| e.to_string())?;
     plugin
         .info
@@ -102,6 +102,7 @@ fn spec(so: &Path, launcher: Launcher) -> WorkerSpec {
         initializer: None,
         launcher,
         srun_args: Vec::new(),
+        workdir: None,
     }
 }
 
@@ -109,7 +110,11 @@ fn spec(so: &Path, launcher: Launcher) -> WorkerSpec {
 /// `Pool::apply` with the restart decision (old workers told to shut down, waited for and
 /// reaped), then `Pool::fill` and the wait until both new workers are READY (plugin loaded).
 /// Returns `(stop_ns, start_ns)` per restart.
-pub fn pool_restarts(so: &Path, n: usize, launcher: Launcher) -> io::Result<Vec<(u64, u64)>> {
+pub(crate) fn pool_restarts(
+    so: &Path,
+    n: usize,
+    launcher: Launcher,
+) -> io::Result<Vec<(u64, u64)>> {
     let spec = spec(so, launcher);
     let mut pool = new_pool()?;
     let first = decide(None, &spec, 2, Reuse::Auto, false);
@@ -138,7 +143,7 @@ pub fn pool_restarts(so: &Path, n: usize, launcher: Launcher) -> io::Result<Vec<
 /// Round trips through [`Pool`] (what the stage dispatcher does): 2 workers, chunks of one
 /// task sent alternately, each sent only when the previous result came back through the pool's
 /// event channel. Returns one duration (ns) per measured task.
-pub fn via_pool(
+pub(crate) fn via_pool(
     so: &Path,
     task: u32,
     n: usize,
@@ -189,13 +194,14 @@ pub fn via_pool(
 
 /// Round trips to one worker process spawned with loky-run's `spawn_worker`, its results read
 /// on this thread (no reader thread, no channel on the runner side): the worker's share.
-pub fn direct(so: &Path, task: u32, n: usize, warmup: usize) -> io::Result<Vec<u64>> {
+pub(crate) fn direct(so: &Path, task: u32, n: usize, warmup: usize) -> io::Result<Vec<u64>> {
     let env = BTreeMap::new();
     let w = spawn_worker(&SpawnRequest {
         worker_id: 1,
         env: &env,
         threads_per_worker: 1,
         stage: "latency",
+        workdir: None,
     })?;
     let mut commands = File::from(w.commands);
     let mut reader = FrameReader::new(BufReader::with_capacity(1 << 16, File::from(w.results)));
@@ -242,7 +248,7 @@ pub fn direct(so: &Path, task: u32, n: usize, warmup: usize) -> io::Result<Vec<u
 /// Hidden modes of this binary for the pipe floors: echo length-prefixed frames from stdin to
 /// stdout, either on one thread (`threaded = false`) or with a reader thread handing frames to
 /// the writing thread over a channel, as loky-run's worker does with its commands.
-pub fn pong_main(threaded: bool) -> i32 {
+pub(crate) fn pong_main(threaded: bool) -> i32 {
     let (Ok(input), Ok(output)) = (
         io::stdin().as_fd().try_clone_to_owned(),
         io::stdout().as_fd().try_clone_to_owned(),
@@ -294,7 +300,7 @@ fn read_frame(r: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
 
 /// How a floor measurement's two processes handle frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Floor {
+pub(crate) enum Floor {
     /// Both sides read on the thread that writes: one write and one read each way.
     Bare,
     /// The echo process hands frames through a thread and a channel (as loky-run's worker does).
@@ -306,7 +312,7 @@ pub enum Floor {
 
 /// Round trips of a 32-byte frame to a child (this binary in a `__pong` mode) echoing it back
 /// over pipes.
-pub fn floor(exe: &Path, kind: Floor, n: usize, warmup: usize) -> io::Result<Vec<u64>> {
+pub(crate) fn floor(exe: &Path, kind: Floor, n: usize, warmup: usize) -> io::Result<Vec<u64>> {
     let mode = if kind == Floor::Bare {
         "__pong"
     } else {

@@ -5,7 +5,7 @@
 //! cargo run --release -p bench                # the full suite, about 4 minutes
 //! ```
 //!
-//! It builds the release `loky-run` and demo plugin (`cargo build --release -p runner -p demo`),
+//! It builds the release `loky-run` and demo plugin (`cargo build --release -p loky-run -p demo`),
 //! creates a Python venv under `target/bench-venv` with loky in it, then runs every workload of
 //! issue 6 on both, alternating loky-run and loky within each repetition, and prints medians and
 //! ratios as a Markdown table (also saved, with every sample, in `target/bench-results.json`).
@@ -260,8 +260,8 @@ fn latency_only(args: &[OsString]) -> i32 {
                             v.len(),
                             stats::quantile(&stop, 0.5),
                             stats::quantile(&start, 0.5),
-                            start.iter().cloned().fold(f64::INFINITY, f64::min),
-                            start.iter().cloned().fold(0.0, f64::max),
+                            start.iter().copied().fold(f64::INFINITY, f64::min),
+                            start.iter().copied().fold(0.0, f64::max),
                         );
                         v.iter().map(|&(a, b)| a + b).collect()
                     })
@@ -371,9 +371,9 @@ fn setup(opts: &Options) -> Result<Env, String> {
         .unwrap_or_else(|| root.join("target"));
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     if opts.build {
-        println!("== building: cargo build --release -j2 -p runner -p demo");
+        println!("== building: cargo build --release -j2 -p loky-run -p demo");
         let status = Command::new(&cargo)
-            .args(["build", "--release", "-j2", "-p", "runner", "-p", "demo"])
+            .args(["build", "--release", "-j2", "-p", "loky-run", "-p", "demo"])
             .current_dir(&root)
             .status()
             .map_err(|e| format!("cannot run cargo: {e}"))?;
@@ -392,7 +392,7 @@ fn setup(opts: &Options) -> Result<Env, String> {
         let built = target.join("release").join(name);
         if !built.exists() {
             return Err(format!(
-                "{} is missing: run `cargo build --release -j2 -p runner -p demo` (or drop --no-build)",
+                "{} is missing: run `cargo build --release -j2 -p loky-run -p demo` (or drop --no-build)",
                 built.display()
             ));
         }

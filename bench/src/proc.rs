@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-pub struct Finished {
+pub(crate) struct Finished {
     /// Spawn to reaped exit.
     pub wall: Duration,
     /// `ru_maxrss` of the child (kernel semantics: the max of the child and the descendants it
@@ -21,7 +21,7 @@ pub struct Finished {
 /// Runs `cmd` to completion with its stdout and stderr in files under `scratch` (no pipe to
 /// drain, so nothing can block), killing its process group after `limit`. `during` runs right
 /// after the spawn, with the child's pid, while the child runs.
-pub fn run(
+pub(crate) fn run(
     cmd: &mut Command,
     scratch: &Path,
     limit: Duration,
@@ -101,14 +101,14 @@ fn tail(s: &str) -> String {
 
 /// `VmRSS`, `RssAnon`, `RssFile`, `RssShmem` of a live process, in bytes.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Rss {
+pub(crate) struct Rss {
     pub rss: u64,
     pub anon: u64,
     pub file: u64,
     pub shmem: u64,
 }
 
-pub fn rss_of(pid: u32) -> Option<Rss> {
+pub(crate) fn rss_of(pid: u32) -> Option<Rss> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let mut r = Rss::default();
     for line in status.lines() {

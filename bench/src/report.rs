@@ -6,20 +6,20 @@ use std::fmt::Write as _;
 use crate::stats::Summary;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Better {
+pub(crate) enum Better {
     Lower,
     Higher,
 }
 
 /// A target from issue 6, checked against the loky-run median (or the ratio).
 #[derive(Debug, Clone, Copy)]
-pub enum Goal {
+pub(crate) enum Goal {
     AtMost(f64),
     AtLeast(f64),
     RatioAtLeast(f64),
 }
 
-pub struct Row {
+pub(crate) struct Row {
     pub workload: &'static str,
     pub metric: String,
     pub unit: &'static str,
@@ -32,7 +32,7 @@ pub struct Row {
 impl Row {
     /// How many times better loky-run is than loky (> 1: loky-run is faster / smaller):
     /// loky ÷ loky-run for times and sizes, loky-run ÷ loky for rates.
-    pub fn ratio(&self) -> Option<f64> {
+    pub(crate) fn ratio(&self) -> Option<f64> {
         let lr = Summary::of(&self.lr)?.median;
         let loky = Summary::of(&self.loky)?.median;
         Some(match self.better {
@@ -41,7 +41,7 @@ impl Row {
         })
     }
 
-    pub fn met(&self) -> Option<bool> {
+    pub(crate) fn met(&self) -> Option<bool> {
         let lr = Summary::of(&self.lr)?.median;
         Some(match self.goal? {
             Goal::AtMost(v) => lr <= v,
@@ -61,13 +61,13 @@ impl Row {
 }
 
 #[derive(Default)]
-pub struct Report {
+pub(crate) struct Report {
     pub rows: Vec<Row>,
 }
 
 impl Report {
     /// The row for `(workload, metric)`, created on first use.
-    pub fn row(
+    pub(crate) fn row(
         &mut self,
         workload: &'static str,
         metric: &str,
@@ -97,7 +97,7 @@ impl Report {
     }
 
     /// The Markdown table of medians (min–max over repetitions).
-    pub fn markdown(&self) -> String {
+    pub(crate) fn markdown(&self) -> String {
         let mut s = String::new();
         s.push_str(
             "| workload | metric | unit | loky-run median (min–max) | loky median (min–max) | ratio | target | met |\n",
@@ -126,7 +126,7 @@ impl Report {
         s
     }
 
-    pub fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         let rows: Vec<serde_json::Value> = self
             .rows
             .iter()
@@ -158,7 +158,7 @@ fn cell(samples: &[f64]) -> String {
 }
 
 /// A number with about three significant digits, large ones with k/M suffixes.
-pub fn num(v: f64) -> String {
+pub(crate) fn num(v: f64) -> String {
     let a = v.abs();
     if !v.is_finite() {
         format!("{v}")

@@ -81,31 +81,31 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--tasks" => {
                 o.tasks = value("a number")?
                     .parse()
-                    .map_err(|_| "--tasks takes a number")?
+                    .map_err(|_| "--tasks takes a number")?;
             }
             "--crash" => {
                 o.crash = value("a probability")?
                     .parse()
                     .ok()
                     .filter(|p| (0.0..1.0).contains(p))
-                    .ok_or("--crash takes a probability below 1")?
+                    .ok_or("--crash takes a probability below 1")?;
             }
             "--retries" => {
                 o.retries = value("a number")?
                     .parse()
-                    .map_err(|_| "--retries takes a number")?
+                    .map_err(|_| "--retries takes a number")?;
             }
             "--workers" => {
                 o.workers = value("a number")?
                     .parse()
                     .ok()
                     .filter(|&w| w > 0)
-                    .ok_or("--workers takes a number ≥ 1")?
+                    .ok_or("--workers takes a number ≥ 1")?;
             }
             "--kills" => {
                 o.kills = value("a number")?
                     .parse()
-                    .map_err(|_| "--kills takes a number")?
+                    .map_err(|_| "--kills takes a number")?;
             }
             "--kill-after" => {
                 let v = value("MIN-MAX seconds")?;
@@ -121,12 +121,12 @@ fn parse(args: &[String]) -> Result<Options, String> {
                     value("seconds")?
                         .parse()
                         .map_err(|_| "--limit takes seconds")?,
-                )
+                );
             }
             "--seed" => {
                 o.seed = value("a number")?
                     .parse()
-                    .map_err(|_| "--seed takes a number")?
+                    .map_err(|_| "--seed takes a number")?;
             }
             "--no-build" => o.build = false,
             "--keep" => o.keep = true,
@@ -139,7 +139,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
 
 /// `bench soak ...`: runs the benchmark, prints its figures; the exit code says whether every
 /// check held.
-pub fn main(args: &[String]) -> i32 {
+pub(crate) fn main(args: &[String]) -> i32 {
     let opts = match parse(args) {
         Ok(o) => o,
         Err(e) => {
@@ -193,10 +193,18 @@ fn setup(opts: &Options) -> Result<Paths, String> {
         .map(|t| if t.is_relative() { root.join(t) } else { t })
         .unwrap_or_else(|| root.join("target"));
     if opts.build {
-        println!("== building: cargo build --release -j2 -p runner -p faults");
+        println!("== building: cargo build --release -j2 -p loky-run -p faults");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let ok = Command::new(cargo)
-            .args(["build", "--release", "-j2", "-p", "runner", "-p", "faults"])
+            .args([
+                "build",
+                "--release",
+                "-j2",
+                "-p",
+                "loky-run",
+                "-p",
+                "faults",
+            ])
             .current_dir(&root)
             .status()
             .map_err(|e| format!("cannot run cargo: {e}"))?
@@ -217,7 +225,7 @@ fn setup(opts: &Options) -> Result<Paths, String> {
         let copy = bin.join(name);
         fs::copy(&built, &copy).map_err(|e| {
             format!(
-                "cannot copy {} (build it: cargo build --release -p runner -p faults): {e}",
+                "cannot copy {} (build it: cargo build --release -p loky-run -p faults): {e}",
                 built.display()
             )
         })?;

@@ -1,7 +1,7 @@
 //! Medians, percentiles and the summary of a set of samples.
 
 /// The value at quantile `q` (0..=1) of `samples`, by nearest rank on a sorted copy.
-pub fn quantile(samples: &[f64], q: f64) -> f64 {
+pub(crate) fn quantile(samples: &[f64], q: f64) -> f64 {
     if samples.is_empty() {
         return f64::NAN;
     }
@@ -12,7 +12,7 @@ pub fn quantile(samples: &[f64], q: f64) -> f64 {
 }
 
 /// The median (the mean of the two middle values for an even count).
-pub fn median(samples: &[f64]) -> f64 {
+pub(crate) fn median(samples: &[f64]) -> f64 {
     if samples.is_empty() {
         return f64::NAN;
     }
@@ -28,7 +28,7 @@ pub fn median(samples: &[f64]) -> f64 {
 
 /// Median, min and max of the repetitions of one measurement.
 #[derive(Debug, Clone, Copy)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub median: f64,
     pub min: f64,
     pub max: f64,
@@ -36,7 +36,7 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub fn of(samples: &[f64]) -> Option<Self> {
+    pub(crate) fn of(samples: &[f64]) -> Option<Self> {
         if samples.is_empty() {
             return None;
         }

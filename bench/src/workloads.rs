@@ -17,7 +17,7 @@ use crate::{Env, Sizes, latency};
 
 const MIB: f64 = (1u64 << 20) as f64;
 
-pub fn run(name: &str, env: &Env, s: &Sizes, rep: &mut Report) -> Result<(), String> {
+pub(crate) fn run(name: &str, env: &Env, s: &Sizes, rep: &mut Report) -> Result<(), String> {
     let dir = env.work.join(name);
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;

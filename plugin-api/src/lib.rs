@@ -1,4 +1,4 @@
-//! # plugin-api: write task plugins for loky-run
+//! # loky-run-plugin: write task plugins for loky-run
 //!
 //! A loky-run plugin is a Rust `cdylib` crate that exports plain functions as *tasks*. The runner
 //! starts worker processes, each of which loads (dlopens) the plugin and calls its tasks, one input
@@ -20,7 +20,7 @@
 //! crate-type = ["cdylib", "rlib"]   # cdylib for loky-run; rlib so `cargo test` can call the tasks
 //!
 //! [dependencies]
-//! plugin-api = "0.1"
+//! loky-run-plugin = "0.2"
 //! serde = { version = "1", features = ["derive"] }
 //! ```
 //!
@@ -60,7 +60,7 @@
 //!     text.split_whitespace().filter(|w| w.len() >= min).map(str::to_owned).collect()
 //! }
 //!
-//! plugin_api::export_plugin! {
+//! loky_run_plugin::export_plugin! {
 //!     name: "wordcount",
 //!     tasks: [count, parse_int, long_words],
 //!     initializers: [setup],
@@ -95,15 +95,49 @@
 //!   long as the worker process; the runner may reuse a worker across stages.
 //! - Write to stdout/stderr freely: the runner forwards those lines, they never corrupt results.
 //!
+//! ## When it does not compile
+//!
+//! - A task whose output is neither `Serialize` nor a `Result<T, E>` with `T: Serialize` and
+//!   `E: Display` stops `cargo build` with "a loky-run task must return a type that implements
+//!   `serde::Serialize` ... or `Result<T, E>` with `T: Serialize` and `E: Display`", and the
+//!   note under it names the type (`cargo check` does not show it: it is a build-time check):
+//!
+//! ```compile_fail,E0080
+//! pub struct Point { pub x: f64 }   // no #[derive(Serialize)]
+//! pub fn origin(_: ()) -> Point { Point { x: 0.0 } }
+//! loky_run_plugin::export_plugin! { name: "p", tasks: [origin] }
+//! # fn main() {}
+//! ```
+//!
+//! - A task taking a borrowed input (`&str`, `&[T]`) fails with "implementation of
+//!   `Deserialize` is not general enough": inputs are decoded into owned values, so take
+//!   `String` or `Vec<T>`:
+//!
+//! ```compile_fail
+//! pub fn length(s: &str) -> usize { s.len() }   // write `s: String`
+//! loky_run_plugin::export_plugin! { name: "p", tasks: [length] }
+//! # fn main() {}
+//! ```
+//!
+//! - An output holding a NaN or an infinite float is a `task_error` naming the value (JSON
+//!   has neither; serde_json alone would write `null`): return `Option<f64>` for "no value".
+//!
 //! ## Compatibility
 //!
-//! The runner refuses a plugin built against an incompatible `plugin-api` (a different major
+//! The runner refuses a plugin built against an incompatible `loky-run-plugin` (a different major
 //! version, or a different minor version while below 1.0) with one line naming both versions.
 //! New ABI fields are only ever appended, so a change that would break an old plugin comes
 //! with a version bump of this crate.
 
 // `abi_stable`'s derives expand to impls that trip this lint on recent compilers.
 #![allow(non_local_definitions)]
+
+mod finite;
+
+/// The crate's README (its crates.io page): its example compiles and runs as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExample;
 
 use std::cell::{Cell, RefCell};
 use std::fmt::Display;
@@ -125,7 +159,7 @@ pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The outcome of one call through [`PluginModule::call`].
 ///
-/// A plain integer rather than a Rust enum, so that a status added by a newer plugin-api can
+/// A plain integer rather than a Rust enum, so that a status added by a newer loky-run-plugin can
 /// never be an invalid value in an older runner.
 #[repr(transparent)]
 #[derive(StableAbi, Clone, Copy, PartialEq, Eq, Debug)]
@@ -232,7 +266,7 @@ pub mod __private {
                         .unwrap_or_else(|| "an unknown location".to_owned());
                     let message = payload_message(info.payload());
                     LAST_PANIC.with(|p| {
-                        *p.borrow_mut() = Some(format!("panicked at {location}: {message}"))
+                        *p.borrow_mut() = Some(format!("panicked at {location}: {message}"));
                     });
                 } else {
                     previous(info);
@@ -292,18 +326,36 @@ pub mod __private {
         Ok(())
     }
 
-    /// Decodes a task's input; the input type is inferred from the task function itself.
-    pub fn decode_input<A, R, F>(_task: &F, task_name: &str, input: &[u8]) -> Result<A, Failure>
+    /// Decodes a task's input (an initializer's args); the type is inferred from the function
+    /// itself. The message says what was expected and what came, without serde_json's line and
+    /// column: they point into the JSON the runner made, not into anything the user wrote.
+    pub fn decode_input<A, R, F>(
+        _task: &F,
+        kind: TaskKind,
+        name: &str,
+        input: &[u8],
+    ) -> Result<A, Failure>
     where
         F: Fn(A) -> R,
         A: DeserializeOwned,
     {
-        serde_json::from_slice(input).map_err(|e| Failure {
-            status: CallStatus::BAD_INPUT,
-            message: format!(
-                "task `{task_name}` expects {}: {e}",
-                short_type_name(std::any::type_name::<A>())
-            ),
+        serde_json::from_slice(input).map_err(|e| {
+            let detail = e.to_string();
+            let detail = match detail.rfind(" at line ") {
+                Some(at) if e.line() > 0 || e.column() > 0 || detail[at..].contains("column") => {
+                    detail[..at].to_owned()
+                }
+                _ => detail,
+            };
+            let expected = short_type_name(std::any::type_name::<A>());
+            Failure {
+                status: CallStatus::BAD_INPUT,
+                message: if kind == TaskKind::INITIALIZER {
+                    format!("its args do not decode as `{expected}`: {detail}")
+                } else {
+                    format!("task `{name}` expects `{expected}`: {detail}")
+                },
+            }
         })
     }
 
@@ -342,7 +394,7 @@ pub mod __private {
     }
 
     fn encode<T: Serialize>(value: &T, out: &mut RVec<u8>) -> Result<(), Failure> {
-        serde_json::to_writer(&mut *out, value).map_err(|e| Failure {
+        crate::finite::to_writer(&mut *out, value).map_err(|e| Failure {
             status: CallStatus::TASK_ERROR,
             message: format!("the task's output could not be encoded as JSON: {e}"),
         })
@@ -350,7 +402,10 @@ pub mod __private {
 
     /// Wraps a task's return value so that the right encoding is picked by method resolution
     /// ("autoref specialization"): `Result<T, E>` maps `Err` to a task error, any other
-    /// `T: Serialize` is an output. Called as `(&&Ret::new(value)).loky_finish(out)`.
+    /// `T: Serialize` is an output, and anything else stops the build with a message that
+    /// says what a task may return ([`ViaNothing`]). Called as
+    /// `(&&&Ret::new(value)).loky_finish(out)`: the more `&` an impl's receiver needs, the
+    /// earlier method resolution tries it.
     pub struct Ret<T>(Cell<Option<T>>);
 
     impl<T> Ret<T> {
@@ -368,7 +423,7 @@ pub mod __private {
         fn loky_finish(&self, out: &mut RVec<u8>) -> Result<(), Failure>;
     }
 
-    impl<T: Serialize, E: Display> ViaResult for &Ret<Result<T, E>> {
+    impl<T: Serialize, E: Display> ViaResult for &&Ret<Result<T, E>> {
         fn loky_finish(&self, out: &mut RVec<u8>) -> Result<(), Failure> {
             match self.take() {
                 Ok(value) => encode(&value, out),
@@ -384,9 +439,34 @@ pub mod __private {
         fn loky_finish(&self, out: &mut RVec<u8>) -> Result<(), Failure>;
     }
 
-    impl<T: Serialize> ViaValue for Ret<T> {
+    impl<T: Serialize> ViaValue for &Ret<T> {
         fn loky_finish(&self, out: &mut RVec<u8>) -> Result<(), Failure> {
             encode(&self.take(), out)
+        }
+    }
+
+    /// What a task returns when it is neither `Serialize` nor a `Result` of one with a
+    /// `Display` error: evaluating this constant fails the build (`cargo build`; `cargo check`
+    /// does not evaluate it), and the compiler's next note names the type and the task.
+    pub struct NotAnOutput<T>(std::marker::PhantomData<T>);
+
+    impl<T> NotAnOutput<T> {
+        pub const ERROR: () = panic!(
+            "a loky-run task must return a type that implements `serde::Serialize` (derive it), \
+             or `Result<T, E>` with `T: Serialize` and `E: Display` (`Result<T, String>` works); \
+             the note below names the type this task returns"
+        );
+    }
+
+    pub trait ViaNothing {
+        fn loky_finish(&self, out: &mut RVec<u8>) -> Result<(), Failure>;
+    }
+
+    impl<T> ViaNothing for Ret<T> {
+        fn loky_finish(&self, _out: &mut RVec<u8>) -> Result<(), Failure> {
+            #[allow(clippy::let_unit_value)]
+            let () = NotAnOutput::<T>::ERROR;
+            unreachable!("a build with this task fails")
         }
     }
 
@@ -429,9 +509,9 @@ pub mod __private {
 /// pub fn checked_half(x: i64) -> Result<i64, String> {
 ///     if x % 2 == 0 { Ok(x / 2) } else { Err(format!("{x} is odd")) }
 /// }
-/// pub fn configure(_args: plugin_api::serde_json::Value) {}
+/// pub fn configure(_args: loky_run_plugin::serde_json::Value) {}
 ///
-/// plugin_api::export_plugin! {
+/// loky_run_plugin::export_plugin! {
 ///     name: "arith",
 ///     tasks: [double, checked_half],
 ///     initializers: [configure],
@@ -452,15 +532,25 @@ macro_rules! export_plugin {
         static __LOKY_PLUGIN_ADAPTERS: &[$crate::__private::Adapter] = &[
             $( |input, out| {
                 #[allow(unused_imports)]
-                use $crate::__private::{ViaResult as _, ViaValue as _};
-                let arg = $crate::__private::decode_input(&$task, stringify!($task), input)?;
-                (&&$crate::__private::Ret::new($task(arg))).loky_finish(out)
+                use $crate::__private::{ViaNothing as _, ViaResult as _, ViaValue as _};
+                let arg = $crate::__private::decode_input(
+                    &$task,
+                    $crate::TaskKind::TASK,
+                    stringify!($task),
+                    input,
+                )?;
+                (&&&$crate::__private::Ret::new($task(arg))).loky_finish(out)
             }, )*
             $( $( |input, out| {
                 #[allow(unused_imports)]
-                use $crate::__private::{ViaResult as _, ViaValue as _};
-                let arg = $crate::__private::decode_input(&$init, stringify!($init), input)?;
-                (&&$crate::__private::Ret::new($init(arg))).loky_finish(out)
+                use $crate::__private::{ViaNothing as _, ViaResult as _, ViaValue as _};
+                let arg = $crate::__private::decode_input(
+                    &$init,
+                    $crate::TaskKind::INITIALIZER,
+                    stringify!($init),
+                    input,
+                )?;
+                (&&&$crate::__private::Ret::new($init(arg))).loky_finish(out)
             }, )* )?
         ];
 
@@ -495,6 +585,8 @@ macro_rules! export_plugin {
         /// The library header abi_stable looks for when the runner loads this plugin.
         #[doc(hidden)]
         #[unsafe(no_mangle)]
+        // Exported to the dynamic loader, wherever the macro is invoked.
+        #[allow(unreachable_pub)]
         pub static _1as_0lib_1header_0root_bmodule_bloader: $crate::__private::LibHeader = {
             extern "C" fn erased_root() -> $crate::__private::RootModuleResult {
                 $crate::__private::__call_root_module_loader(__loky_plugin_root)
@@ -523,20 +615,20 @@ mod tests {
         );
     }
 
-    pub fn double(x: i64) -> i64 {
+    pub(crate) fn double(x: i64) -> i64 {
         x * 2
     }
-    pub fn half(x: i64) -> Result<i64, String> {
+    pub(crate) fn half(x: i64) -> Result<i64, String> {
         if x % 2 == 0 {
             Ok(x / 2)
         } else {
             Err(format!("{x} is odd"))
         }
     }
-    pub fn boom(msg: String) -> i64 {
+    pub(crate) fn boom(msg: String) -> i64 {
         panic!("{msg}")
     }
-    pub fn init(_args: serde_json::Value) {}
+    pub(crate) fn init(_args: serde_json::Value) {}
 
     export_plugin! {
         name: "selftest",
@@ -591,7 +683,10 @@ mod tests {
         );
         let (status, message) = call(0, "\"x\"");
         assert_eq!(status, CallStatus::BAD_INPUT);
-        assert!(message.contains("`double` expects i64"), "{message}");
+        assert_eq!(
+            message,
+            "task `double` expects `i64`: invalid type: string \"x\", expected i64"
+        );
         assert_eq!(call(3, "{}"), (CallStatus::OK, "null".to_owned()));
         assert_eq!(call(9, "1").0, CallStatus::UNKNOWN_TASK);
     }

@@ -1,11 +1,11 @@
-//! The command line: `run` (also the default), `validate`, `tasks`, and the helpers around
-//! them: `show-config`, `new-plugin`, `schema`, `reference`, `completions`.
+//! The command line: `run` (also the default), `status`, `report`, `validate`, `tasks`, and the
+//! helpers around them: `show-config`, `new-plugin`, `schema`, `reference`, `completions`.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 use crate::config::{self, LoadOptions, PluginSpec};
 pub use crate::console::ProgressMode;
@@ -48,6 +48,10 @@ pub struct Cli {
     /// Only errors.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Colour on stderr: on a terminal (auto, unless NO_COLOR is set; CLICOLOR_FORCE forces
+    /// it), always, or never.
+    #[arg(long, value_name = "WHEN", value_enum, global = true, default_value_t = crate::style::ColorWhen::Auto)]
+    pub color: crate::style::ColorWhen,
 }
 
 #[derive(Debug, Subcommand)]
@@ -58,6 +62,15 @@ pub enum Command {
     /// What a run did or is doing: stages, counts, failures, pool decisions, ETA (read-only:
     /// it works while the run goes on).
     Status(StatusArgs),
+    /// Write one self-contained HTML file about a run: stages, a timeline of every task, charts,
+    /// failures.
+    ///
+    /// The stages; a bar per task attempt on a row per worker process, with stage boundaries
+    /// and pool restarts (from the joblog: run with --joblog FILE); throughput over time, task
+    /// durations, worker memory, the slowest tasks and every failure with its message. Inline
+    /// CSS and SVG, nothing loaded from anywhere. Read-only: it works while the run goes on.
+    /// Prints the path it wrote. Exit codes: 0 written, 2 no run there, 74 an I/O error.
+    Report(ReportArgs),
     /// Parse a pipeline, resolve and load its plugins, check its tasks exist; run nothing.
     Validate(ConfigArgs),
     /// List the tasks and initializers a plugin exports.
@@ -67,7 +80,7 @@ pub enum Command {
     },
     /// Print the resolved configuration (defaults, file, environment, --set), every value with
     /// where it came from.
-    ShowConfig(ConfigArgs),
+    ShowConfig(ShowConfigArgs),
     /// Create a plugin crate: one example task with a unit test, and a pipeline that runs it.
     NewPlugin {
         /// The plugin's (and crate's) name: ASCII letters, digits, `_` and `-`.
@@ -80,6 +93,8 @@ pub enum Command {
     Schema,
     /// Print the pipeline reference in Markdown (committed as docs/pipeline-reference.md).
     Reference,
+    /// Print the manual page, loky-run(1), in roff: `loky-run man | man -l -`.
+    Man,
     /// Print a shell completion script for bash, zsh or fish.
     ///
     /// For example: `loky-run completions bash > ~/.local/share/bash-completion/completions/loky-run`.
@@ -102,6 +117,15 @@ pub struct StatusArgs {
     pub failures: Option<crate::status::FailureLimit>,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// The run's output directory (or its pipeline file, whose `output_dir` is read).
+    pub dir: PathBuf,
+    /// Where to write the report [default: OUTPUT_DIR/report.html].
+    #[arg(short, long, value_name = "FILE.html")]
+    pub output: Option<PathBuf>,
+}
+
 fn parse_failure_limit(s: &str) -> Result<crate::status::FailureLimit, String> {
     use crate::status::FailureLimit;
     match s {
@@ -114,12 +138,24 @@ fn parse_failure_limit(s: &str) -> Result<crate::status::FailureLimit, String> {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct ShowConfigArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Only the keys under this one: `pool`, `stage.squares`, `stage.squares.retries`.
+    #[arg(value_name = "KEY")]
+    pub key: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
 pub struct ConfigArgs {
     /// The pipeline file.
     pub pipeline: PathBuf,
     /// Override a setting: `pool.max_workers=4`, `stage.NAME.retries=2`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
+    /// Worker processes: `--set pool.max_workers=N` (stages that set their own keep it).
+    #[arg(short = 'j', long = "jobs", value_name = "N")]
+    pub jobs: Option<std::num::NonZeroUsize>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -159,9 +195,10 @@ pub struct RunArgs {
     pub dry_run: bool,
 }
 
-const SUBCOMMANDS: [&str; 10] = [
+const SUBCOMMANDS: [&str; 12] = [
     "run",
     "status",
+    "report",
     "validate",
     "tasks",
     "show-config",
@@ -169,11 +206,14 @@ const SUBCOMMANDS: [&str; 10] = [
     "schema",
     "reference",
     "completions",
+    "man",
     "help",
 ];
 
-/// `loky-run PIPELINE.toml ...` means `loky-run run PIPELINE.toml ...`.
-fn with_default_subcommand(mut args: Vec<OsString>) -> Vec<OsString> {
+/// `loky-run PIPELINE.toml ...` means `loky-run run PIPELINE.toml ...`. A first word that is
+/// no subcommand, names no file and looks like a mistyped subcommand (`valdate`) is refused
+/// with the subcommand it resembles.
+fn with_default_subcommand(mut args: Vec<OsString>) -> Result<Vec<OsString>, String> {
     let first_positional = args
         .iter()
         .skip(1)
@@ -181,15 +221,29 @@ fn with_default_subcommand(mut args: Vec<OsString>) -> Vec<OsString> {
     if let Some(i) = first_positional {
         let word = args[i + 1].to_string_lossy().into_owned();
         if !SUBCOMMANDS.contains(&word.as_str()) {
+            let path_like = word.contains(['.', '/']) || Path::new(&word).exists();
+            if let Some(close) = config::closest(&word, SUBCOMMANDS).filter(|_| !path_like) {
+                return Err(format!(
+                    "error: unrecognized subcommand '{word}'\n\n  tip: a similar subcommand exists: '{close}'\n  (a pipeline file is run as `loky-run PIPELINE.toml`; no file named '{word}' exists)\n\nFor more information, try '--help'.\n"
+                ));
+            }
             args.insert(1, "run".into());
         }
     }
-    args
+    Ok(args)
 }
 
 /// Parses the arguments, runs the command, and returns the process exit code.
 pub fn main(args: Vec<OsString>) -> i32 {
-    let cli = match Cli::try_parse_from(with_default_subcommand(args)) {
+    crate::style::init(crate::style::scan_args(&args));
+    let args = match with_default_subcommand(args) {
+        Ok(args) => args,
+        Err(message) => {
+            write_stderr(message.as_bytes());
+            return 2;
+        }
+    };
+    let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -226,18 +280,20 @@ pub fn main(args: Vec<OsString>) -> i32 {
     let result = match cli.command {
         Command::Run(args) => cmd_run(args, &console),
         Command::Status(args) => cmd_status(&args),
+        Command::Report(args) => cmd_report(&args, &console),
         Command::Validate(args) => cmd_validate(args, &console),
         Command::Tasks { plugin } => cmd_tasks(&plugin, &console),
         Command::ShowConfig(args) => cmd_show_config(&args),
         Command::NewPlugin { name, path } => cmd_new_plugin(&name, path.as_deref()),
         Command::Schema => print_out(crate::schema::json_schema_text()),
         Command::Reference => print_out(crate::schema::reference_markdown()),
-        Command::Completions { shell } => {
-            // Generated into memory: clap_complete panics when its writer fails.
-            let mut script = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "loky-run", &mut script);
-            write_stdout(&script).map_err(Error::stdout).map(|()| 0)
-        }
+        Command::Man => crate::man::page()
+            .and_then(|page| write_stdout(&page))
+            .map_err(Error::stdout)
+            .map(|()| 0),
+        Command::Completions { shell } => write_stdout(&crate::completions::script(shell))
+            .map_err(Error::stdout)
+            .map(|()| 0),
     };
     match result {
         Ok(code) => code,
@@ -265,6 +321,9 @@ fn resume_command(args: &ConfigArgs) -> String {
         "loky-run run --resume {}",
         word(&args.pipeline.display().to_string())
     );
+    if let Some(n) = args.jobs {
+        cmd.push_str(&format!(" -j {n}"));
+    }
     for set in &args.sets {
         cmd.push_str(&format!(" --set {}", word(set)));
     }
@@ -283,9 +342,6 @@ pub fn render_error(e: &Error, resume: Option<&str>) -> String {
     }
     text
 }
-
-/// Where plugins named by a bare name are also searched.
-const PLUGIN_PATH_VAR: &str = "LOKY_RUN_PLUGIN_PATH";
 
 /// What to do after a run-level failure: fix the cause (when the OS error says what it is),
 /// then finish the run with `--resume` if it had started, or run the command again.
@@ -359,7 +415,13 @@ fn load_and_plan(args: &ConfigArgs, console: &Console) -> Result<run::Plan, Erro
 fn load_options(args: &ConfigArgs) -> LoadOptions {
     LoadOptions {
         file: args.pipeline.clone(),
-        sets: args.sets.clone(),
+        // `-j` first: an explicit `--set pool.max_workers` wins.
+        sets: args
+            .jobs
+            .map(|n| format!("pool.max_workers={n}"))
+            .into_iter()
+            .chain(args.sets.iter().cloned())
+            .collect(),
         env: std::env::vars().collect(),
     }
 }
@@ -452,18 +514,24 @@ fn stage_position(pipeline: &config::Pipeline, name: &str) -> Result<usize, Erro
         })
 }
 
+/// The output directory a `status` or `report` argument names: a pipeline file stands for its
+/// `output_dir`.
+fn run_dir(arg: &Path) -> Result<PathBuf, Error> {
+    if arg.is_file() {
+        Ok(config::load(&load_options(&ConfigArgs {
+            pipeline: arg.to_owned(),
+            sets: Vec::new(),
+            jobs: None,
+        }))?
+        .output_dir)
+    } else {
+        Ok(arg.to_owned())
+    }
+}
+
 fn cmd_status(args: &StatusArgs) -> Result<i32, Error> {
     use crate::status::{self, FailureLimit};
-    // A pipeline file stands for its output directory.
-    let dir = if args.dir.is_file() {
-        config::load(&load_options(&ConfigArgs {
-            pipeline: args.dir.clone(),
-            sets: Vec::new(),
-        }))?
-        .output_dir
-    } else {
-        args.dir.clone()
-    };
+    let dir = run_dir(&args.dir)?;
     let limit = args
         .failures
         .unwrap_or(FailureLimit::At(if args.json { 100 } else { 10 }));
@@ -483,9 +551,42 @@ fn cmd_status(args: &StatusArgs) -> Result<i32, Error> {
     print_out(status::render(&report, &hint))
 }
 
-fn cmd_show_config(args: &ConfigArgs) -> Result<i32, Error> {
-    let loaded = config::load_with_origins(&load_options(args))?;
-    print_out(crate::show_config::render(&loaded))
+fn cmd_report(args: &ReportArgs, console: &Console) -> Result<i32, Error> {
+    use crate::report;
+    let dir = run_dir(&args.dir)?;
+    let built = report::build(&dir)?;
+    for note in &built.notes {
+        console.info(&format!("note: {note}"));
+    }
+    let path = args
+        .output
+        .clone()
+        .unwrap_or_else(|| dir.join(report::DEFAULT_FILE));
+    report::write(&built, &path)?;
+    print_out(format!("{}\n", path.display()))
+}
+
+fn cmd_show_config(args: &ShowConfigArgs) -> Result<i32, Error> {
+    let loaded = config::load_with_origins(&load_options(&args.config))?;
+    let Some(key) = &args.key else {
+        return print_out(crate::show_config::render(&loaded));
+    };
+    match crate::show_config::render_filtered(&loaded, key) {
+        Some(text) => print_out(text),
+        None => {
+            let stages: Vec<String> = loaded
+                .pipeline
+                .stages
+                .iter()
+                .map(|s| format!("stage.{}", s.name))
+                .collect();
+            Err(Error::Usage(format!(
+                "show-config: no key is `{key}` or under it; keys start with pipeline, pool{}{}",
+                if stages.is_empty() { "" } else { ", " },
+                stages.join(", ")
+            )))
+        }
+    }
 }
 
 fn cmd_new_plugin(name: &str, path: Option<&Path>) -> Result<i32, Error> {
@@ -520,7 +621,7 @@ fn plan_text(plan: &run::Plan) -> String {
     for p in &plan.plugins {
         let _ = writeln!(
             out,
-            "plugin {} {} (plugin-api {}): {}",
+            "plugin {} {} (loky-run-plugin {}): {}",
             p.name,
             p.version,
             p.api_version,
@@ -551,20 +652,11 @@ fn plan_text(plan: &run::Plan) -> String {
 fn cmd_tasks(plugin: &str, console: &Arc<Console>) -> Result<i32, Error> {
     let cwd = current_dir()?;
     let spec = classify_plugin_arg(plugin, &cwd);
-    let path = resolve::resolve(&spec, &cwd).map_err(|e| {
-        let help = match &e {
-            resolve::ResolveError::NotFound {
-                suggestion: Some(s),
-                ..
-            } => format!("did you mean `{s}`?"),
-            resolve::ResolveError::NotFound { .. } => format!(
-                "give the path of the plugin's .so file or crate directory (`loky-run tasks \
-                 ./path/libNAME.so`), or add its directory to {PLUGIN_PATH_VAR}"
-            ),
-            _ => return Error::Usage(e.to_string()),
-        };
-        Error::Usage(format!("{e}\n  = help: {help}"))
-    })?;
+    let path =
+        resolve::resolve(&spec, &cwd).map_err(|e| match resolve::not_found_help(&e, &cwd) {
+            Some(help) => Error::Usage(format!("{e}\n  = help: {help}")),
+            None => Error::Usage(e.to_string()),
+        })?;
     let info = probe::probe(&path, console.verbosity() >= Verbosity::Verbose)
         .map_err(|e| Error::Usage(e.to_string()))?;
     print_out(tasks_text(&info))
@@ -579,20 +671,9 @@ fn current_dir() -> Result<PathBuf, Error> {
 }
 
 fn classify_plugin_arg(arg: &str, cwd: &Path) -> PluginSpec {
-    let path = cwd.join(arg);
-    let kind = if arg.contains('/') || arg.ends_with(".so") || arg.starts_with('.') || path.is_dir()
-    {
-        if path.is_dir() {
-            config::PluginSpecKind::Crate(path)
-        } else {
-            config::PluginSpecKind::Library(path)
-        }
-    } else {
-        config::PluginSpecKind::Name(arg.to_owned())
-    };
     PluginSpec {
         written: arg.to_owned(),
-        kind,
+        kind: resolve::classify(arg, cwd.join(arg)),
     }
 }
 
@@ -601,7 +682,7 @@ fn tasks_text(info: &PluginInfo) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "plugin {} {} (plugin-api {})",
+        "plugin {} {} (loky-run-plugin {})",
         info.name, info.version, info.api_version
     );
     let _ = writeln!(out, "  {}", info.path.display());
@@ -630,9 +711,11 @@ fn tasks_text(info: &PluginInfo) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
 
     fn words(args: &[&str]) -> Vec<String> {
         with_default_subcommand(args.iter().map(OsString::from).collect())
+            .unwrap()
             .into_iter()
             .map(|a| a.into_string().unwrap())
             .collect()
@@ -661,6 +744,23 @@ mod tests {
             words(&["loky-run", "completions", "bash"]),
             ["loky-run", "completions", "bash"]
         );
+    }
+
+    #[test]
+    fn a_mistyped_subcommand_is_refused_with_the_one_it_resembles() {
+        let refused = |w: &str| with_default_subcommand(vec!["loky-run".into(), w.into()]);
+        for (typo, meant) in [
+            ("valdate", "validate"),
+            ("stauts", "status"),
+            ("complétions", "completions"),
+        ] {
+            let message = refused(typo).unwrap_err();
+            assert!(message.contains(&format!("'{meant}'")), "{typo}: {message}");
+        }
+        // Pipeline files, whatever their names.
+        for word in ["valdate.toml", "dir/status", "pipeline"] {
+            assert!(refused(word).is_ok(), "{word}");
+        }
     }
 
     #[test]
@@ -721,10 +821,11 @@ mod tests {
         let args = ConfigArgs {
             pipeline: "my dir/p.toml".into(),
             sets: vec!["pool.retries=2".into(), "pool.env.X=a b".into()],
+            jobs: std::num::NonZeroUsize::new(3),
         };
         assert_eq!(
             resume_command(&args),
-            "loky-run run --resume 'my dir/p.toml' --set pool.retries=2 --set 'pool.env.X=a b'"
+            "loky-run run --resume 'my dir/p.toml' -j 3 --set pool.retries=2 --set 'pool.env.X=a b'"
         );
     }
 

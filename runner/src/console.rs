@@ -26,7 +26,12 @@ pub fn write_stdout(text: &[u8]) -> io::Result<()> {
 /// tells. Never panics, unlike `eprint!`.
 pub fn write_stderr(text: &[u8]) {
     let mut err = io::stderr().lock();
-    let _ = err.write_all(text);
+    if crate::style::enabled() {
+        let painted = crate::style::decorate(&String::from_utf8_lossy(text));
+        let _ = err.write_all(painted.as_bytes());
+    } else {
+        let _ = err.write_all(text);
+    }
     let _ = err.flush();
 }
 
@@ -138,7 +143,10 @@ impl Console {
     }
 
     fn write_raw(&self, bytes: &[u8]) {
-        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = self
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // A closed or failing stderr loses the line, never the run: results go to files.
         let write = || write_stderr(bytes);
         match &self.bars {
@@ -225,7 +233,10 @@ impl StageProgress {
             return;
         };
         {
-            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            let mut last = self
+                .last
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if !force && last.is_some_and(|t| t.elapsed() < UPDATE_EVERY) {
                 return;
             }

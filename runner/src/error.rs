@@ -23,6 +23,9 @@ pub enum Error {
     /// `status` found no run it can read.
     #[error(transparent)]
     Status(#[from] crate::status::StatusError),
+    /// `report` found no run it can read, or could not write the report.
+    #[error(transparent)]
+    Report(#[from] crate::report::ReportError),
     /// Something failed while running (a disk error, a process that could not start).
     #[error("{context}: {source}")]
     Io {
@@ -49,6 +52,7 @@ impl Error {
             Error::Run(_) => 1,
             Error::Status(crate::status::StatusError::Read { .. }) => EXIT_IO,
             Error::Status(_) => 2,
+            Error::Report(e) => e.exit_code(),
             Error::ClosedPipe => 0,
         }
     }

@@ -157,7 +157,9 @@ impl EventLog {
             event,
             time: now_rfc3339(),
         };
-        let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = out
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if out.failed.is_some() {
             return;
         }
@@ -173,7 +175,9 @@ impl EventLog {
     /// Why the log is incomplete, if a write failed.
     pub fn failure(&self) -> Option<String> {
         let out = self.out.as_ref()?;
-        let out = out.lock().unwrap_or_else(|e| e.into_inner());
+        let out = out
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         out.failed.as_ref().map(ToString::to_string)
     }
 }

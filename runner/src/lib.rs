@@ -6,6 +6,7 @@
 //! [`output`], life-cycle facts to [`events`] and [`manifest`].
 
 pub mod cli;
+pub mod completions;
 pub mod config;
 pub mod console;
 pub mod error;
@@ -15,18 +16,21 @@ pub mod input;
 pub mod interrupt;
 pub mod joblog;
 pub mod live;
+pub mod man;
 pub mod manifest;
 pub mod output;
 pub mod plugin;
 pub mod pool;
 pub mod progress;
 pub mod protocol;
+pub mod report;
 pub mod run;
 pub mod scaffold;
 pub mod schema;
 pub mod show_config;
 pub mod spin;
 pub mod status;
+pub mod style;
 pub mod sys;
 pub mod transport;
 pub mod worker;

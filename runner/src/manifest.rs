@@ -102,6 +102,9 @@ pub struct StageRecord {
     /// When the stage (last) started, `null` until then.
     #[serde(default)]
     pub started_at: Option<String>,
+    /// When the stage (last) ended, `null` until then (and while it runs again).
+    #[serde(default)]
+    pub finished_at: Option<String>,
     /// SHA-256 of `<stage>.jsonl` once the stage is over (`done` or `stopped`): `--resume`
     /// refuses to keep an output that changed since, and a stage reading it checks it.
     #[serde(default)]
@@ -132,6 +135,7 @@ impl StageRecord {
             wall_time_s: 0.0,
             pool_decision: None,
             started_at: None,
+            finished_at: None,
             output_sha256: None,
             retrying: false,
             previous_sha256: None,
@@ -205,7 +209,7 @@ impl Manifest {
             .collect::<io::Result<Vec<_>>>()?;
         Ok(Self {
             runner_version: env!("CARGO_PKG_VERSION"),
-            plugin_api_version: plugin_api::API_VERSION,
+            plugin_api_version: loky_run_plugin::API_VERSION,
             status: "running",
             exit_code: None,
             started_at: crate::events::now_rfc3339(),

@@ -39,7 +39,7 @@ pub mod tag {
     }
 }
 
-/// Per-item status in a results frame; the values are those of `plugin_api::CallStatus`.
+/// Per-item status in a results frame; the values are those of `loky_run_plugin::CallStatus`.
 pub mod status {
     pub const OK: u8 = 0;
     pub const TASK_ERROR: u8 = 1;

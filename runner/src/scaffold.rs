@@ -1,7 +1,7 @@
 //! `loky-run new-plugin NAME [--path DIR]`: a plugin crate that builds and runs as it is.
 //!
 //! The crate has one example task with a unit test, and a pipeline that runs it by naming the
-//! crate directory (loky-run builds it with cargo before each run). It depends on `plugin-api`:
+//! crate directory (loky-run builds it with cargo before each run). It depends on `loky-run-plugin`:
 //! by path when this runner comes from a checkout of the loky-run repository (found through
 //! `LOKY_RUN_PLUGIN_API`, the `target/` directory the binary lives in, or the checkout it was
 //! built from), by version otherwise, with a note that the crate is not on crates.io yet. Its
@@ -72,21 +72,23 @@ const RESERVED: &[&str] = &[
     "alloc",
     "proc_macro",
     "test",
+    "loky-run-plugin",
     "plugin-api",
     "plugin_api",
+    "loky_run_plugin",
     "serde",
     "abi_stable",
 ];
 
-/// Environment variable naming the `plugin-api` crate directory to depend on by path.
+/// Environment variable naming the `loky-run-plugin` crate directory to depend on by path.
 pub const PLUGIN_API_VAR: &str = "LOKY_RUN_PLUGIN_API";
 
-/// How the scaffold depends on `plugin-api`.
+/// How the scaffold depends on `loky-run-plugin`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiSource {
     /// A path to the crate's directory (a loky-run checkout).
     Path(PathBuf),
-    /// `plugin-api = "MAJOR.MINOR"`.
+    /// `loky-run-plugin = "MAJOR.MINOR"`.
     Version(String),
 }
 
@@ -117,7 +119,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether `dir` holds the `plugin-api` crate.
+/// Whether `dir` holds the `loky-run-plugin` crate.
 fn is_plugin_api(dir: &Path) -> bool {
     let Ok(text) = std::fs::read_to_string(dir.join("Cargo.toml")) else {
         return false;
@@ -129,10 +131,10 @@ fn is_plugin_api(dir: &Path) -> bool {
         .get("package")
         .and_then(|p| p.get("name"))
         .and_then(|n| n.as_str())
-        == Some("plugin-api")
+        == Some("loky-run-plugin")
 }
 
-/// The `plugin-api` crate of the loky-run checkout this runner belongs to, if any: from
+/// The `loky-run-plugin` crate of the loky-run checkout this runner belongs to, if any: from
 /// `LOKY_RUN_PLUGIN_API` (an error if it does not name the crate), else next to the `target/`
 /// directory the binary is in, else in the checkout the binary was built from.
 pub fn find_plugin_api(env_value: Option<&std::ffi::OsStr>) -> Result<Option<PathBuf>, String> {
@@ -143,8 +145,8 @@ pub fn find_plugin_api(env_value: Option<&std::ffi::OsStr>) -> Result<Option<Pat
             return Ok(Some(std::fs::canonicalize(&dir).unwrap_or(dir)));
         }
         return Err(format!(
-            "{PLUGIN_API_VAR}={} is not the plugin-api crate's directory (no Cargo.toml of a \
-             package named plugin-api there)",
+            "{PLUGIN_API_VAR}={} is not the loky-run-plugin crate's directory (no Cargo.toml of a \
+             package named loky-run-plugin there)",
             dir.display()
         ));
     }
@@ -164,12 +166,12 @@ pub fn find_plugin_api(env_value: Option<&std::ffi::OsStr>) -> Result<Option<Pat
         .map(|d| std::fs::canonicalize(&d).unwrap_or(d)))
 }
 
-/// `0.1` for plugin-api 0.1.x: what a version requirement should say (compatible releases).
+/// `0.1` for loky-run-plugin 0.1.x: what a version requirement should say (compatible releases).
 fn api_requirement() -> String {
-    let mut parts = plugin_api::API_VERSION.split('.');
+    let mut parts = loky_run_plugin::API_VERSION.split('.');
     match (parts.next(), parts.next()) {
         (Some(major), Some(minor)) => format!("{major}.{minor}"),
-        _ => plugin_api::API_VERSION.to_string(),
+        _ => loky_run_plugin::API_VERSION.to_string(),
     }
 }
 
@@ -235,15 +237,15 @@ fn cargo_toml(name: &str, api: &ApiSource) -> String {
             let path = serde_json::to_string(&path.display().to_string())
                 .unwrap_or_else(|_| format!("\"{}\"", path.display()));
             format!(
-                "# The plugin-api of the loky-run checkout this crate was created from.\n\
-                 plugin-api = {{ path = {path} }}\n"
+                "# The loky-run-plugin of the loky-run checkout this crate was created from.\n\
+                 loky-run-plugin = {{ path = {path} }}\n"
             )
         }
         ApiSource::Version(version) => format!(
-            "# plugin-api is not published on crates.io yet: until it is, replace this line with a\n\
-             # path to a loky-run checkout, plugin-api = {{ path = \"/path/to/loky-run/plugin-api\" }},\n\
-             # or a git dependency, plugin-api = {{ git = \"<loky-run repository URL>\" }}.\n\
-             plugin-api = \"{version}\"\n"
+            "# loky-run-plugin is not published on crates.io yet: until it is, replace this line with a\n\
+             # path to a loky-run checkout, loky-run-plugin = {{ path = \"/path/to/loky-run/plugin-api\" }},\n\
+             # or a git dependency, loky-run-plugin = {{ git = \"<loky-run repository URL>\" }}.\n\
+             loky-run-plugin = \"{version}\"\n"
         ),
     };
     format!(
@@ -286,7 +288,7 @@ pub fn cube(x: i64) -> Result<i64, String> {{
         .ok_or_else(|| format!("the cube of {{x}} does not fit in a 64-bit integer"))
 }}
 
-plugin_api::export_plugin! {{
+loky_run_plugin::export_plugin! {{
     name: "{name}",
     tasks: [cube],
 }}
@@ -362,8 +364,8 @@ pub fn next_steps(created: &Created, cwd: &Path) -> String {
     let d = shell_word(&shown.display().to_string());
     let name = &created.name;
     let api = match &created.api {
-        ApiSource::Path(p) => format!("plugin-api from {}", p.display()),
-        ApiSource::Version(v) => format!("plugin-api = \"{v}\" (see the note in it)"),
+        ApiSource::Path(p) => format!("loky-run-plugin from {}", p.display()),
+        ApiSource::Version(v) => format!("loky-run-plugin = \"{v}\" (see the note in it)"),
     };
     let mut out = format!(
         "Created plugin crate `{name}` in {}\n\
@@ -378,9 +380,9 @@ pub fn next_steps(created: &Created, cwd: &Path) -> String {
     );
     if let ApiSource::Version(_) = created.api {
         out.push_str(&format!(
-            "\nnote: plugin-api is not on crates.io yet, so the first command fails until \
+            "\nnote: loky-run-plugin is not on crates.io yet, so the first command fails until \
              {d}/Cargo.toml points at a loky-run checkout\n\
-             \x20     (plugin-api = {{ path = \".../loky-run/plugin-api\" }}) or its git \
+             \x20     (loky-run-plugin = {{ path = \".../loky-run/plugin-api\" }}) or its git \
              repository; set {PLUGIN_API_VAR}=DIR to have new-plugin write the path itself.\n"
         ));
     }
@@ -441,7 +443,7 @@ mod tests {
             "é",
             "fn",
             "test",
-            "plugin-api",
+            "loky-run-plugin",
         ] {
             assert!(check_name(bad).is_err(), "{bad}");
         }
@@ -465,7 +467,10 @@ mod tests {
         let created = create("demo2", &dir, ApiSource::Version("0.1".into())).unwrap();
         let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
         let parsed: toml::Table = toml::from_str(&manifest).unwrap();
-        assert_eq!(parsed["dependencies"]["plugin-api"].as_str(), Some("0.1"));
+        assert_eq!(
+            parsed["dependencies"]["loky-run-plugin"].as_str(),
+            Some("0.1")
+        );
         assert!(parsed["workspace"].as_table().unwrap().is_empty());
         assert!(manifest.contains("not published on crates.io"));
         let pipeline = std::fs::read_to_string(dir.join("pipeline.toml")).unwrap();
@@ -476,17 +481,17 @@ mod tests {
             "{steps}"
         );
         assert!(
-            steps.contains("note: plugin-api is not on crates.io"),
+            steps.contains("note: loky-run-plugin is not on crates.io"),
             "{steps}"
         );
         // Not over an existing crate.
         assert!(create("demo2", &dir, ApiSource::Version("0.1".into())).is_err());
         // A path dependency is a TOML string, whatever the path.
-        let with_path = cargo_toml("x", &ApiSource::Path("/a \"b\"/plugin-api".into()));
+        let with_path = cargo_toml("x", &ApiSource::Path("/a \"b\"/loky-run-plugin".into()));
         let parsed: toml::Table = toml::from_str(&with_path).unwrap();
         assert_eq!(
-            parsed["dependencies"]["plugin-api"]["path"].as_str(),
-            Some("/a \"b\"/plugin-api")
+            parsed["dependencies"]["loky-run-plugin"]["path"].as_str(),
+            Some("/a \"b\"/loky-run-plugin")
         );
     }
 }

@@ -36,6 +36,37 @@ struct Line {
 
 /// Renders the resolved configuration.
 pub fn render(loaded: &Loaded) -> String {
+    render_keys(loaded, None).unwrap_or_default()
+}
+
+/// Renders the keys equal to `filter` or under it (`pool`, `stage.squares`,
+/// `stage.squares.retries`); `None` when no key matches.
+pub fn render_filtered(loaded: &Loaded, filter: &str) -> Option<String> {
+    render_keys(loaded, Some(filter.trim_end_matches('.')))
+}
+
+fn render_keys(loaded: &Loaded, filter: Option<&str>) -> Option<String> {
+    let wanted = |key: &str| {
+        filter.is_none_or(|f| {
+            key == f
+                || key
+                    .strip_prefix(f)
+                    .is_some_and(|rest| rest.starts_with('.'))
+        })
+    };
+    let mut matched = false;
+    let mut group = |out: &mut String, header: Option<String>, lines: Vec<Line>| {
+        let lines: Vec<Line> = lines.into_iter().filter(|l| wanted(&l.key)).collect();
+        if lines.is_empty() {
+            return;
+        }
+        matched = true;
+        out.push('\n');
+        if let Some(header) = header {
+            let _ = writeln!(out, "{header}");
+        }
+        push_group(out, &lines);
+    };
     let p = &loaded.pipeline;
     let o = Origins {
         map: &loaded.origins,
@@ -51,7 +82,6 @@ pub fn render(loaded: &Loaded) -> String {
          keys in --set spelling\n",
     );
 
-    out.push('\n');
     let lines = vec![
         o.line("pipeline.name", quote(&p.name)),
         o.path_line("pipeline.plugins", plugins(p)),
@@ -68,13 +98,11 @@ pub fn render(loaded: &Loaded) -> String {
             p.progress_interval.map_or_else(|| quote("0s"), duration),
         ),
     ];
-    push_group(&mut out, &lines);
-
-    out.push('\n');
-    push_group(&mut out, &o.pool_lines("pool", &loaded.pool, None));
+    group(&mut out, None, lines);
+    group(&mut out, None, o.pool_lines("pool", &loaded.pool, None));
 
     for (i, stage) in p.stages.iter().enumerate() {
-        let _ = writeln!(out, "\n# stage {} of {}", i + 1, p.stages.len());
+        let header = format!("# stage {} of {}", i + 1, p.stages.len());
         let prefix = format!("stage.{}", stage.name);
         let mut lines = vec![
             o.line(&format!("{prefix}.name"), quote(&stage.name)),
@@ -89,9 +117,9 @@ pub fn render(loaded: &Loaded) -> String {
             ),
         ];
         lines.extend(o.pool_lines(&prefix, &stage.settings, Some("pool")));
-        push_group(&mut out, &lines);
+        group(&mut out, Some(header), lines);
     }
-    out
+    matched.then_some(out)
 }
 
 struct Origins<'a> {
@@ -166,7 +194,7 @@ impl Origins<'_> {
         };
         let max_workers = s
             .max_workers
-            .map_or_else(crate::sys::usable_cpus, |n| n.get());
+            .map_or_else(crate::sys::usable_cpus, std::num::NonZero::get);
         push("max_workers", max_workers.to_string(), &mut lines);
         push(
             "idle_timeout",
@@ -224,7 +252,10 @@ impl Origins<'_> {
         );
         push(
             "max_memory_growth",
-            s.max_memory_growth.unwrap_or(0).to_string(),
+            match s.max_memory_growth.unwrap_or(0) {
+                0 => "0".to_owned(),
+                n => quote(&crate::config::units::format_size(n)),
+            },
             &mut lines,
         );
         push(

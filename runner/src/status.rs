@@ -246,6 +246,8 @@ pub struct StageStatusReport {
     pub not_run: u64,
     pub wall_time_s: f64,
     pub started_at: Option<String>,
+    /// When the stage ended (a stage that ran with an older loky-run: `null`).
+    pub finished_at: Option<String>,
     pub pool_decision: Option<DecisionRecord>,
     pub output: PathBuf,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -361,6 +363,7 @@ fn stage_report(
         not_run: record.not_run,
         wall_time_s: record.wall_time_s,
         started_at: record.started_at.clone(),
+        finished_at: record.finished_at.clone(),
         pool_decision: record.pool_decision.clone(),
         output,
         progress: None,
@@ -469,7 +472,7 @@ fn scan_output(path: &Path, limit: FailureLimit, stop_early: bool) -> io::Result
 
 /// Reads one line into `head` (at most `max` bytes of it; the rest is skipped). Returns whether
 /// the line ended with a newline, and whether the file ended.
-fn read_head(
+pub(crate) fn read_head(
     reader: &mut impl BufRead,
     head: &mut Vec<u8>,
     max: usize,

@@ -103,7 +103,7 @@ pub fn cpu_cap() -> Result<Option<usize>, String> {
 /// the plan, before anything runs; here it is ignored.)
 pub fn usable_cpus() -> usize {
     let available = std::thread::available_parallelism()
-        .map(|n| n.get())
+        .map(std::num::NonZero::get)
         .unwrap_or(1);
     match cpu_cap() {
         Ok(Some(cap)) => available.min(cap),

@@ -184,7 +184,7 @@ impl Listener {
         let (tx, connection) = channel();
         self.waiting
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(token.clone(), tx);
         Ok(Ticket {
             token,
@@ -240,7 +240,7 @@ impl Drop for Ticket {
         // A worker that never came must not be able to use its token later.
         self.waiting
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&self.token);
     }
 }
@@ -648,7 +648,10 @@ impl Gate {
             );
         };
         let found = {
-            let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+            let mut waiting = self
+                .waiting
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             let key = waiting
                 .keys()
                 .find(|k| constant_time_eq(k.as_bytes(), presented.as_bytes()))
@@ -672,7 +675,7 @@ impl Gate {
         if let Err(e) = answered {
             self.waiting
                 .lock()
-                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .insert(token, sender);
             let why = format!("the connection failed while its hello was answered: {e}");
             return self

@@ -141,9 +141,9 @@ fn run<R: Read + Send + 'static, W: Write>(
     if let Some(call) = &init.initializer {
         let status = match plugins.get(call.plugin as usize) {
             Some(p) => p.call(call.task, call.args.as_bytes(), &mut out),
-            None => plugin_api::CallStatus::UNKNOWN_TASK,
+            None => loky_run_plugin::CallStatus::UNKNOWN_TASK,
         };
-        if status != plugin_api::CallStatus::OK {
+        if status != loky_run_plugin::CallStatus::OK {
             let message = format!(
                 "initializer {} failed: {}",
                 call.name,
@@ -339,7 +339,7 @@ impl ChunkRunner {
             if out.len() > MAX_ITEM_BYTES {
                 let message = format!(
                     "the {} is {} bytes, more than a frame carries ({MAX_ITEM_BYTES} bytes)",
-                    if status == plugin_api::CallStatus::OK {
+                    if status == loky_run_plugin::CallStatus::OK {
                         "result"
                     } else {
                         "error message"
@@ -348,7 +348,7 @@ impl ChunkRunner {
                 );
                 out.clear();
                 out.extend_from_slice(message.as_bytes());
-                status = plugin_api::CallStatus(status::TOO_LARGE);
+                status = loky_run_plugin::CallStatus(status::TOO_LARGE);
             }
             // A large result goes in a frame of its own rather than past the frame limit.
             if batch.count > 0 && sender.frame.len() + 5 + out.len() > MAX_FRAME_LEN {
@@ -389,7 +389,10 @@ impl ResultSender {
     #[inline]
     fn stop_requested(&self) -> bool {
         STOP_REQUESTED.load(Ordering::Relaxed)
-            || self.progress.as_ref().is_some_and(|p| p.stop_requested())
+            || self
+                .progress
+                .as_ref()
+                .is_some_and(super::progress::ProgressSlot::stop_requested)
     }
 
     fn begin(&mut self, chunk_id: u64, first: u32) -> Batch {

@@ -152,7 +152,7 @@ fn unwritable_output_directory() {
         .assert_stderr_has(&["out"]);
 }
 
-/// `plugin-api`'s manifest made standalone (no `workspace = true` fields) with another version.
+/// `loky-run-plugin`'s manifest made standalone (no `workspace = true` fields) with another version.
 fn plugin_api_manifest_with_version(version: &str) -> String {
     let root = workspace_root();
     let read = |p: &str| -> toml::Table {
@@ -174,11 +174,13 @@ fn plugin_api_manifest_with_version(version: &str) -> String {
             *value = shared[key.as_str()].clone();
         }
     }
+    // The workspace's lint table stays behind with the workspace.
+    api.remove("lints");
     api.insert("workspace".into(), toml::Table::new().into());
     toml::to_string(&api).unwrap()
 }
 
-/// Builds the scaffolded plugin `name` against a copy of plugin-api at `version` whose source
+/// Builds the scaffolded plugin `name` against a copy of loky-run-plugin at `version` whose source
 /// went through `edit`, and returns the path of the `.so`, next to the fixture's pipeline.
 fn plugin_built_against_a_copy_of_plugin_api(
     fx: &Fixture,
@@ -186,7 +188,7 @@ fn plugin_built_against_a_copy_of_plugin_api(
     version: &str,
     edit: impl Fn(String) -> String,
 ) -> std::path::PathBuf {
-    let api_dir = fx.path().join(format!("plugin-api-{name}"));
+    let api_dir = fx.path().join(format!("loky-run-plugin-{name}"));
     std::fs::create_dir_all(&api_dir).unwrap();
     std::fs::write(
         api_dir.join("Cargo.toml"),
@@ -209,7 +211,7 @@ fn plugin_built_against_a_copy_of_plugin_api(
     m["dependencies"]
         .as_table_mut()
         .unwrap()
-        .insert("plugin-api".into(), dep.into());
+        .insert("loky-run-plugin".into(), dep.into());
     std::fs::write(&manifest, toml::to_string(&m).unwrap()).unwrap();
     std::fs::copy(
         workspace_root().join("Cargo.lock"),
@@ -239,7 +241,7 @@ fn plugin_built_against_a_copy_of_plugin_api(
     so
 }
 
-/// This checkout's plugin-api version.
+/// This checkout's loky-run-plugin version.
 fn plugin_api_version() -> String {
     let api: toml::Table = toml::from_str(
         &std::fs::read_to_string(workspace_root().join("plugin-api/Cargo.toml")).unwrap(),
@@ -256,7 +258,7 @@ fn cube_pipeline(fx: &Fixture, name: &str) -> std::path::PathBuf {
     fx.write("pipeline.toml", &text)
 }
 
-/// The promise of the stable ABI, end to end: a plugin built against a plugin-api this runner
+/// The promise of the stable ABI, end to end: a plugin built against a loky-run-plugin this runner
 /// is not compatible with (here a newer minor version, 0.x semantics) is refused before any
 /// worker starts, in one line naming both versions.
 #[test]
@@ -269,8 +271,8 @@ fn a_plugin_built_against_an_incompatible_plugin_api_is_refused_naming_both_vers
         let r = fx.run(&[command, p.to_str().unwrap()]);
         r.assert_code(2).assert_stderr_has(&[
             "libnewer.so",
-            &format!("plugin-api {newer}"),
-            &format!("plugin-api {runner_version}"),
+            &format!("loky-run-plugin {newer}"),
+            &format!("loky-run-plugin {runner_version}"),
         ]);
         assert!(
             r.stderr.lines().count() <= 6,
@@ -281,7 +283,7 @@ fn a_plugin_built_against_an_incompatible_plugin_api_is_refused_naming_both_vers
     assert!(!fx.path().join("out").exists(), "no worker ran");
 }
 
-/// The same version number over a different ABI (a plugin-api edited without a version bump):
+/// The same version number over a different ABI (a loky-run-plugin edited without a version bump):
 /// abi_stable's layout check refuses it, in one line, with the full report only under `-v`.
 #[test]
 fn a_plugin_whose_abi_layout_differs_under_the_same_version_is_refused() {
@@ -293,7 +295,7 @@ fn a_plugin_whose_abi_layout_differs_under_the_same_version_is_refused() {
             .replace("fn(u32,", "fn(u64,");
         assert_ne!(
             edited, s,
-            "plugin-api's call signature moved: update this test"
+            "loky-run-plugin's call signature moved: update this test"
         );
         edited
     });
@@ -447,4 +449,45 @@ fn a_runner_blocked_in_a_system_call_still_ends_on_a_signal() {
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert!(stderr.contains("SIGTERM"), "{stderr}");
+}
+
+/// What a first-time plugin author gets wrong in `plugins`, said in words that lead to the fix:
+/// a directory without Cargo.toml, a workspace root, an .rlib; `tasks` and a pipeline agree.
+#[test]
+fn plugin_entries_that_are_no_plugin_say_what_to_name_instead() {
+    let fx = Fixture::new();
+    std::fs::create_dir(fx.path().join("empty")).unwrap();
+    std::fs::create_dir_all(fx.path().join("ws/member")).unwrap();
+    std::fs::write(
+        fx.path().join("ws/Cargo.toml"),
+        "[workspace]\nmembers = [\"member\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        fx.path().join("libthing.rlib"),
+        b"!<arch>\n/               0  ",
+    )
+    .unwrap();
+    let pipeline = |plugin: &str| {
+        let text = format!(
+            "[pipeline]\nname = \"p\"\nplugins = [{plugin:?}]\noutput_dir = \"out\"\n\n\
+             [[stage]]\nname = \"s\"\ntask = \"x\"\ninput = {{ range = [0, 1] }}\n"
+        );
+        fx.write("pipeline.toml", &text)
+    };
+    for (entry, said) in [
+        ("./empty", vec!["has no Cargo.toml", "new-plugin"]),
+        ("empty", vec!["holds no Cargo.toml", "new-plugin empty"]),
+        ("./ws", vec!["is a Cargo workspace", "member"]),
+        ("./libthing.rlib", vec!["static library", "cdylib"]),
+        ("nosuch", vec!["not found", "./nosuch"]),
+    ] {
+        let p = pipeline(entry);
+        fx.run(&["validate", p.to_str().unwrap()])
+            .assert_code(2)
+            .assert_stderr_has(&said);
+        fx.run(&["tasks", entry])
+            .assert_code(2)
+            .assert_stderr_has(&said);
+    }
 }

@@ -483,3 +483,23 @@ chunksize = 1
         other => panic!("duckdb could not read the joblog: {other:?}"),
     }
 }
+
+/// Workers start in the pipeline file's directory: a relative path in a task input means what
+/// every path in the file means, wherever loky-run is started from.
+#[test]
+fn workers_start_in_the_pipeline_files_directory() {
+    let fx = Fixture::new();
+    std::fs::create_dir(fx.path().join("sub")).unwrap();
+    let text = header("cwd", "max_workers = 1")
+        + &stage(
+            "append",
+            "faults::append_line",
+            "{ items = [{ path = \"appended.txt\", value = 1 }] }",
+            "",
+        );
+    fx.write("sub/pipeline.toml", &text);
+    fx.run(&["sub/pipeline.toml"]).assert_code(0);
+    assert!(fx.path().join("sub/appended.txt").is_file());
+    assert!(!fx.path().join("appended.txt").exists());
+    assert!(fx.path().join("sub/out/append.jsonl").is_file());
+}

@@ -3,7 +3,7 @@
 //! example pipeline validates; completions; `LOKY_RUN_LOG`; and `new-plugin` end to end.
 //!
 //! Snapshots live in `tests/e2e/snapshots/`. A mismatch fails the test (CI writes nothing). To
-//! accept a change on purpose: `INSTA_UPDATE=always cargo test -p runner --test e2e cli_ux`,
+//! accept a change on purpose: `INSTA_UPDATE=always cargo test -p loky-run --test e2e cli_ux`,
 //! then review the `.snap` diff (or use `cargo insta review` if you have it).
 
 use std::path::{Path, PathBuf};
@@ -245,6 +245,38 @@ fn show_config_snapshot() {
     let r = RunResult::from(out);
     r.assert_code(0);
     snapshot("show_config", &fx, &r);
+
+    // One key, one table, one stage; `-j` is pool.max_workers; a key that matches nothing.
+    let keys = |args: &[&str]| -> Vec<String> {
+        let mut cmd = fx.command();
+        cmd.arg("show-config").arg(&p).args(args);
+        let r = RunResult::from(cmd.output().unwrap());
+        r.assert_code(0);
+        r.stdout
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| l.split(" = ").next().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(keys(&["pool.retries"]), ["pool.retries"]);
+    assert!(
+        keys(&["stage.echoed"])
+            .iter()
+            .all(|k| k.starts_with("stage.echoed."))
+    );
+    assert!(keys(&["pool"]).contains(&"pool.max_memory_growth".to_owned()));
+    assert!(!keys(&["pool"]).iter().any(|k| k.starts_with("stage.")));
+    let mut cmd = fx.command();
+    cmd.args(["show-config", "-j", "3"])
+        .arg(&p)
+        .arg("pool.max_workers");
+    let r = RunResult::from(cmd.output().unwrap());
+    assert!(r.stdout.contains("pool.max_workers = 3"), "{}", r.stdout);
+    let mut cmd = fx.command();
+    cmd.arg("show-config").arg(&p).arg("stage.nope");
+    RunResult::from(cmd.output().unwrap())
+        .assert_code(2)
+        .assert_stderr_has(&["stage.nope", "stage.squares, stage.echoed"]);
 }
 
 #[test]
@@ -274,7 +306,7 @@ fn assert_current(args: &[&str], committed: &str) {
     assert!(
         on_disk == r.stdout,
         "{committed} is not what `loky-run {}` generates from the config key tables; \
-         regenerate it with:\n\n    cargo run -q -p runner -- {} > {committed}\n",
+         regenerate it with:\n\n    cargo run -q -p loky-run -- {} > {committed}\n",
         args.join(" "),
         args.join(" "),
     );
@@ -288,6 +320,11 @@ fn committed_schema_is_current() {
 #[test]
 fn committed_reference_is_current() {
     assert_current(&["reference"], "docs/pipeline-reference.md");
+}
+
+#[test]
+fn committed_man_page_is_current() {
+    assert_current(&["man"], "docs/loky-run.1");
 }
 
 /// TOML as JSON, as a schema validator (and Taplo) sees it.
@@ -358,6 +395,92 @@ fn completions_for_bash_zsh_and_fish() {
 }
 
 #[test]
+fn colour_follows_the_flag_no_color_and_clicolor_force() {
+    let fx = Fixture::new();
+    let text = header("colour", "max_workers = 1\non_error = \"continue\"")
+        + &stage("s", "faults::fail", "{ items = [\"boom\"] }", "");
+    let p = fx.write("pipeline.toml", &text);
+    let p = p.to_str().unwrap();
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = fx.command();
+        cmd.arg(p).args(["--progress", "never"]).args(args);
+        cmd.env_remove("NO_COLOR").env_remove("CLICOLOR_FORCE");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let escape = "\x1b[";
+    let painted = run(&["--color", "always"], &[]);
+    assert!(painted.contains(&format!("{escape}31mFAIL")), "{painted:?}");
+    assert!(painted.contains(" failed\x1b[0m"), "{painted:?}");
+    // Not a terminal: no colour unless forced.
+    assert!(!run(&[], &[]).contains(escape));
+    assert!(run(&[], &[("CLICOLOR_FORCE", "1")]).contains(escape));
+    assert!(!run(&[], &[("NO_COLOR", "1"), ("CLICOLOR_FORCE", "0")]).contains(escape));
+    assert!(!run(&["--color", "never"], &[("CLICOLOR_FORCE", "1")]).contains(escape));
+}
+
+/// What bash offers at `TAB` after `words` (the last one being completed), with the script of
+/// `loky-run completions bash` sourced as a user would.
+fn bash_completes(fx: &Fixture, words: &[&str]) -> Vec<String> {
+    let script = fx.run(&["completions", "bash"]);
+    script.assert_code(0);
+    let path = fx.write("loky-run.bash", &script.stdout);
+    let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+    let harness = format!(
+        "source '{}'\n\
+         COMP_WORDS=({}); COMP_CWORD=$(( ${{#COMP_WORDS[@]}} - 1 )); COMPREPLY=()\n\
+         _loky__run loky-run \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"\n\
+         printf '%s\\n' \"${{COMPREPLY[@]}}\"\n",
+        path.display(),
+        quoted.join(" ")
+    );
+    let out = std::process::Command::new("bash")
+        .args(["--norc", "--noprofile", "-c", &harness])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn bash_completes_flags_subcommands_and_values_after_the_subcommand() {
+    let fx = Fixture::new();
+    assert_eq!(
+        bash_completes(&fx, &["loky-run", "run", "--pro"]),
+        ["--progress"]
+    );
+    assert_eq!(
+        bash_completes(&fx, &["loky-run", "run", "--retry"]),
+        ["--retry-failed"]
+    );
+    assert_eq!(bash_completes(&fx, &["loky-run", "sta"]), ["status"]);
+    assert_eq!(
+        bash_completes(&fx, &["loky-run", "run", "--progress", ""]),
+        ["auto", "always", "never"]
+    );
+    let shells = bash_completes(&fx, &["loky-run", "completions", ""]);
+    for shell in ["bash", "zsh", "fish"] {
+        assert!(shells.iter().any(|s| s == shell), "{shells:?}");
+    }
+    assert_eq!(
+        bash_completes(&fx, &["loky-run", "status", "--js"]),
+        ["--json"]
+    );
+}
+
+#[test]
 fn loky_run_log_sets_the_verbosity_and_flags_win() {
     let fx = Fixture::new();
     let p = fx.write("pipeline.toml", &(demo_header("log") + ONE_STAGE));
@@ -390,10 +513,10 @@ fn new_plugin_builds_tests_and_runs_with_the_printed_commands() {
     let r = fx.run(&["new-plugin", "demo2"]);
     r.assert_code(0);
     let dir = fx.path().join("demo2");
-    // In this checkout, plugin-api by path; a workspace of its own.
+    // In this checkout, loky-run-plugin by path; a workspace of its own.
     let manifest: toml::Table =
         toml::from_str(&std::fs::read_to_string(dir.join("Cargo.toml")).unwrap()).unwrap();
-    let api = manifest["dependencies"]["plugin-api"]["path"]
+    let api = manifest["dependencies"]["loky-run-plugin"]["path"]
         .as_str()
         .unwrap();
     assert_eq!(

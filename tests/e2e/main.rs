@@ -8,6 +8,7 @@ mod basics;
 mod cli_ux;
 mod failures;
 mod pool;
+mod report;
 mod resume;
 mod retry;
 mod scheduler;

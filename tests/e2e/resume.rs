@@ -260,7 +260,11 @@ fn torn_records_at_the_end_of_the_journal_and_output_are_ignored() {
     std::fs::write(&output, text).unwrap();
 
     fx.run(&[p.to_str().unwrap(), "--resume"]).assert_code(0);
-    let outputs: Vec<String> = fx.outputs("s").iter().map(|v| v.to_string()).collect();
+    let outputs: Vec<String> = fx
+        .outputs("s")
+        .iter()
+        .map(std::string::ToString::to_string)
+        .collect();
     assert_eq!(outputs, items);
     let indices: Vec<u64> = fx
         .records("s")

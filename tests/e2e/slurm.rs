@@ -143,7 +143,9 @@ fn the_quickstart_on_slurm_writes_the_same_outputs_as_locally() {
     if !cluster_up() {
         return;
     }
-    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = CLUSTER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let fx = Fixture::new();
     let local = fx.write("local.toml", &quickstart("out-local", "local"));
     assert!(
@@ -198,7 +200,9 @@ fn reuse_keeps_the_steps_kill_workers_starts_new_ones_resize_adds_one() {
     if !cluster_up() {
         return;
     }
-    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = CLUSTER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let fx = Fixture::new();
     let pid_stage = |name: &str, n: usize, extra: &str| {
         format!(
@@ -285,7 +289,9 @@ fn a_cancelled_worker_step_is_a_crash_retried_and_no_step_is_left() {
     if !cluster_up() {
         return;
     }
-    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = CLUSTER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let fx = Fixture::new();
     let text = header(
         "scancel",
@@ -330,7 +336,9 @@ fn foreign_connections_are_rejected_and_the_run_is_unaffected() {
     if !cluster_up() {
         return;
     }
-    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = CLUSTER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let fx = Fixture::new();
     let text = header(
         "intruders",
@@ -395,7 +403,9 @@ fn a_flood_of_idle_and_slow_connections_does_not_keep_worker_steps_out() {
     if !cluster_up() {
         return;
     }
-    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = CLUSTER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let fx = Fixture::new();
     let (go, met) = (fx.path().join("go"), fx.path().join("met"));
     let rendezvous = |name: &str, path: &std::path::Path, items: usize, extra: &str| {
@@ -488,7 +498,9 @@ fn ctrl_c_inside_the_allocation_ends_every_step_and_resume_completes() {
     if !cluster_up() {
         return;
     }
-    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = CLUSTER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let fx = Fixture::new();
     let text = header(
         "interrupted",
@@ -535,7 +547,9 @@ fn a_step_that_cannot_start_is_reported_with_what_srun_said() {
     if !cluster_up() {
         return;
     }
-    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = CLUSTER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let fx = Fixture::new();
     let text = header(
         "badsrun",
@@ -559,7 +573,9 @@ fn by_default_one_worker_per_task_of_the_allocation_even_with_export_none() {
     if !cluster_up() {
         return;
     }
-    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = CLUSTER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let fx = Fixture::new();
     // No max_workers: on this 2-CPU node the local default would be 2, and a second step
     // could not start in a 1-task allocation. SLURM_EXPORT_ENV=NONE is what
@@ -602,7 +618,9 @@ fn ctrl_c_while_the_only_worker_step_waits_for_cpus_exits_130_promptly() {
     if !cluster_up() {
         return;
     }
-    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = CLUSTER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let fx = Fixture::new();
     // A 1-task allocation whose CPU another step holds: the runner's only worker step waits,
     // and so does the runner, with no worker to run anything. Ctrl-C must still stop it.
@@ -636,7 +654,9 @@ fn a_worker_step_waiting_for_cpus_does_not_hold_up_the_stages() {
     if !cluster_up() {
         return;
     }
-    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = CLUSTER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let fx = Fixture::new();
     // Two workers in a 1-task allocation: one step runs, the other waits for its CPU. The
     // stages run on the one worker (the pool reused between them) instead of waiting out the

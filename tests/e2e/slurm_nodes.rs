@@ -257,7 +257,9 @@ fn six_workers_over_three_nodes_reuse_kill_workers_resize_and_leave_nothing() {
     if !three_nodes_up() {
         return;
     }
-    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = CLUSTER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let fx = Fixture::new();
     let squares = "\n[[stage]]\nname = \"squares\"\ntask = \"demo::square\"\ninput = { range = [0, 300] }\n\n[[stage]]\nname = \"copied\"\ntask = \"demo::echo\"\ninput = { from = \"squares\" }\n";
     let pid_ms = [100; 12];
@@ -411,7 +413,9 @@ fn node_lost_mid_stage(action: &str) {
     if !three_nodes_up() {
         return;
     }
-    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = CLUSTER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let fx = Fixture::new();
     // 60 tasks of 300 ms on 6 workers: about 3 s, and node3's two workers are busy when it
     // goes. Retries heal what it held. The replacement steps wait for CPUs the allocation no
@@ -551,7 +555,9 @@ fn kill_9_of_the_runner_ends_every_step_on_every_node_and_resume_finishes() {
     if !three_nodes_up() {
         return;
     }
-    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = CLUSTER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let fx = Fixture::new();
     let ms: Vec<u64> = (0..60).map(|i| 200 + i).collect();
     let text = header(
@@ -622,7 +628,9 @@ fn a_node_cut_off_the_network_is_noticed_by_keepalive_and_its_tasks_retried() {
     if !three_nodes_up() {
         return;
     }
-    let _one = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = CLUSTER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let fx = Fixture::new();
     // As for the kill, but node3 goes silent: its processes run on, nothing gets through, and
     // neither the runner nor Slurm hears anything. The runner's TCP timers end the connections.

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 /// Builds the test plugins once per test process (a no-op when they are up to date), so that
 /// `cargo test` alone is enough.
-pub fn plugin_dir() -> &'static Path {
+pub(crate) fn plugin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -30,24 +30,24 @@ pub fn plugin_dir() -> &'static Path {
     })
 }
 
-pub fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap()
         .to_owned()
 }
 
-pub fn plugin_path(name: &str) -> PathBuf {
+pub(crate) fn plugin_path(name: &str) -> PathBuf {
     plugin_dir().join(format!("lib{name}.so"))
 }
 
 /// A temporary directory holding pipelines and their outputs.
-pub struct Fixture {
+pub(crate) struct Fixture {
     pub dir: tempfile::TempDir,
 }
 
 impl Fixture {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         plugin_dir();
         Self {
             dir: tempfile::Builder::new()
@@ -57,19 +57,19 @@ impl Fixture {
         }
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
     /// Writes `pipeline.toml` (or another name) and returns its path.
-    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+    pub(crate) fn write(&self, name: &str, text: &str) -> PathBuf {
         let path = self.path().join(name);
         std::fs::write(&path, text).unwrap();
         path
     }
 
     /// Runs `loky-run ARGS...` in the fixture directory, without progress bars.
-    pub fn run(&self, args: &[&str]) -> RunResult {
+    pub(crate) fn run(&self, args: &[&str]) -> RunResult {
         let mut cmd = self.command();
         cmd.args(args);
         if args
@@ -84,7 +84,7 @@ impl Fixture {
     /// Like [`Self::run`], but a run that does not end within `limit` is killed and fails the
     /// test (for the cases that used to loop forever).
     #[track_caller]
-    pub fn run_within(&self, args: &[&str], limit: std::time::Duration) -> RunResult {
+    pub(crate) fn run_within(&self, args: &[&str], limit: std::time::Duration) -> RunResult {
         let mut cmd = self.command();
         cmd.args(args)
             .args(["--progress", "never"])
@@ -125,7 +125,7 @@ impl Fixture {
         }
     }
 
-    pub fn command(&self) -> Command {
+    pub(crate) fn command(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_loky-run"));
         cmd.current_dir(self.path())
             .env_remove("RUST_LOG")
@@ -139,30 +139,30 @@ impl Fixture {
     }
 
     /// The records of `<output_dir>/<stage>.jsonl` (output_dir `out` by default in tests).
-    pub fn records(&self, stage: &str) -> Vec<Value> {
+    pub(crate) fn records(&self, stage: &str) -> Vec<Value> {
         read_jsonl(&self.path().join("out").join(format!("{stage}.jsonl")))
     }
 
-    pub fn outputs(&self, stage: &str) -> Vec<Value> {
+    pub(crate) fn outputs(&self, stage: &str) -> Vec<Value> {
         self.records(stage)
             .into_iter()
             .map(|r| r["output"].clone())
             .collect()
     }
 
-    pub fn events(&self) -> Vec<Value> {
+    pub(crate) fn events(&self) -> Vec<Value> {
         read_jsonl(&self.path().join("events.jsonl"))
     }
 }
 
-pub fn read_jsonl(path: &Path) -> Vec<Value> {
+pub(crate) fn read_jsonl(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     text.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
         .collect()
 }
 
-pub struct RunResult {
+pub(crate) struct RunResult {
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
@@ -180,7 +180,7 @@ impl From<Output> for RunResult {
 
 impl RunResult {
     #[track_caller]
-    pub fn assert_code(&self, code: i32) -> &Self {
+    pub(crate) fn assert_code(&self, code: i32) -> &Self {
         assert_eq!(
             self.code, code,
             "exit code\n--- stdout\n{}\n--- stderr\n{}",
@@ -191,7 +191,7 @@ impl RunResult {
 
     /// Asserts stderr mentions every fragment (case-sensitive).
     #[track_caller]
-    pub fn assert_stderr_has(&self, fragments: &[&str]) -> &Self {
+    pub(crate) fn assert_stderr_has(&self, fragments: &[&str]) -> &Self {
         for f in fragments {
             assert!(
                 self.stderr.contains(f),
@@ -204,7 +204,7 @@ impl RunResult {
 }
 
 /// A pipeline header using the test plugins, writing to `out/`.
-pub fn header(name: &str, extra_pool: &str) -> String {
+pub(crate) fn header(name: &str, extra_pool: &str) -> String {
     format!(
         "[pipeline]\nname = \"{name}\"\nplugins = [\"{}\", \"{}\"]\noutput_dir = \"out\"\n\n[pool]\n{extra_pool}\n",
         plugin_path("demo").display(),
@@ -213,12 +213,12 @@ pub fn header(name: &str, extra_pool: &str) -> String {
 }
 
 /// A `[[stage]]` table: `input` is TOML (`{ items = [...] }`), `extra` more keys.
-pub fn stage(name: &str, task: &str, input: &str, extra: &str) -> String {
+pub(crate) fn stage(name: &str, task: &str, input: &str, extra: &str) -> String {
     format!("\n[[stage]]\nname = \"{name}\"\ntask = \"{task}\"\ninput = {input}\n{extra}\n")
 }
 
 /// Whether a process exists (and is not a zombie).
-pub fn alive(pid: u64) -> bool {
+pub(crate) fn alive(pid: u64) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => !stat
             .rsplit(')')
@@ -231,7 +231,7 @@ pub fn alive(pid: u64) -> bool {
 }
 
 /// PIDs of the workers started, from the event log.
-pub fn started_pids(events: &[Value]) -> Vec<u64> {
+pub(crate) fn started_pids(events: &[Value]) -> Vec<u64> {
     events
         .iter()
         .filter(|e| e["event"] == "worker_started")
@@ -241,7 +241,7 @@ pub fn started_pids(events: &[Value]) -> Vec<u64> {
 
 /// Polls `check` until it returns `Some`, for at most 60 s (generous for a loaded machine).
 #[track_caller]
-pub fn wait_for<T>(mut check: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn wait_for<T>(mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         if let Some(v) = check() {
@@ -257,7 +257,7 @@ pub fn wait_for<T>(mut check: impl FnMut() -> Option<T>) -> T {
 
 /// Waits for a child process, killing it (and failing the test) if it runs past `limit`.
 #[track_caller]
-pub fn wait_within(
+pub(crate) fn wait_within(
     child: &mut std::process::Child,
     limit: std::time::Duration,
 ) -> std::process::ExitStatus {
@@ -276,7 +276,7 @@ pub fn wait_within(
 }
 
 /// A child process killed (and reaped) when the test lets go of it, panicking or not.
-pub struct KillOnDrop(pub std::process::Child);
+pub(crate) struct KillOnDrop(pub std::process::Child);
 
 impl std::ops::Deref for KillOnDrop {
     type Target = std::process::Child;

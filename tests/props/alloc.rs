@@ -52,7 +52,7 @@ static GLOBAL: Counting = Counting;
 
 /// Runs `f` and returns what it returned with the largest single allocation (bytes) this
 /// thread asked for meanwhile.
-pub fn largest_during<R>(f: impl FnOnce() -> R) -> (R, usize) {
+pub(crate) fn largest_during<R>(f: impl FnOnce() -> R) -> (R, usize) {
     let before = LARGEST.with(|l| l.replace(0));
     let r = f();
     let largest = LARGEST.with(|l| l.replace(before.max(l.get())));

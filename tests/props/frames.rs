@@ -13,7 +13,7 @@ use crate::alloc::largest_during;
 
 /// A stream that returns its bytes in pieces of the given sizes (cycled), with an
 /// `Interrupted` error before some of them, as a pipe or socket may.
-pub struct Pieces {
+pub(crate) struct Pieces {
     data: Vec<u8>,
     pos: usize,
     sizes: Vec<usize>,
@@ -22,7 +22,7 @@ pub struct Pieces {
 }
 
 impl Pieces {
-    pub fn new(data: Vec<u8>, sizes: Vec<usize>, interrupt_every: usize) -> Self {
+    pub(crate) fn new(data: Vec<u8>, sizes: Vec<usize>, interrupt_every: usize) -> Self {
         Self {
             data,
             pos: 0,
@@ -48,7 +48,7 @@ impl Read for Pieces {
 }
 
 /// Frames with any tag; mostly small payloads, now and then one larger than a read buffer.
-pub fn frames(max: usize) -> impl Strategy<Value = Vec<(u8, Vec<u8>)>> {
+pub(crate) fn frames(max: usize) -> impl Strategy<Value = Vec<(u8, Vec<u8>)>> {
     let payload = prop_oneof![
         8 => prop::collection::vec(any::<u8>(), 0..64),
         2 => prop::collection::vec(any::<u8>(), 64..4096),
@@ -57,7 +57,7 @@ pub fn frames(max: usize) -> impl Strategy<Value = Vec<(u8, Vec<u8>)>> {
     prop::collection::vec((any::<u8>(), payload), 0..max)
 }
 
-pub fn encode(frames: &[(u8, Vec<u8>)]) -> Vec<u8> {
+pub(crate) fn encode(frames: &[(u8, Vec<u8>)]) -> Vec<u8> {
     let mut f = FrameBuf::new();
     let mut wire = Vec::new();
     for (t, payload) in frames {
@@ -78,7 +78,7 @@ fn sizes() -> impl Strategy<Value = Vec<usize>> {
 
 /// Bytes that stress a decoder: whole frames, headers announcing any length (small ones
 /// most often), and raw noise, run together.
-pub fn hostile_bytes() -> impl Strategy<Value = Vec<u8>> {
+pub(crate) fn hostile_bytes() -> impl Strategy<Value = Vec<u8>> {
     let piece = prop_oneof![
         frames(3).prop_map(|f| encode(&f)),
         (0u32..300, any::<u8>()).prop_map(|(len, t)| {

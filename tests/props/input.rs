@@ -287,10 +287,10 @@ proptest! {
                 prop_assert!(text.contains(&format!("{shown}:{line}:")), "{text}");
                 match e {
                     InputError::NotUtf8 { line: l, .. } => {
-                        prop_assert!(fault == Fault::NotUtf8 && l == line)
+                        prop_assert!(fault == Fault::NotUtf8 && l == line);
                     }
                     InputError::BlankLine { line: l, .. } => {
-                        prop_assert!(fault == Fault::Blank && l == line)
+                        prop_assert!(fault == Fault::Blank && l == line);
                     }
                     InputError::Malformed { line: l, message, .. } => {
                         prop_assert!(fault == Fault::Malformed && l == line);

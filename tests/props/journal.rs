@@ -209,7 +209,7 @@ fn write(w: &mut OrderedWriter, index: usize, rec: &Rec, version: Option<usize>)
         (Rec::Ok(output), None) => w.ok(index as u64, None, output).unwrap(),
         (Rec::Ok(output), Some(v)) => {
             let text = [b"[", &output[..], format!(",{v}]").as_bytes()].concat();
-            w.ok(index as u64, None, &text).unwrap()
+            w.ok(index as u64, None, &text).unwrap();
         }
         (
             Rec::Err {
@@ -224,7 +224,7 @@ fn write(w: &mut OrderedWriter, index: usize, rec: &Rec, version: Option<usize>)
                 None => message.clone(),
             };
             w.error(index as u64, None, *kind, &message, *attempts)
-                .unwrap()
+                .unwrap();
         }
     }
 }

@@ -12,7 +12,7 @@
 //! build); `PROPTEST_CASES=N` runs N cases of each instead, e.g. for a longer hunt:
 //!
 //! ```sh
-//! PROPTEST_CASES=5000 cargo test -p runner --test props --release
+//! PROPTEST_CASES=5000 cargo test -p loky-run --test props --release
 //! ```
 
 mod alloc;

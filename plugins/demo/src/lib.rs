@@ -59,7 +59,7 @@ pub fn setup(args: Value) {
     *STATE.lock().unwrap_or_else(PoisonError::into_inner) = Some(args);
 }
 
-plugin_api::export_plugin! {
+loky_run_plugin::export_plugin! {
     name: "demo",
     tasks: [square, cpu, sleep_ms, getenv, pid, echo, state],
     initializers: [setup],

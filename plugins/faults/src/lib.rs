@@ -181,6 +181,12 @@ pub fn fail_while(input: FailWhile) -> Result<Value, String> {
     Ok(input.value)
 }
 
+/// `a / b` of the input `[a, b]`: `[0, 0]` is NaN and `[1, 0]` infinity, which JSON cannot
+/// hold (the record is a task error, not a silent `null`).
+pub fn ratio(input: (f64, f64)) -> f64 {
+    input.0 / input.1
+}
+
 /// Makes a newly created file durable: its contents and its directory entry.
 fn sync_new_file(file: &File, path: &Path) -> io::Result<()> {
     file.sync_all()?;
@@ -474,7 +480,7 @@ pub fn crash_randomly(input: Value) -> Result<Value, String> {
     Ok(input)
 }
 
-plugin_api::export_plugin! {
+loky_run_plugin::export_plugin! {
     name: "faults",
     tasks: [
         panic,
@@ -496,6 +502,7 @@ plugin_api::export_plugin! {
         spawn_sleeper,
         crash_randomly,
         fail_while,
+        ratio,
     ],
     initializers: [init_fail, init_panic, init_segfault, init_sleep],
 }

@@ -237,7 +237,7 @@ pub(crate) struct SourceText {
 }
 
 impl SourceText {
-    pub fn new(path: &Path, text: String) -> Self {
+    pub(super) fn new(path: &Path, text: String) -> Self {
         let line_starts = std::iter::once(0)
             .chain(text.match_indices('\n').map(|(i, _)| i + 1))
             .collect();
@@ -248,11 +248,11 @@ impl SourceText {
         }
     }
 
-    pub fn layer(&self) -> Layer {
+    pub(super) fn layer(&self) -> Layer {
         Layer::File(self.path.clone())
     }
 
-    pub fn location(&self, span: Range<usize>) -> Location {
+    pub(super) fn location(&self, span: Range<usize>) -> Location {
         let start = floor_char_boundary(&self.text, span.start.min(self.text.len()));
         let line_idx = match self.line_starts.binary_search(&start) {
             Ok(i) => i,

@@ -1,17 +1,14 @@
 //! The pipeline file as a tree that remembers where every key and value is.
 //!
-//! `toml` 0.8 reports spans through `toml::Spanned`, but `Spanned` alone cannot read a whole
-//! document: implicit tables (`a.b = 1`) have no span, and datetimes arrive as a private map.
-//! [`Node`] speaks the same protocol by hand. The protocol's private field names are not
-//! hard-coded: they are captured once from `toml::Spanned` and `toml::value::Datetime` with a
-//! recording deserializer (see [`names`]).
+//! Built from `toml`'s own spanned document ([`toml::de::DeTable::parse`], the supported span
+//! API since toml 0.9): every key and value carries its byte range in the source, implicit
+//! tables (`a.b = 1`) included, and tables keep document order (`preserve_order`).
 
-use std::fmt;
 use std::ops::Range;
-use std::sync::OnceLock;
 
 use figment::value::{Dict, Value};
-use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
 
 /// A TOML value with its span in the source (when toml knows it).
 #[derive(Debug, Clone, PartialEq)]
@@ -67,20 +64,65 @@ pub(crate) struct SyntaxError {
 
 /// Parses a whole document.
 pub(crate) fn parse(text: &str) -> Result<Node, SyntaxError> {
-    let de = toml::de::Deserializer::new(text);
-    NodeSeed
-        .deserialize(de)
-        .map_err(|e: toml::de::Error| SyntaxError {
-            // One line ("invalid string; expected `"`, `'`"): the location follows it.
-            message: e
-                .message()
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect::<Vec<_>>()
-                .join("; "),
-            span: e.span(),
+    let doc = DeTable::parse(text).map_err(|e| SyntaxError {
+        // One line ("invalid string; expected `"`, `'`"): the location follows it.
+        message: e
+            .message()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; "),
+        span: e.span(),
+    })?;
+    let span = doc.span();
+    Ok(Node {
+        span: Some(span),
+        kind: table_kind(doc.get_ref())?,
+    })
+}
+
+fn table_kind(table: &DeTable<'_>) -> Result<NodeKind, SyntaxError> {
+    let entries = table
+        .iter()
+        .map(|(key, value)| {
+            let key = Key {
+                name: key.get_ref().to_string(),
+                span: Some(key.span()),
+            };
+            Ok((key, node(value)?))
         })
+        .collect::<Result<Vec<_>, SyntaxError>>()?;
+    Ok(NodeKind::Table(entries))
+}
+
+fn node(value: &Spanned<DeValue<'_>>) -> Result<Node, SyntaxError> {
+    let span = value.span();
+    let out_of_range = |what: &str| SyntaxError {
+        message: format!("{what} out of range"),
+        span: Some(span.clone()),
+    };
+    let kind = match value.get_ref() {
+        DeValue::String(s) => NodeKind::String(s.to_string()),
+        DeValue::Integer(i) => NodeKind::Integer(
+            i64::from_str_radix(i.as_str(), i.radix()).map_err(|_| out_of_range("integer"))?,
+        ),
+        DeValue::Float(f) => {
+            let v: f64 = f.as_str().parse().map_err(|_| out_of_range("float"))?;
+            if v.is_infinite() && !f.as_str().contains("inf") {
+                return Err(out_of_range("float"));
+            }
+            NodeKind::Float(v)
+        }
+        DeValue::Boolean(b) => NodeKind::Boolean(*b),
+        DeValue::Datetime(d) => NodeKind::Datetime(d.to_string()),
+        DeValue::Array(items) => NodeKind::Array(items.iter().map(node).collect::<Result<_, _>>()?),
+        DeValue::Table(table) => table_kind(table)?,
+    };
+    Ok(Node {
+        span: Some(span),
+        kind,
+    })
 }
 
 /// Parses `text` as one TOML value (what `--set KEY=VALUE` and `LOKY_RUN_*` hold). `None` when
@@ -98,19 +140,19 @@ pub(crate) fn parse_value(text: &str) -> Option<Node> {
 }
 
 impl Node {
-    pub fn table(&self) -> Option<&[(Key, Node)]> {
+    pub(super) fn table(&self) -> Option<&[(Key, Node)]> {
         match &self.kind {
             NodeKind::Table(entries) => Some(entries),
             _ => None,
         }
     }
 
-    pub fn get(&self, name: &str) -> Option<&(Key, Node)> {
+    pub(super) fn get(&self, name: &str) -> Option<&(Key, Node)> {
         self.table()?.iter().find(|(k, _)| k.name == name)
     }
 
     /// The node at `path`, with the key that led to it (if the last step was a key).
-    pub fn find(&self, path: &[Seg]) -> Option<(Option<&Key>, &Node)> {
+    pub(super) fn find(&self, path: &[Seg]) -> Option<(Option<&Key>, &Node)> {
         let mut key = None;
         let mut node = self;
         for seg in path {
@@ -131,7 +173,7 @@ impl Node {
     }
 
     /// The value as a figment value (datetimes as strings), for layering.
-    pub fn to_figment(&self) -> Value {
+    pub(super) fn to_figment(&self) -> Value {
         match &self.kind {
             NodeKind::String(s) | NodeKind::Datetime(s) => Value::from(s.clone()),
             NodeKind::Integer(i) => Value::from(*i),
@@ -150,221 +192,6 @@ pub(crate) fn table_to_dict(entries: &[(Key, Node)]) -> Dict {
         .iter()
         .map(|(k, v)| (k.name.clone(), v.to_figment()))
         .collect()
-}
-
-// ---- the span protocol -------------------------------------------------------------------
-
-type StructNames = (&'static str, &'static [&'static str]);
-
-struct Names {
-    spanned: StructNames,
-    datetime_field: &'static str,
-}
-
-/// The struct and field names `toml` recognizes for spans and datetimes, captured from the
-/// `Deserialize` impls of `toml::Spanned` and `toml::value::Datetime`.
-fn names() -> &'static Names {
-    static NAMES: OnceLock<Names> = OnceLock::new();
-    NAMES.get_or_init(|| {
-        let spanned = capture::<toml::Spanned<String>>()
-            .filter(|(_, fields)| fields.len() == 3)
-            .unwrap_or(("$__serde_spanned_private_Spanned", &[]));
-        let datetime_field = capture::<toml::value::Datetime>()
-            .and_then(|(_, fields)| fields.first().copied())
-            .unwrap_or("$__toml_private_datetime");
-        Names {
-            spanned,
-            datetime_field,
-        }
-    })
-}
-
-fn capture<T: de::DeserializeOwned>() -> Option<StructNames> {
-    let slot = std::cell::Cell::new(None);
-    let _ = T::deserialize(Recorder(&slot));
-    slot.get()
-}
-
-/// A deserializer that only records the name and fields asked for by `deserialize_struct`.
-struct Recorder<'a>(&'a std::cell::Cell<Option<StructNames>>);
-
-#[derive(Debug)]
-struct Recorded;
-
-impl fmt::Display for Recorded {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("recorded")
-    }
-}
-
-impl std::error::Error for Recorded {}
-
-impl de::Error for Recorded {
-    fn custom<T: fmt::Display>(_: T) -> Self {
-        Recorded
-    }
-}
-
-impl<'de> Deserializer<'de> for Recorder<'_> {
-    type Error = Recorded;
-
-    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Recorded> {
-        Err(Recorded)
-    }
-
-    fn deserialize_struct<V: Visitor<'de>>(
-        self,
-        name: &'static str,
-        fields: &'static [&'static str],
-        _: V,
-    ) -> Result<V::Value, Recorded> {
-        self.0.set(Some((name, fields)));
-        Err(Recorded)
-    }
-
-    serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
-        option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
-        ignored_any
-    }
-}
-
-/// Asks for a spanned value.
-struct NodeSeed;
-/// Asks for the bare value (inside the span wrapper).
-struct BareSeed;
-struct KeySeed;
-struct NodeVisitor;
-struct KeyVisitor;
-
-impl<'de> DeserializeSeed<'de> for NodeSeed {
-    type Value = Node;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Node, D::Error> {
-        let (name, fields) = names().spanned;
-        d.deserialize_struct(name, fields, NodeVisitor)
-    }
-}
-
-impl<'de> DeserializeSeed<'de> for BareSeed {
-    type Value = Node;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Node, D::Error> {
-        d.deserialize_any(NodeVisitor)
-    }
-}
-
-impl<'de> DeserializeSeed<'de> for KeySeed {
-    type Value = Key;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Key, D::Error> {
-        let (name, fields) = names().spanned;
-        d.deserialize_struct(name, fields, KeyVisitor)
-    }
-}
-
-fn bare(kind: NodeKind) -> Node {
-    Node { span: None, kind }
-}
-
-/// Reads `start`, `end` and the value of the span protocol, the first key already read.
-fn read_spanned<'de, A, T, S>(map: &mut A, seed: S) -> Result<(Range<usize>, T), A::Error>
-where
-    A: MapAccess<'de>,
-    S: DeserializeSeed<'de, Value = T>,
-{
-    let start: usize = map.next_value()?;
-    let _end_field: Option<String> = map.next_key()?;
-    let end: usize = map.next_value()?;
-    let _value_field: Option<String> = map.next_key()?;
-    let value = map.next_value_seed(seed)?;
-    Ok((start..end, value))
-}
-
-fn is_start_field(key: &Key) -> bool {
-    key.span.is_none() && names().spanned.1.first() == Some(&key.name.as_str())
-}
-
-impl<'de> Visitor<'de> for KeyVisitor {
-    type Value = Key;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a key")
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
-        Ok(Key {
-            name: v.to_string(),
-            span: None,
-        })
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Key, A::Error> {
-        let _start_field: Option<String> = map.next_key()?;
-        let (span, name): (_, String) = read_spanned(&mut map, std::marker::PhantomData)?;
-        Ok(Key {
-            name,
-            span: Some(span),
-        })
-    }
-}
-
-impl<'de> Visitor<'de> for NodeVisitor {
-    type Value = Node;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a TOML value")
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Node, E> {
-        Ok(bare(NodeKind::String(v.to_string())))
-    }
-
-    fn visit_string<E: de::Error>(self, v: String) -> Result<Node, E> {
-        Ok(bare(NodeKind::String(v)))
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Node, E> {
-        Ok(bare(NodeKind::Integer(v)))
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Node, E> {
-        i64::try_from(v)
-            .map(|v| bare(NodeKind::Integer(v)))
-            .map_err(|_| E::custom("integer out of range"))
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Node, E> {
-        Ok(bare(NodeKind::Float(v)))
-    }
-
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Node, E> {
-        Ok(bare(NodeKind::Boolean(v)))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element_seed(NodeSeed)? {
-            items.push(item);
-        }
-        Ok(bare(NodeKind::Array(items)))
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Node, A::Error> {
-        let mut entries = Vec::new();
-        while let Some(key) = map.next_key_seed(KeySeed)? {
-            if entries.is_empty() && key.span.is_none() {
-                if is_start_field(&key) {
-                    let (span, mut node) = read_spanned(&mut map, BareSeed)?;
-                    node.span = Some(span);
-                    return Ok(node);
-                }
-                if key.name == names().datetime_field {
-                    return Ok(bare(NodeKind::Datetime(map.next_value()?)));
-                }
-            }
-            let value = map.next_value_seed(NodeSeed)?;
-            entries.push((key, value));
-        }
-        Ok(bare(NodeKind::Table(entries)))
-    }
 }
 
 #[cfg(test)]

@@ -127,7 +127,7 @@ pub(crate) struct Extractor<'a> {
 }
 
 impl<'a> Extractor<'a> {
-    pub fn new(src: &'a SourceText, doc: &'a Node) -> Self {
+    pub(super) fn new(src: &'a SourceText, doc: &'a Node) -> Self {
         Extractor {
             src,
             doc,
@@ -137,7 +137,7 @@ impl<'a> Extractor<'a> {
     }
 
     /// The origin of a node of the file (e.g. a stage's header).
-    pub fn file_origin(&self, doc_path: &[Seg]) -> Origin {
+    pub(super) fn file_origin(&self, doc_path: &[Seg]) -> Origin {
         Origin {
             layer: self.src.layer(),
             location: self.doc_location(doc_path),
@@ -179,7 +179,7 @@ impl<'a> Extractor<'a> {
         self.field(figment, value, path, label)
     }
 
-    pub fn invalid(&mut self, field: &Field, bad: Bad) {
+    pub(super) fn invalid(&mut self, field: &Field, bad: Bad) {
         let message = format!(
             "invalid value for `{}`{}: {}",
             field.label,
@@ -221,7 +221,7 @@ impl<'a> Extractor<'a> {
     // ---- sections ------------------------------------------------------------------------
 
     /// `[pipeline]`, from the global figment.
-    pub fn pipeline(&mut self, figment: &Figment) -> RawPipeline {
+    pub(super) fn pipeline(&mut self, figment: &Figment) -> RawPipeline {
         let mut raw = RawPipeline::default();
         let Ok(Value::Dict(_, dict)) = figment.find_value("pipeline") else {
             return raw;
@@ -252,7 +252,7 @@ impl<'a> Extractor<'a> {
     }
 
     /// The pool keys of `dict`: `[pool]` (`prefix` = `pool`) or a stage (`stage.NAME`).
-    pub fn pool(
+    pub(super) fn pool(
         &mut self,
         figment: &Figment,
         dict: &Dict,
@@ -279,7 +279,7 @@ impl<'a> Extractor<'a> {
                                     b
                                 }
                             })
-                    })
+                    });
                 }
                 "idle_timeout" => raw.idle_timeout = self.read(&f, |v| duration(v).map(nonzero)),
                 "reuse" => {
@@ -288,23 +288,24 @@ impl<'a> Extractor<'a> {
                             "never" => Reuse::Never,
                             _ => Reuse::Auto,
                         })
-                    })
+                    });
                 }
                 "env" => raw.env = self.env_table(figment, &f),
                 "initializer" => raw.initializer = self.initializer(figment, &f),
                 "max_tasks_per_worker" => {
                     raw.max_tasks_per_worker = self.read(&f, |v| {
                         integer(v, Kind::Count, 0, u64::MAX as i128).map(|n| n as u64)
-                    })
+                    });
                 }
                 "max_memory_growth" => {
-                    raw.max_memory_growth = self.read(&f, |v| size(v).map(|n| (n > 0).then_some(n)))
+                    raw.max_memory_growth =
+                        self.read(&f, |v| size(v).map(|n| (n > 0).then_some(n)));
                 }
                 "task_timeout" => raw.task_timeout = self.read(&f, |v| duration(v).map(nonzero)),
                 "retries" => {
                     raw.retries = self.read(&f, |v| {
                         integer(v, Kind::Count, 0, u32::MAX as i128).map(|n| n as u32)
-                    })
+                    });
                 }
                 "on_error" => {
                     raw.on_error = self.read(&f, |v| {
@@ -312,7 +313,7 @@ impl<'a> Extractor<'a> {
                             "continue" => OnError::Continue,
                             _ => OnError::Fail,
                         })
-                    })
+                    });
                 }
                 "chunksize" => raw.chunksize = self.read(&f, chunksize),
                 "launcher" => {
@@ -321,15 +322,15 @@ impl<'a> Extractor<'a> {
                             "slurm" => Launcher::Slurm,
                             _ => Launcher::Local,
                         })
-                    })
+                    });
                 }
                 "srun_args" => {
-                    raw.srun_args = self
-                        .text_list(figment, &f, Kind::Text, true)
-                        .map(|s| Sourced {
-                            value: s.value.into_iter().map(|e| e.value).collect(),
-                            origin: s.origin,
-                        })
+                    raw.srun_args =
+                        self.text_list(figment, &f, Kind::Text, true)
+                            .map(|s| Sourced {
+                                value: s.value.into_iter().map(|e| e.value).collect(),
+                                origin: s.origin,
+                            });
                 }
                 _ => {}
             }
@@ -338,7 +339,7 @@ impl<'a> Extractor<'a> {
     }
 
     /// Stage `index` of the file, from its own figment (which holds it under `stage`).
-    pub fn stage(&mut self, figment: &Figment, index: usize) -> RawStage {
+    pub(super) fn stage(&mut self, figment: &Figment, index: usize) -> RawStage {
         let doc_prefix: Vec<Seg> = vec!["stage".into(), index.into()];
         let dict = match figment.find_value("stage") {
             Ok(Value::Dict(_, dict)) => dict,

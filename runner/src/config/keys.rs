@@ -119,9 +119,9 @@ const fn key(
     }
 }
 
-pub const REUSE_CHOICES: &[&str] = &["auto", "never"];
-pub const ON_ERROR_CHOICES: &[&str] = &["fail", "continue"];
-pub const LAUNCHER_CHOICES: &[&str] = &["local", "slurm"];
+pub(super) const REUSE_CHOICES: &[&str] = &["auto", "never"];
+pub(super) const ON_ERROR_CHOICES: &[&str] = &["fail", "continue"];
+pub(super) const LAUNCHER_CHOICES: &[&str] = &["local", "slurm"];
 
 /// `[pipeline]`.
 pub const PIPELINE_KEYS: &[KeySpec] = &[
@@ -148,7 +148,7 @@ pub const PIPELINE_KEYS: &[KeySpec] = &[
         "joblog",
         Kind::Path,
         Some("none"),
-        "A JSON-lines file with one line per task attempt (stage, index, worker, start, duration, outcome, RSS), relative to the pipeline file; `--joblog FILE` overrides it. Off by default.",
+        "A JSON-lines file with one line per task attempt (stage, index, worker, start, duration, outcome, RSS), relative to the pipeline file; `--joblog FILE` overrides it. Off by default. `loky-run report OUTPUT_DIR` draws it: a bar per attempt on a row per worker, throughput, durations, memory.",
     ),
     key(
         "progress_interval",
@@ -305,22 +305,22 @@ pub const INPUT_KEYS: &[KeySpec] = &[
 ];
 
 /// The top-level sections.
-pub const SECTIONS: &[&str] = &["pipeline", "pool", "stage"];
+pub(super) const SECTIONS: &[&str] = &["pipeline", "pool", "stage"];
 
 /// A place keys live in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Section {
+pub(super) enum Section {
     Pipeline,
     Pool,
     Stage,
 }
 
 impl Section {
-    pub fn spec(self, name: &str) -> Option<&'static KeySpec> {
+    pub(super) fn spec(self, name: &str) -> Option<&'static KeySpec> {
         self.keys().find(|k| k.name == name)
     }
 
-    pub fn keys(self) -> impl Iterator<Item = &'static KeySpec> {
+    pub(super) fn keys(self) -> impl Iterator<Item = &'static KeySpec> {
         let (own, pool): (&[KeySpec], &[KeySpec]) = match self {
             Section::Pipeline => (PIPELINE_KEYS, &[]),
             Section::Pool => (POOL_KEYS, &[]),
@@ -329,12 +329,12 @@ impl Section {
         own.iter().chain(pool)
     }
 
-    pub fn names(self) -> impl Iterator<Item = &'static str> {
+    pub(super) fn names(self) -> impl Iterator<Item = &'static str> {
         self.keys().map(|k| k.name)
     }
 
     /// As written in a file header: `[pipeline]`, `[pool]`, `[[stage]]`.
-    pub fn header(self) -> &'static str {
+    pub(super) fn header(self) -> &'static str {
         match self {
             Section::Pipeline => "[pipeline]",
             Section::Pool => "[pool]",
@@ -343,7 +343,7 @@ impl Section {
     }
 
     /// The sections (other than `self`) where `name` is a valid key, for "belongs in" hints.
-    pub fn others_with(self, name: &str) -> Vec<Section> {
+    pub(super) fn others_with(self, name: &str) -> Vec<Section> {
         [Section::Pipeline, Section::Pool, Section::Stage]
             .into_iter()
             .filter(|s| *s != self && s.spec(name).is_some())
@@ -352,13 +352,13 @@ impl Section {
 }
 
 /// `"a"`, `"a" or "b"`, `"a", "b" or "c"`.
-pub fn quoted_list(items: &[&str], conj: &str) -> String {
+pub(super) fn quoted_list(items: &[&str], conj: &str) -> String {
     let quoted: Vec<String> = items.iter().map(|s| format!("\"{s}\"")).collect();
     join_words(&quoted, conj)
 }
 
 /// `a`, `a or b`, `a, b or c`.
-pub fn join_words(items: &[String], conj: &str) -> String {
+pub(super) fn join_words(items: &[String], conj: &str) -> String {
     match items {
         [] => String::new(),
         [one] => one.clone(),

@@ -29,16 +29,16 @@ pub(crate) struct Override {
 }
 
 impl Override {
-    pub fn applies_to_stage(&self, index: usize) -> bool {
+    pub(super) fn applies_to_stage(&self, index: usize) -> bool {
         matches!(&self.target, Target::Stage(ixs) if ixs.contains(&index))
     }
 
-    pub fn touches_input(&self) -> bool {
+    pub(super) fn touches_input(&self) -> bool {
         self.path.first().is_some_and(|k| k == "input")
     }
 
     /// A provider holding `{ <root>: { path...: value } }`.
-    pub fn provider(&self, root: &str) -> DictProvider {
+    pub(super) fn provider(&self, root: &str) -> DictProvider {
         let mut value = self.value.clone();
         for key in self.path.iter().rev() {
             let mut dict = Dict::new();
@@ -58,7 +58,7 @@ pub(crate) struct DictProvider {
 }
 
 impl DictProvider {
-    pub fn new(metadata: Metadata, dict: Dict) -> Self {
+    pub(super) fn new(metadata: Metadata, dict: Dict) -> Self {
         DictProvider { metadata, dict }
     }
 }
@@ -705,7 +705,10 @@ mod tests {
         assert!(got[3].value.as_dict().is_some());
         assert_eq!(got[4].path, vec!["initializer", "args", "level"]);
         assert_eq!(got[5].target, Target::Stage(vec![0]));
-        assert_eq!(got[5].value.as_array().map(|a| a.len()), Some(2));
+        assert_eq!(
+            got[5].value.as_array().map(<[figment::value::Value]>::len),
+            Some(2)
+        );
         assert_eq!(
             (got[6].target.clone(), got[6].path.clone()),
             (Target::Stage(vec![2]), vec!["retries".into()])

@@ -45,6 +45,7 @@ mod diagnostic;
 mod document;
 mod extract;
 mod keys;
+pub use keys::closest;
 mod layers;
 pub mod units;
 mod validate;

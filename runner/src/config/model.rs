@@ -155,14 +155,14 @@ pub enum Launcher {
 mod humantime_serde_compat {
     use std::time::Duration;
 
-    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&humantime::format_duration(*d))
     }
 
-    pub mod option {
+    pub(super) mod option {
         use std::time::Duration;
 
-        pub fn serialize<S: serde::Serializer>(
+        pub(crate) fn serialize<S: serde::Serializer>(
             d: &Option<Duration>,
             s: S,
         ) -> Result<S::Ok, S::Error> {

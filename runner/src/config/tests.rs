@@ -30,7 +30,7 @@ impl Fixture {
     fn opts(&self, env: &[(&str, &str)], sets: &[&str]) -> LoadOptions {
         LoadOptions {
             file: self.file.clone(),
-            sets: sets.iter().map(|s| s.to_string()).collect(),
+            sets: sets.iter().map(std::string::ToString::to_string).collect(),
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))

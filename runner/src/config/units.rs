@@ -56,6 +56,22 @@ const SIZE_UNITS: &[(&str, u64)] = &[
     ("TiB", 1 << 40),
 ];
 
+/// A size as a person writes it: in the largest unit it is a whole number of (`"300MB"`,
+/// `"1GiB"`, `"1536B"`); what [`parse_size`] reads back to the same value. 0 stays `"0"`.
+pub fn format_size(bytes: u64) -> String {
+    if bytes == 0 {
+        return "0".to_owned();
+    }
+    SIZE_UNITS
+        .iter()
+        .filter(|(_, per)| bytes % per == 0)
+        .max_by_key(|(_, per)| *per)
+        .map_or_else(
+            || format!("{bytes}B"),
+            |(unit, per)| format!("{}{unit}", bytes / per),
+        )
+}
+
 const SIZE_HELP: &str = "write an integer number of bytes, or a number with a unit: \
      kB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024), \
      such as \"300MB\" or \"1.5GiB\"";
@@ -178,6 +194,19 @@ mod tests {
         assert_eq!(parse_size("300MB").unwrap(), 300_000_000);
         assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
         assert_eq!(parse_size("512KiB").unwrap(), 512 * 1024);
+        for (bytes, text) in [
+            (300_000_000, "300MB"),
+            (1 << 30, "1GiB"),
+            (1536, "1536B"),
+            (0, "0"),
+            (7, "7B"),
+            (3 << 40, "3TiB"),
+        ] {
+            assert_eq!(format_size(bytes), text);
+            if bytes > 0 {
+                assert_eq!(parse_size(text).unwrap(), bytes);
+            }
+        }
         assert_eq!(parse_size("10kB").unwrap(), 10_000);
         assert_eq!(parse_size("512 KiB").unwrap(), 512 * 1024);
         assert_eq!(parse_size("1.5GiB").unwrap(), 3 << 29);

@@ -10,8 +10,7 @@ use super::diagnostic::{Diagnostic, Layer, Origin};
 use super::extract::{RawInput, RawPipeline, RawPool, RawStage, Sourced};
 use super::keys::{POOL_KEYS, closest};
 use super::model::{
-    ChunkSize, InputSpec, Launcher, OnError, Pipeline, PluginSpec, PluginSpecKind, PoolSettings,
-    Reuse, Stage,
+    ChunkSize, InputSpec, Launcher, OnError, Pipeline, PluginSpec, PoolSettings, Reuse, Stage,
 };
 
 pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -64,7 +63,7 @@ impl Resolver<'_> {
         std::path::absolute(&joined).unwrap_or(joined)
     }
 
-    pub fn resolve(
+    pub(super) fn resolve(
         &mut self,
         pipeline: RawPipeline,
         pool: &RawPool,
@@ -206,16 +205,7 @@ impl Resolver<'_> {
     /// plugin crate, anything else a library.
     fn plugin(&self, written: &Sourced<String>) -> PluginSpec {
         let w = &written.value;
-        let kind = if w.contains('/') || w.ends_with(".so") || w.starts_with('.') {
-            let path = self.path(w, &written.origin);
-            if path.is_dir() {
-                PluginSpecKind::Crate(path)
-            } else {
-                PluginSpecKind::Library(path)
-            }
-        } else {
-            PluginSpecKind::Name(w.clone())
-        };
+        let kind = crate::plugin::resolve::classify(w, self.path(w, &written.origin));
         PluginSpec {
             written: w.clone(),
             kind,

@@ -201,7 +201,7 @@ mod tests {
                 crc: 9,
             },
         ];
-        let mut bytes: Vec<u8> = seals.iter().flat_map(|s| s.encode()).collect();
+        let mut bytes: Vec<u8> = seals.iter().flat_map(super::Seal::encode).collect();
         std::fs::write(&path, &bytes).unwrap();
         assert_eq!(read(&path).unwrap(), seals);
         // A flipped bit in the third entry, then a torn fourth: two are kept.
@@ -212,7 +212,7 @@ mod tests {
         // An entry that goes backwards ends them too.
         let back: Vec<u8> = [seals[1], seals[0]]
             .iter()
-            .flat_map(|s| s.encode())
+            .flat_map(super::Seal::encode)
             .collect();
         std::fs::write(&path, back).unwrap();
         assert_eq!(read(&path).unwrap(), &seals[1..2]);

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use abi_stable::library::{LibraryError, RawLibrary, RootModule, lib_header_from_raw_library};
 use abi_stable::std_types::{RSlice, RVec};
-use plugin_api::{CallStatus, PluginModuleRef};
+use loky_run_plugin::{CallStatus, PluginModuleRef};
 
 use super::{PluginInfo, TaskInfo, TaskKind};
 
@@ -23,12 +23,12 @@ pub enum LoadError {
     #[error("{} could not be loaded: {reason}", path.display())]
     Open { path: PathBuf, reason: String },
     #[error(
-        "{} is not a loky-run plugin: it exports no plugin root (build it with `plugin_api::export_plugin!`)",
+        "{} is not a loky-run plugin: it exports no plugin root (build it with `loky_run_plugin::export_plugin!`)",
         .0.display()
     )]
     NotAPlugin(PathBuf),
     #[error(
-        "{} was built against plugin-api {plugin}, this runner has plugin-api {runner}: rebuild the plugin against plugin-api {runner}",
+        "{} was built against loky-run-plugin {plugin}, this runner has loky-run-plugin {runner}: rebuild the plugin against loky-run-plugin {runner}",
         path.display()
     )]
     IncompatibleVersion {
@@ -37,7 +37,7 @@ pub enum LoadError {
         runner: String,
     },
     #[error(
-        "{} does not match this runner's plugin ABI (built against plugin-api {plugin}, runner has {runner}): rebuild the plugin{detail}",
+        "{} does not match this runner's plugin ABI (built against loky-run-plugin {plugin}, runner has {runner}): rebuild the plugin{detail}",
         path.display()
     )]
     Layout {
@@ -121,7 +121,7 @@ pub fn load(path: &Path, verbose: bool) -> Result<LoadedPlugin, LoadError> {
         .iter()
         .map(|t| TaskInfo {
             name: t.name.as_str().to_owned(),
-            kind: if t.kind == plugin_api::TaskKind::INITIALIZER {
+            kind: if t.kind == loky_run_plugin::TaskKind::INITIALIZER {
                 TaskKind::Initializer
             } else {
                 TaskKind::Task
@@ -172,7 +172,12 @@ fn check_is_shared_library(path: &Path) -> Result<(), LoadError> {
         return Err(not_lib("the file is empty or too short"));
     }
     if &magic != b"\x7fELF" {
-        let what = if magic
+        let what = if &magic == b"!<ar" {
+            // `!<arch>`: a static archive, which is what an .rlib (or .a) is.
+            "it is a static library (an .rlib or .a archive), not a shared one: build the crate \
+             with `[lib] crate-type = [\"cdylib\"]` and name the lib<name>.so it makes, or the \
+             crate's directory"
+        } else if magic
             .iter()
             .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace())
         {

@@ -15,7 +15,7 @@ pub struct PluginInfo {
     pub path: PathBuf,
     pub name: String,
     pub version: String,
-    /// The plugin-api version the plugin was built against.
+    /// The loky-run-plugin version the plugin was built against.
     pub api_version: String,
     pub tasks: Vec<TaskInfo>,
 }

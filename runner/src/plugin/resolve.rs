@@ -53,6 +53,62 @@ pub enum ResolveError {
     },
     #[error("plugin crate {} builds no cdylib: add `[lib] crate-type = [\"cdylib\"]` to its Cargo.toml", .0.display())]
     NoCdylib(PathBuf),
+    #[error("plugin crate directory {} has no Cargo.toml; name the directory of a plugin crate (`loky-run new-plugin NAME` creates one)", .0.display())]
+    NoManifest(PathBuf),
+    #[error("{} is a Cargo workspace, not a plugin crate: name the directory of the plugin crate in it{}", dir.display(), members_hint(members))]
+    Workspace { dir: PathBuf, members: Vec<String> },
+}
+
+fn members_hint(members: &[String]) -> String {
+    match members {
+        [] => String::new(),
+        m => format!(" (its members: {})", m.join(", ")),
+    }
+}
+
+/// How a `plugins` entry of a pipeline, or the argument of `loky-run tasks`, is read; `at` is
+/// the entry resolved against its base directory. A path (with a `/`, ending in `.so`, or
+/// starting with `.`) names a crate directory or a library file; a bare name names the crate
+/// directory of that name when it holds a Cargo.toml, and is searched for as `lib<name>.so`
+/// otherwise. One rule for both, so that what `tasks` finds, a pipeline finds.
+pub fn classify(written: &str, at: PathBuf) -> PluginSpecKind {
+    let path_like = written.contains('/') || written.ends_with(".so") || written.starts_with('.');
+    if path_like {
+        if at.is_dir() {
+            PluginSpecKind::Crate(at)
+        } else {
+            PluginSpecKind::Library(at)
+        }
+    } else if at.join("Cargo.toml").is_file() {
+        PluginSpecKind::Crate(at)
+    } else {
+        PluginSpecKind::Name(written.to_owned())
+    }
+}
+
+/// What to do about a plugin that was not found (`base`: the directory names are resolved
+/// against).
+pub fn not_found_help(e: &ResolveError, base: &Path) -> Option<String> {
+    let ResolveError::NotFound {
+        name, suggestion, ..
+    } = e
+    else {
+        return None;
+    };
+    if let Some(s) = suggestion {
+        return Some(format!("did you mean `{s}`?"));
+    }
+    let dir = base.join(name);
+    Some(if dir.is_dir() {
+        format!(
+            "{} is a directory, but holds no Cargo.toml, so it is not read as a plugin crate (`loky-run new-plugin {name}` creates one)",
+            dir.display()
+        )
+    } else {
+        format!(
+            "name a plugin crate directory or library by its path (`./{name}`, `./path/lib{name}.so`), or add the library's directory to LOKY_RUN_PLUGIN_PATH"
+        )
+    })
 }
 
 fn list_unusable(files: &[(PathBuf, String)]) -> String {
@@ -273,6 +329,7 @@ fn build_output() -> BuildOutput {
 
 /// Builds a plugin crate (release profile) and returns its cdylib, as cargo reports it.
 pub fn build_crate(dir: &Path) -> Result<PathBuf, ResolveError> {
+    check_crate_dir(dir)?;
     let mode = build_output();
     let hold = mode != BuildOutput::Shown;
     let started = std::time::Instant::now();
@@ -377,9 +434,76 @@ pub fn build_crate(dir: &Path) -> Result<PathBuf, ResolveError> {
     found.ok_or_else(|| ResolveError::NoCdylib(dir.to_owned()))
 }
 
+/// Refuses, before cargo runs, a directory cargo would refuse with its own words or build
+/// the wrong thing in: no Cargo.toml, or a workspace root without a package of its own.
+fn check_crate_dir(dir: &Path) -> Result<(), ResolveError> {
+    let Ok(text) = std::fs::read_to_string(dir.join("Cargo.toml")) else {
+        return Err(ResolveError::NoManifest(dir.to_owned()));
+    };
+    let Ok(manifest) = toml::from_str::<toml::Table>(&text) else {
+        return Ok(()); // cargo says what is wrong with it
+    };
+    match (manifest.get("package"), manifest.get("workspace")) {
+        (None, Some(workspace)) => Err(ResolveError::Workspace {
+            dir: dir.to_owned(),
+            members: workspace
+                .get("members")
+                .and_then(|m| m.as_array())
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|v| v.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_rule_reads_plugin_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        std::fs::create_dir_all(base.join("wordstats")).unwrap();
+        std::fs::write(
+            base.join("wordstats/Cargo.toml"),
+            "[package]\nname = \"w\"\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(base.join("plain")).unwrap();
+        let kind = |w: &str| classify(w, base.join(w));
+        assert_eq!(
+            kind("wordstats"),
+            PluginSpecKind::Crate(base.join("wordstats"))
+        );
+        // A directory without a Cargo.toml is no crate: the name is searched for.
+        assert_eq!(kind("plain"), PluginSpecKind::Name("plain".into()));
+        assert_eq!(kind("demo"), PluginSpecKind::Name("demo".into()));
+        assert_eq!(kind("./plain"), PluginSpecKind::Crate(base.join("./plain")));
+        assert_eq!(
+            kind("libx.so"),
+            PluginSpecKind::Library(base.join("libx.so"))
+        );
+    }
+
+    #[test]
+    fn crate_directories_cargo_would_refuse_are_refused_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = build_crate(dir.path()).unwrap_err();
+        assert!(matches!(err, ResolveError::NoManifest(_)), "{err}");
+        std::fs::write(
+            dir.path().join("Cargo.toml"),
+            "[workspace]\nmembers = [\"a\", \"b\"]\n",
+        )
+        .unwrap();
+        let err = build_crate(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("is a Cargo workspace"), "{err}");
+        assert!(err.to_string().contains("a, b"), "{err}");
+    }
 
     #[test]
     fn file_names_use_underscores() {

@@ -20,6 +20,9 @@ pub struct WorkerSpec {
     pub launcher: Launcher,
     /// Extra `srun` arguments (Slurm launcher).
     pub srun_args: Vec<String>,
+    /// Where workers start: the pipeline file's directory, so that relative paths in task
+    /// inputs mean what they mean in the file (`None`: the runner's own directory).
+    pub workdir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -154,6 +157,7 @@ mod tests {
             plugins: vec!["/p/libdemo.so".into()],
             env: BTreeMap::new(),
             initializer: None,
+            workdir: None,
             launcher: Launcher::Local,
             srun_args: Vec::new(),
         }

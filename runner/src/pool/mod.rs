@@ -736,6 +736,7 @@ impl WorkerPool for Pool {
                         env: &spec.env,
                         threads_per_worker: threads,
                         stage: &self.stage,
+                        workdir: spec.workdir.as_deref(),
                     };
                     let spawned = spawn::spawn_worker(&request).map_err(PoolError::Spawn)?;
                     if let Some(guardian) = self.guardian() {
@@ -772,6 +773,7 @@ impl WorkerPool for Pool {
                         env: &spec.env,
                         threads_per_worker: threads,
                         stage: &self.stage,
+                        workdir: spec.workdir.as_deref(),
                     };
                     let Some(listener) = self.listener.as_ref() else {
                         break;

@@ -10,6 +10,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::progress::ProgressSlot;
@@ -48,6 +49,8 @@ pub struct SpawnRequest<'a> {
     /// Value for the thread-limit variables.
     pub threads_per_worker: usize,
     pub stage: &'a str,
+    /// The worker's working directory (`None`: the runner's).
+    pub workdir: Option<&'a Path>,
 }
 
 pub fn spawn_worker(req: &SpawnRequest<'_>) -> io::Result<SpawnedWorker> {
@@ -144,6 +147,10 @@ pub fn set_worker_env(command: &mut Command, req: &SpawnRequest<'_>) {
     command
         .env("LOKY_WORKER_ID", req.worker_id.to_string())
         .env("LOKY_STAGE", req.stage);
+    if let Some(dir) = req.workdir {
+        // srun passes its own directory on to the step (its `--chdir` default).
+        command.current_dir(dir);
+    }
 }
 
 /// Makes the child get `signal` when the runner dies (set between fork and exec).

@@ -88,27 +88,36 @@ pub(super) struct Drained {
 impl Drained {
     /// srun said the step's node failed (the line it printed).
     pub(super) fn note_node_failure(&self, line: String) {
-        *self.node_failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(line);
+        *self
+            .node_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(line);
     }
 
     fn node_failure(&self) -> Option<String> {
         self.node_failure
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 
     pub(super) fn set(&self) {
-        *self.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        *self
+            .done
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = true;
         self.cond.notify_all();
     }
 
     pub(super) fn wait(&self, limit: Duration) {
-        let done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        let done = self
+            .done
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let _ = self
             .cond
             .wait_timeout_while(done, limit, |done| !*done)
-            .unwrap_or_else(|e| e.into_inner());
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
     }
 }
 

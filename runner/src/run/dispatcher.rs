@@ -1025,8 +1025,6 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
         if self.outcome.stopped.is_some() {
             return Ok(());
         }
-        self.console
-            .error(&format!("stage {}: {message}", self.stage_name()));
         self.outcome.stopped = Some(why);
         // The lowest index without a record: a requeued one, or the next not handed out (past
         // those a resumed run already recorded).
@@ -1046,7 +1044,11 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
             self.writer
                 .error(index, source, kind, message, 1)
                 .map_err(|e| self.write_error(e))?;
+            // Its FAIL line says it: said once.
             self.count_failure(index, kind, message, 1, None);
+        } else {
+            self.console
+                .error(&format!("stage {}: {message}", self.stage_name()));
         }
         self.requeue.clear();
         Ok(())

@@ -329,6 +329,7 @@ impl Run<'_> {
         record.status = StageStatus::Running;
         record.tasks = total;
         record.started_at = Some(crate::events::now_rfc3339());
+        record.finished_at = None;
         record.pool_decision = Some(outcome::decision_record(&decision));
         let manifest_error = RunError::io_in_run(format!(
             "cannot write {}",
@@ -423,6 +424,7 @@ impl Run<'_> {
             record.previous_sha256 = None;
         }
         record.output_sha256 = output_sha256;
+        record.finished_at = Some(crate::events::now_rfc3339());
         // The stage's outcome stands even if this write fails: the final write reports it.
         let _ = self.manifest.write(&out_dir);
         self.live.write(None, Instant::now());
@@ -642,7 +644,19 @@ fn print_table(report: &RunReport, pipeline: &Pipeline, console: &Console) {
                 "  {name} stopped at its first failure (on_error = \"fail\"); set on_error = \"continue\" to run every task"
             )),
             Some(StageStop::WorkerStart(msg) | StageStop::WorkersLost(msg)) => {
-                lines.push(format!("  {name} stopped: {msg}"))
+                let listed = o.first_errors.iter().find(|f| &f.message == msg);
+                lines.push(match (listed, &o.stopped) {
+                    // Said in full just above.
+                    (Some(f), Some(StageStop::WorkerStart(_))) => format!(
+                        "  {name} stopped: its workers could not start ({name}[{}] above)",
+                        f.index
+                    ),
+                    (Some(f), _) => format!(
+                        "  {name} stopped: its workers kept dying ({name}[{}] above)",
+                        f.index
+                    ),
+                    (None, _) => format!("  {name} stopped: {msg}"),
+                });
             }
             Some(StageStop::Interrupted(sig)) => lines.push(format!(
                 "  {name} interrupted by {}: completed results are kept; finish with `loky-run run --resume {}`",

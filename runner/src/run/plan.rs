@@ -3,7 +3,7 @@
 //! worker starts, and every problem is a configuration error (exit 2).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::config::{Diagnostic, InputSpec, Layer, Origin, Pipeline, Stage, TaskRef};
 use crate::input;
@@ -111,13 +111,7 @@ pub fn plan(pipeline: Pipeline, verbose: bool) -> Result<Plan, PlanError> {
         let path = match resolve::resolve(spec, &pipeline.base_dir) {
             Ok(path) => path,
             Err(e) => {
-                let help = match &e {
-                    resolve::ResolveError::NotFound {
-                        suggestion: Some(s),
-                        ..
-                    } => Some(format!("did you mean `{s}`?")),
-                    _ => None,
-                };
+                let help = resolve::not_found_help(&e, &pipeline.base_dir);
                 problems.push(PlanProblem::new(e.to_string(), help, "pipeline.plugins"));
                 continue;
             }
@@ -159,6 +153,11 @@ pub fn plan(pipeline: Pipeline, verbose: bool) -> Result<Plan, PlanError> {
     }
     let cpus = crate::sys::usable_cpus();
     let plugin_paths: Vec<PathBuf> = plugins.iter().map(|p| p.path.clone()).collect();
+    // Workers start where the pipeline file is: relative paths in task inputs are relative to
+    // the file, as every path in it is.
+    let workdir = std::path::absolute(&pipeline.file)
+        .ok()
+        .and_then(|f| f.parent().map(Path::to_path_buf));
     let mut stages = Vec::new();
     for (i, stage) in pipeline.stages.iter().enumerate() {
         let keyed = |key: String| {
@@ -238,7 +237,7 @@ pub fn plan(pipeline: Pipeline, verbose: bool) -> Result<Plan, PlanError> {
         let workers = stage
             .settings
             .max_workers
-            .map(|n| n.get())
+            .map(std::num::NonZero::get)
             .unwrap_or(default_workers);
         let spec = WorkerSpec {
             plugins: plugin_paths.clone(),
@@ -246,6 +245,7 @@ pub fn plan(pipeline: Pipeline, verbose: bool) -> Result<Plan, PlanError> {
             initializer,
             launcher: stage.settings.launcher,
             srun_args: stage.settings.srun_args.clone(),
+            workdir: workdir.clone(),
         };
         if stage.settings.launcher == crate::config::Launcher::Slurm {
             if let Some(why) = crate::pool::slurm::unavailable() {
@@ -339,7 +339,14 @@ fn lookup(
             });
             let mut message = format!("{context}: unknown {what} `{task}`");
             if other_kind {
-                message.push_str(&format!(" (it exists, but is not exported as a {what})"));
+                let article = if what.starts_with(['a', 'e', 'i', 'o', 'u']) {
+                    "an"
+                } else {
+                    "a"
+                };
+                message.push_str(&format!(
+                    " (it exists, but is not exported as {article} {what})"
+                ));
             }
             message.push_str(&format!(
                 "; {} {}",

@@ -256,7 +256,7 @@ pub fn prepare(
             }
             (None, Some(after)) => changes.push((i, format!("stage `{}` is new", after.name))),
             (Some(before), None) => {
-                changes.push((i, format!("stage `{}` was removed", before.name)))
+                changes.push((i, format!("stage `{}` was removed", before.name)));
             }
             (None, None) => unreachable!(),
         }
