@@ -844,14 +844,17 @@ fn advertised_address(listen: Option<&str>, local: SocketAddr) -> String {
     }
 }
 
+/// How long a connection's peer may stay silent before the connection ends (ETIMEDOUT): 10 s
+/// idle, then 3 keepalive probes 5 s apart; and the same for data sent and not acknowledged.
+pub const PEER_SILENCE_LIMIT: std::time::Duration = std::time::Duration::from_secs(25);
+
 /// Turns on TCP keepalive with short timers, so that a peer that vanished without closing the
 /// connection (a node that lost power, a cut network) ends it within about half a minute
 /// instead of after the kernel's default two hours; and bounds how long data sent may go
 /// unacknowledged the same way (`TCP_USER_TIMEOUT`: keepalive probes only an idle connection,
 /// and one with data in flight would retransmit for a quarter of an hour).
 pub fn keep_alive(stream: &TcpStream) {
-    // (10 s idle, then 3 probes 5 s apart: the same 25 s for a connection with data in flight.)
-    const PEER_SILENCE_LIMIT_MS: libc::c_int = 25_000;
+    const PEER_SILENCE_LIMIT_MS: libc::c_int = PEER_SILENCE_LIMIT.as_millis() as libc::c_int;
     use std::os::fd::AsRawFd;
     let fd = stream.as_raw_fd();
     for (level, name, value) in [

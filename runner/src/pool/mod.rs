@@ -405,9 +405,10 @@ impl Pool {
                 if let Some(w) = self.workers.get_mut(&id) {
                     // Everything the stream carried was read: results it wrote and that did
                     // not come went elsewhere (its descriptor was redirected).
+                    let timed_out = w.inbox().is_some_and(|i| i.timed_out());
                     match w.lost_results() {
                         Some(missing) => w.lose_results(missing),
-                        None => w.stream_closed(),
+                        None => w.stream_closed(timed_out),
                     }
                 }
             }

@@ -29,6 +29,14 @@ fn lost_connection_detail() -> String {
     )
 }
 
+/// Why a remote worker whose connection went silent was ended.
+fn silent_peer_detail() -> String {
+    format!(
+        "nothing came through its connection for {} s (its node failed or lost its network?), so the runner ended the step",
+        crate::transport::PEER_SILENCE_LIMIT.as_secs()
+    )
+}
+
 /// This host's name (read once).
 fn local_host() -> &'static str {
     static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -466,15 +474,22 @@ impl Worker {
     /// write; a remote worker's connection can end while its srun lives on (keepalive gave up
     /// on a vanished node, which Slurm may take minutes to notice). Its exit is forced after
     /// a while. No stop reason: if it held a task, that task crashed.
-    pub(super) fn stream_closed(&mut self) {
-        let wait = if self.is_remote() {
-            REMOTE_EXIT_WAIT
-        } else {
-            LOCAL_EXIT_WAIT
+    /// `timed_out`: the connection ended because its peer stopped answering (TCP gave up
+    /// after [`crate::transport::PEER_SILENCE_LIMIT`]): srun is not going to end soon, so a
+    /// remote worker is ended at once.
+    pub(super) fn stream_closed(&mut self, timed_out: bool) {
+        let silent = timed_out && self.is_remote();
+        let wait = match (self.is_remote(), silent) {
+            (true, true) => Duration::ZERO,
+            (true, false) => REMOTE_EXIT_WAIT,
+            (false, _) => LOCAL_EXIT_WAIT,
         };
         if !self.has_exited() {
             self.kill_at.get_or_insert(Instant::now() + wait);
             self.closed_alive = true;
+            if silent && self.stop.is_none() {
+                self.detail.get_or_insert_with(silent_peer_detail);
+            }
         }
     }
 
