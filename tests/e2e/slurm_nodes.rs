@@ -463,12 +463,14 @@ fn node_lost_mid_stage(action: &str) {
     let crashed_workers = workers_of(&crashed);
     assert_eq!(crashed_workers, victims, "{crashed:?}");
     let retried = events_of(&events, "task_retried");
-    assert_eq!(retried.len(), 2, "{retried:?}");
+    // Each of node3's workers was running a task (unless it was between two, for the
+    // moment of a round trip, when the node went): each such task was retried once.
+    assert!((1..=2).contains(&retried.len()), "{retried:?}");
     assert!(
         retried.iter().all(|e| e["kind"] == "crashed"),
         "{retried:?}"
     );
-    // Every task ran once, but for the two node3 held: a crashed attempt there, then one ok
+    // Every task ran once, but for those node3 held: a crashed attempt there, then one ok
     // attempt on another node.
     let by_index = attempts(&fx);
     assert_eq!(by_index.len(), 60);
@@ -488,7 +490,7 @@ fn node_lost_mid_stage(action: &str) {
             other => panic!("input {index}: {other:?}: {lines:?}"),
         }
     }
-    assert_eq!(healed, 2);
+    assert_eq!(healed, retried.len());
 
     let noticed = crashed
         .iter()
@@ -667,7 +669,7 @@ fn a_node_cut_off_the_network_is_noticed_by_keepalive_and_its_tasks_retried() {
     let crashed_workers = workers_of(&crashed);
     assert_eq!(crashed_workers, victims, "{crashed:?}");
     let retried = events_of(&events, "task_retried");
-    assert_eq!(retried.len(), 2, "{retried:?}");
+    assert!((1..=2).contains(&retried.len()), "{retried:?}");
     let by_index = attempts(&fx);
     assert_eq!(by_index.len(), 36);
     for (index, lines) in &by_index {
