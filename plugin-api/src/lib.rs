@@ -215,6 +215,12 @@ pub struct PluginModule {
     /// holds the JSON-encoded output, otherwise a UTF-8 message. `out` is cleared first.
     #[sabi(last_prefix_field)]
     pub call: extern "C" fn(index: u32, input: RSlice<'_, u8>, out: &mut RVec<u8>) -> CallStatus,
+    /// Decodes one input for the function at `index` without calling it: [`CallStatus::OK`], or
+    /// [`CallStatus::BAD_INPUT`] with the message in `out` (`loky-run validate` checks
+    /// initializer args with it). Since 0.2; a plugin built against 0.1 has none.
+    #[sabi(missing_field(option))]
+    pub check_input:
+        extern "C" fn(index: u32, input: RSlice<'_, u8>, out: &mut RVec<u8>) -> CallStatus,
 }
 
 impl RootModule for PluginModuleRef {
@@ -476,6 +482,7 @@ pub mod __private {
         version: &'static str,
         tasks: Vec<TaskInfo>,
         call: extern "C" fn(u32, RSlice<'_, u8>, &mut RVec<u8>) -> CallStatus,
+        check_input: extern "C" fn(u32, RSlice<'_, u8>, &mut RVec<u8>) -> CallStatus,
     ) -> PluginModuleRef {
         let tasks: &'static [TaskInfo] = Box::leak(tasks.into_boxed_slice());
         PluginModule {
@@ -483,6 +490,7 @@ pub mod __private {
             version: RStr::from_str(version),
             tasks: RSlice::from_slice(tasks),
             call,
+            check_input,
         }
         .leak_into_prefix()
     }
@@ -554,6 +562,38 @@ macro_rules! export_plugin {
             }, )* )?
         ];
 
+        /// The same decoding, without the call.
+        #[doc(hidden)]
+        static __LOKY_PLUGIN_CHECKS: &[$crate::__private::Adapter] = &[
+            $( |input, _out| {
+                $crate::__private::decode_input(
+                    &$task,
+                    $crate::TaskKind::TASK,
+                    stringify!($task),
+                    input,
+                )
+                .map(drop)
+            }, )*
+            $( $( |input, _out| {
+                $crate::__private::decode_input(
+                    &$init,
+                    $crate::TaskKind::INITIALIZER,
+                    stringify!($init),
+                    input,
+                )
+                .map(drop)
+            }, )* )?
+        ];
+
+        #[doc(hidden)]
+        extern "C" fn __loky_plugin_check(
+            index: u32,
+            input: $crate::__private::RSlice<'_, u8>,
+            out: &mut $crate::__private::RVec<u8>,
+        ) -> $crate::CallStatus {
+            $crate::__private::guarded_call(__LOKY_PLUGIN_CHECKS, index, input.as_slice(), out)
+        }
+
         #[doc(hidden)]
         extern "C" fn __loky_plugin_call(
             index: u32,
@@ -579,7 +619,13 @@ macro_rules! export_plugin {
                     $crate::__private::output_type_name(&$init),
                 ), )* )?
             ];
-            $crate::__private::build_module($name, env!("CARGO_PKG_VERSION"), tasks, __loky_plugin_call)
+            $crate::__private::build_module(
+                $name,
+                env!("CARGO_PKG_VERSION"),
+                tasks,
+                __loky_plugin_call,
+                __loky_plugin_check,
+            )
         }
 
         /// The library header abi_stable looks for when the runner loads this plugin.

@@ -404,12 +404,23 @@ fn io_advice(e: &std::io::Error) -> Option<&'static str> {
 
 /// Loads the pipeline and plans it; plan problems point at the setting they concern.
 fn load_and_plan(args: &ConfigArgs, console: &Console) -> Result<run::Plan, Error> {
+    load_and_plan_checked(args, console, false)
+}
+
+/// With `check_args`, also decodes every initializer's args in a probe (`validate`).
+fn load_and_plan_checked(
+    args: &ConfigArgs,
+    console: &Console,
+    check_args: bool,
+) -> Result<run::Plan, Error> {
     let loaded = config::load_with_origins(&load_options(args))?;
     let origins = loaded.origins;
-    Ok(
-        run::plan(loaded.pipeline, console.verbosity() >= Verbosity::Verbose)
-            .map_err(|e| e.locate(&origins))?,
-    )
+    let verbose = console.verbosity() >= Verbosity::Verbose;
+    let plan = run::plan(loaded.pipeline, verbose).map_err(|e| e.locate(&origins))?;
+    if check_args {
+        run::plan::check_initializer_args(&plan, verbose).map_err(|e| e.locate(&origins))?;
+    }
+    Ok(plan)
 }
 
 fn load_options(args: &ConfigArgs) -> LoadOptions {
@@ -599,7 +610,7 @@ fn cmd_new_plugin(name: &str, path: Option<&Path>) -> Result<i32, Error> {
 }
 
 fn cmd_validate(args: ConfigArgs, console: &Arc<Console>) -> Result<i32, Error> {
-    let plan = load_and_plan(&args, console)?;
+    let plan = load_and_plan_checked(&args, console, true)?;
     print_out(format!(
         "{}: valid\n{}",
         plan.pipeline.file.display(),

@@ -95,8 +95,7 @@ pub fn guardian_main() -> i32 {
     }
     let groups = hold(BufReader::new(io::stdin().lock()));
     for pgid in groups {
-        // SAFETY: killpg has no memory-safety preconditions; an empty group fails with ESRCH.
-        unsafe { libc::killpg(pgid as libc::pid_t, libc::SIGKILL) };
+        crate::pool::spawn::kill_group(pgid, libc::SIGKILL);
     }
     0
 }

@@ -12,6 +12,7 @@ pub mod console;
 pub mod error;
 pub mod events;
 pub mod guardian;
+pub mod hash_cache;
 pub mod input;
 pub mod interrupt;
 pub mod joblog;

@@ -201,7 +201,7 @@ impl Manifest {
                 Ok(PluginRecord {
                     name: p.name.clone(),
                     path: p.path.clone(),
-                    sha256: sha256_file(&p.path)?,
+                    sha256: crate::hash_cache::sha256(&p.path)?,
                     version: p.version.clone(),
                     api_version: p.api_version.clone(),
                 })

@@ -7,7 +7,7 @@
 //! finished without their results arriving.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -68,16 +68,9 @@ unsafe impl Sync for ProgressSlot {}
 impl ProgressSlot {
     /// Runner side: a fresh anonymous shared file and its mapping. The fd is given to the worker.
     pub fn create() -> io::Result<(OwnedFd, Self)> {
-        // SAFETY: the name is a valid C string; the returned fd is checked and then owned.
-        let raw = unsafe { libc::memfd_create(c"loky-run-progress".as_ptr(), libc::MFD_CLOEXEC) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a fresh fd we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: `fd` is a valid memfd.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), SLOT_BYTES as libc::off_t) } != 0 {
-            return Err(io::Error::last_os_error());
+        let fd = rustix::fs::memfd_create(c"loky-run-progress", rustix::fs::MemfdFlags::CLOEXEC)?;
+        if let Err(errno) = rustix::fs::ftruncate(&fd, SLOT_BYTES as u64) {
+            return Err(errno.into());
         }
         let slot = Self::map(fd.as_raw_fd())?;
         Ok((fd, slot))

@@ -151,12 +151,17 @@ pub fn judge_runner(
 
 /// Whether `pid` is a live loky-run on this host (a pid reused by another program is not).
 fn loky_run_alive(pid: u32) -> bool {
-    let Ok(pid_t) = libc::pid_t::try_from(pid) else {
+    let Some(raw) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
         return false;
     };
-    // SAFETY: signal 0 sends nothing; it only asks whether the process exists.
-    let rc = unsafe { libc::kill(pid_t, 0) };
-    let exists = rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    // Signal 0 sends nothing; it only asks whether the process exists.
+    let exists = match rustix::process::test_kill_process(raw) {
+        Ok(()) => true,
+        Err(errno) => errno == rustix::io::Errno::PERM,
+    };
     if !exists {
         return false;
     }

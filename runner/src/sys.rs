@@ -113,8 +113,7 @@ pub fn usable_cpus() -> usize {
 
 fn page_size() -> u64 {
     static PAGE: OnceLock<u64> = OnceLock::new();
-    // SAFETY: sysconf has no preconditions.
-    *PAGE.get_or_init(|| unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64)
+    *PAGE.get_or_init(|| rustix::param::page_size().max(4096) as u64)
 }
 
 /// Current resident set size of a process, from `/proc/<pid>/statm` (a few µs).

@@ -491,3 +491,36 @@ fn plugin_entries_that_are_no_plugin_say_what_to_name_instead() {
             .assert_stderr_has(&said);
     }
 }
+
+/// `validate` decodes initializer args with the plugin (in a probe, running nothing) and points
+/// at them in the pipeline file; a run says "initializer", never serde's line and column.
+#[test]
+fn initializer_args_that_cannot_decode_fail_validate_and_name_the_initializer() {
+    let fx = Fixture::new();
+    let text = header(
+        "init",
+        "max_workers = 1\ninitializer = { task = \"faults::init_sleep\", args = { ms = \"x\" } }",
+    ) + &stage("s", "demo::square", "{ range = [0, 3] }", "");
+    let p = fx.write("pipeline.toml", &text);
+    let p = p.to_str().unwrap();
+    let r = fx.run(&["validate", p]);
+    r.assert_code(2).assert_stderr_has(&[
+        "initializer faults::init_sleep",
+        "u64",
+        "pipeline.toml:",
+    ]);
+    assert!(!r.stderr.contains("column 0"), "{}", r.stderr);
+    let run = fx.run(&[p]);
+    run.assert_code(1);
+    let record = &fx.records("s")[0]["error"];
+    assert_eq!(record["kind"], "initializer");
+    let message = record["message"].as_str().unwrap();
+    assert!(
+        message.contains("its args do not decode as `u64`"),
+        "{message}"
+    );
+    assert!(!message.contains("at line"), "{message}");
+    // Fixed, it validates.
+    let p = fx.write("pipeline.toml", &text.replace("{ ms = \"x\" }", "1"));
+    fx.run(&["validate", p.to_str().unwrap()]).assert_code(0);
+}

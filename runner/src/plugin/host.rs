@@ -60,6 +60,13 @@ impl LoadedPlugin {
     pub fn call(&self, index: u32, input: &[u8], out: &mut RVec<u8>) -> CallStatus {
         (self.module.call())(index, RSlice::from_slice(input), out)
     }
+
+    /// Decodes one input for function `index` without calling it; `None` when the plugin was
+    /// built against a loky-run-plugin without the check (0.1).
+    pub fn check_input(&self, index: u32, input: &[u8], out: &mut RVec<u8>) -> Option<CallStatus> {
+        let check = self.module.check_input()?;
+        Some(check(index, RSlice::from_slice(input), out))
+    }
 }
 
 /// Opens, checks and initializes the plugin at `path`. `verbose` keeps abi_stable's full layout

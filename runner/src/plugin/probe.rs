@@ -32,14 +32,44 @@ pub enum ProbeError {
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum ProbeReply {
-    Ok(PluginInfo),
+    Ok {
+        info: PluginInfo,
+        /// One per input asked to be checked: `None` when it decodes (or the plugin cannot
+        /// say), else the message.
+        checks: Vec<Option<String>>,
+    },
     Error(String),
 }
 
-/// Runs in the probe process: load, print one JSON reply on stdout.
+/// An input to decode (not run) in the probe: the function's index and the JSON text.
+pub type Check = (u32, String);
+
+/// Runs in the probe process: load, decode the inputs given as JSON on stdin (a list of
+/// [`Check`]s; none when stdin is empty), print one JSON reply on stdout.
 pub fn probe_main(path: &Path, verbose: bool) -> i32 {
+    use std::io::Read as _;
+    let mut asked = String::new();
+    let _ = std::io::stdin().take(1 << 30).read_to_string(&mut asked);
+    let asked: Vec<Check> = serde_json::from_str(&asked).unwrap_or_default();
     let reply = match host::load(path, verbose) {
-        Ok(plugin) => ProbeReply::Ok(plugin.info),
+        Ok(plugin) => {
+            let checks = asked
+                .iter()
+                .map(|(index, input)| {
+                    let mut out = abi_stable::std_types::RVec::new();
+                    match plugin.check_input(*index, input.as_bytes(), &mut out) {
+                        Some(status) if status != loky_run_plugin::CallStatus::OK => {
+                            Some(String::from_utf8_lossy(&out).into_owned())
+                        }
+                        _ => None,
+                    }
+                })
+                .collect();
+            ProbeReply::Ok {
+                info: plugin.info,
+                checks,
+            }
+        }
         Err(e) => ProbeError::Load(e.to_string()).into_reply(),
     };
     match serde_json::to_string(&reply) {
@@ -60,19 +90,37 @@ impl ProbeError {
 
 /// Loads `path` in a probe process and returns what it exports.
 pub fn probe(path: &Path, verbose: bool) -> Result<PluginInfo, ProbeError> {
+    probe_checking(path, verbose, &[]).map(|(info, _)| info)
+}
+
+/// Like [`probe`], and decodes `checks` (without running anything): for each, `None` or why
+/// it does not decode.
+pub fn probe_checking(
+    path: &Path,
+    verbose: bool,
+    checks: &[Check],
+) -> Result<(PluginInfo, Vec<Option<String>>), ProbeError> {
+    use std::io::Write as _;
     let mut cmd = Command::new(sys::current_exe());
     cmd.arg(PROBE_ARG)
         .arg(path)
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if verbose {
         cmd.arg("-v");
     }
-    let output = cmd.output().map_err(|source| ProbeError::Spawn {
+    let spawn_error = |source| ProbeError::Spawn {
         path: path.to_owned(),
         source,
-    })?;
+    };
+    let mut child = cmd.spawn().map_err(spawn_error)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let asked = serde_json::to_vec(checks).unwrap_or_default();
+        // A probe that died early closed its stdin: what it printed says why.
+        let _ = stdin.write_all(if checks.is_empty() { b"" } else { &asked });
+    }
+    let output = child.wait_with_output().map_err(spawn_error)?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     // The plugin may print while loading: the reply is the last line.
     if let Some(reply) = stdout
@@ -81,7 +129,7 @@ pub fn probe(path: &Path, verbose: bool) -> Result<PluginInfo, ProbeError> {
         .find_map(|l| serde_json::from_str::<ProbeReply>(l).ok())
     {
         return match reply {
-            ProbeReply::Ok(info) => Ok(info),
+            ProbeReply::Ok { info, checks } => Ok((info, checks)),
             ProbeReply::Error(message) => Err(ProbeError::Load(message)),
         };
     }

@@ -200,8 +200,14 @@ fn dup_above(fd: &OwnedFd, min: RawFd) -> io::Result<OwnedFd> {
 
 /// Sends `signal` to a worker's whole process group.
 pub fn kill_group(pid: u32, signal: i32) {
-    // SAFETY: killpg has no memory-safety preconditions; a stale pid group fails with ESRCH.
-    unsafe { libc::killpg(pid as libc::pid_t, signal) };
+    let group = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw);
+    let signal = rustix::process::Signal::from_named_raw(signal);
+    if let (Some(group), Some(signal)) = (group, signal) {
+        // A stale group fails with ESRCH: it is gone already.
+        let _ = rustix::process::kill_process_group(group, signal);
+    }
 }
 
 /// Blocks until the child `pid` has exited, without reaping it: the zombie keeps its pid and

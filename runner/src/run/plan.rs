@@ -103,6 +103,64 @@ impl Plan {
     }
 }
 
+/// Decodes every initializer's args with its plugin, in a probe process (nothing runs): what a
+/// worker would refuse at start, said before any run (`loky-run validate`). Plugins built
+/// against loky-run-plugin 0.1 cannot decode without running; their args pass unchecked.
+pub fn check_initializer_args(plan: &Plan, verbose: bool) -> Result<(), PlanError> {
+    // (plugin, task, args) -> the initializer's name and the stages that use it.
+    type Use = (String, Vec<String>);
+    let mut wanted: BTreeMap<(u16, u32, String), Use> = BTreeMap::new();
+    for (stage, planned) in plan.pipeline.stages.iter().zip(&plan.stages) {
+        if let Some(init) = &planned.spec.initializer {
+            wanted
+                .entry((init.plugin, init.task, init.args.clone()))
+                .or_insert_with(|| (init.name.clone(), Vec::new()))
+                .1
+                .push(stage.name.clone());
+        }
+    }
+    let mut problems = Vec::new();
+    for (p, plugin) in plan.plugins.iter().enumerate() {
+        let checks: Vec<(&(u16, u32, String), &Use)> = wanted
+            .iter()
+            .filter(|((plugin, _, _), _)| usize::from(*plugin) == p)
+            .collect();
+        if checks.is_empty() {
+            continue;
+        }
+        let asked: Vec<probe::Check> = checks
+            .iter()
+            .map(|((_, task, args), _)| (*task, args.clone()))
+            .collect();
+        let answers = match probe::probe_checking(&plugin.path, verbose, &asked) {
+            Ok((_, answers)) => answers,
+            Err(e) => {
+                problems.push(PlanProblem::new(e.to_string(), None, "pipeline.plugins"));
+                continue;
+            }
+        };
+        for ((_, (name, stages)), answer) in checks.iter().zip(answers) {
+            let Some(why) = answer else { continue };
+            problems.push(PlanProblem::new(
+                format!(
+                    "initializer {name} of stage{} {}: {why}",
+                    if stages.len() == 1 { "" } else { "s" },
+                    stages.join(", ")
+                ),
+                Some(format!(
+                    "fix `args` in `initializer = {{ task = \"{name}\", args = ... }}`"
+                )),
+                format!("stage.{}.initializer", stages[0]),
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(PlanError(problems))
+    }
+}
+
 /// Resolves and probes the plugins, then checks every stage against them.
 pub fn plan(pipeline: Pipeline, verbose: bool) -> Result<Plan, PlanError> {
     let mut problems = Vec::new();

@@ -514,7 +514,6 @@ fn finished_output_problem(out_dir: &Path, stage: &StageRecord) -> Option<String
 /// `kill -9`); hold the returned file for the whole run.
 pub fn lock_output_dir(dir: &Path) -> Result<std::fs::File, RunError> {
     use std::io::{Read, Seek, Write};
-    use std::os::fd::AsRawFd;
 
     let path = dir.join(".lock");
     let io_err = |source| RunError::Io {
@@ -529,12 +528,11 @@ pub fn lock_output_dir(dir: &Path) -> Result<std::fs::File, RunError> {
         .truncate(false)
         .open(&path)
         .map_err(io_err)?;
-    // SAFETY: flock on a descriptor we own, for the lifetime of `file`; no memory is involved.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(io_err(err));
+    if let Err(errno) =
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+    {
+        if errno != rustix::io::Errno::WOULDBLOCK {
+            return Err(io_err(errno.into()));
         }
         let mut pid = String::new();
         let _ = file.read_to_string(&mut pid);
