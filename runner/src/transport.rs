@@ -1174,6 +1174,40 @@ mod tests {
     }
 
     #[test]
+    fn connections_give_up_on_a_silent_peer_after_the_limit() {
+        use std::os::fd::AsRawFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        keep_alive(&stream);
+        let get = |level, name| {
+            let mut value: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: getsockopt on an open socket into a c_int with its size.
+            let rc = unsafe {
+                libc::getsockopt(
+                    stream.as_raw_fd(),
+                    level,
+                    name,
+                    (&raw mut value).cast(),
+                    &raw mut len,
+                )
+            };
+            assert_eq!(rc, 0);
+            value
+        };
+        let (idle, interval, count) = (
+            get(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
+            get(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
+            get(libc::IPPROTO_TCP, libc::TCP_KEEPCNT),
+        );
+        assert_eq!(get(libc::SOL_SOCKET, libc::SO_KEEPALIVE), 1);
+        // Idle or with data in flight, the same limit.
+        let limit = PEER_SILENCE_LIMIT.as_secs() as libc::c_int;
+        assert_eq!(idle + interval * count, limit);
+        assert_eq!(get(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT), limit * 1000);
+    }
+
+    #[test]
     fn tokens_are_random_and_long() {
         let (a, b) = (new_token().unwrap(), new_token().unwrap());
         assert_eq!(a.len(), 32);
