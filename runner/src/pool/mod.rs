@@ -566,10 +566,12 @@ impl Pool {
             peak_rss: peak_rss.unwrap_or(0),
             tasks: w.results_read(),
         });
+        let detail = w.take_detail();
         Some(PoolEvent::Exited(WorkerExit {
             worker: reaped.worker,
             reason,
-            detail: w.take_detail(),
+            detail,
+            node_lost: w.node_lost(),
             end: reaped.end,
             peak_rss,
             was_ready: w.was_ready(),

@@ -150,6 +150,8 @@ pub(super) struct Worker {
     kill_at: Option<Instant>,
     /// Its result stream ended while the process lived on.
     closed_alive: bool,
+    /// A remote worker lost with its node (see [`Worker::node_lost`]).
+    node_lost: bool,
     tasks_sent: u64,
     /// Results read from its stream (the lost-results check compares it with what it wrote).
     results_read: u64,
@@ -190,6 +192,7 @@ impl Worker {
             detail: None,
             kill_at: None,
             closed_alive: false,
+            node_lost: false,
             tasks_sent: 0,
             results_read: 0,
             rss_baseline: None,
@@ -232,9 +235,17 @@ impl Worker {
         if self.detail.is_none() && self.stop.is_none() && self.is_remote() {
             if let Some(line) = self.output_drained.node_failure() {
                 self.detail = Some(format!("Slurm reported that its node failed ({line})"));
+                self.node_lost = true;
             }
         }
         self.detail.take()
+    }
+
+    /// Whether it was lost with its node, not by anything it ran: Slurm said the node failed,
+    /// or its connection went silent or ended while its srun lived on. Call after
+    /// [`Worker::take_detail`].
+    pub(super) fn node_lost(&self) -> bool {
+        self.node_lost
     }
 
     pub(super) fn is_remote(&self) -> bool {
@@ -489,6 +500,7 @@ impl Worker {
             self.closed_alive = true;
             if silent && self.stop.is_none() {
                 self.detail.get_or_insert_with(silent_peer_detail);
+                self.node_lost = true;
             }
         }
     }
@@ -504,6 +516,7 @@ impl Worker {
                         if self.is_remote() {
                             // Not a crash reason of its own: what it held crashed with it.
                             self.detail.get_or_insert_with(lost_connection_detail);
+                            self.node_lost = true;
                         } else {
                             self.stop = Some(StopReason::LostResults);
                             self.detail = Some(

@@ -927,7 +927,10 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
                             kind.as_str(),
                             exit.peak_rss,
                         );
-                        self.fail(item, input, kind, message, exit.worker, Some(now))?;
+                        // A crash needs a fresh worker for the retry; a lost node does not
+                        // (the task did nothing to the worker).
+                        let fresh = (!exit.node_lost).then_some(now);
+                        self.fail(item, input, kind, message, exit.worker, fresh)?;
                         continue;
                     }
                     Blame::Suspects(suspects) if suspects.contains(&(id, position)) => {
