@@ -18,7 +18,51 @@ use crate::support::{Fixture, RunResult, header, plugin_path, read_jsonl, wait_f
 
 /// One allocation at a time: the node has as many CPUs as one test allocates, and a test
 /// waiting in the queue would eat into its own time limits.
-pub(crate) static CLUSTER: Mutex<()> = Mutex::new(());
+static CLUSTER: Mutex<()> = Mutex::new(());
+
+/// The cluster, for one test at a time: of this test binary ([`CLUSTER`]) and of any other
+/// process taking the same lock (a second `cargo test` from another checkout would otherwise
+/// share the nodes, and the multi-node tests break nodes on purpose). Waits for the other
+/// process (bounded: its tests take a few minutes at most).
+pub(crate) struct ClusterLock {
+    _here: std::sync::MutexGuard<'static, ()>,
+    _file: std::fs::File,
+}
+
+pub(crate) fn cluster_lock() -> ClusterLock {
+    use std::os::fd::AsRawFd;
+    let here = CLUSTER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let path = std::env::temp_dir().join("loky-run-slurm-tests.lock");
+    // Read-only is enough for flock: whoever made the file, anyone can take the lock.
+    let file = std::fs::File::open(&path)
+        .or_else(|_| {
+            use std::os::unix::fs::PermissionsExt;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)?;
+            let _ = file.set_permissions(std::fs::Permissions::from_mode(0o666));
+            Ok::<_, std::io::Error>(file)
+        })
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(900);
+    // SAFETY: flock on a descriptor this function owns; released when the file is closed.
+    while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "another process held {} for 15 minutes (Slurm tests running elsewhere?)",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ClusterLock {
+        _here: here,
+        _file: file,
+    }
+}
 
 /// Whether the Slurm tests run here; panics when they are required and the cluster is down.
 pub(crate) fn cluster_up() -> bool {
@@ -143,9 +187,7 @@ fn the_quickstart_on_slurm_writes_the_same_outputs_as_locally() {
     if !cluster_up() {
         return;
     }
-    let _one = CLUSTER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = cluster_lock();
     let fx = Fixture::new();
     let local = fx.write("local.toml", &quickstart("out-local", "local"));
     assert!(
@@ -200,9 +242,7 @@ fn reuse_keeps_the_steps_kill_workers_starts_new_ones_resize_adds_one() {
     if !cluster_up() {
         return;
     }
-    let _one = CLUSTER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = cluster_lock();
     let fx = Fixture::new();
     let pid_stage = |name: &str, n: usize, extra: &str| {
         format!(
@@ -289,9 +329,7 @@ fn a_cancelled_worker_step_is_a_crash_retried_and_no_step_is_left() {
     if !cluster_up() {
         return;
     }
-    let _one = CLUSTER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = cluster_lock();
     let fx = Fixture::new();
     let text = header(
         "scancel",
@@ -336,9 +374,7 @@ fn foreign_connections_are_rejected_and_the_run_is_unaffected() {
     if !cluster_up() {
         return;
     }
-    let _one = CLUSTER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = cluster_lock();
     let fx = Fixture::new();
     let text = header(
         "intruders",
@@ -403,9 +439,7 @@ fn a_flood_of_idle_and_slow_connections_does_not_keep_worker_steps_out() {
     if !cluster_up() {
         return;
     }
-    let _one = CLUSTER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = cluster_lock();
     let fx = Fixture::new();
     let (go, met) = (fx.path().join("go"), fx.path().join("met"));
     let rendezvous = |name: &str, path: &std::path::Path, items: usize, extra: &str| {
@@ -498,9 +532,7 @@ fn ctrl_c_inside_the_allocation_ends_every_step_and_resume_completes() {
     if !cluster_up() {
         return;
     }
-    let _one = CLUSTER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = cluster_lock();
     let fx = Fixture::new();
     let text = header(
         "interrupted",
@@ -547,9 +579,7 @@ fn a_step_that_cannot_start_is_reported_with_what_srun_said() {
     if !cluster_up() {
         return;
     }
-    let _one = CLUSTER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = cluster_lock();
     let fx = Fixture::new();
     let text = header(
         "badsrun",
@@ -573,9 +603,7 @@ fn by_default_one_worker_per_task_of_the_allocation_even_with_export_none() {
     if !cluster_up() {
         return;
     }
-    let _one = CLUSTER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = cluster_lock();
     let fx = Fixture::new();
     // No max_workers: on this 2-CPU node the local default would be 2, and a second step
     // could not start in a 1-task allocation. SLURM_EXPORT_ENV=NONE is what
@@ -618,9 +646,7 @@ fn ctrl_c_while_the_only_worker_step_waits_for_cpus_exits_130_promptly() {
     if !cluster_up() {
         return;
     }
-    let _one = CLUSTER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = cluster_lock();
     let fx = Fixture::new();
     // A 1-task allocation whose CPU another step holds: the runner's only worker step waits,
     // and so does the runner, with no worker to run anything. Ctrl-C must still stop it.
@@ -654,9 +680,7 @@ fn a_worker_step_waiting_for_cpus_does_not_hold_up_the_stages() {
     if !cluster_up() {
         return;
     }
-    let _one = CLUSTER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = cluster_lock();
     let fx = Fixture::new();
     // Two workers in a 1-task allocation: one step runs, the other waits for its CPU. The
     // stages run on the one worker (the pool reused between them) instead of waiting out the

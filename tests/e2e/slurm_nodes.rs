@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::Value;
 
 use crate::slurm::{
-    CLUSTER, KillOnDrop, LIST_WORKER_STEPS, cluster_up, events_of, pids, read_events,
+    KillOnDrop, LIST_WORKER_STEPS, cluster_lock, cluster_up, events_of, pids, read_events,
     runner_code_and_steps, salloc_command_with,
 };
 use crate::support::{Fixture, RunResult, header, read_jsonl, wait_for};
@@ -257,9 +257,7 @@ fn six_workers_over_three_nodes_reuse_kill_workers_resize_and_leave_nothing() {
     if !three_nodes_up() {
         return;
     }
-    let _one = CLUSTER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = cluster_lock();
     let fx = Fixture::new();
     let squares = "\n[[stage]]\nname = \"squares\"\ntask = \"demo::square\"\ninput = { range = [0, 300] }\n\n[[stage]]\nname = \"copied\"\ntask = \"demo::echo\"\ninput = { from = \"squares\" }\n";
     let pid_ms = [100; 12];
@@ -413,9 +411,7 @@ fn node_lost_mid_stage(action: &str) {
     if !three_nodes_up() {
         return;
     }
-    let _one = CLUSTER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = cluster_lock();
     let fx = Fixture::new();
     // 60 tasks of 300 ms on 6 workers: about 3 s, and node3's two workers are busy when it
     // goes. Retries heal what it held. The replacement steps wait for CPUs the allocation no
@@ -557,9 +553,7 @@ fn kill_9_of_the_runner_ends_every_step_on_every_node_and_resume_finishes() {
     if !three_nodes_up() {
         return;
     }
-    let _one = CLUSTER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = cluster_lock();
     let fx = Fixture::new();
     let ms: Vec<u64> = (0..60).map(|i| 200 + i).collect();
     let text = header(
@@ -630,9 +624,7 @@ fn a_node_cut_off_the_network_is_noticed_by_keepalive_and_its_tasks_retried() {
     if !three_nodes_up() {
         return;
     }
-    let _one = CLUSTER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = cluster_lock();
     let fx = Fixture::new();
     // As for the kill, but node3 goes silent: its processes run on, nothing gets through, and
     // neither the runner nor Slurm hears anything. The runner's TCP timers end the connections.
