@@ -226,7 +226,7 @@ fn event_time(e: &Value) -> SystemTime {
     humantime::parse_rfc3339_weak(e["time"].as_str().unwrap()).unwrap()
 }
 
-/// A stage of `n` tasks sleeping `ms` each, one per chunk.
+/// A stage running `task` (one that sleeps so many ms) on each of `ms`, one per chunk.
 fn sleeps(name: &str, task: &str, ms: &[u64], extra: &str) -> String {
     let items: Vec<String> = ms.iter().map(u64::to_string).collect();
     format!(
