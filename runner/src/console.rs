@@ -48,7 +48,9 @@ pub enum Verbosity {
 pub enum ProgressMode {
     /// When stderr is a terminal (and `TERM` is not `dumb`).
     Auto,
+    /// Always draw bars, even into a file or a pipe.
     Always,
+    /// Never: no bars and no periodic progress lines (failures and the verdict still print).
     Never,
 }
 

@@ -135,8 +135,11 @@ fn failures_and_finished_stages_are_lines_above_the_bars_and_eta_starts_unknown(
         .status()
         .unwrap();
     assert_eq!(out.code(), Some(1), "some tasks failed");
-    let screen =
+    let painted =
         String::from_utf8_lossy(&std::fs::read(fx.path().join("typescript")).unwrap()).into_owned();
+    // On a terminal, failures are red (`--color auto`); the words are read without the colour.
+    assert!(painted.contains("\x1b[31mFAIL "), "{painted}");
+    let screen = without_colour(&painted);
     let fails = screen
         .lines()
         .filter(|l| l.contains("FAIL  mixed["))
@@ -149,4 +152,25 @@ fn failures_and_finished_stages_are_lines_above_the_bars_and_eta_starts_unknown(
     );
     // The first frame: nothing done yet, so no ETA.
     assert!(screen.contains("ETA    ?"), "{screen}");
+}
+
+/// `text` without its colour sequences (`ESC [ ... m`); cursor movements stay.
+fn without_colour(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("\x1b[") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        let end = after
+            .find(|c: char| !(c.is_ascii_digit() || c == ';'))
+            .unwrap_or(after.len());
+        if after[end..].starts_with('m') {
+            rest = &after[end + 1..];
+        } else {
+            out.push_str("\x1b[");
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
 }

@@ -322,7 +322,9 @@ proptest! {
                 prop_assert!(text.contains(&path.display().to_string()), "{text}");
                 let lines = bytes.split(|&b| b == b'\n').count() as u64;
                 match e {
-                    InputError::NotUtf8 { line, .. } | InputError::Malformed { line, .. } => {
+                    InputError::NotUtf8 { line, .. }
+                    | InputError::Malformed { line, .. }
+                    | InputError::BlankLine { line, .. } => {
                         prop_assert!(line >= 1 && line <= lines, "line {line} of {lines}");
                     }
                     other => prop_assert!(false, "unexpected error {other:?}"),
