@@ -844,10 +844,17 @@ fn advertised_address(listen: Option<&str>, local: SocketAddr) -> String {
     }
 }
 
+/// How long a connection's peer may stay silent before the connection ends (ETIMEDOUT): 10 s
+/// idle, then 3 keepalive probes 5 s apart; and the same for data sent and not acknowledged.
+pub const PEER_SILENCE_LIMIT: std::time::Duration = std::time::Duration::from_secs(25);
+
 /// Turns on TCP keepalive with short timers, so that a peer that vanished without closing the
 /// connection (a node that lost power, a cut network) ends it within about half a minute
-/// instead of after the kernel's default two hours.
+/// instead of after the kernel's default two hours; and bounds how long data sent may go
+/// unacknowledged the same way (`TCP_USER_TIMEOUT`: keepalive probes only an idle connection,
+/// and one with data in flight would retransmit for a quarter of an hour).
 pub fn keep_alive(stream: &TcpStream) {
+    const PEER_SILENCE_LIMIT_MS: libc::c_int = PEER_SILENCE_LIMIT.as_millis() as libc::c_int;
     use std::os::fd::AsRawFd;
     let fd = stream.as_raw_fd();
     for (level, name, value) in [
@@ -855,6 +862,11 @@ pub fn keep_alive(stream: &TcpStream) {
         (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 10),
         (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 5),
         (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3),
+        (
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            PEER_SILENCE_LIMIT_MS,
+        ),
     ] {
         let value: libc::c_int = value;
         // SAFETY: setsockopt on an open socket with a pointer to a c_int and its size.
@@ -1159,6 +1171,40 @@ mod tests {
             .filter(|e| e["event"] == "connection_rejected")
             .map(|e| e["peer"].as_str().unwrap().to_owned())
             .collect()
+    }
+
+    #[test]
+    fn connections_give_up_on_a_silent_peer_after_the_limit() {
+        use std::os::fd::AsRawFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        keep_alive(&stream);
+        let get = |level, name| {
+            let mut value: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: getsockopt on an open socket into a c_int with its size.
+            let rc = unsafe {
+                libc::getsockopt(
+                    stream.as_raw_fd(),
+                    level,
+                    name,
+                    (&raw mut value).cast(),
+                    &raw mut len,
+                )
+            };
+            assert_eq!(rc, 0);
+            value
+        };
+        let (idle, interval, count) = (
+            get(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
+            get(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
+            get(libc::IPPROTO_TCP, libc::TCP_KEEPCNT),
+        );
+        assert_eq!(get(libc::SOL_SOCKET, libc::SO_KEEPALIVE), 1);
+        // Idle or with data in flight, the same limit.
+        let limit = PEER_SILENCE_LIMIT.as_secs() as libc::c_int;
+        assert_eq!(idle + interval * count, limit);
+        assert_eq!(get(libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT), limit * 1000);
     }
 
     #[test]

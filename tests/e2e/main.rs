@@ -13,5 +13,6 @@ mod resume;
 mod retry;
 mod scheduler;
 mod slurm;
+mod slurm_nodes;
 mod status;
 mod terminal;

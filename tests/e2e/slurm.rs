@@ -20,8 +20,52 @@ use crate::support::{Fixture, RunResult, header, plugin_path, read_jsonl, wait_f
 /// waiting in the queue would eat into its own time limits.
 static CLUSTER: Mutex<()> = Mutex::new(());
 
+/// The cluster, for one test at a time: of this test binary ([`CLUSTER`]) and of any other
+/// process taking the same lock (a second `cargo test` from another checkout would otherwise
+/// share the nodes, and the multi-node tests break nodes on purpose). Waits for the other
+/// process (bounded: its tests take a few minutes at most).
+pub(crate) struct ClusterLock {
+    _here: std::sync::MutexGuard<'static, ()>,
+    _file: std::fs::File,
+}
+
+pub(crate) fn cluster_lock() -> ClusterLock {
+    use std::os::fd::AsRawFd;
+    let here = CLUSTER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let path = std::env::temp_dir().join("loky-run-slurm-tests.lock");
+    // Read-only is enough for flock: whoever made the file, anyone can take the lock.
+    let file = std::fs::File::open(&path)
+        .or_else(|_| {
+            use std::os::unix::fs::PermissionsExt;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)?;
+            let _ = file.set_permissions(std::fs::Permissions::from_mode(0o666));
+            Ok::<_, std::io::Error>(file)
+        })
+        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(900);
+    // SAFETY: flock on a descriptor this function owns; released when the file is closed.
+    while unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "another process held {} for 15 minutes (Slurm tests running elsewhere?)",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ClusterLock {
+        _here: here,
+        _file: file,
+    }
+}
+
 /// Whether the Slurm tests run here; panics when they are required and the cluster is down.
-fn cluster_up() -> bool {
+pub(crate) fn cluster_up() -> bool {
     let mode = std::env::var("LOKY_RUN_SLURM_TESTS").unwrap_or_default();
     if mode == "0" {
         eprintln!("Slurm tests skipped: LOKY_RUN_SLURM_TESTS=0");
@@ -34,8 +78,11 @@ fn cluster_up() -> bool {
     let (ok, why) = match state {
         Ok(o) => {
             let out = String::from_utf8_lossy(&o.stdout).trim().to_owned();
-            let ready =
-                o.status.success() && ["idle", "mix", "alloc"].iter().any(|s| out.starts_with(s));
+            // One line per state (a node another test took away may be `down*`).
+            let ready = o.status.success()
+                && out
+                    .lines()
+                    .any(|l| ["idle", "mix", "alloc"].iter().any(|s| l.starts_with(s)));
             let why = format!(
                 "sinfo: exit {:?}, node state {out:?}, {}",
                 o.status.code(),
@@ -62,21 +109,20 @@ fn cluster_up() -> bool {
 /// Runs `bash -c SCRIPT` inside `salloc -n TASKS` in the fixture directory; `$LOKY` is the
 /// runner. The script's output is the result's stdout.
 fn salloc_command(fx: &Fixture, tasks: u32, script: &str) -> Command {
+    salloc_command_with(fx, &[&format!("--ntasks={tasks}")], script)
+}
+
+/// As [`salloc_command`], with `args` (e.g. `--nodes=3 --ntasks=6 --no-kill`) for `salloc`.
+pub(crate) fn salloc_command_with(fx: &Fixture, args: &[&str], script: &str) -> Command {
     let mut cmd = Command::new("salloc");
-    cmd.args([
-        &format!("--ntasks={tasks}"),
-        "--time=10",
-        "--job-name=loky-e2e",
-        "bash",
-        "-c",
-        script,
-    ])
-    .current_dir(fx.path())
-    .env("LOKY", env!("CARGO_BIN_EXE_loky-run"))
-    .env_remove("RUST_LOG")
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    cmd.args(args)
+        .args(["--time=10", "--job-name=loky-e2e", "bash", "-c", script])
+        .current_dir(fx.path())
+        .env("LOKY", env!("CARGO_BIN_EXE_loky-run"))
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     for (k, _) in std::env::vars() {
         if k.starts_with("LOKY_") || k.starts_with("SLURM_") {
             cmd.env_remove(k);
@@ -90,12 +136,12 @@ fn salloc(fx: &Fixture, tasks: u32, script: &str) -> RunResult {
 }
 
 /// After the runner exited inside the allocation: the job's worker steps still known to Slurm.
-const LIST_WORKER_STEPS: &str =
+pub(crate) const LIST_WORKER_STEPS: &str =
     "echo \"steps:$(squeue -s -h -j \"$SLURM_JOB_ID\" -o %j | grep -c loky-run-worker)\"";
 
 /// `(exit code of the runner, worker steps left)` printed by a script ending in
 /// `echo "runner=$?"; LIST_WORKER_STEPS`.
-fn runner_code_and_steps(r: &RunResult) -> (i32, usize) {
+pub(crate) fn runner_code_and_steps(r: &RunResult) -> (i32, usize) {
     let field = |name: &str| -> i64 {
         r.stdout
             .lines()
@@ -108,7 +154,7 @@ fn runner_code_and_steps(r: &RunResult) -> (i32, usize) {
     (field("runner=") as i32, field("steps:") as usize)
 }
 
-fn events_of(events: &[Value], kind: &str) -> Vec<Value> {
+pub(crate) fn events_of(events: &[Value], kind: &str) -> Vec<Value> {
     events
         .iter()
         .filter(|e| e["event"] == kind)
@@ -116,7 +162,7 @@ fn events_of(events: &[Value], kind: &str) -> Vec<Value> {
         .collect()
 }
 
-fn pids(values: &[Value]) -> BTreeSet<u64> {
+pub(crate) fn pids(values: &[Value]) -> BTreeSet<u64> {
     values.iter().map(|v| v.as_u64().unwrap()).collect()
 }
 
@@ -141,9 +187,7 @@ fn the_quickstart_on_slurm_writes_the_same_outputs_as_locally() {
     if !cluster_up() {
         return;
     }
-    let _one = CLUSTER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = cluster_lock();
     let fx = Fixture::new();
     let local = fx.write("local.toml", &quickstart("out-local", "local"));
     assert!(
@@ -198,9 +242,7 @@ fn reuse_keeps_the_steps_kill_workers_starts_new_ones_resize_adds_one() {
     if !cluster_up() {
         return;
     }
-    let _one = CLUSTER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = cluster_lock();
     let fx = Fixture::new();
     let pid_stage = |name: &str, n: usize, extra: &str| {
         format!(
@@ -287,9 +329,7 @@ fn a_cancelled_worker_step_is_a_crash_retried_and_no_step_is_left() {
     if !cluster_up() {
         return;
     }
-    let _one = CLUSTER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = cluster_lock();
     let fx = Fixture::new();
     let text = header(
         "scancel",
@@ -334,9 +374,7 @@ fn foreign_connections_are_rejected_and_the_run_is_unaffected() {
     if !cluster_up() {
         return;
     }
-    let _one = CLUSTER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = cluster_lock();
     let fx = Fixture::new();
     let text = header(
         "intruders",
@@ -401,9 +439,7 @@ fn a_flood_of_idle_and_slow_connections_does_not_keep_worker_steps_out() {
     if !cluster_up() {
         return;
     }
-    let _one = CLUSTER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = cluster_lock();
     let fx = Fixture::new();
     let (go, met) = (fx.path().join("go"), fx.path().join("met"));
     let rendezvous = |name: &str, path: &std::path::Path, items: usize, extra: &str| {
@@ -496,9 +532,7 @@ fn ctrl_c_inside_the_allocation_ends_every_step_and_resume_completes() {
     if !cluster_up() {
         return;
     }
-    let _one = CLUSTER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = cluster_lock();
     let fx = Fixture::new();
     let text = header(
         "interrupted",
@@ -545,9 +579,7 @@ fn a_step_that_cannot_start_is_reported_with_what_srun_said() {
     if !cluster_up() {
         return;
     }
-    let _one = CLUSTER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = cluster_lock();
     let fx = Fixture::new();
     let text = header(
         "badsrun",
@@ -571,9 +603,7 @@ fn by_default_one_worker_per_task_of_the_allocation_even_with_export_none() {
     if !cluster_up() {
         return;
     }
-    let _one = CLUSTER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = cluster_lock();
     let fx = Fixture::new();
     // No max_workers: on this 2-CPU node the local default would be 2, and a second step
     // could not start in a 1-task allocation. SLURM_EXPORT_ENV=NONE is what
@@ -616,9 +646,7 @@ fn ctrl_c_while_the_only_worker_step_waits_for_cpus_exits_130_promptly() {
     if !cluster_up() {
         return;
     }
-    let _one = CLUSTER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = cluster_lock();
     let fx = Fixture::new();
     // A 1-task allocation whose CPU another step holds: the runner's only worker step waits,
     // and so does the runner, with no worker to run anything. Ctrl-C must still stop it.
@@ -652,9 +680,7 @@ fn a_worker_step_waiting_for_cpus_does_not_hold_up_the_stages() {
     if !cluster_up() {
         return;
     }
-    let _one = CLUSTER
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = cluster_lock();
     let fx = Fixture::new();
     // Two workers in a 1-task allocation: one step runs, the other waits for its CPU. The
     // stages run on the one worker (the pool reused between them) instead of waiting out the
@@ -719,17 +745,17 @@ fn the_slurm_launcher_outside_an_allocation_says_where_to_run() {
 }
 
 /// A child process killed (with its output discarded) if the test ends before it is waited for.
-struct KillOnDrop(Option<std::process::Child>);
+pub(crate) struct KillOnDrop(pub(crate) Option<std::process::Child>);
 
 impl KillOnDrop {
     /// Whether the child has ended (it can still be waited for).
-    fn exited(&mut self) -> bool {
+    pub(crate) fn exited(&mut self) -> bool {
         self.0
             .as_mut()
             .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
     }
 
-    fn wait_with_output(mut self) -> std::process::Output {
+    pub(crate) fn wait_with_output(mut self) -> std::process::Output {
         self.0.take().unwrap().wait_with_output().unwrap()
     }
 }
@@ -745,7 +771,7 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn read_events(path: &std::path::Path) -> Vec<Value> {
+pub(crate) fn read_events(path: &std::path::Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()

@@ -146,8 +146,12 @@ pub struct WorkerExit {
     /// `None`: it died on its own.
     pub reason: Option<StopReason>,
     /// What broke, when the reason is [`StopReason::BrokenStream`] or
-    /// [`StopReason::LostResults`].
+    /// [`StopReason::LostResults`]; with no reason, why the runner ended a worker that had
+    /// died in all but name (a remote worker whose connection ended while its srun lived on).
     pub detail: Option<String>,
+    /// It was lost with its node (a Slurm step whose node failed or went silent), not by
+    /// anything it ran: what it held needs no fresh worker to run again.
+    pub node_lost: bool,
     pub end: ProcessEnd,
     /// `None` when unknown (a remote worker that never reported it).
     pub peak_rss: Option<u64>,

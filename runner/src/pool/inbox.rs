@@ -307,7 +307,8 @@ pub enum Pumped {
     Open,
     /// Read its share for this wakeup; more is waiting (level-triggered: the next wait says so).
     More,
-    /// The worker closed its side (it exited), or the stream failed.
+    /// The worker closed its side (it exited), or the stream failed ([`Inbox::timed_out`]
+    /// tells whether its peer stopped answering).
     Closed,
     /// The worker sent something that is not a frame: nothing more can be read from it.
     Corrupt,
@@ -325,6 +326,9 @@ pub struct Inbox {
     end: usize,
     /// A large frame being read: its buffer (tag first) and its full length.
     big: Option<(Vec<u8>, usize)>,
+    /// The stream ended because the peer stopped answering (a socket's keepalive or user
+    /// timeout gave up: ETIMEDOUT), not because it closed its side.
+    timed_out: bool,
 }
 
 const STAGE_BYTES: usize = 1 << 16;
@@ -344,7 +348,19 @@ impl Inbox {
             start: 0,
             end: 0,
             big: None,
+            timed_out: false,
         })
+    }
+
+    /// Whether the stream ended because its peer stopped answering (see [`Pumped::Closed`]).
+    pub fn timed_out(&self) -> bool {
+        self.timed_out
+    }
+
+    /// A read failed: the stream is over; notes whether the peer had gone silent.
+    fn failed(&mut self, e: &io::Error) -> Pumped {
+        self.timed_out = e.raw_os_error() == Some(libc::ETIMEDOUT);
+        Pumped::Closed
     }
 
     pub fn fd(&self) -> RawFd {
@@ -364,7 +380,8 @@ impl Inbox {
             if let Some((buf, len)) = &mut self.big {
                 let want = *len - buf.len();
                 let n = match read_spare(self.fd.as_raw_fd(), self.socket, buf, want) {
-                    Ok(Some(0)) | Err(_) => return Pumped::Closed,
+                    Ok(Some(0)) => return Pumped::Closed,
+                    Err(e) => return self.failed(&e),
                     Ok(Some(n)) => n,
                     Ok(None) => return Pumped::Open,
                 };
@@ -418,7 +435,8 @@ impl Inbox {
                     self.start = 0;
                 }
                 let n = match self.read_stage() {
-                    Ok(Some(0)) | Err(_) => return Pumped::Closed,
+                    Ok(Some(0)) => return Pumped::Closed,
+                    Err(e) => return self.failed(&e),
                     Ok(Some(n)) => n,
                     Ok(None) => return Pumped::Open,
                 };

@@ -306,6 +306,11 @@ impl Pool {
             .spawn(move || {
                 for line in BufReader::new(output).split(b'\n') {
                     let Ok(line) = line else { break };
+                    if socket {
+                        if let Some(failure) = slurm::node_failure(&line) {
+                            signal.note_node_failure(failure);
+                        }
+                    }
                     console.worker_line(id, &line);
                 }
                 signal.set();
@@ -400,9 +405,10 @@ impl Pool {
                 if let Some(w) = self.workers.get_mut(&id) {
                     // Everything the stream carried was read: results it wrote and that did
                     // not come went elsewhere (its descriptor was redirected).
+                    let timed_out = w.inbox().is_some_and(|i| i.timed_out());
                     match w.lost_results() {
                         Some(missing) => w.lose_results(missing),
-                        None => w.stream_closed(),
+                        None => w.stream_closed(timed_out),
                     }
                 }
             }
@@ -560,10 +566,12 @@ impl Pool {
             peak_rss: peak_rss.unwrap_or(0),
             tasks: w.results_read(),
         });
+        let detail = w.take_detail();
         Some(PoolEvent::Exited(WorkerExit {
             worker: reaped.worker,
             reason,
-            detail: w.take_detail(),
+            detail,
+            node_lost: w.node_lost(),
             end: reaped.end,
             peak_rss,
             was_ready: w.was_ready(),

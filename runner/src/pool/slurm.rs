@@ -51,6 +51,17 @@ pub fn default_workers() -> Option<usize> {
         .filter(|n| *n > 0)
 }
 
+/// srun's report, in a line of its output, that the step's node failed (Slurm declared it
+/// DOWN): `srun: error: Node failure on node3`. srun then exits 0, so its exit status alone
+/// does not tell.
+pub fn node_failure(line: &[u8]) -> Option<String> {
+    let line = String::from_utf8_lossy(line);
+    let line = line.trim();
+    let at = line.find("Node failure on ")?;
+    line.starts_with("srun: ")
+        .then(|| line[at..].chars().take(200).collect())
+}
+
 /// `scancel` of job steps (`JOB.STEP`), for steps whose `srun` was killed and so cannot end
 /// them. `wait`: block until scancel is done (bounded), else reap it on a thread.
 pub fn cancel_steps(steps: &[String], wait: bool) {
@@ -266,5 +277,28 @@ fn end_sruns(mut children: Vec<Child>) {
     spawn::end_gracefully(&pids, SRUN_TERM_GRACE);
     for child in &mut children {
         let _ = child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::node_failure;
+
+    #[test]
+    fn srun_node_failure_lines_are_recognised_and_nothing_else() {
+        assert_eq!(
+            node_failure(b"srun: error: Node failure on node3\r").as_deref(),
+            Some("Node failure on node3")
+        );
+        assert_eq!(
+            node_failure(b"srun: error: Node failure on node[2-3]").as_deref(),
+            Some("Node failure on node[2-3]")
+        );
+        // A task printing the same words is not srun.
+        assert_eq!(node_failure(b"my task: Node failure on node3"), None);
+        assert_eq!(
+            node_failure(b"srun: Job 12 step creation temporarily disabled"),
+            None
+        );
     }
 }

@@ -12,10 +12,30 @@ use super::{slurm, spawn};
 use crate::progress::ProgressSlot;
 use crate::sys::{self, ProcessEnd};
 
-/// How long a remote worker's srun may live on after its connection ended.
-const REMOTE_EXIT_WAIT: Duration = Duration::from_secs(10);
+/// How long a remote worker's srun may live on after its connection ended. A worker that
+/// exits closes its connection a moment before its step ends and srun exits (milliseconds,
+/// tenths of a second on a loaded node); an srun still running after this is waiting on a node
+/// that died or lost its network (Slurm may take a minute or more to say so), and a task the
+/// worker held would wait with it for its retry.
+const REMOTE_EXIT_WAIT: Duration = Duration::from_secs(3);
 /// How long a local worker may live on after its result stream closed.
 const LOCAL_EXIT_WAIT: Duration = Duration::from_secs(2);
+
+/// Why a remote worker whose connection ended while its srun lived on was ended.
+fn lost_connection_detail() -> String {
+    format!(
+        "its connection to the runner ended and its srun was still running {} s later (its node failed or lost its network?), so the runner ended the step",
+        REMOTE_EXIT_WAIT.as_secs()
+    )
+}
+
+/// Why a remote worker whose connection went silent was ended.
+fn silent_peer_detail() -> String {
+    format!(
+        "nothing came through its connection for {} s (its node failed or lost its network?), so the runner ended the step",
+        crate::transport::PEER_SILENCE_LIMIT.as_secs()
+    )
+}
 
 /// This host's name (read once).
 fn local_host() -> &'static str {
@@ -64,14 +84,31 @@ impl Endpoint {
     }
 }
 
-/// A flag set once, waited for with a time limit.
+/// What a worker's output thread tells the pool: a flag set once it forwarded everything,
+/// waited for with a time limit; and for a Slurm step, srun's report that its node failed.
 #[derive(Default)]
 pub(super) struct Drained {
     done: Mutex<bool>,
     cond: Condvar,
+    node_failure: Mutex<Option<String>>,
 }
 
 impl Drained {
+    /// srun said the step's node failed (the line it printed).
+    pub(super) fn note_node_failure(&self, line: String) {
+        *self
+            .node_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(line);
+    }
+
+    fn node_failure(&self) -> Option<String> {
+        self.node_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     pub(super) fn set(&self) {
         *self
             .done
@@ -106,12 +143,15 @@ pub(super) struct Worker {
     exited: Arc<AtomicBool>,
     ready: bool,
     stop: Option<StopReason>,
-    /// What broke, for [`StopReason::BrokenStream`].
+    /// What broke, for [`StopReason::BrokenStream`] and [`StopReason::LostResults`], or why the
+    /// runner ended a remote worker that lost its connection.
     detail: Option<String>,
     /// When a terminated worker gets SIGKILL if it is still alive.
     kill_at: Option<Instant>,
     /// Its result stream ended while the process lived on.
     closed_alive: bool,
+    /// A remote worker lost with its node (see [`Worker::node_lost`]).
+    node_lost: bool,
     tasks_sent: u64,
     /// Results read from its stream (the lost-results check compares it with what it wrote).
     results_read: u64,
@@ -152,6 +192,7 @@ impl Worker {
             detail: None,
             kill_at: None,
             closed_alive: false,
+            node_lost: false,
             tasks_sent: 0,
             results_read: 0,
             rss_baseline: None,
@@ -187,8 +228,24 @@ impl Worker {
         self.stop
     }
 
+    /// What the exit needs said besides its reason: what broke, or, for a remote worker that
+    /// ended on its own, that Slurm reported its node failed (srun then exits 0, which alone
+    /// would read as a clean exit).
     pub(super) fn take_detail(&mut self) -> Option<String> {
+        if self.detail.is_none() && self.stop.is_none() && self.is_remote() {
+            if let Some(line) = self.output_drained.node_failure() {
+                self.detail = Some(format!("Slurm reported that its node failed ({line})"));
+                self.node_lost = true;
+            }
+        }
         self.detail.take()
+    }
+
+    /// Whether it was lost with its node, not by anything it ran: Slurm said the node failed,
+    /// or its connection went silent or ended while its srun lived on. Call after
+    /// [`Worker::take_detail`].
+    pub(super) fn node_lost(&self) -> bool {
+        self.node_lost
     }
 
     pub(super) fn is_remote(&self) -> bool {
@@ -428,15 +485,23 @@ impl Worker {
     /// write; a remote worker's connection can end while its srun lives on (keepalive gave up
     /// on a vanished node, which Slurm may take minutes to notice). Its exit is forced after
     /// a while. No stop reason: if it held a task, that task crashed.
-    pub(super) fn stream_closed(&mut self) {
-        let wait = if self.is_remote() {
-            REMOTE_EXIT_WAIT
-        } else {
-            LOCAL_EXIT_WAIT
+    /// `timed_out`: the connection ended because its peer stopped answering (TCP gave up
+    /// after [`crate::transport::PEER_SILENCE_LIMIT`]): srun is not going to end soon, so a
+    /// remote worker is ended at once.
+    pub(super) fn stream_closed(&mut self, timed_out: bool) {
+        let silent = timed_out && self.is_remote();
+        let wait = match (self.is_remote(), silent) {
+            (true, true) => Duration::ZERO,
+            (true, false) => REMOTE_EXIT_WAIT,
+            (false, _) => LOCAL_EXIT_WAIT,
         };
         if !self.has_exited() {
             self.kill_at.get_or_insert(Instant::now() + wait);
             self.closed_alive = true;
+            if silent && self.stop.is_none() {
+                self.detail.get_or_insert_with(silent_peer_detail);
+                self.node_lost = true;
+            }
         }
     }
 
@@ -447,12 +512,18 @@ impl Worker {
                 if !self.has_exited() {
                     // A local worker still alive long after its result stream ended: a task
                     // closed the descriptor, and whatever it ran since is lost.
-                    if self.closed_alive && !self.is_remote() && self.stop.is_none() {
-                        self.stop = Some(StopReason::LostResults);
-                        self.detail = Some(
-                            "its result descriptor (4) was redirected or closed, most likely by a task, and it went on running"
-                                .into(),
-                        );
+                    if self.closed_alive && self.stop.is_none() {
+                        if self.is_remote() {
+                            // Not a crash reason of its own: what it held crashed with it.
+                            self.detail.get_or_insert_with(lost_connection_detail);
+                            self.node_lost = true;
+                        } else {
+                            self.stop = Some(StopReason::LostResults);
+                            self.detail = Some(
+                                "its result descriptor (4) was redirected or closed, most likely by a task, and it went on running"
+                                    .into(),
+                            );
+                        }
                     }
                     spawn::kill_group(self.pid, libc::SIGKILL);
                     // A killed `srun` leaves its step behind: cancel it in Slurm.

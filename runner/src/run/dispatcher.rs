@@ -106,16 +106,27 @@ pub struct StageJob<'a> {
 struct Pending {
     item: Item,
     input: Vec<u8>,
-    /// After a crash or timeout the retry goes to a worker started after this one.
-    newer_than: Option<WorkerId>,
+    /// After a crash or timeout the retry goes to a worker started after this one (the
+    /// instant: when it was queued for that).
+    newer_than: Option<(WorkerId, Instant)>,
 }
+
+/// How long a retry after a crash or timeout waits for a worker newer than the one that
+/// failed, while such a worker is starting; past that, any worker takes it. A local worker is
+/// ready within milliseconds (plus its initializer), and so is a Slurm step when the allocation
+/// has CPUs free; but a step may wait for CPUs that only the pool's older workers can give
+/// back (an allocation that lost a node, whose steps' CPUs are gone), and the retry with it.
+pub const FRESH_WORKER_WAIT: Duration = Duration::from_secs(5);
 
 impl Pending {
     /// Whether `worker` may run it: a retry after a crash goes to a worker started after the
     /// one that crashed, unless no such worker is there or coming (`newest`: the newest live or
-    /// starting worker), which would leave it waiting forever.
-    fn fits(&self, worker: WorkerId, newest: WorkerId) -> bool {
-        self.newer_than.is_none_or(|w| worker > w || newest <= w)
+    /// starting worker), which would leave it waiting forever, or none came within
+    /// [`FRESH_WORKER_WAIT`].
+    fn fits(&self, worker: WorkerId, newest: WorkerId, now: Instant) -> bool {
+        self.newer_than.is_none_or(|(w, queued)| {
+            worker > w || newest <= w || now.saturating_duration_since(queued) >= FRESH_WORKER_WAIT
+        })
     }
 }
 
@@ -545,7 +556,7 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
             size = size.min(usize::try_from(left).unwrap_or(usize::MAX));
         }
         let mut items = Vec::new();
-        self.take_requeued(worker, size, idle, &mut items);
+        self.take_requeued(worker, size, idle, now, &mut items);
         if items.is_empty() {
             self.read_inputs(size, &mut items)?;
         }
@@ -576,11 +587,19 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
 
     /// Retries and requeued inputs first. An isolated one goes alone, and only to an idle
     /// worker. The frame stays within the same bounds as one of fresh inputs.
-    fn take_requeued(&mut self, worker: WorkerId, size: usize, idle: bool, items: &mut Vec<Item>) {
+    fn take_requeued(
+        &mut self,
+        worker: WorkerId,
+        size: usize,
+        idle: bool,
+        now: Instant,
+        items: &mut Vec<Item>,
+    ) {
         let mut i = 0;
         while i < self.requeue.len() && items.len() < size {
             let p = &self.requeue[i];
-            if !p.fits(worker, self.newest) || (p.item.isolated && !(idle && items.is_empty())) {
+            if !p.fits(worker, self.newest, now) || (p.item.isolated && !(idle && items.is_empty()))
+            {
                 i += 1;
                 continue;
             }
@@ -802,7 +821,7 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
                         ErrorKind::TaskError
                     };
                     let message = String::from_utf8_lossy(bytes).into_owned();
-                    self.fail(item, chunk.input(position), kind, message, worker, false)?;
+                    self.fail(item, chunk.input(position), kind, message, worker, None)?;
                 }
             }
         }
@@ -908,7 +927,10 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
                             kind.as_str(),
                             exit.peak_rss,
                         );
-                        self.fail(item, input, kind, message, exit.worker, true)?;
+                        // A crash needs a fresh worker for the retry; a lost node does not
+                        // (the task did nothing to the worker).
+                        let fresh = (!exit.node_lost).then_some(now);
+                        self.fail(item, input, kind, message, exit.worker, fresh)?;
                         continue;
                     }
                     Blame::Suspects(suspects) if suspects.contains(&(id, position)) => {
@@ -1083,12 +1105,14 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
                 } else {
                     "after running (before its result arrived)"
                 };
+                // The runner ended it (its end says nothing of what happened): say why.
+                let how = match &exit.detail {
+                    Some(why) => format!("was lost {when} task {task} on input {index}: {why}"),
+                    None => format!("{} {when} task {task} on input {index}", exit.end),
+                };
                 (
                     ErrorKind::Crashed,
-                    format!(
-                        "{worker} {} {when} task {task} on input {index}; its peak RSS was {peak}",
-                        exit.end
-                    ),
+                    format!("{worker} {how}; its peak RSS was {peak}"),
                 )
             }
         }
@@ -1102,7 +1126,8 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
         kind: ErrorKind,
         message: String,
         worker: WorkerId,
-        needs_fresh_worker: bool,
+        // Some(now): it needs a worker newer than `worker` (it crashed or timed out there).
+        needs_fresh_worker: Option<Instant>,
     ) -> Result<(), RunError> {
         let attempts = item.attempts + 1;
         if attempts <= self.job.stage.settings.retries && self.outcome.stopped.is_none() {
@@ -1124,7 +1149,7 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
             self.requeue.push_back(Pending {
                 item: Item { attempts, ..item },
                 input: input.to_vec(),
-                newer_than: needs_fresh_worker.then_some(worker),
+                newer_than: needs_fresh_worker.map(|at| (worker, at)),
             });
             return Ok(());
         }

@@ -37,6 +37,8 @@ struct State {
     /// `retire`/`terminate`/`kill`/`stop_after_current` calls, in order.
     stops: Vec<(WorkerId, StopReason)>,
     started: Vec<WorkerId>,
+    /// `exit` reports workers lost with their node (a Slurm step's node failed).
+    node_lost: bool,
 }
 
 #[derive(Clone, Default)]
@@ -122,10 +124,12 @@ impl Fake {
             .workers
             .get(&worker)
             .is_some_and(|w| w.0 != Phase::Starting);
+        let node_lost = s.node_lost;
         s.events.push_back(PoolEvent::Exited(WorkerExit {
             worker,
             reason,
             detail: None,
+            node_lost,
             end: ProcessEnd::Signal(libc::SIGKILL),
             peak_rss: Some(1 << 20),
             was_ready,
@@ -141,6 +145,7 @@ impl Fake {
             worker,
             reason: None,
             detail: None,
+            node_lost: false,
             end,
             peak_rss: None,
             was_ready: false,
@@ -957,6 +962,87 @@ fn a_retry_that_needs_a_fresh_worker_reaches_it_past_an_older_idle_one() {
     let sent = h.fake.sent();
     assert_eq!(sent.len(), 2, "{sent:?}");
     assert_eq!(sent[1].worker, 3);
+}
+
+#[test]
+fn a_retry_waits_a_bounded_time_for_a_newer_worker_that_stays_starting() {
+    // Input 0 crashes worker 2; its replacement 3 starts but never becomes ready (a Slurm step
+    // waiting for CPUs that only the older workers hold). The idle older worker 1 takes the
+    // retry once FRESH_WORKER_WAIT has passed, not before.
+    let h = started(1, 2, 1, |s| {
+        s.retries = 1;
+        s.idle_timeout = None;
+    });
+    let mut writer = h.writer();
+    let mut pool = h.fake.clone();
+    pool.fill().unwrap();
+    h.fake.ready(2);
+    let mut d = Dispatcher::new(h.job(), &mut pool, &mut writer, &h.events, &h.console);
+    settle(&mut d, &h.fake);
+    let first = h.fake.sent()[0].clone();
+    assert_eq!(first.worker, 2);
+    let crashed_at = Instant::now();
+    h.fake.exit(
+        2,
+        None,
+        Progress::Running {
+            chunk: first.chunk,
+            position: 0,
+            since: crashed_at,
+        },
+    );
+    settle(&mut d, &h.fake);
+    h.fake.ready(1);
+    settle(&mut d, &h.fake);
+    d.step(crashed_at + FRESH_WORKER_WAIT / 2).unwrap();
+    assert_eq!(h.fake.sent().len(), 1, "not yet to the older worker 1");
+    d.step(Instant::now() + FRESH_WORKER_WAIT).unwrap();
+    let sent = h.fake.sent();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!(sent[1].worker, 1);
+    h.fake.answer(&sent[1], Duration::from_micros(5));
+    let mut answered = 2;
+    run_to_end(&mut d, &h.fake, &mut answered);
+    let outcome = d.finish();
+    assert_eq!((outcome.ok, outcome.retried), (1, 1));
+}
+
+#[test]
+fn a_retry_after_a_lost_node_needs_no_fresh_worker() {
+    // Worker 2 was lost with its node while running input 0: the task did nothing to it, so
+    // the idle older worker 1 takes the retry at once, though worker 3 is starting.
+    let h = started(1, 2, 1, |s| {
+        s.retries = 1;
+        s.idle_timeout = None;
+    });
+    let mut writer = h.writer();
+    let mut pool = h.fake.clone();
+    pool.fill().unwrap();
+    h.fake.ready(2);
+    let mut d = Dispatcher::new(h.job(), &mut pool, &mut writer, &h.events, &h.console);
+    settle(&mut d, &h.fake);
+    let first = h.fake.sent()[0].clone();
+    h.fake.0.borrow_mut().node_lost = true;
+    h.fake.exit(
+        2,
+        None,
+        Progress::Running {
+            chunk: first.chunk,
+            position: 0,
+            since: Instant::now(),
+        },
+    );
+    settle(&mut d, &h.fake);
+    h.fake.ready(1);
+    settle(&mut d, &h.fake);
+    let sent = h.fake.sent();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!(sent[1].worker, 1);
+    h.fake.answer(&sent[1], Duration::from_micros(5));
+    let mut answered = 2;
+    run_to_end(&mut d, &h.fake, &mut answered);
+    let outcome = d.finish();
+    assert_eq!((outcome.ok, outcome.retried), (1, 1));
 }
 
 #[test]
