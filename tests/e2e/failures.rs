@@ -257,7 +257,8 @@ fn a_worker_killed_from_outside_fails_only_its_task() {
         + &stage(
             "s",
             "faults::sleep_ms",
-            &format!("{{ items = [{}] }}", vec!["60"; 60].join(", ")),
+            // The first two tasks are long: the kill lands in one of them, not between tasks.
+            &format!("{{ items = [2000, 2000, {}] }}", vec!["60"; 58].join(", ")),
             "chunksize = 1",
         );
     let p = fx.write("pipeline.toml", &text);
@@ -289,7 +290,8 @@ fn a_worker_killed_from_outside_fails_only_its_task() {
             >= 2)
             .then_some(())
     });
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Killed once it sleeps inside a task (a thread of it in nanosleep), not before.
+    wait_for(|| in_sleep_syscall(victim).then_some(()));
     // SAFETY: sending a signal to a pid we read from the event log.
     unsafe { libc::kill(victim as i32, libc::SIGKILL) };
     let status = child.wait().unwrap();
@@ -774,4 +776,19 @@ fn a_nan_or_infinite_output_is_a_task_error_not_null() {
         let message = record["error"]["message"].as_str().unwrap();
         assert!(message.contains(value), "{message}");
     }
+}
+
+/// Whether a thread of process `pid` is in `nanosleep` or `clock_nanosleep` (a task sleeping).
+fn in_sleep_syscall(pid: u64) -> bool {
+    const NANOSLEEP: &str = "35";
+    const CLOCK_NANOSLEEP: &str = "230";
+    let Ok(threads) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    threads.filter_map(Result::ok).any(|t| {
+        std::fs::read_to_string(t.path().join("syscall")).is_ok_and(|s| {
+            let nr = s.split_whitespace().next().unwrap_or_default();
+            nr == NANOSLEEP || nr == CLOCK_NANOSLEEP
+        })
+    })
 }
