@@ -443,6 +443,10 @@ impl OrderedWriter {
         let wrote = !self.out.buffer().is_empty();
         self.out.flush()?;
         let journaled = self.journal.flush(&self.syncer)?;
+        if self.pending.is_empty() {
+            // What the journal held is in the file now: written to the disk once, not twice.
+            self.journal.drop_unsynced(&self.syncer)?;
+        }
         if self.out.get_ref().len - self.sealed_at >= seals::SEAL_EVERY {
             self.seal()?;
         }
@@ -820,6 +824,8 @@ struct SyncShared {
     state: Mutex<SyncState>,
     wake: Condvar,
     dirty: AtomicBool,
+    /// Sync passes started (each may make every byte written before it durable).
+    passes: std::sync::atomic::AtomicU64,
 }
 
 struct SyncState {
@@ -840,6 +846,7 @@ impl Syncer {
             }),
             wake: Condvar::new(),
             dirty: AtomicBool::new(false),
+            passes: std::sync::atomic::AtomicU64::new(0),
         });
         let theirs = Arc::clone(&shared);
         let thread = thread::Builder::new()
@@ -863,6 +870,11 @@ impl Syncer {
     pub(crate) fn sync_parent_once(&self, path: &Path) {
         self.lock().parents.push(path.to_owned());
         self.shared.wake.notify_all();
+    }
+
+    /// How many sync passes have started.
+    pub(crate) fn passes(&self) -> u64 {
+        self.shared.passes.load(Ordering::Acquire)
     }
 
     /// Something was written since the last sync.
@@ -916,6 +928,8 @@ fn sync_loop(shared: &SyncShared) {
             continue;
         }
         let files = state.files.clone();
+        // Counted before syncing: bytes written before this may now reach the disk.
+        shared.passes.fetch_add(1, Ordering::AcqRel);
         drop(state);
         for f in &files {
             let _ = f.sync_data(); // best effort: the end of the stage syncs and reports errors
@@ -1292,6 +1306,54 @@ mod tests {
             assert!(err.to_string().contains(&format!("line {line} ")), "{err}");
             assert!(path.exists() && !dir.path().join(JOURNAL_DIR).exists());
         }
+    }
+
+    #[test]
+    fn a_journal_no_sync_has_seen_is_emptied_once_its_records_are_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.jsonl");
+        let big = format!("\"{}\"", "x".repeat(300 << 10));
+        let journal_len = |p: &Path| std::fs::metadata(journal_path(p)).map_or(0, |m| m.len());
+        let mut w = OrderedWriter::create(&path).unwrap();
+        w.ok(1, None, big.as_bytes()).unwrap();
+        w.flush().unwrap();
+        assert!(journal_len(&path) > 300 << 10, "held: journaled");
+        w.ok(0, None, b"0").unwrap();
+        w.flush().unwrap();
+        if journal_len(&path) == journal::MAGIC.len() as u64 {
+            // Emptied: a kill now loses nothing, the file holds both.
+            crash(w);
+            let w = OrderedWriter::resume(&path).unwrap();
+            assert_eq!((w.resumed().prefix, w.next_index()), (2, 2));
+            w.finish().unwrap();
+        } else {
+            // A sync pass started in between (a loaded machine): the journal stays, as it must.
+            w.finish().unwrap();
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("{\"index\":0,\"output\":0}\n{\"index\":1,"));
+
+        // Once a sync may have made the journal durable, it is kept until the stage ends.
+        let path = dir.path().join("t.jsonl");
+        let mut w = OrderedWriter::create(&path).unwrap();
+        w.ok(1, None, big.as_bytes()).unwrap();
+        w.flush().unwrap();
+        let before = w.syncer.passes();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while w.syncer.passes() == before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no sync pass within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        w.ok(0, None, b"0").unwrap();
+        w.flush().unwrap();
+        assert!(
+            journal_len(&path) > 300 << 10,
+            "synced frames are not dropped"
+        );
+        w.finish().unwrap();
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub const MAGIC: &[u8; 8] = b"lkrjnl1\n";
 const FRAME_HEADER: usize = 8;
 /// A frame is written early once its payload reaches this size (between two flushes).
 const FRAME_TARGET: usize = 1 << 20;
+/// Below this many journaled bytes, [`JournalWriter::drop_unsynced`] leaves the file alone (a
+/// truncation costs two syscalls; small results cost the disk little).
+const DROP_AT: u64 = 256 << 10;
 
 /// Appends frames of record lines; the file is created on first use.
 pub struct JournalWriter {
@@ -34,6 +37,11 @@ pub struct JournalWriter {
     append_at: u64,
     /// A frame header placeholder, then the record lines of the next frame.
     buf: Vec<u8>,
+    /// Bytes of frames written since the file was started (or last emptied).
+    written: u64,
+    /// The syncer's pass count when the first of those was written: while no pass has started
+    /// since, none of them can have reached the disk.
+    first_write_pass: Option<u64>,
 }
 
 impl JournalWriter {
@@ -43,6 +51,8 @@ impl JournalWriter {
             file: None,
             append_at,
             buf: vec![0; FRAME_HEADER],
+            written: 0,
+            first_write_pass: None,
         }
     }
 
@@ -79,9 +89,37 @@ impl JournalWriter {
         self.buf[..4].copy_from_slice(&len.to_le_bytes());
         self.buf[4..8].copy_from_slice(&crc.to_le_bytes());
         self.open(syncer)?;
+        // Read before the write: a pass that starts after it sees the bytes, and is counted.
+        let pass = syncer.passes();
         let file = self.file.as_mut().expect("open");
         file.write_all(&self.buf)?;
+        self.written += self.buf.len() as u64;
+        self.first_write_pass.get_or_insert(pass);
         self.buf.truncate(FRAME_HEADER);
+        Ok(true)
+    }
+
+    /// Every journaled record has since been written to `<stage>.jsonl` (the writer holds
+    /// nothing): empties the journal if none of its bytes can have reached the disk yet (no
+    /// sync pass started since the first was written), so that the kernel drops them instead of
+    /// writing them, and each result reaches the disk once. A runner killed now loses nothing
+    /// (the records are in `<stage>.jsonl`, in the page cache like the journal was); a power
+    /// cut loses what it would have lost anyway, the writes since the last sync. Returns
+    /// whether the journal was emptied.
+    pub fn drop_unsynced(&mut self, syncer: &Syncer) -> io::Result<bool> {
+        let unsynced = self.first_write_pass == Some(syncer.passes());
+        // A journal continued from an earlier run holds durable frames: kept.
+        let fresh = self.append_at < MAGIC.len() as u64;
+        if self.buf.len() > FRAME_HEADER || !unsynced || !fresh || self.written < DROP_AT {
+            return Ok(false);
+        }
+        let Some(file) = self.file.as_mut() else {
+            return Ok(false);
+        };
+        file.set_len(MAGIC.len() as u64)?;
+        file.seek(SeekFrom::Start(MAGIC.len() as u64))?;
+        self.written = 0;
+        self.first_write_pass = None;
         Ok(true)
     }
 
