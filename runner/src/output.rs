@@ -1353,7 +1353,28 @@ mod tests {
             journal_len(&path) > 300 << 10,
             "synced frames are not dropped"
         );
+        // ... until a whole sync pass has run with the records in the file.
+        let settled = w.syncer.passes();
+        let mut next = 2;
+        while w.syncer.passes() < settled + 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no sync passes within 30 s"
+            );
+            w.ok(next, None, b"1").unwrap(); // in order: something for the syncer to sync
+            next += 1;
+            w.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        w.flush().unwrap();
+        assert_eq!(
+            journal_len(&path),
+            journal::MAGIC.len() as u64,
+            "then emptied"
+        );
         w.finish().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("{\"index\":0,\"output\":0}\n{\"index\":1,"));
     }
 
     #[test]

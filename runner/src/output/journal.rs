@@ -42,6 +42,9 @@ pub struct JournalWriter {
     /// The syncer's pass count when the first of those was written: while no pass has started
     /// since, none of them can have reached the disk.
     first_write_pass: Option<u64>,
+    /// The pass count when every journaled record was last found in `<stage>.jsonl` with no
+    /// frame written since: once a whole pass has run after that, the file holds them durably.
+    settled_at: Option<u64>,
 }
 
 impl JournalWriter {
@@ -53,6 +56,7 @@ impl JournalWriter {
             buf: vec![0; FRAME_HEADER],
             written: 0,
             first_write_pass: None,
+            settled_at: None,
         }
     }
 
@@ -95,22 +99,32 @@ impl JournalWriter {
         file.write_all(&self.buf)?;
         self.written += self.buf.len() as u64;
         self.first_write_pass.get_or_insert(pass);
+        self.settled_at = None;
         self.buf.truncate(FRAME_HEADER);
         Ok(true)
     }
 
     /// Every journaled record has since been written to `<stage>.jsonl` (the writer holds
-    /// nothing): empties the journal if none of its bytes can have reached the disk yet (no
-    /// sync pass started since the first was written), so that the kernel drops them instead of
-    /// writing them, and each result reaches the disk once. A runner killed now loses nothing
-    /// (the records are in `<stage>.jsonl`, in the page cache like the journal was); a power
-    /// cut loses what it would have lost anyway, the writes since the last sync. Returns
-    /// whether the journal was emptied.
+    /// nothing): empties the journal when that loses nothing a power cut would have kept.
+    /// Either none of its bytes can have reached the disk yet (no sync pass started since the
+    /// first was written: the kernel then drops them instead of writing them, and each result
+    /// reaches the disk once), or a whole pass has run since the records were all in the file
+    /// (the file holds them durably; the journal would only grow). A runner killed now loses
+    /// nothing either way: the records are in `<stage>.jsonl`. Returns whether it was emptied.
     pub fn drop_unsynced(&mut self, syncer: &Syncer) -> io::Result<bool> {
-        let unsynced = self.first_write_pass == Some(syncer.passes());
-        // A journal continued from an earlier run holds durable frames: kept.
+        let passes = syncer.passes();
+        let settled = *self.settled_at.get_or_insert(passes);
+        let unsynced = self.first_write_pass == Some(passes);
+        // Pass `settled + 1` started after the records were in the file; it has completed once
+        // pass `settled + 2` has started (passes run one after the other).
+        let durable_in_file = passes >= settled + 2;
+        // A journal continued from an earlier run holds frames of that run: kept.
         let fresh = self.append_at < MAGIC.len() as u64;
-        if self.buf.len() > FRAME_HEADER || !unsynced || !fresh || self.written < DROP_AT {
+        if self.buf.len() > FRAME_HEADER
+            || !(unsynced || durable_in_file)
+            || !fresh
+            || self.written < DROP_AT
+        {
             return Ok(false);
         }
         let Some(file) = self.file.as_mut() else {
@@ -120,6 +134,7 @@ impl JournalWriter {
         file.seek(SeekFrom::Start(MAGIC.len() as u64))?;
         self.written = 0;
         self.first_write_pass = None;
+        self.settled_at = None;
         Ok(true)
     }
 
