@@ -425,8 +425,10 @@ impl Run<'_> {
         }
         record.output_sha256 = output_sha256;
         record.finished_at = Some(crate::events::now_rfc3339());
-        // The stage's outcome stands even if this write fails: the final write reports it.
-        let _ = self.manifest.write(&out_dir);
+        // The stage's outcome stands even if this write fails: the final write reports it. Not
+        // synced: its output is durable already (`finish`), so a power cut that loses this mark
+        // costs a `--resume` that finds the stage complete; the run's last write is synced.
+        let _ = self.manifest.write_unsynced(&out_dir);
         self.live.write(None, Instant::now());
         self.failed_any |= outcome.failed > 0 || outcome.stopped.is_some();
         self.ok_counts.push(outcome.ok);
