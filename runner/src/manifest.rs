@@ -35,8 +35,10 @@ pub struct Manifest {
     /// Where the run's event log and joblog went, if it kept them (absolute).
     pub events: Option<PathBuf>,
     pub joblog: Option<PathBuf>,
-    /// The resolved configuration (after defaults, environment and `--set`).
-    pub config: Pipeline,
+    /// The resolved configuration (after defaults, environment and `--set`), serialized once:
+    /// the manifest is rewritten at every stage's start and end, and a pipeline of many stages
+    /// made that quadratic.
+    pub config: Box<serde_json::value::RawValue>,
 }
 
 #[derive(Debug, Serialize)]
@@ -221,7 +223,7 @@ impl Manifest {
             stages: Vec::new(),
             events: None,
             joblog: None,
-            config: pipeline.clone(),
+            config: config_json(pipeline)?,
         })
     }
 
@@ -249,6 +251,14 @@ impl Manifest {
         }
         std::fs::rename(&tmp, dir.join("manifest.json"))
     }
+}
+
+/// `pipeline` as pretty JSON indented for its place in the manifest (one level deep), as
+/// `to_vec_pretty` would have written it in place.
+fn config_json(pipeline: &Pipeline) -> io::Result<Box<serde_json::value::RawValue>> {
+    let text = serde_json::to_string_pretty(pipeline)?;
+    let indented = text.replace('\n', "\n  ");
+    serde_json::value::RawValue::from_string(indented).map_err(io::Error::other)
 }
 
 /// The SHA-256 of some bytes, in hex.
