@@ -31,6 +31,7 @@ pub struct Manifest {
     pub pipeline_sha256: String,
     pub plugins: Vec<PluginRecord>,
     /// Every stage of the pipeline, in order, from the start of the run (status `pending`).
+    #[serde(serialize_with = "serialize_stages")]
     pub stages: Vec<StageRecord>,
     /// Where the run's event log and joblog went, if it kept them (absolute).
     pub events: Option<PathBuf>,
@@ -83,7 +84,7 @@ impl StageStatus {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StageRecord {
     pub name: String,
     pub status: StageStatus,
@@ -150,7 +151,7 @@ impl StageRecord {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DecisionRecord {
     pub decision: String,
     pub from: usize,
@@ -251,6 +252,47 @@ impl Manifest {
         }
         std::fs::rename(&tmp, dir.join("manifest.json"))
     }
+}
+
+thread_local! {
+    /// The stage records as last serialized, and their JSON: a record unchanged since (most of
+    /// them, at each rewrite of the manifest) is not serialized again. One runner writes one
+    /// manifest at a time, on one thread.
+    static STAGE_JSON: std::cell::RefCell<Vec<(StageRecord, Box<serde_json::value::RawValue>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The stage records, each serialized only when it changed since the last write (comparing a
+/// record is far cheaper than escaping its strings again), indented for their place in the
+/// manifest's `stages` array.
+fn serialize_stages<S: serde::Serializer>(
+    stages: &[StageRecord],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::{Error as _, SerializeSeq};
+    STAGE_JSON.with_borrow_mut(|cache| {
+        cache.truncate(stages.len());
+        for (i, record) in stages.iter().enumerate() {
+            if cache.get(i).is_some_and(|(cached, _)| cached == record) {
+                continue;
+            }
+            let text = serde_json::to_string_pretty(record)
+                .map_err(S::Error::custom)?
+                .replace('\n', "\n    ");
+            let raw = serde_json::value::RawValue::from_string(text).map_err(S::Error::custom)?;
+            let entry = (record.clone(), raw);
+            if i < cache.len() {
+                cache[i] = entry;
+            } else {
+                cache.push(entry);
+            }
+        }
+        let mut seq = serializer.serialize_seq(Some(stages.len()))?;
+        for (_, raw) in cache.iter() {
+            seq.serialize_element(raw)?;
+        }
+        seq.end()
+    })
 }
 
 /// `pipeline` as pretty JSON indented for its place in the manifest (one level deep), as
