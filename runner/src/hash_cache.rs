@@ -73,34 +73,76 @@ pub fn sha256(path: &Path) -> io::Result<String> {
 }
 
 fn sha256_in(dir: Option<&Path>, path: &Path) -> io::Result<String> {
+    cached_in(
+        dir,
+        FILE,
+        path,
+        "",
+        |sha| sha.len() == 64,
+        || crate::manifest::sha256_file(path),
+    )
+}
+
+/// What `compute` says about the file at `path` (one line of text without tabs), remembered in
+/// the cache file `name` for this version of the file (and `also`, a key of what else the
+/// answer depends on); `valid` vets a remembered answer.
+pub fn cached(
+    name: &str,
+    path: &Path,
+    also: &str,
+    valid: impl Fn(&str) -> bool,
+    compute: impl FnOnce() -> io::Result<String>,
+) -> io::Result<String> {
+    cached_in(cache_dir().as_deref(), name, path, also, valid, compute)
+}
+
+fn cached_in(
+    dir: Option<&Path>,
+    name: &str,
+    path: &Path,
+    also: &str,
+    valid: impl Fn(&str) -> bool,
+    compute: impl FnOnce() -> io::Result<String>,
+) -> io::Result<String> {
     let Some(dir) = dir else {
-        return crate::manifest::sha256_file(path);
+        return compute();
     };
-    let meta = fs::metadata(path)?;
-    if !meta.is_file() {
-        return crate::manifest::sha256_file(path);
-    }
+    let Ok(meta) = fs::metadata(path).map(|m| m.is_file().then_some(m)) else {
+        return compute();
+    };
+    let Some(meta) = meta else {
+        return compute();
+    };
     let stamp = Stamp::of(&meta);
-    let key = stamp.key();
-    let cache = dir.join(FILE);
+    let key = format!("{}\t{also}", stamp.key());
+    let cache = dir.join(name);
     let text = fs::read_to_string(&cache).unwrap_or_default();
-    if let Some(sha) = text.lines().find_map(|line| {
-        let (entry, sha) = line.rsplit_once('\t')?;
-        (entry == key && sha.len() == 64).then(|| sha.to_owned())
+    if let Some(value) = text.lines().find_map(|line| {
+        let (entry, value) = line.rsplit_once('\t')?;
+        (entry == key && valid(value)).then(|| value.to_owned())
     }) {
-        return Ok(sha);
+        return Ok(value);
     }
-    let sha = crate::manifest::sha256_file(path)?;
-    // Hashed now: was the file still changing around now?
+    let value = compute()?;
+    // Computed now: was the file still changing around now?
     let now_ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i128);
     if now_ns - stamp.mtime_ns.max(stamp.ctime_ns) >= RACY.as_nanos() as i128
+        && !value.contains(['\t', '\n'])
         && fs::metadata(path).is_ok_and(|m| Stamp::of(&m) == stamp)
     {
-        let _ = store(dir, &cache, &text, &key, &sha);
+        let _ = store(dir, &cache, &text, &key, &value);
     }
-    Ok(sha)
+    Ok(value)
+}
+
+/// The key of this runner binary's version: what a plugin's probe result also depends on.
+pub fn this_runner() -> String {
+    fs::metadata(crate::sys::current_exe()).map_or_else(
+        |_| String::from("unknown"),
+        |m| Stamp::of(&m).key().replace('\t', ":"),
+    )
 }
 
 /// Rewrites the cache with this entry last (atomically: a temporary file, then rename).
@@ -117,7 +159,7 @@ fn store(dir: &Path, cache: &Path, old: &str, key: &str, sha: &str) -> io::Resul
         text.push('\n');
     }
     text.push_str(&format!("{key}\t{sha}\n"));
-    let tmp = dir.join(format!("{FILE}.{}", std::process::id()));
+    let tmp = cache.with_extension(format!("tmp.{}", std::process::id()));
     fs::write(&tmp, text)?;
     fs::rename(&tmp, cache)
 }
@@ -150,7 +192,7 @@ mod tests {
         // Forge a cache entry for this exact version to see that it is what gets used
         // (the file's ctime is recent, so a real entry would not be written yet).
         fs::create_dir_all(&cache).unwrap();
-        let key = Stamp::of(&fs::metadata(&path).unwrap()).key();
+        let key = format!("{}\t", Stamp::of(&fs::metadata(&path).unwrap()).key());
         fs::write(cache.join(FILE), format!("{key}\t{}\n", "a".repeat(64))).unwrap();
         assert_eq!(sha256_in(Some(&cache), &path).unwrap(), "a".repeat(64));
         // Rewritten with the old mtime put back: the ctime still moves, so it misses.
@@ -161,6 +203,41 @@ mod tests {
         assert_eq!(
             sha256_in(Some(&cache), &path).unwrap(),
             crate::manifest::sha256_file(&path).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_remembered_answer_is_for_its_file_version_and_its_other_key_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let path = write_file(dir.path(), "lib.so", b"x");
+        let key = Stamp::of(&fs::metadata(&path).unwrap()).key();
+        store(
+            &cache,
+            &cache.join("p.tsv"),
+            "",
+            &format!("{key}\trunner-1"),
+            "{\"a\":1}",
+        )
+        .unwrap();
+        let ask = |also: &str| {
+            cached_in(
+                Some(&cache),
+                "p.tsv",
+                &path,
+                also,
+                |v| v.starts_with('{'),
+                || Ok("computed".to_owned()),
+            )
+            .unwrap()
+        };
+        assert_eq!(ask("runner-1"), "{\"a\":1}");
+        assert_eq!(ask("runner-2"), "computed", "another runner asks again");
+        fs::write(&path, b"y").unwrap();
+        assert_eq!(
+            ask("runner-1"),
+            "computed",
+            "another version of the file too"
         );
     }
 
@@ -179,7 +256,7 @@ mod tests {
             &cache,
             &cache.join(FILE),
             "garbage\n",
-            &Stamp::of(&fs::metadata(&path).unwrap()).key(),
+            &format!("{}\t", Stamp::of(&fs::metadata(&path).unwrap()).key()),
             &truth,
         )
         .unwrap();

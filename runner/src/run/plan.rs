@@ -174,7 +174,7 @@ pub fn plan(pipeline: Pipeline, verbose: bool) -> Result<Plan, PlanError> {
                 continue;
             }
         };
-        match probe::probe(&path, verbose) {
+        match probe::probe_remembered(&path, verbose) {
             Ok(info) => plugins.push(info),
             Err(e) => problems.push(PlanProblem::new(e.to_string(), None, "pipeline.plugins")),
         }
