@@ -63,13 +63,13 @@ fn usage() -> &'static str {
 fn parse(args: &[String]) -> Result<Options, String> {
     let mut o = Options {
         workers: vec![16, 64, 128],
-        noop_tasks: 2_000_000,
+        noop_tasks: 1_000_000,
         chunk1_tasks: 100_000,
         sleep_tasks: 50_000,
         reps: 1,
         build: true,
         hq: true,
-        hq_tasks: 5_000,
+        hq_tasks: 3_000,
     };
     let mut it = args.iter();
     let number = |v: Option<&String>, what: &str| -> Result<u64, String> {
@@ -231,6 +231,7 @@ impl Kind {
 }
 
 struct Row {
+    rep: usize,
     workers: usize,
     kind: Kind,
     tasks: u64,
@@ -442,6 +443,7 @@ fn run_one(p: &Paths, workers: usize, kind: Kind, n: u64) -> Result<Row, String>
     let machine = sample(&samples, end, |s| s.2) - sample(&samples, start, |s| s.2);
     let output_bytes = fs::metadata(dir.join("out/measure.jsonl")).map_or(0, |m| m.len());
     let row = Row {
+        rep: 0,
         workers,
         kind,
         tasks: n,
@@ -474,15 +476,16 @@ fn si(x: f64) -> String {
 fn table(rows: &[Row]) -> String {
     let mut s = String::new();
     s.push_str(
-        "| workers | tasks | kind | tasks/s | runner CPU per task | runner CPU per 1,000 tasks/s | \
+        "| rep | workers | tasks | kind | tasks/s | runner CPU per task | runner CPU per 1,000 tasks/s | \
          runner CPU (share of a core) | machine busy (of 2 cores) | stage wall | whole run | output |\n\
-         | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+         | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for r in rows {
         let per_task = r.cpu_per_task_us();
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {:.2} µs | {:.2} ms/s ({:.3} % of a core) | {:.0} % | {:.0} % | {:.2} s | {:.2} s | {:.1} MB/s |",
+            "| {} | {} | {} | {} | {} | {:.2} µs | {:.2} ms/s ({:.3} % of a core) | {:.0} % | {:.0} % | {:.2} s | {:.2} s | {:.1} MB/s |",
+            r.rep,
             r.workers,
             si(r.tasks as f64),
             r.kind.label(),
@@ -502,7 +505,7 @@ fn table(rows: &[Row]) -> String {
 
 fn run(opts: &Options) -> Result<(), String> {
     let p = setup(opts)?;
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     println!(
         "== scaling over TCP: {} worker processes on {cpus} CPUs (the Slurm launcher's transport, \
          srun replaced by exec; runner binary {})",
@@ -528,8 +531,9 @@ fn run(opts: &Options) -> Result<(), String> {
         for &w in &opts.workers {
             for kind in kinds {
                 let n = kind.tasks(opts);
-                let r = run_one(&p, w, kind, n)
+                let mut r = run_one(&p, w, kind, n)
                     .map_err(|e| format!("{w} workers, {}: {e}", kind.label()))?;
+                r.rep = rep + 1;
                 println!(
                     "rep {}: {w:>4} workers, {:<27} {:>9} tasks/s, {:>6.2} µs runner CPU/task, \
                      {:.2} s (ok {}/{}, {} of {w} workers ready before the stage, {} connections \
@@ -603,8 +607,8 @@ fn hyperqueue(p: &Paths, opts: &Options) -> Result<(), String> {
     let scratch = p.work.join("hq");
     fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
     println!(
-        "| worker cores | task | tasks | tasks/s | wall per task | HQ process CPU per task | task processes' CPU per task |\n\
-         | ---: | --- | ---: | ---: | ---: | ---: | ---: |"
+        "| rep | worker cores | task | tasks | tasks/s | wall per task | HQ process CPU per task | task processes' CPU per task |\n\
+         | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"
     );
     for rep in 0..opts.reps {
         for kind in ["true", "sleep"] {
@@ -628,7 +632,8 @@ fn hyperqueue(p: &Paths, opts: &Options) -> Result<(), String> {
                 let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
                 let n = f("tasks");
                 println!(
-                    "| {} | {} | {} | {} | {:.3} ms | {:.0} µs | {:.0} µs |",
+                    "| {} | {} | {} | {} | {} | {:.3} ms | {:.0} µs | {:.0} µs |",
+                    rep + 1,
                     v["cores"],
                     if kind == "true" {
                         "/bin/true"
