@@ -244,6 +244,8 @@ struct Row {
     output_bytes: u64,
     run_wall_s: f64,
     tree_cpu_s: f64,
+    /// The runner's `VmHWM` (peak RSS) as last sampled, bytes.
+    runner_peak_rss: u64,
 }
 
 impl Row {
@@ -335,6 +337,14 @@ fn process_cpu(pid: u32, tick: f64) -> Option<f64> {
     Some((utime + stime) / tick)
 }
 
+/// `VmHWM` of `pid` (its peak RSS so far), bytes.
+fn peak_rss(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// Busy CPU seconds of the whole machine (all CPUs, everything but idle and iowait).
 fn machine_busy(tick: f64) -> f64 {
     let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
@@ -406,14 +416,18 @@ fn run_one(p: &Paths, workers: usize, kind: Kind, n: u64) -> Result<Row, String>
     let finished = proc::run(&mut cmd, &dir, Duration::from_secs(180), |pid| {
         sampler = Some(std::thread::spawn(move || {
             let mut samples: Vec<Sample> = Vec::with_capacity(1 << 14);
+            let mut peak = 0;
             while let Some(cpu) = process_cpu(pid, tick) {
                 samples.push((now_of_day(), cpu, machine_busy(tick)));
+                if samples.len() % 20 == 1 {
+                    peak = peak_rss(pid).unwrap_or(peak);
+                }
                 std::thread::sleep(Duration::from_millis(5));
             }
-            samples
+            (samples, peak)
         }));
     });
-    let samples = sampler
+    let (samples, runner_peak_rss) = sampler
         .map(|s| s.join().unwrap_or_default())
         .unwrap_or_default();
     let finished = finished?;
@@ -456,6 +470,7 @@ fn run_one(p: &Paths, workers: usize, kind: Kind, n: u64) -> Result<Row, String>
         output_bytes,
         run_wall_s: finished.wall.as_secs_f64(),
         tree_cpu_s: finished.cpu.as_secs_f64(),
+        runner_peak_rss,
     };
     let _ = fs::remove_dir_all(&dir);
     Ok(row)
@@ -477,14 +492,14 @@ fn table(rows: &[Row]) -> String {
     let mut s = String::new();
     s.push_str(
         "| rep | workers | tasks | kind | tasks/s | runner CPU per task | runner CPU per 1,000 tasks/s | \
-         runner CPU (share of a core) | machine busy (of 2 cores) | stage wall | whole run | output |\n\
-         | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+         runner CPU (share of a core) | machine busy (of 2 cores) | stage wall | whole run | output | runner peak RSS |\n\
+         | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for r in rows {
         let per_task = r.cpu_per_task_us();
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {:.2} µs | {:.2} ms/s ({:.3} % of a core) | {:.0} % | {:.0} % | {:.2} s | {:.2} s | {:.1} MB/s |",
+            "| {} | {} | {} | {} | {} | {:.2} µs | {:.2} ms/s ({:.3} % of a core) | {:.0} % | {:.0} % | {:.2} s | {:.2} s | {:.1} MB/s | {:.1} MB |",
             r.rep,
             r.workers,
             si(r.tasks as f64),
@@ -498,6 +513,7 @@ fn table(rows: &[Row]) -> String {
             r.wall_s,
             r.run_wall_s,
             r.output_bytes as f64 / r.wall_s / 1e6,
+            r.runner_peak_rss as f64 / 1e6,
         );
     }
     s
