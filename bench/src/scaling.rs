@@ -24,6 +24,7 @@
 //!   clock ticks: stages are made long enough for that to be noise);
 //! - per-task runner CPU = that ÷ tasks; the runner's CPU per 1,000 tasks/s follows (1 µs per
 //!   task is 1 ms of CPU per second at 1,000 tasks/s, 0.1 % of a core);
+//! - the runner's peak RSS (`VmHWM`, read every 100 ms);
 //! - the machine's busy CPU over the stage (`/proc/stat`, both cores, everything running:
 //!   runner, workers, this sampler, and whatever else runs on the machine).
 //!
