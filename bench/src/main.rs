@@ -14,6 +14,7 @@
 mod latency;
 mod proc;
 mod report;
+mod scaling;
 mod soak;
 mod stats;
 mod workloads;
@@ -136,7 +137,8 @@ impl Sizes {
 fn usage() -> &'static str {
     "usage: cargo run --release -p bench -- [--quick] [--reps N] [--only W1,W2,...] [--no-build]\n\
      workloads: cold, throughput, latency, pipeline, restart, payload, rss, memory, makespan\n\
-     the soak benchmark (crashes, kills, resumes): cargo run --release -p bench -- soak --help"
+     the soak benchmark (crashes, kills, resumes): cargo run --release -p bench -- soak --help\n\
+     many remote workers over TCP, and HyperQueue: cargo run --release -p bench -- scaling --help"
 }
 
 fn parse_options(args: &[OsString]) -> Result<Options, String> {
@@ -192,6 +194,13 @@ fn main() -> ExitCode {
         Some("__pong") => std::process::exit(latency::pong_main(false)),
         Some("__pong_threaded") => std::process::exit(latency::pong_main(true)),
         Some("__latency") => std::process::exit(latency_only(&args)),
+        Some("scaling") => {
+            let rest: Vec<String> = args[2..]
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            std::process::exit(scaling::main(&rest))
+        }
         Some("soak") => {
             let rest: Vec<String> = args[2..]
                 .iter()

@@ -15,6 +15,8 @@ pub(crate) struct Finished {
     /// `ru_maxrss` of the child (kernel semantics: the max of the child and the descendants it
     /// reaped), in bytes.
     pub max_rss: u64,
+    /// User + system CPU of the child and the descendants it reaped (`wait4`'s rusage).
+    pub cpu: Duration,
     pub stdout: String,
 }
 
@@ -90,8 +92,13 @@ pub(crate) fn run(
     Ok(Finished {
         wall,
         max_rss: usage.ru_maxrss.max(0) as u64 * 1024,
+        cpu: timeval(usage.ru_utime) + timeval(usage.ru_stime),
         stdout,
     })
+}
+
+fn timeval(t: libc::timeval) -> Duration {
+    Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
 }
 
 fn tail(s: &str) -> String {
