@@ -13,6 +13,7 @@
 //! Items that never started are never to blame: they run again without an attempt counted.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -125,8 +126,31 @@ pub enum Blame {
 
 #[derive(Default)]
 pub struct Book {
-    chunks: HashMap<u64, Chunk>,
+    chunks: HashMap<u64, Chunk, BuildHasherDefault<ChunkIdHasher>>,
     seats: BTreeMap<WorkerId, Seat>,
+}
+
+/// Chunk ids are a counter: mixing them with one multiplication spreads them over the table
+/// as well as SipHash does, for a fraction of its cost (the dispatcher looks chunks up for
+/// every worker on every turn).
+#[derive(Default)]
+pub struct ChunkIdHasher(u64);
+
+impl Hasher for ChunkIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        // Fibonacci hashing: the high bits, which hashbrown uses, depend on every bit of the id.
+        self.0 = id.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
 }
 
 impl Book {
