@@ -11,6 +11,7 @@
 //! ratios as a Markdown table (also saved, with every sample, in `target/bench-results.json`).
 //! Every child process runs under a time limit and is killed (with its process group) past it.
 
+mod build;
 mod latency;
 mod proc;
 mod report;
@@ -370,49 +371,15 @@ fn name_static(name: &str) -> &'static str {
 
 /// Builds what is needed (release loky-run and demo plugin, the loky venv) and finds it.
 fn setup(opts: &Options) -> Result<Env, String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("no workspace root")?
-        .to_owned();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|t| if t.is_relative() { root.join(t) } else { t })
-        .unwrap_or_else(|| root.join("target"));
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let (root, target) = build::dirs()?;
     if opts.build {
-        println!("== building: cargo build --release -j2 -p loky-run -p demo");
-        let status = Command::new(&cargo)
-            .args(["build", "--release", "-j2", "-p", "loky-run", "-p", "demo"])
-            .current_dir(&root)
-            .status()
-            .map_err(|e| format!("cannot run cargo: {e}"))?;
-        if !status.success() {
-            return Err("building loky-run and the demo plugin failed".into());
-        }
+        build::release(&root, "demo")?;
     }
     let work = target.join("bench-work");
     std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
     // Private copies: a rebuild of target/release while the suite runs must not change what is
     // measured half-way through.
-    let bin = work.join("bin");
-    std::fs::create_dir_all(&bin).map_err(|e| format!("{}: {e}", bin.display()))?;
-    let mut copies = Vec::new();
-    for name in ["loky-run", "libdemo.so"] {
-        let built = target.join("release").join(name);
-        if !built.exists() {
-            return Err(format!(
-                "{} is missing: run `cargo build --release -j2 -p loky-run -p demo` (or drop --no-build)",
-                built.display()
-            ));
-        }
-        let copy = bin.join(name);
-        let _ = std::fs::remove_file(&copy);
-        std::fs::copy(&built, &copy)
-            .map_err(|e| format!("cannot copy {} to {}: {e}", built.display(), copy.display()))?;
-        copies.push(copy);
-    }
-    let plugin = copies.pop().expect("two copies");
-    let loky_run = copies.pop().expect("two copies");
+    let (loky_run, plugin) = build::private_copies(&target, &work.join("bin"), "demo")?;
     let venv = target.join("bench-venv");
     let python = venv.join("bin/python");
     if !python.exists() {

@@ -132,47 +132,15 @@ struct Paths {
 }
 
 fn setup(opts: &Options) -> Result<Paths, String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("no workspace root")?
-        .to_owned();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|t| if t.is_relative() { root.join(t) } else { t })
-        .unwrap_or_else(|| root.join("target"));
+    let (root, target) = crate::build::dirs()?;
     if opts.build {
-        println!("== building: cargo build --release -j2 -p loky-run -p demo");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let ok = Command::new(cargo)
-            .args(["build", "--release", "-j2", "-p", "loky-run", "-p", "demo"])
-            .current_dir(&root)
-            .status()
-            .map_err(|e| format!("cannot run cargo: {e}"))?
-            .success();
-        if !ok {
-            return Err("building loky-run and the demo plugin failed".into());
-        }
+        crate::build::release(&root, "demo")?;
     }
     let work = target.join("bench-work/scaling");
-    let bin = work.join("bin");
     let fakebin = work.join("fakebin");
-    for d in [&bin, &fakebin] {
-        fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
-    }
+    fs::create_dir_all(&fakebin).map_err(|e| format!("{}: {e}", fakebin.display()))?;
     // Private copies: a rebuild while this runs must not change what is measured.
-    let mut copies = Vec::new();
-    for name in ["loky-run", "libdemo.so"] {
-        let built = target.join("release").join(name);
-        let copy = bin.join(name);
-        let _ = fs::remove_file(&copy);
-        fs::copy(&built, &copy).map_err(|e| {
-            format!(
-                "cannot copy {} (build it: cargo build --release -j2 -p loky-run -p demo): {e}",
-                built.display()
-            )
-        })?;
-        copies.push(copy);
-    }
+    let (loky_run, plugin) = crate::build::private_copies(&target, &work.join("bin"), "demo")?;
     // srun stands for the step; here it becomes the worker itself (its options dropped), so
     // the runner's view (a child process whose exit is the worker's, a TCP connection with a
     // token) is the same. scancel has nothing to cancel.
@@ -191,8 +159,6 @@ fn setup(opts: &Options) -> Result<Paths, String> {
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
             .map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    let plugin = copies.pop().expect("two copies");
-    let loky_run = copies.pop().expect("two copies");
     Ok(Paths {
         root,
         target,

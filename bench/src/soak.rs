@@ -184,57 +184,20 @@ struct Paths {
 }
 
 fn setup(opts: &Options) -> Result<Paths, String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .ok_or("no workspace root")?
-        .to_owned();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|t| if t.is_relative() { root.join(t) } else { t })
-        .unwrap_or_else(|| root.join("target"));
+    let (root, target) = crate::build::dirs()?;
     if opts.build {
-        println!("== building: cargo build --release -j2 -p loky-run -p faults");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let ok = Command::new(cargo)
-            .args([
-                "build",
-                "--release",
-                "-j2",
-                "-p",
-                "loky-run",
-                "-p",
-                "faults",
-            ])
-            .current_dir(&root)
-            .status()
-            .map_err(|e| format!("cannot run cargo: {e}"))?
-            .success();
-        if !ok {
-            return Err("building loky-run and the faults plugin failed".into());
-        }
+        crate::build::release(&root, "faults")?;
     }
     let dir = target.join("bench-work").join("soak");
     let _ = fs::remove_dir_all(&dir);
-    let bin = dir.join("bin");
-    fs::create_dir_all(&bin).map_err(|e| format!("{}: {e}", bin.display()))?;
     // Private copies: a rebuild while the benchmark runs cannot change what it runs, and
     // the processes of this copy are the ones that must all be gone after each kill.
-    let mut copies = Vec::new();
-    for name in ["loky-run", "libfaults.so"] {
-        let built = target.join("release").join(name);
-        let copy = bin.join(name);
-        fs::copy(&built, &copy).map_err(|e| {
-            format!(
-                "cannot copy {} (build it: cargo build --release -p loky-run -p faults): {e}",
-                built.display()
-            )
-        })?;
-        copies.push(fs::canonicalize(&copy).map_err(|e| e.to_string())?);
-    }
+    let (loky_run, plugin) = crate::build::private_copies(&target, &dir.join("bin"), "faults")?;
+    let canonical = |p: PathBuf| fs::canonicalize(&p).map_err(|e| e.to_string());
     Ok(Paths {
         dir,
-        plugin: copies.pop().ok_or("no plugin")?,
-        loky_run: copies.pop().ok_or("no binary")?,
+        plugin: canonical(plugin)?,
+        loky_run: canonical(loky_run)?,
     })
 }
 
