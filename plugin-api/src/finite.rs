@@ -173,48 +173,59 @@ impl<S: Serializer> Serializer for Finite<S> {
     }
 }
 
-impl<S: ser::SerializeSeq> ser::SerializeSeq for Finite<S> {
-    type Ok = S::Ok;
-    type Error = S::Error;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), S::Error> {
-        self.0.serialize_element(&Checked(value))
-    }
-    fn end(self) -> Result<S::Ok, S::Error> {
-        self.0.end()
-    }
+/// The compound serializers pass each part on, wrapped so that its floats are checked too.
+macro_rules! compound {
+    ($($trait:ident::$method:ident;)*) => {
+        $(
+            impl<S: ser::$trait> ser::$trait for Finite<S> {
+                type Ok = S::Ok;
+                type Error = S::Error;
+                fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), S::Error> {
+                    self.0.$method(&Checked(value))
+                }
+                fn end(self) -> Result<S::Ok, S::Error> {
+                    self.0.end()
+                }
+            }
+        )*
+    };
 }
 
-impl<S: ser::SerializeTuple> ser::SerializeTuple for Finite<S> {
-    type Ok = S::Ok;
-    type Error = S::Error;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), S::Error> {
-        self.0.serialize_element(&Checked(value))
-    }
-    fn end(self) -> Result<S::Ok, S::Error> {
-        self.0.end()
-    }
+compound! {
+    SerializeSeq::serialize_element;
+    SerializeTuple::serialize_element;
+    SerializeTupleStruct::serialize_field;
+    SerializeTupleVariant::serialize_field;
 }
 
-impl<S: ser::SerializeTupleStruct> ser::SerializeTupleStruct for Finite<S> {
-    type Ok = S::Ok;
-    type Error = S::Error;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), S::Error> {
-        self.0.serialize_field(&Checked(value))
-    }
-    fn end(self) -> Result<S::Ok, S::Error> {
-        self.0.end()
-    }
+/// Structs' fields have names, and may be skipped.
+macro_rules! named_fields {
+    ($($trait:ident;)*) => {
+        $(
+            impl<S: ser::$trait> ser::$trait for Finite<S> {
+                type Ok = S::Ok;
+                type Error = S::Error;
+                fn serialize_field<T: Serialize + ?Sized>(
+                    &mut self,
+                    key: &'static str,
+                    value: &T,
+                ) -> Result<(), S::Error> {
+                    self.0.serialize_field(key, &Checked(value))
+                }
+                fn skip_field(&mut self, key: &'static str) -> Result<(), S::Error> {
+                    self.0.skip_field(key)
+                }
+                fn end(self) -> Result<S::Ok, S::Error> {
+                    self.0.end()
+                }
+            }
+        )*
+    };
 }
 
-impl<S: ser::SerializeTupleVariant> ser::SerializeTupleVariant for Finite<S> {
-    type Ok = S::Ok;
-    type Error = S::Error;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), S::Error> {
-        self.0.serialize_field(&Checked(value))
-    }
-    fn end(self) -> Result<S::Ok, S::Error> {
-        self.0.end()
-    }
+named_fields! {
+    SerializeStruct;
+    SerializeStructVariant;
 }
 
 impl<S: ser::SerializeMap> ser::SerializeMap for Finite<S> {
@@ -225,42 +236,6 @@ impl<S: ser::SerializeMap> ser::SerializeMap for Finite<S> {
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), S::Error> {
         self.0.serialize_value(&Checked(value))
-    }
-    fn end(self) -> Result<S::Ok, S::Error> {
-        self.0.end()
-    }
-}
-
-impl<S: ser::SerializeStruct> ser::SerializeStruct for Finite<S> {
-    type Ok = S::Ok;
-    type Error = S::Error;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), S::Error> {
-        self.0.serialize_field(key, &Checked(value))
-    }
-    fn skip_field(&mut self, key: &'static str) -> Result<(), S::Error> {
-        self.0.skip_field(key)
-    }
-    fn end(self) -> Result<S::Ok, S::Error> {
-        self.0.end()
-    }
-}
-
-impl<S: ser::SerializeStructVariant> ser::SerializeStructVariant for Finite<S> {
-    type Ok = S::Ok;
-    type Error = S::Error;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), S::Error> {
-        self.0.serialize_field(key, &Checked(value))
-    }
-    fn skip_field(&mut self, key: &'static str) -> Result<(), S::Error> {
-        self.0.skip_field(key)
     }
     fn end(self) -> Result<S::Ok, S::Error> {
         self.0.end()
