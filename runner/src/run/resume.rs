@@ -238,6 +238,9 @@ pub fn prepare(
             ),
         ));
     }
+    // Per stage of both runs: the fingerprint parts that changed, and whether its finished
+    // output can be kept (its SHA-256 computed once: outputs can be large).
+    let mut compared: Vec<Option<(Vec<String>, bool)>> = vec![None; now.len()];
     for i in 0..now.len().max(prev.stages.len()) {
         match (prev.stages.get(i), now.get(i)) {
             (Some(before), Some(after)) if before.name != after.name => changes.push((
@@ -246,12 +249,18 @@ pub fn prepare(
             )),
             (Some(before), Some(after)) => {
                 let parts = changed_parts(&before.fingerprint, &after.fingerprint);
+                // A changed stage reruns anyway, unless --retry-failed tolerates the change.
+                let problem = (before.status.is_finished()
+                    && (parts.is_empty() || mode.retry_failed))
+                    .then(|| finished_output_problem(out_dir, before))
+                    .flatten();
                 if !parts.is_empty() {
                     changes.push((i, format!("stage `{}`: {}", after.name, parts.join(", "))));
-                } else if matches!(before.status, StageStatus::Done | StageStatus::Stopped) {
-                    if let Some(problem) = finished_output_problem(out_dir, before) {
-                        changes.push((i, format!("stage `{}`: {problem}", before.name)));
-                    }
+                } else if let Some(problem) = &problem {
+                    changes.push((i, format!("stage `{}`: {problem}", before.name)));
+                }
+                if let Some(slot) = compared.get_mut(i) {
+                    *slot = Some((parts, problem.is_none()));
                 }
             }
             (None, Some(after)) => changes.push((i, format!("stage `{}` is new", after.name))),
@@ -265,19 +274,16 @@ pub fn prepare(
         // Retry settings may change: they do not touch the ok records a retry keeps (nor the
         // inputs of a stage reading from one whose retry settings changed).
         let mut tolerated = vec![false; now.len()];
-        for (i, after) in now.iter().enumerate() {
-            let Some(before) = prev.stages.get(i).filter(|b| b.name == after.name) else {
+        for (i, compared) in compared.iter().enumerate() {
+            let Some((parts, output_ok)) = compared else {
                 continue;
             };
             let source_tolerated = plan.stages[i].from.is_some_and(|j| tolerated[j]);
-            tolerated[i] = changed_parts(&before.fingerprint, &after.fingerprint)
-                .iter()
-                .all(|part| {
+            tolerated[i] = *output_ok
+                && parts.iter().all(|part| {
                     RETRY_SETTINGS.contains(&part.as_str())
                         || (source_tolerated && part == SOURCE_CHANGED)
-                })
-                && !(before.status.is_finished()
-                    && finished_output_problem(out_dir, before).is_some());
+                });
         }
         changes.retain(|(i, _)| !tolerated.get(*i).copied().unwrap_or(false));
     }
