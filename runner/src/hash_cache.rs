@@ -107,10 +107,7 @@ fn cached_in(
     let Some(dir) = dir else {
         return compute();
     };
-    let Ok(meta) = fs::metadata(path).map(|m| m.is_file().then_some(m)) else {
-        return compute();
-    };
-    let Some(meta) = meta else {
+    let Some(meta) = fs::metadata(path).ok().filter(fs::Metadata::is_file) else {
         return compute();
     };
     let stamp = Stamp::of(&meta);
