@@ -27,7 +27,40 @@ pub struct Pipeline {
     /// Off a terminal, how often a progress line per running stage (`None`: never).
     #[serde(with = "humantime_serde_compat::option")]
     pub progress_interval: Option<Duration>,
+    /// `[slurm]`: the allocations loky-run asks for itself when `launcher = "slurm"` runs
+    /// outside one. `None`: no `[slurm]` table.
+    pub slurm: Option<SlurmAlloc>,
     pub stages: Vec<Stage>,
+}
+
+/// `[slurm]`: what each allocation loky-run submits (`sbatch`) asks for, and how many it may
+/// hold at once. Used only outside an allocation; inside one, workers are steps of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SlurmAlloc {
+    /// `--partition`; `None`: the cluster's default.
+    pub partition: Option<String>,
+    /// `--account`; `None`: the user's default.
+    pub account: Option<String>,
+    /// `--qos`; `None`: the default.
+    pub qos: Option<String>,
+    /// `--time`, whole minutes rounded up; `None`: the partition's default.
+    #[serde(with = "humantime_serde_compat::option")]
+    pub time_limit: Option<Duration>,
+    /// `--nodes` of each allocation. Default 1.
+    pub nodes: u32,
+    /// `--ntasks` of each allocation: the workers it holds. Default: `nodes`.
+    pub tasks: u32,
+    /// `--cpus-per-task`; `None`: Slurm's default (1).
+    pub cpus_per_task: Option<u32>,
+    /// Allocations queued or running at once (those being replaced near their time limit
+    /// not counted). Default 1.
+    pub max_allocations: u32,
+    /// Extra arguments for `sbatch`, after loky-run's own.
+    pub sbatch_args: Vec<String>,
+    /// A worker stops taking tasks this long before its allocation's time limit, and is
+    /// replaced from a new allocation. Default 2 minutes.
+    #[serde(with = "humantime_serde_compat")]
+    pub renew_before: Duration,
 }
 
 /// One entry of `[pipeline] plugins`, classified but not yet looked up on disk.

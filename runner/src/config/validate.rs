@@ -182,6 +182,8 @@ impl Resolver<'_> {
             grace_period,
             joblog,
             progress_interval,
+            // `[slurm]` is read by the config plumbing (see keys.rs SLURM_KEYS) once it lands.
+            slurm: None,
             stages,
         })
     }
