@@ -212,6 +212,8 @@ pub struct PoolStatus {
     pub busy: usize,
     pub restarts: u64,
     pub replaced: u64,
+    /// The Slurm allocations asked for on demand (see `live::allocations_summary`).
+    pub allocations: Option<String>,
 }
 
 impl StageProgress {
@@ -257,8 +259,9 @@ impl StageProgress {
         }
         bar.set_message(msg);
         let p = pool();
+        let allocations = p.allocations.map(|a| format!(" · {a}")).unwrap_or_default();
         pool_bar.set_message(format!(
-            "{} worker(s) alive, {} busy · {} restart(s), {} replaced",
+            "{} worker(s) alive, {} busy · {} restart(s), {} replaced{allocations}",
             p.alive, p.busy, p.restarts, p.replaced
         ));
     }

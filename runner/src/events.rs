@@ -65,6 +65,30 @@ pub enum Event<'a> {
         count: u64,
         seconds: u64,
     },
+    /// loky-run submitted a Slurm allocation (`[slurm]`, outside an allocation).
+    AllocationSubmitted {
+        job: &'a str,
+        nodes: u32,
+        tasks: u32,
+    },
+    /// A submitted allocation was granted: worker steps start in it.
+    AllocationStarted {
+        job: &'a str,
+        nodes: &'a str,
+        /// Seconds it was queued.
+        waited_s: f64,
+    },
+    /// An allocation nears its time limit: its workers stop taking tasks and are replaced.
+    AllocationDraining {
+        job: &'a str,
+        time_left_s: f64,
+    },
+    /// An allocation is over: cancelled by loky-run (no longer needed, drained, the pool
+    /// stopped) or ended by Slurm (`TIMEOUT`, `NODE_FAIL`, `CANCELLED` by someone else, ...).
+    AllocationEnded {
+        job: &'a str,
+        state: &'a str,
+    },
     /// A worker loaded its plugins and ran its initializer: where it runs.
     WorkerReady {
         worker: u32,
@@ -82,7 +106,8 @@ pub enum Event<'a> {
         /// `idle_timeout`, `max_tasks`, `memory_growth`, `killed`, `crashed`, `shutdown`,
         /// `resize`, `restart`, `timeout`, `initializer`, `plugin`, `interrupted`,
         /// `broken_stream` (it wrote something that is not a frame), `lost_results` (results
-        /// it wrote never arrived), `stage_stopped` (`on_error = "fail"`).
+        /// it wrote never arrived), `stage_stopped` (`on_error = "fail"`), `time_limit` (its
+        /// Slurm allocation neared its time limit: `[slurm] renew_before`).
         reason: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         signal: Option<String>,

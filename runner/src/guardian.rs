@@ -80,6 +80,16 @@ impl Guardian {
         self.send(&format!("-{pgid}\n"));
     }
 
+    /// A Slurm allocation the runner submitted: to `scancel` if the runner dies.
+    pub fn watch_job(&self, job: &str) {
+        self.send(&format!("+j{job}\n"));
+    }
+
+    /// An allocation that ended (or that the runner cancelled itself).
+    pub fn forget_job(&self, job: &str) {
+        self.send(&format!("-j{job}\n"));
+    }
+
     fn send(&self, line: &str) {
         // SAFETY: write(2) of a short local buffer (under PIPE_BUF: atomic, whatever thread
         // writes) to our pipe; a guardian that is gone (EPIPE) cannot be helped.
@@ -93,21 +103,51 @@ pub fn guardian_main() -> i32 {
         // SAFETY: ignoring signals: the guardian ends only when the runner's pipe does.
         unsafe { libc::signal(sig, libc::SIG_IGN) };
     }
-    let groups = hold(BufReader::new(io::stdin().lock()));
-    for pgid in groups {
+    let held = hold(BufReader::new(io::stdin().lock()));
+    for pgid in held.groups {
         crate::pool::spawn::kill_group(pgid, libc::SIGKILL);
     }
+    // The allocations go last: their steps' sruns got their parent-death signal already.
+    crate::pool::alloc::cancel(held.jobs.into_iter().collect(), true);
     0
 }
 
-/// Reads `+PGID` / `-PGID` lines until the input ends; returns the groups still held.
-fn hold(input: impl BufRead) -> BTreeSet<u32> {
-    let mut groups = BTreeSet::new();
+/// What the guardian holds when its input ends.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Held {
+    groups: BTreeSet<u32>,
+    /// Slurm job ids of allocations the runner submitted.
+    jobs: BTreeSet<String>,
+}
+
+/// Reads `+PGID` / `-PGID` and `+jJOB` / `-jJOB` lines until the input ends; returns what
+/// is still held.
+fn hold(input: impl BufRead) -> Held {
+    let mut held = Held::default();
+    let groups = &mut held.groups;
     for line in input.split(b'\n') {
         let Ok(line) = line else { break };
         let Some((&sign, digits)) = line.split_first() else {
             continue;
         };
+        if let Some(job) = digits.strip_prefix(b"j") {
+            let Some(job) = std::str::from_utf8(job)
+                .ok()
+                .filter(|j| !j.is_empty() && j.bytes().all(|b| b.is_ascii_digit() || b == b'_'))
+            else {
+                continue;
+            };
+            match sign {
+                b'+' => {
+                    held.jobs.insert(job.to_owned());
+                }
+                b'-' => {
+                    held.jobs.remove(job);
+                }
+                _ => {}
+            }
+            continue;
+        }
         let Some(pgid) = std::str::from_utf8(digits)
             .ok()
             .and_then(|d| d.parse::<u32>().ok())
@@ -125,7 +165,7 @@ fn hold(input: impl BufRead) -> BTreeSet<u32> {
             _ => {}
         }
     }
-    groups
+    held
 }
 
 #[cfg(test)]
@@ -134,7 +174,10 @@ mod tests {
 
     #[test]
     fn it_holds_what_was_watched_and_not_forgotten() {
-        let input = b"+100\n+200\n-100\n+300\ngarbage\n+1\n+0\n-999\n+400";
-        assert_eq!(hold(&input[..]), BTreeSet::from([200, 300, 400]));
+        let input =
+            b"+100\n+200\n-100\n+300\ngarbage\n+1\n+0\n-999\n+400\n+j12\n+j13\n-j12\n+j\n+jx1";
+        let held = hold(&input[..]);
+        assert_eq!(held.groups, BTreeSet::from([200, 300, 400]));
+        assert_eq!(held.jobs, BTreeSet::from(["13".to_owned()]));
     }
 }

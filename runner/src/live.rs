@@ -47,6 +47,48 @@ pub struct StageProgress {
     /// yet, so unknown).
     pub tasks_per_s: f64,
     pub eta_s: Option<f64>,
+    /// The Slurm allocations loky-run asked for itself, queued or running.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allocations: Vec<AllocationView>,
+}
+
+/// A Slurm allocation loky-run asked for itself (`[slurm]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocationView {
+    pub job: String,
+    /// `queued` or `running`.
+    pub state: String,
+    /// Why it waits, as squeue says (`Resources`, `Priority`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Its nodes, once granted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<String>,
+}
+
+/// `Slurm allocations: 1 running, 2 queued (Resources)`, for the progress line, the pool
+/// bar and `status`; `None` without allocations.
+pub fn allocations_summary(list: &[AllocationView]) -> Option<String> {
+    if list.is_empty() {
+        return None;
+    }
+    let mut parts: Vec<String> = Vec::new();
+    for state in ["running", "draining", "queued"] {
+        let these: Vec<&AllocationView> = list.iter().filter(|a| a.state == state).collect();
+        if these.is_empty() {
+            continue;
+        }
+        let mut reasons: Vec<&str> = these.iter().filter_map(|a| a.reason.as_deref()).collect();
+        reasons.sort_unstable();
+        reasons.dedup();
+        let why = if reasons.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", reasons.join(", "))
+        };
+        parts.push(format!("{} {state}{why}", these.len()));
+    }
+    Some(format!("Slurm allocations: {}", parts.join(", ")))
 }
 
 /// The seconds left for `left` more tasks at `rate` a second; unknown before the first.
@@ -137,6 +179,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn allocations_are_summed_up_by_state_with_their_reasons() {
+        let view = |job: &str, state: &str, reason: Option<&str>| AllocationView {
+            job: job.into(),
+            state: state.into(),
+            reason: reason.map(Into::into),
+            nodes: None,
+        };
+        assert_eq!(allocations_summary(&[]), None);
+        let list = [
+            view("1", "running", None),
+            view("2", "queued", Some("Resources")),
+            view("3", "queued", Some("Priority")),
+            view("4", "queued", Some("Resources")),
+        ];
+        assert_eq!(
+            allocations_summary(&list).as_deref(),
+            Some("Slurm allocations: 1 running, 3 queued (Priority, Resources)")
+        );
+    }
+
+    #[test]
     fn writes_are_throttled_atomic_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let mut live = LiveFile::new(dir.path());
@@ -161,6 +224,12 @@ mod tests {
             busy: 2,
             tasks_per_s: 2.0,
             eta_s: eta_seconds(6, 4, 2.0),
+            allocations: vec![AllocationView {
+                job: "12".into(),
+                state: "queued".into(),
+                reason: Some("Resources".into()),
+                nodes: None,
+            }],
         };
         live.write(Some(stage.clone()), t0 + EVERY);
         assert_eq!(read(dir.path()).unwrap().stage, Some(stage));

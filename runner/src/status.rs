@@ -233,6 +233,9 @@ pub struct Progress {
     pub eta_s: Option<f64>,
     pub workers: usize,
     pub busy: usize,
+    /// The Slurm allocations the runner asked for itself (`[slurm]`), queued or running.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allocations: Vec<crate::live::AllocationView>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -398,6 +401,7 @@ fn stage_report(
                 eta_s: p.eta_s,
                 workers: p.workers,
                 busy: p.busy,
+                allocations: p.allocations.clone(),
             });
             let scan = scan_output(&report.output, limit, true).map_err(read_error)?;
             report.failures = scan.failures;
@@ -666,6 +670,17 @@ pub fn render(status: &Status, resume_hint: &str) -> String {
                 "\n{}: {} of {} done, {} left; {:.0} tasks/s, ETA {eta}; {} worker(s), {} busy\n",
                 s.name, s.done, s.tasks, s.not_run, p.tasks_per_s, p.workers, p.busy
             ));
+            if let Some(summary) = crate::live::allocations_summary(&p.allocations) {
+                out.push_str(&format!("  {summary}\n"));
+                for a in &p.allocations {
+                    let at = match (&a.nodes, &a.reason) {
+                        (Some(nodes), _) => format!(" on {nodes}"),
+                        (None, Some(reason)) => format!(" ({reason})"),
+                        (None, None) => String::new(),
+                    };
+                    out.push_str(&format!("    job {}: {}{at}\n", a.job, a.state));
+                }
+            }
         }
     }
 

@@ -59,6 +59,9 @@ pub enum StopReason {
     LostResults,
     /// Its stage stopped for good (`on_error = "fail"`): it finishes the item it runs.
     StageStopped,
+    /// Its Slurm allocation nears its time limit (`[slurm] renew_before`): it finishes the
+    /// item it runs and is replaced from another allocation.
+    TimeLimit,
 }
 
 impl StopReason {
@@ -79,6 +82,7 @@ impl StopReason {
             StopReason::BrokenStream => "broken_stream",
             StopReason::LostResults => "lost_results",
             StopReason::StageStopped => "stage_stopped",
+            StopReason::TimeLimit => "time_limit",
         }
     }
 
@@ -92,6 +96,7 @@ impl StopReason {
                 | StopReason::MemoryGrowth
                 | StopReason::BrokenStream
                 | StopReason::LostResults
+                | StopReason::TimeLimit
         )
     }
 
@@ -233,4 +238,9 @@ pub trait WorkerPool {
     /// The next event, waiting at most `timeout`.
     fn next_event(&mut self, timeout: Duration) -> Option<PoolEvent>;
     fn counters(&self) -> PoolCounters;
+    /// The Slurm allocations the pool asked for itself, for `status` and the progress line
+    /// (none unless `[slurm]` allocations are on demand).
+    fn allocations(&self) -> Vec<crate::live::AllocationView> {
+        Vec::new()
+    }
 }

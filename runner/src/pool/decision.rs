@@ -23,6 +23,8 @@ pub struct WorkerSpec {
     /// Where workers start: the pipeline file's directory, so that relative paths in task
     /// inputs mean what they mean in the file (`None`: the runner's own directory).
     pub workdir: Option<PathBuf>,
+    /// Slurm outside an allocation: the allocations the pool asks for (`[slurm]`).
+    pub on_demand: Option<super::alloc::OnDemand>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -158,6 +160,7 @@ mod tests {
             env: BTreeMap::new(),
             initializer: None,
             workdir: None,
+            on_demand: None,
             launcher: Launcher::Local,
             srun_args: Vec::new(),
         }

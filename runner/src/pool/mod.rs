@@ -11,6 +11,7 @@
 //! frame, or whose results never arrive although it wrote them (a task closed or redirected
 //! its result descriptor), is ended with [`StopReason::BrokenStream`], and its exit says so.
 
+pub mod alloc;
 pub mod api;
 pub mod decision;
 pub mod inbox;
@@ -77,6 +78,10 @@ pub struct Pool {
     /// Ends the local workers' process groups if the runner dies (started with the first).
     guardian: Option<Arc<Guardian>>,
     guardian_tried: bool,
+    /// Slurm outside an allocation: the allocations the pool asked for (see [`alloc`]).
+    allocs: Option<alloc::Allocations>,
+    /// When the allocations were last looked after.
+    allocs_tended: Option<Instant>,
 }
 
 /// Poller token bit: a worker's command side has room (the low bits are its id).
@@ -87,6 +92,9 @@ const OUTPUT_DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 /// How long a graceful stop may take before the workers are killed.
 const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// How often the allocations are looked after when the dispatcher does not ask for workers.
+const TEND_BETWEEN_EVERY: Duration = Duration::from_secs(1);
 
 /// How often the pool looks for results that workers wrote and that never arrived.
 const LOST_CHECK_EVERY: Duration = Duration::from_millis(100);
@@ -115,6 +123,8 @@ impl Pool {
             lost_checked: Instant::now(),
             guardian: None,
             guardian_tried: false,
+            allocs: None,
+            allocs_tended: None,
         })
     }
 
@@ -699,8 +709,227 @@ impl Pool {
     /// Ends the pool at the end of a run.
     pub fn shutdown(&mut self) {
         self.stop_all(StopReason::Shutdown);
+        self.end_allocations();
         self.spec = None;
         self.size = 0;
+    }
+
+    /// Cancels every allocation the pool asked for (its workers are gone or going).
+    fn end_allocations(&mut self) {
+        let Some(allocs) = self.allocs.as_mut() else {
+            return;
+        };
+        let changes = allocs.cancel_all();
+        for change in changes {
+            self.on_allocation_change(change);
+        }
+    }
+
+    /// Looks after the allocations asked for on demand: what squeue says of them, then
+    /// what [`alloc::plan`] decides; `start`: worker steps may be started (else only the
+    /// allocations themselves are looked after, between the dispatcher's calls to fill).
+    fn tend_allocations(
+        &mut self,
+        on_demand: alloc::OnDemand,
+        start: bool,
+    ) -> Result<(), PoolError> {
+        let now = Instant::now();
+        let alive: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| !w.has_exited())
+            .map(|(id, _)| *id)
+            .chain(self.starting.iter().map(|(id, _)| *id))
+            .collect();
+        let missing = self
+            .size
+            .saturating_sub(self.active_count() + self.starting.len());
+        let allocs = self
+            .allocs
+            .get_or_insert_with(|| alloc::Allocations::new(on_demand));
+        let changes = allocs.refresh(now);
+        let actions = allocs.plan(alive.into_iter(), self.size, missing, now);
+        self.allocs_tended = Some(now);
+        for change in changes {
+            self.on_allocation_change(change);
+        }
+        for action in actions {
+            match action {
+                alloc::Action::Drain(job) => self.drain_allocation(&job, now),
+                alloc::Action::Cancel(job) => {
+                    if let Some(change) = self.allocs.as_mut().and_then(|a| a.cancel(&job)) {
+                        self.on_allocation_change(change);
+                    }
+                }
+                alloc::Action::Start { job, count } if start => {
+                    self.start_steps_in(&job, count)?;
+                }
+                alloc::Action::Start { .. } => {}
+                alloc::Action::Submit(count) => self.submit_allocations(count, now)?,
+            }
+        }
+        if let Some(why) = self.allocs.as_ref().and_then(|a| a.given_up()) {
+            let nothing = self.active_count() == 0
+                && self.starting.is_empty()
+                && self.allocs.as_ref().is_some_and(|a| a.list().is_empty());
+            if nothing && self.size > 0 {
+                return Err(PoolError::Slurm(io::Error::other(format!(
+                    "no allocation could be had: {why}"
+                ))));
+            }
+        }
+        Ok(())
+    }
+
+    /// Between the dispatcher's calls to fill (a stage without work left, between stages):
+    /// allocations still drain, are cancelled when not needed and are watched.
+    fn tend_allocations_between(&mut self) {
+        let due = self
+            .allocs_tended
+            .is_some_and(|at| at.elapsed() >= TEND_BETWEEN_EVERY);
+        let on_demand = self.spec.as_ref().and_then(|s| s.on_demand.clone());
+        if let (true, Some(on_demand)) = (due, on_demand) {
+            // An error here (no allocation could be had) is the next fill's to report.
+            let _ = self.tend_allocations(on_demand, false);
+        }
+    }
+
+    /// Submits allocations; a failure is the run's error only when the pool has nothing
+    /// else to go on with (no worker, no allocation), else a warning and a later try.
+    fn submit_allocations(&mut self, count: usize, now: Instant) -> Result<(), PoolError> {
+        let Some(allocs) = self.allocs.as_mut() else {
+            return Ok(());
+        };
+        let (nodes, tasks) = (
+            allocs.on_demand().settings.nodes,
+            allocs.on_demand().settings.tasks,
+        );
+        match allocs.submit(count, now) {
+            Ok(jobs) => {
+                for job in jobs {
+                    if let Some(guardian) = self.guardian() {
+                        guardian.watch_job(&job);
+                    }
+                    self.events.emit(&Event::AllocationSubmitted {
+                        job: &job,
+                        nodes,
+                        tasks,
+                    });
+                    self.console.info(&format!(
+                        "      submitted Slurm allocation {job} ({nodes} node{}, {tasks} task{})",
+                        if nodes == 1 { "" } else { "s" },
+                        if tasks == 1 { "" } else { "s" },
+                    ));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let nothing = self.active_count() == 0
+                    && self.starting.is_empty()
+                    && self.allocs.as_ref().is_some_and(|a| a.list().is_empty());
+                if nothing {
+                    return Err(PoolError::Slurm(io::Error::other(format!(
+                        "cannot submit an allocation: {e}"
+                    ))));
+                }
+                self.console.warn(&format!(
+                    "cannot submit another Slurm allocation ({e}); going on with what the pool has"
+                ));
+                Ok(())
+            }
+        }
+    }
+
+    /// Its time limit is near: its workers finish the item they run and exit; a successor
+    /// allocation takes their place.
+    fn drain_allocation(&mut self, job: &str, now: Instant) {
+        let Some(change) = self.allocs.as_mut().and_then(|a| a.drain(job, now)) else {
+            return;
+        };
+        let ids: Vec<WorkerId> = self
+            .workers
+            .keys()
+            .copied()
+            .filter(|id| self.allocs.as_ref().and_then(|a| a.home_of(*id)) == Some(job))
+            .collect();
+        for id in ids {
+            self.stop_after_current(id, StopReason::TimeLimit);
+        }
+        self.on_allocation_change(change);
+    }
+
+    /// Starts `count` worker steps in a granted allocation.
+    fn start_steps_in(&mut self, job: &str, count: usize) -> Result<(), PoolError> {
+        let Some(spec) = self.spec.clone() else {
+            return Ok(());
+        };
+        let Some(cpus) = self
+            .allocs
+            .as_ref()
+            .map(|a| a.on_demand().settings.cpus_per_task)
+        else {
+            return Ok(());
+        };
+        let mut srun_args = vec![format!("--jobid={job}")];
+        if let Some(cpus) = cpus {
+            srun_args.push(format!("--cpus-per-task={cpus}"));
+        }
+        srun_args.extend(spec.srun_args.iter().cloned());
+        for _ in 0..count {
+            let id = self.take_id();
+            let request = spawn::SpawnRequest {
+                worker_id: id,
+                env: &spec.env,
+                threads_per_worker: cpus.unwrap_or(1).max(1) as usize,
+                stage: &self.stage,
+                workdir: spec.workdir.as_deref(),
+            };
+            let Some(listener) = self.listener.as_ref() else {
+                break;
+            };
+            let step = slurm::start(&request, listener, &srun_args).map_err(PoolError::Slurm)?;
+            self.starting.push((id, step));
+            if let Some(allocs) = self.allocs.as_mut() {
+                allocs.home(id, job);
+            }
+        }
+        Ok(())
+    }
+
+    /// An event (and, for what people wait on, a line) for what happened to an allocation.
+    fn on_allocation_change(&mut self, change: alloc::Change) {
+        match change {
+            alloc::Change::Started { job, nodes, waited } => {
+                self.events.emit(&Event::AllocationStarted {
+                    job: &job,
+                    nodes: &nodes,
+                    waited_s: waited.as_secs_f64(),
+                });
+                self.console.info(&format!(
+                    "      Slurm allocation {job} granted on {nodes} after {:.1} s",
+                    waited.as_secs_f64()
+                ));
+            }
+            alloc::Change::Draining { job, time_left } => {
+                self.events.emit(&Event::AllocationDraining {
+                    job: &job,
+                    time_left_s: time_left.as_secs_f64(),
+                });
+                self.console.info(&format!(
+                    "      Slurm allocation {job} ends in {} s: its workers finish their task and are replaced",
+                    time_left.as_secs()
+                ));
+            }
+            alloc::Change::Ended { job, state, .. } => {
+                if let Some(guardian) = self.guardian.as_ref() {
+                    guardian.forget_job(&job);
+                }
+                self.events.emit(&Event::AllocationEnded {
+                    job: &job,
+                    state: &state,
+                });
+            }
+        }
     }
 }
 
@@ -761,6 +990,10 @@ impl WorkerPool for Pool {
                         address: listener.advertised(),
                     });
                     self.listener = Some(listener);
+                }
+                if let Some(on_demand) = spec.on_demand.clone() {
+                    self.tend_allocations(on_demand, true)?;
+                    return self.poll_starting();
                 }
                 // A step gets the CPUs of one Slurm task.
                 let threads = std::env::var("SLURM_CPUS_PER_TASK")
@@ -862,6 +1095,7 @@ impl WorkerPool for Pool {
             if now.duration_since(self.lost_checked) >= LOST_CHECK_EVERY {
                 self.lost_checked = now;
                 self.check_lost_results();
+                self.tend_allocations_between();
                 if let Some(event) = self.take_ready() {
                     return Some(event);
                 }
@@ -886,6 +1120,36 @@ impl WorkerPool for Pool {
     fn counters(&self) -> PoolCounters {
         self.counters
     }
+
+    fn allocations(&self) -> Vec<crate::live::AllocationView> {
+        let Some(allocs) = self.allocs.as_ref() else {
+            return Vec::new();
+        };
+        allocs
+            .list()
+            .iter()
+            .map(|a| match &a.state {
+                alloc::AllocState::Queued { reason } => crate::live::AllocationView {
+                    job: a.job.clone(),
+                    state: "queued".into(),
+                    reason: reason.clone(),
+                    nodes: None,
+                },
+                alloc::AllocState::Running { nodes, .. } => crate::live::AllocationView {
+                    job: a.job.clone(),
+                    state: if a.draining { "draining" } else { "running" }.into(),
+                    reason: None,
+                    nodes: Some(nodes.clone()),
+                },
+                alloc::AllocState::Ended { state } => crate::live::AllocationView {
+                    job: a.job.clone(),
+                    state: state.to_lowercase(),
+                    reason: None,
+                    nodes: None,
+                },
+            })
+            .collect()
+    }
 }
 
 impl Drop for Pool {
@@ -905,6 +1169,9 @@ impl Drop for Pool {
             .collect();
         if !steps.is_empty() {
             slurm::cancel_steps(&steps, true);
+        }
+        if let Some(allocs) = self.allocs.as_mut() {
+            allocs.cancel_all();
         }
     }
 }

@@ -26,20 +26,50 @@ const CONNECT_DEADLINE: Duration = Duration::from_secs(120);
 // step past it with srun still running was late to start, not kept out.
 const _: () = assert!(transport::WORKER_CONNECT_DEADLINE.as_secs() < CONNECT_DEADLINE.as_secs());
 
-/// Why `launcher = "slurm"` cannot be used here, if it cannot.
-pub fn unavailable() -> Option<String> {
-    if std::env::var_os("SLURM_JOB_ID").is_none() {
-        return Some(
-            "launcher = \"slurm\" starts workers as job steps of the current Slurm allocation: run loky-run inside `sbatch` or `salloc`"
-                .into(),
-        );
-    }
+/// Where `launcher = "slurm"` gets its workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Job steps of the allocation loky-run runs in (`sbatch`, `salloc`).
+    InAllocation,
+    /// Outside an allocation, with a `[slurm]` table: allocations loky-run submits itself.
+    OnDemand,
+}
+
+/// Where `launcher = "slurm"` gets its workers here, or why it cannot be used.
+/// `has_table`: the pipeline has a `[slurm]` table.
+pub fn mode(has_table: bool) -> Result<Mode, String> {
     if let Ok(step) = std::env::var("SLURM_STEP_ID") {
-        return Some(format!(
+        return Err(format!(
             "loky-run is itself running inside job step {step} (under `srun`), where it cannot start worker steps: run it directly in the `sbatch` script or the `salloc` shell"
         ));
     }
-    None
+    if std::env::var_os("SLURM_JOB_ID").is_some() {
+        return Ok(Mode::InAllocation);
+    }
+    if !has_table {
+        return Err(
+            "launcher = \"slurm\" outside a Slurm allocation needs a [slurm] table (partition, time_limit, nodes, tasks, ...) for the allocations loky-run submits itself; or run loky-run inside `sbatch` or `salloc`"
+                .into(),
+        );
+    }
+    if !on_path("sbatch") {
+        return Err(
+            "the [slurm] table asks for allocations, but `sbatch` is not on PATH here: run loky-run on a host that can submit Slurm jobs"
+                .into(),
+        );
+    }
+    Ok(Mode::OnDemand)
+}
+
+/// Whether `program` is an executable file in a directory of `PATH`.
+fn on_path(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(program))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
 }
 
 /// The default number of workers under `launcher = "slurm"`: the allocation's task count

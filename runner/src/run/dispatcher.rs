@@ -299,6 +299,7 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
             busy: self.book.busy(),
             tasks_per_s,
             eta_s: live::eta_seconds(o.total.saturating_sub(done), done_now, tasks_per_s),
+            allocations: self.pool.allocations(),
         }
     }
 
@@ -391,6 +392,7 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
                     busy: book.busy(),
                     restarts: counters.restarts,
                     replaced: counters.replaced,
+                    allocations: crate::live::allocations_summary(&pool.allocations()),
                 }
             },
             force,
@@ -1243,8 +1245,11 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
         } else {
             p.done as f64 * 100.0 / p.total as f64
         };
+        let allocations = live::allocations_summary(&p.allocations)
+            .map(|a| format!("; {a}"))
+            .unwrap_or_default();
         self.console.info(&format!(
-            "      {}: {}/{} ({pct:.0}%), {} failed, {} retried, {:.0} tasks/s, ETA {eta}",
+            "      {}: {}/{} ({pct:.0}%), {} failed, {} retried, {:.0} tasks/s, ETA {eta}{allocations}",
             p.name, p.done, p.total, p.failed, p.retried, p.tasks_per_s
         ));
     }

@@ -286,17 +286,62 @@ pub fn plan(pipeline: Pipeline, verbose: bool) -> Result<Plan, PlanError> {
             },
             InputSpec::From(_) => None,
         };
+        let slurm_mode = match stage.settings.launcher {
+            crate::config::Launcher::Slurm => {
+                match crate::pool::slurm::mode(pipeline.slurm.is_some()) {
+                    Ok(mode) => Some(mode),
+                    Err(why) => {
+                        problems.push(PlanProblem::new(
+                            format!("stage `{}`: {why}", stage.name),
+                            None,
+                            format!("stage.{}.launcher", stage.name),
+                        ));
+                        None
+                    }
+                }
+            }
+            crate::config::Launcher::Local => None,
+        };
+        let on_demand = match (slurm_mode, &pipeline.slurm) {
+            (Some(crate::pool::slurm::Mode::OnDemand), Some(settings)) => {
+                Some(crate::pool::alloc::OnDemand {
+                    settings: settings.clone(),
+                    pipeline: pipeline.name.clone(),
+                })
+            }
+            _ => None,
+        };
         // Default: one worker per CPU here; on Slurm, one per task of the allocation (each
-        // worker step takes one, and more would wait for CPUs).
-        let default_workers = match stage.settings.launcher {
-            crate::config::Launcher::Slurm => crate::pool::slurm::default_workers().unwrap_or(cpus),
-            crate::config::Launcher::Local => cpus,
+        // worker step takes one, and more would wait for CPUs), or as many as the
+        // allocations asked for on demand hold.
+        let capacity = on_demand.as_ref().map(|d| {
+            (d.settings.tasks.max(1) as usize)
+                .saturating_mul(d.settings.max_allocations.max(1) as usize)
+        });
+        let default_workers = match (stage.settings.launcher, capacity) {
+            (_, Some(capacity)) => capacity,
+            (crate::config::Launcher::Slurm, None) => {
+                crate::pool::slurm::default_workers().unwrap_or(cpus)
+            }
+            (crate::config::Launcher::Local, None) => cpus,
         };
         let workers = stage
             .settings
             .max_workers
             .map(std::num::NonZero::get)
             .unwrap_or(default_workers);
+        if let (Some(capacity), Some(d)) = (capacity, &on_demand) {
+            if workers > capacity {
+                problems.push(PlanProblem::new(
+                    format!(
+                        "stage `{}`: max_workers = {workers}, but [slurm] allows {} allocation(s) of {} task(s) at once, {capacity} workers in all",
+                        stage.name, d.settings.max_allocations, d.settings.tasks
+                    ),
+                    Some("raise [slurm] max_allocations or tasks, or lower max_workers".into()),
+                    format!("stage.{}.max_workers", stage.name),
+                ));
+            }
+        }
         let spec = WorkerSpec {
             plugins: plugin_paths.clone(),
             env: stage.settings.env.clone(),
@@ -304,16 +349,8 @@ pub fn plan(pipeline: Pipeline, verbose: bool) -> Result<Plan, PlanError> {
             launcher: stage.settings.launcher,
             srun_args: stage.settings.srun_args.clone(),
             workdir: workdir.clone(),
+            on_demand,
         };
-        if stage.settings.launcher == crate::config::Launcher::Slurm {
-            if let Some(why) = crate::pool::slurm::unavailable() {
-                problems.push(PlanProblem::new(
-                    format!("stage `{}`: {why}", stage.name),
-                    None,
-                    format!("stage.{}.launcher", stage.name),
-                ));
-            }
-        }
         stages.push(PlannedStage {
             plugin,
             task,
