@@ -44,6 +44,9 @@ pub struct Allocation {
     /// Whether a worker ever started in it (an allocation that ends without one counts
     /// towards giving up).
     pub used_once: bool,
+    /// Its time left when it was first seen granted: one granted with no more than
+    /// `renew_before` is never drained (its successor would be no better off).
+    pub granted_left: Option<Duration>,
 }
 
 impl Allocation {
@@ -56,7 +59,11 @@ impl Allocation {
     }
 
     fn time_left(&self, now: Instant) -> Option<Duration> {
-        match self.state {
+        self.time_left_at(&self.state, now)
+    }
+
+    fn time_left_at(&self, state: &AllocState, now: Instant) -> Option<Duration> {
+        match state {
             AllocState::Running {
                 ends_at: Some(at), ..
             } => Some(at.saturating_duration_since(now)),
@@ -64,16 +71,15 @@ impl Allocation {
         }
     }
 
-    /// Near enough to its time limit that a successor is wanted (twice `renew_before`, so
-    /// that the successor has time to be granted before this one drains).
-    fn expiring(&self, now: Instant, renew_before: Duration) -> bool {
-        self.time_left(now)
-            .is_some_and(|left| left <= renew_before.saturating_mul(2))
+    /// Due to drain: granted with more than `renew_before`, and now within it.
+    fn due_to_drain(&self, now: Instant, renew_before: Duration) -> bool {
+        self.granted_left.is_some_and(|g| g > renew_before)
+            && self.time_left(now).is_some_and(|left| left <= renew_before)
     }
 
     /// Counts towards the pool's capacity and `max_allocations`.
     fn counts(&self, now: Instant, renew_before: Duration) -> bool {
-        !self.ended() && !self.cancelled && !self.draining && !self.expiring(now, renew_before)
+        !self.ended() && !self.cancelled && !self.draining && !self.due_to_drain(now, renew_before)
     }
 }
 
@@ -125,13 +131,12 @@ pub fn plan(
     let renew = limits.renew_before;
     let mut actions = Vec::new();
     for a in allocs.iter().filter(|a| a.running() && !a.cancelled) {
-        let left = a.time_left(now);
-        if !a.draining && left.is_some_and(|l| l <= renew) {
+        let due = !a.draining && a.due_to_drain(now, renew);
+        if due {
             actions.push(Action::Drain(a.job.clone()));
         }
-        // Drained (or about to be replaced) and empty: of no more use.
-        let spent = a.draining || left.is_some_and(|l| l <= renew) || a.expiring(now, renew);
-        if spent && used_by(&a.job) == 0 {
+        // Drained and empty: of no more use (its successor is asked for below).
+        if (a.draining || due) && used_by(&a.job) == 0 {
             actions.push(Action::Cancel(a.job.clone()));
         }
     }
@@ -535,6 +540,9 @@ impl Allocations {
                 }
                 _ => {}
             }
+            if a.granted_left.is_none() {
+                a.granted_left = a.time_left_at(&state, now);
+            }
             a.state = state;
         }
         for change in &changes {
@@ -599,6 +607,7 @@ impl Allocations {
                         cancelled: false,
                         draining: false,
                         used_once: false,
+                        granted_left: None,
                     });
                     jobs.push(job);
                 }
@@ -691,6 +700,7 @@ mod tests {
             cancelled: false,
             draining: false,
             used_once: false,
+            granted_left: None,
         }
     }
 
@@ -782,25 +792,25 @@ mod tests {
     }
 
     #[test]
-    fn an_allocation_near_its_time_limit_gets_a_successor_then_drains() {
+    fn an_allocation_near_its_time_limit_drains_gets_a_successor_and_is_cancelled_once_empty() {
         let now = Instant::now();
-        // 100 s left: under 2 × renew_before, a successor is submitted, the workers go on.
-        let allocs = [alloc("1", running(Some(100), now), 9, now)];
+        let granted = |left: u64, with: u64| {
+            let mut a = alloc("1", running(Some(left), now), 9, now);
+            a.granted_left = Some(Duration::from_secs(with));
+            a
+        };
+        // 100 s left of 600: the workers go on.
         assert_eq!(
-            plan(&allocs, &used(&[("1", 2)]), 2, 0, now, LIMITS),
-            [Action::Submit(1)]
+            plan(&[granted(100, 600)], &used(&[("1", 2)]), 2, 0, now, LIMITS),
+            []
         );
-        // 50 s left: it drains; its successor is queued.
-        let allocs = [
-            alloc("1", running(Some(50), now), 9, now),
-            alloc("2", queued(), 1, now),
-        ];
+        // 50 s left: it drains and a successor is asked for.
         assert_eq!(
-            plan(&allocs, &used(&[("1", 2)]), 2, 0, now, LIMITS),
-            [Action::Drain("1".into())]
+            plan(&[granted(50, 600)], &used(&[("1", 2)]), 2, 0, now, LIMITS),
+            [Action::Drain("1".into()), Action::Submit(1)]
         );
         // Its workers gone, it is cancelled; the successor gets the steps.
-        let mut drained = alloc("1", running(Some(40), now), 9, now);
+        let mut drained = granted(40, 600);
         drained.draining = true;
         let allocs = [drained, alloc("2", running(None, now), 1, now)];
         assert_eq!(
@@ -812,6 +822,12 @@ mod tests {
                     count: 2
                 }
             ]
+        );
+        // Granted with less than renew_before: never drained (a successor would not do
+        // better), and no endless chain of successors.
+        assert_eq!(
+            plan(&[granted(30, 50)], &used(&[("1", 2)]), 2, 0, now, LIMITS),
+            []
         );
     }
 
