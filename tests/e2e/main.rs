@@ -13,6 +13,7 @@ mod resume;
 mod retry;
 mod scheduler;
 mod slurm;
+mod slurm_alloc;
 mod slurm_nodes;
 mod status;
 mod terminal;

@@ -55,7 +55,7 @@ fn healthy(state: &str) -> bool {
 
 /// Whether the multi-node tests run here (see the module docs). Waits (bounded) for every node
 /// to be usable, since a test before may have just brought one back.
-fn three_nodes_up() -> bool {
+pub(crate) fn three_nodes_up() -> bool {
     if !cluster_up() {
         return false;
     }

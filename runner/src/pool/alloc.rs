@@ -275,8 +275,6 @@ pub fn sbatch_args(settings: &SlurmAlloc, pipeline: &str) -> Vec<String> {
         "--output=/dev/null".to_owned(),
         // A failed node costs retries, not a requeued allocation that nobody waits for.
         "--no-requeue".to_owned(),
-        // The workers get the runner's environment through srun; the batch script needs none.
-        "--export=NONE".to_owned(),
     ];
     let mut push = |flag: &str, value: &Option<String>| {
         if let Some(v) = value {
@@ -455,8 +453,11 @@ pub enum Change {
     },
 }
 
-/// How often squeue is asked while an allocation is queued, and otherwise.
+/// How often squeue is asked while an allocation is queued (more often in its first
+/// seconds: a cluster with free nodes grants at once), and otherwise.
 const POLL_QUEUED: Duration = Duration::from_secs(1);
+const POLL_JUST_SUBMITTED: Duration = Duration::from_millis(200);
+const JUST_SUBMITTED: Duration = Duration::from_secs(5);
 const POLL_RUNNING: Duration = Duration::from_secs(10);
 /// After a failed `sbatch`, the next try waits this long times the failures in a row.
 const SUBMIT_BACKOFF: Duration = Duration::from_secs(5);
@@ -564,8 +565,18 @@ impl Allocations {
         let queued = self
             .list
             .iter()
-            .any(|a| matches!(a.state, AllocState::Queued { .. }));
-        self.next_poll = now + if queued { POLL_QUEUED } else { POLL_RUNNING };
+            .filter(|a| matches!(a.state, AllocState::Queued { .. }));
+        let every = queued
+            .map(|a| {
+                if now.saturating_duration_since(a.submitted) < JUST_SUBMITTED {
+                    POLL_JUST_SUBMITTED
+                } else {
+                    POLL_QUEUED
+                }
+            })
+            .min()
+            .unwrap_or(POLL_RUNNING);
+        self.next_poll = now + every;
         changes
     }
 
