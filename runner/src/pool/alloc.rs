@@ -416,16 +416,6 @@ pub fn cancel(jobs: Vec<JobId>, wait: bool) {
     }
 }
 
-/// How to word an allocation's state for people: `queued (Resources)`, `running on node[1-2]`.
-pub fn describe(state: &AllocState) -> String {
-    match state {
-        AllocState::Queued { reason: Some(r) } => format!("queued ({r})"),
-        AllocState::Queued { reason: None } => "queued".into(),
-        AllocState::Running { nodes, .. } => format!("running on {nodes}"),
-        AllocState::Ended { state } => format!("ended ({state})"),
-    }
-}
-
 /// What `[slurm]` and the pipeline give the pool's allocations.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OnDemand {
