@@ -591,8 +591,13 @@ fn cmd_show_config(args: &ShowConfigArgs) -> Result<i32, Error> {
                 .iter()
                 .map(|s| format!("stage.{}", s.name))
                 .collect();
+            let slurm = if loaded.pipeline.slurm.is_some() {
+                ", slurm"
+            } else {
+                ""
+            };
             Err(Error::Usage(format!(
-                "show-config: no key is `{key}` or under it; keys start with pipeline, pool{}{}",
+                "show-config: no key is `{key}` or under it; keys start with pipeline, pool{slurm}{}{}",
                 if stages.is_empty() { "" } else { ", " },
                 stages.join(", ")
             )))

@@ -11,12 +11,13 @@
 //! The schema sticks to JSON Schema draft 4 keywords, the level Taplo (and so Even Better TOML)
 //! supports. What it cannot express is left to the loader: a range's start not after its end,
 //! unique stage names, `from` naming an earlier stage, input files that exist, numbers too large
-//! for their field.
+//! for their field, `[slurm]`'s `tasks` not below `nodes` and `renew_before` below `time_limit`.
 
 use serde_json::{Map, Value, json};
 
 use crate::config::{
-    INITIALIZER_KEYS, INPUT_KEYS, KeySpec, Kind, PIPELINE_KEYS, POOL_KEYS, STAGE_KEYS,
+    INITIALIZER_KEYS, INPUT_KEYS, KeySpec, Kind, PIPELINE_KEYS, POOL_KEYS, SLURM_DOC, SLURM_KEYS,
+    STAGE_KEYS,
 };
 
 /// Where the schema is committed, relative to the repository root.
@@ -122,6 +123,14 @@ fn refine(section: &str, spec: &KeySpec, mut schema: Value) -> Value {
             schema["minItems"] = json!(1);
             schema["items"] = json!({ "type": "string", "minLength": 1 });
         }
+        // Not empty, and not the options loky-run's own sbatch command depends on.
+        ("slurm", "sbatch_args") => {
+            schema["items"] = json!({
+                "type": "string",
+                "minLength": 1,
+                "not": { "pattern": "^--(wrap|parsable)(=.*)?$" },
+            });
+        }
         _ => {}
     }
     schema
@@ -198,6 +207,11 @@ pub fn json_schema() -> Value {
         );
         t
     };
+    let slurm = {
+        let mut t = table(SLURM_KEYS, "slurm");
+        t["description"] = json!(SLURM_DOC);
+        t
+    };
     let stage = {
         let mut t = table_of(STAGE_KEYS.iter().chain(POOL_KEYS), "stage");
         t["description"] = json!(
@@ -213,6 +227,7 @@ pub fn json_schema() -> Value {
         "properties": {
             "pipeline": pipeline,
             "pool": pool,
+            "slurm": slurm,
             "stage": {
                 "description": "The stages, run in file order: [[stage]] sections.",
                 "type": "array",
@@ -309,8 +324,8 @@ pub fn reference_markdown() -> String {
     );
     out.push_str("# Pipeline reference\n\n");
     out.push_str(
-        "A pipeline file has three sections: `[pipeline]`, `[pool]` (optional) and one or more \
-         `[[stage]]`. Unknown keys are errors (with the closest valid key). Paths are relative to \
+        "A pipeline file has these sections: `[pipeline]`, `[pool]` (optional), one or more \
+         `[[stage]]`, and `[slurm]` (optional). Unknown keys are errors (with the closest valid key). Paths are relative to \
          the pipeline file. Durations are strings such as `\"250ms\"`, `\"10s\"`, `\"2m\"`, \
          `\"1h\"`, `\"1m30s\"` (`\"0s\"` where it means \"none\"); sizes are `\"300MB\"`, \
          `\"1GiB\"`, `\"512 KiB\"` (kB, MB, GB, TB are powers of 1000; KiB, MiB, GiB, TiB powers \
@@ -318,9 +333,9 @@ pub fn reference_markdown() -> String {
     );
     out.push_str(
         "Every key can also be set from the environment (`LOKY_RUN_PIPELINE_<KEY>`, \
-         `LOKY_RUN_POOL_<KEY>`, `LOKY_RUN_STAGE_<STAGE>_<KEY>`) or the command line \
-         (`--set pipeline.<key>=...`, `--set pool.<key>=...`, `--set stage.<name>.<key>=...`); \
-         later layers win: file, then environment, then `--set`. `loky-run show-config \
+         `LOKY_RUN_POOL_<KEY>`, `LOKY_RUN_STAGE_<STAGE>_<KEY>`; not `[slurm]`'s) or the command \
+         line (`--set pipeline.<key>=...`, `--set pool.<key>=...`, `--set slurm.<key>=...`, \
+         `--set stage.<name>.<key>=...`); later layers win: file, then environment, then `--set`. `loky-run show-config \
          PIPELINE` prints the resolved values and where each came from. The JSON schema \
          [`schema/pipeline.schema.json`](../schema/pipeline.schema.json) holds the same \
          information for editors.\n\n",
@@ -341,6 +356,14 @@ pub fn reference_markdown() -> String {
     reference_table(&mut out, &all(INPUT_KEYS), true);
     out.push_str("\n### `initializer = { ... }`\n\n");
     reference_table(&mut out, &all(INITIALIZER_KEYS), false);
+    let about = SLURM_DOC.strip_prefix("[slurm]: ").unwrap_or(SLURM_DOC);
+    let mut about_chars = about.chars();
+    let about: String = about_chars
+        .next()
+        .map(|c| c.to_uppercase().chain(about_chars).collect())
+        .unwrap_or_default();
+    out.push_str(&format!("\n## `[slurm]`\n\n{about}\n\n"));
+    reference_table(&mut out, &all(SLURM_KEYS), false);
     out
 }
 
@@ -512,6 +535,33 @@ mod tests {
                 );
             }
         }
+        for spec in SLURM_KEYS {
+            // The loader's check across keys (renew_before, "2m" by default, below
+            // time_limit) is out of the schema's reach: keep it out of the way.
+            let context = match spec.name {
+                "time_limit" => "renew_before = \"0s\"\n",
+                _ => "",
+            };
+            for s in samples(spec.kind) {
+                check(
+                    format!("{HEAD}{STAGE}\n[slurm]\n{context}{} = {s}\n", spec.name),
+                    &format!("slurm.{}", spec.name),
+                );
+            }
+        }
+        for args in [
+            "[\"--wrap\"]",
+            "[\"--wrap=hostname\"]",
+            "[\"--exclusive\", \"--parsable\"]",
+            "[\"--wrapper\", \"--parsable2\"]",
+            "[\"\"]",
+            "[\"-J\", \"mine\", \"--output=x.log\"]",
+        ] {
+            check(
+                format!("{HEAD}{STAGE}\n[slurm]\nsbatch_args = {args}\n"),
+                "slurm.sbatch_args",
+            );
+        }
         for spec in STAGE_KEYS {
             for s in samples(spec.kind) {
                 let stage: String = STAGE
@@ -540,6 +590,9 @@ mod tests {
             format!("{HEAD}\n[[stage]]\nname = \"s\"\ninput = {{ range = [0, 3] }}\n"),
             format!("{HEAD}\n[[stage]]\nname = \"s\"\ntask = \"demo::square\"\n"),
             format!("{HEAD}pool = 1\n{STAGE}"),
+            format!("{HEAD}{STAGE}\n[slurm]\n"),
+            format!("{HEAD}slurm = 1\n{STAGE}"),
+            format!("{HEAD}{STAGE}\n[slurm]\nbogus = 1\n"),
         ] {
             check(text, "sections");
         }
@@ -559,6 +612,7 @@ mod tests {
         for (path, keys) in [
             ("/properties/pipeline/properties", PIPELINE_KEYS),
             ("/properties/pool/properties", POOL_KEYS),
+            ("/properties/slurm/properties", SLURM_KEYS),
             ("/properties/stage/items/properties", STAGE_KEYS),
             ("/properties/stage/items/properties", POOL_KEYS),
         ] {
@@ -583,5 +637,37 @@ mod tests {
         assert_eq!(default_value(pool("max_workers")), None);
         assert_eq!(default_value(pool("initializer")), None);
         assert_eq!(default_value(&PIPELINE_KEYS[2]), None, "out/<name>");
+        let slurm = |name: &str| SLURM_KEYS.iter().find(|k| k.name == name).unwrap();
+        assert_eq!(default_value(slurm("nodes")), Some(json!(1)));
+        assert_eq!(default_value(slurm("tasks")), None, "the value of `nodes`");
+        assert_eq!(default_value(slurm("cpus_per_task")), None);
+        assert_eq!(default_value(slurm("partition")), None);
+        assert_eq!(default_value(slurm("time_limit")), Some(json!("0s")));
+        assert_eq!(default_value(slurm("renew_before")), Some(json!("2m")));
+        assert_eq!(default_value(slurm("sbatch_args")), Some(json!([])));
+    }
+
+    #[test]
+    fn slurm_is_an_optional_section_of_both_documents() {
+        let schema = json_schema();
+        let slurm = schema.pointer("/properties/slurm").unwrap();
+        assert_eq!(slurm["description"], json!(SLURM_DOC));
+        assert!(
+            slurm.get("required").is_none(),
+            "every [slurm] key has a default"
+        );
+        assert!(
+            !schema["required"]
+                .as_array()
+                .unwrap()
+                .contains(&json!("slurm"))
+        );
+        let reference = reference_markdown();
+        let at = reference.find("## `[slurm]`").expect("a [slurm] section");
+        assert!(
+            reference[at..].contains("SBATCH_PARTITION"),
+            "the section says sbatch's variables apply"
+        );
+        assert!(reference[at..].contains("--set slurm.KEY=VALUE"));
     }
 }

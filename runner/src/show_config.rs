@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::config::{
     ChunkSize, InputSpec, Launcher, Layer, Loaded, OnError, Origin, Pipeline, PluginSpecKind,
-    PoolSettings, Reuse, Stage,
+    PoolSettings, Reuse, SlurmAlloc, Stage,
 };
 
 /// Items of an `items` input shown before the rest is summed up.
@@ -100,6 +100,10 @@ fn render_keys(loaded: &Loaded, filter: Option<&str>) -> Option<String> {
     ];
     group(&mut out, None, lines);
     group(&mut out, None, o.pool_lines("pool", &loaded.pool, None));
+    // Only a pipeline with a `[slurm]` table has these (without one, loky-run submits nothing).
+    if let Some(slurm) = &p.slurm {
+        group(&mut out, None, o.slurm_lines(slurm));
+    }
 
     for (i, stage) in p.stages.iter().enumerate() {
         let header = format!("# stage {} of {}", i + 1, p.stages.len());
@@ -160,6 +164,36 @@ impl Origins<'_> {
             align: false,
             ..self.line(key, value)
         }
+    }
+
+    /// `[slurm]`'s keys; unset optional ones as `none`.
+    fn slurm_lines(&self, s: &SlurmAlloc) -> Vec<Line> {
+        let text = |v: &Option<String>| v.as_deref().map_or_else(|| "none".to_owned(), quote);
+        let number = |v: Option<u32>| v.map_or_else(|| "none".to_owned(), |n| n.to_string());
+        let args: Vec<String> = s.sbatch_args.iter().map(|a| quote(a)).collect();
+        let mut lines = vec![
+            self.line("slurm.partition", text(&s.partition)),
+            self.line("slurm.account", text(&s.account)),
+            self.line("slurm.qos", text(&s.qos)),
+            self.line(
+                "slurm.time_limit",
+                s.time_limit.map_or_else(|| quote("0s"), duration),
+            ),
+            self.line("slurm.nodes", s.nodes.to_string()),
+            self.line("slurm.tasks", s.tasks.to_string()),
+            self.line("slurm.cpus_per_task", number(s.cpus_per_task)),
+            self.line("slurm.max_allocations", s.max_allocations.to_string()),
+            self.line("slurm.sbatch_args", format!("[{}]", args.join(", "))),
+            self.line("slurm.renew_before", duration(s.renew_before)),
+        ];
+        for l in &mut lines {
+            l.origin = match (l.key.as_str(), l.origin.as_str()) {
+                ("slurm.time_limit", "default") => "default: the partition's time limit".into(),
+                ("slurm.tasks", "default") => "default: the value of nodes".into(),
+                _ => continue,
+            };
+        }
+        lines
     }
 
     /// Whether the stage's `key` is `[pool]`'s (same origin, and not a default).
@@ -401,6 +435,57 @@ fn inline(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `[slurm]` is shown when the pipeline has one, each key with its origin; not otherwise.
+    #[test]
+    fn slurm_lines_only_with_a_slurm_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.toml");
+        let base = "[pipeline]\nname = \"p\"\nplugins = [\"demo\"]\n\
+                    [[stage]]\nname = \"s\"\ntask = \"demo::square\"\ninput = { range = [0, 1] }\n";
+        let load = |text: &str, sets: &[&str]| {
+            std::fs::write(&file, text).unwrap();
+            crate::config::load_with_origins(&crate::config::LoadOptions {
+                file: file.clone(),
+                sets: sets.iter().map(ToString::to_string).collect(),
+                env: vec![],
+            })
+            .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let text = render(&load(base, &[]));
+        assert!(!text.contains("slurm."), "{text}");
+        let loaded = load(
+            &format!("{base}[slurm]\nnodes = 2\nsbatch_args = [\"--mem=1G\"]\n"),
+            &["slurm.partition=gpu"],
+        );
+        let text = render_filtered(&loaded, "slurm").unwrap();
+        let lines: Vec<(&str, &str)> = text
+            .lines()
+            .filter(|l| l.starts_with("slurm."))
+            .map(|l| {
+                let (kv, origin) = l.split_once("   # ").unwrap();
+                (kv.trim_end(), origin)
+            })
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                ("slurm.partition = \"gpu\"", "--set slurm.partition=gpu"),
+                ("slurm.account = none", "default"),
+                ("slurm.qos = none", "default"),
+                (
+                    "slurm.time_limit = \"0s\"",
+                    "default: the partition's time limit"
+                ),
+                ("slurm.nodes = 2", "file p.toml:9"),
+                ("slurm.tasks = 2", "default: the value of nodes"),
+                ("slurm.cpus_per_task = none", "default"),
+                ("slurm.max_allocations = 1", "default"),
+                ("slurm.sbatch_args = [\"--mem=1G\"]", "file p.toml:10"),
+                ("slurm.renew_before = \"2m\"", "default"),
+            ]
+        );
+    }
 
     #[test]
     fn values_read_as_toml() {

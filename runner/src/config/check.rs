@@ -11,6 +11,7 @@ use super::keys::{INITIALIZER_KEYS, INPUT_KEYS, KeySpec, SECTIONS, Section, clos
 pub(crate) struct FileSections<'a> {
     pub pipeline: Option<&'a Node>,
     pub pool: Option<&'a Node>,
+    pub slurm: Option<&'a Node>,
     /// `(index in the file, stage table)`; `None` when the file has no `stage` key at all
     /// (or one that is not an array). Entries that are not tables are left out (and reported).
     pub stages: Option<Vec<(usize, &'a Node)>>,
@@ -42,17 +43,18 @@ pub(crate) fn check_file<'a>(
     let mut out = FileSections {
         pipeline: None,
         pool: None,
+        slurm: None,
         stages: None,
         stage_count: 0,
     };
     let checker = Checker { src };
     for (key, node) in doc.table().unwrap_or_default() {
         match key.name.as_str() {
-            "pipeline" | "pool" => {
-                let section = if key.name == "pipeline" {
-                    Section::Pipeline
-                } else {
-                    Section::Pool
+            "pipeline" | "pool" | "slurm" => {
+                let section = match key.name.as_str() {
+                    "pipeline" => Section::Pipeline,
+                    "pool" => Section::Pool,
+                    _ => Section::Slurm,
                 };
                 if node.table().is_none() {
                     diags.push(
@@ -67,10 +69,11 @@ pub(crate) fn check_file<'a>(
                     continue;
                 }
                 checker.keys(node, section, section.header(), &key.name, diags);
-                if section == Section::Pipeline {
-                    out.pipeline = Some(node);
-                } else {
-                    out.pool = Some(node);
+                match section {
+                    Section::Pipeline => out.pipeline = Some(node),
+                    Section::Pool => out.pool = Some(node),
+                    Section::Slurm => out.slurm = Some(node),
+                    Section::Stage => {}
                 }
             }
             "stage" => match &node.kind {
@@ -119,13 +122,16 @@ pub(crate) fn check_file<'a>(
                     Some("stage") => Some("did you mean `[[stage]]`?".to_string()),
                     Some(s) if is_table => Some(format!("did you mean `[{s}]`?")),
                     _ => {
-                        let homes: Vec<String> = [Section::Pipeline, Section::Pool, Section::Stage]
+                        let homes: Vec<String> = Section::ALL
                             .into_iter()
                             .filter(|s| s.spec(other).is_some())
                             .map(|s| s.header().to_string())
                             .collect();
                         if homes.is_empty() {
-                            Some("the sections are [pipeline], [pool] and [[stage]]".to_string())
+                            Some(
+                                "the sections are [pipeline], [pool], [slurm] and [[stage]]"
+                                    .to_string(),
+                            )
                         } else {
                             Some(format!(
                                 "`{other}` is a key of {}: put it under that section's header",
@@ -172,15 +178,22 @@ impl Checker<'_> {
         for (key, node) in table.table().unwrap_or_default() {
             let Some(spec) = section.spec(&key.name) else {
                 let elsewhere = section.others_with(&key.name);
-                let help = if let Some(s) = closest(&key.name, section.names()) {
-                    format!("did you mean `{s}`?")
-                } else if !elsewhere.is_empty() {
+                let belongs = (!elsewhere.is_empty()).then(|| {
                     let places: Vec<String> =
                         elsewhere.iter().map(|s| s.header().to_string()).collect();
                     format!("`{}` is a key of {}", key.name, join_words(&places, "or"))
-                } else {
-                    let valid: Vec<String> = section.names().map(|n| format!("`{n}`")).collect();
-                    format!("valid keys: {}", valid.join(", "))
+                });
+                // A near miss here and an exact key elsewhere (`tasks` in [pool]: `task_timeout`,
+                // or [slurm]'s `tasks`): say both.
+                let help = match (closest(&key.name, section.names()), belongs) {
+                    (Some(s), Some(belongs)) => format!("did you mean `{s}`? ({belongs})"),
+                    (Some(s), None) => format!("did you mean `{s}`?"),
+                    (None, Some(belongs)) => belongs,
+                    (None, None) => {
+                        let valid: Vec<String> =
+                            section.names().map(|n| format!("`{n}`")).collect();
+                        format!("valid keys: {}", valid.join(", "))
+                    }
                 };
                 diags.push(self.unknown(key, title, help, &format!("{prefix}.{}", key.name)));
                 continue;

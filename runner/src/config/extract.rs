@@ -12,7 +12,7 @@ use super::diagnostic::{Diagnostic, Layer, Origin, SourceText};
 use super::document::{Node, Seg};
 use super::keys::{
     INPUT_KEYS, Kind, LAUNCHER_CHOICES, ON_ERROR_CHOICES, PIPELINE_KEYS, POOL_KEYS, REUSE_CHOICES,
-    STAGE_KEYS, closest, join_words,
+    SLURM_KEYS, STAGE_KEYS, closest, join_words,
 };
 use super::layers::layer_of_value;
 use super::model::{ChunkSize, Initializer, Launcher, OnError, Reuse, TaskRef};
@@ -57,6 +57,23 @@ pub(crate) struct RawPool {
     pub chunksize: Option<Sourced<ChunkSize>>,
     pub launcher: Option<Sourced<Launcher>>,
     pub srun_args: Option<Sourced<Vec<String>>>,
+}
+
+/// `[slurm]`, as set (defaults and the checks across keys come in `validate`).
+#[derive(Debug, Default)]
+pub(crate) struct RawSlurm {
+    pub partition: Option<Sourced<String>>,
+    pub account: Option<Sourced<String>>,
+    pub qos: Option<Sourced<String>>,
+    /// `None` inside: `"0s"`, the partition's default.
+    pub time_limit: Option<Sourced<Option<Duration>>>,
+    pub nodes: Option<Sourced<u32>>,
+    pub tasks: Option<Sourced<u32>>,
+    pub cpus_per_task: Option<Sourced<u32>>,
+    pub max_allocations: Option<Sourced<u32>>,
+    /// Each argument with its own origin (to point at a refused one).
+    pub sbatch_args: Option<Sourced<Vec<Sourced<String>>>>,
+    pub renew_before: Option<Sourced<Duration>>,
 }
 
 #[derive(Debug, Clone)]
@@ -249,6 +266,42 @@ impl<'a> Extractor<'a> {
             }
         }
         raw
+    }
+
+    /// `[slurm]`, from the global figment; `None` when no layer has a `slurm` table (the
+    /// table alone, even empty, asks for allocations with the defaults).
+    pub(super) fn slurm(&mut self, figment: &Figment) -> Option<RawSlurm> {
+        let Ok(Value::Dict(_, dict)) = figment.find_value("slurm") else {
+            return None;
+        };
+        let mut raw = RawSlurm::default();
+        for spec in SLURM_KEYS {
+            let Some(value) = dict.get(spec.name) else {
+                continue;
+            };
+            let f = self.field(
+                figment,
+                value,
+                vec!["slurm".into(), spec.name.into()],
+                format!("slurm.{}", spec.name),
+            );
+            let positive =
+                |v: &Value| integer(v, Kind::Positive, 1, i128::from(u32::MAX)).map(|n| n as u32);
+            match spec.name {
+                "partition" => raw.partition = self.read(&f, |v| text(v, Kind::Text)),
+                "account" => raw.account = self.read(&f, |v| text(v, Kind::Text)),
+                "qos" => raw.qos = self.read(&f, |v| text(v, Kind::Text)),
+                "time_limit" => raw.time_limit = self.read(&f, |v| duration(v).map(nonzero)),
+                "nodes" => raw.nodes = self.read(&f, positive),
+                "tasks" => raw.tasks = self.read(&f, positive),
+                "cpus_per_task" => raw.cpus_per_task = self.read(&f, positive),
+                "max_allocations" => raw.max_allocations = self.read(&f, positive),
+                "sbatch_args" => raw.sbatch_args = self.text_list(figment, &f, Kind::Text, false),
+                "renew_before" => raw.renew_before = self.read(&f, duration),
+                _ => {}
+            }
+        }
+        Some(raw)
     }
 
     /// The pool keys of `dict`: `[pool]` (`prefix` = `pool`) or a stage (`stage.NAME`).

@@ -304,14 +304,82 @@ pub const INPUT_KEYS: &[KeySpec] = &[
     ),
 ];
 
+/// What `[slurm]` is for, in the JSON schema and the reference.
+pub const SLURM_DOC: &str = "[slurm]: the allocations loky-run submits with sbatch when a stage has launcher = \"slurm\" and loky-run runs outside an allocation (inside one, workers are job steps of it and [slurm] is not used). sbatch's own input variables (SBATCH_PARTITION, SBATCH_ACCOUNT, SBATCH_TIMELIMIT, ...) apply as usual; there are no LOKY_RUN_SLURM_* variables, and --set slurm.KEY=VALUE overrides a key.";
+
+/// `[slurm]`: what each allocation loky-run submits with `sbatch` asks for.
+pub const SLURM_KEYS: &[KeySpec] = &[
+    key(
+        "partition",
+        Kind::Text,
+        Some("the cluster's default"),
+        "The partition of each allocation (sbatch --partition).",
+    ),
+    key(
+        "account",
+        Kind::Text,
+        Some("the user's default"),
+        "The account charged for each allocation (--account).",
+    ),
+    key(
+        "qos",
+        Kind::Text,
+        Some("the default"),
+        "The quality of service of each allocation (--qos).",
+    ),
+    key(
+        "time_limit",
+        Kind::Duration,
+        Some("\"0s\""),
+        "Each allocation's time limit (--time, rounded up to whole minutes); \"0s\" = the partition's default.",
+    ),
+    key(
+        "nodes",
+        Kind::Positive,
+        Some("1"),
+        "Nodes of each allocation (--nodes).",
+    ),
+    key(
+        "tasks",
+        Kind::Positive,
+        Some("the value of `nodes`"),
+        "Tasks of each allocation (--ntasks), one worker each; at least `nodes`.",
+    ),
+    key(
+        "cpus_per_task",
+        Kind::Positive,
+        Some("none"),
+        "CPUs of each task (--cpus-per-task); unset: Slurm's default.",
+    ),
+    key(
+        "max_allocations",
+        Kind::Positive,
+        Some("1"),
+        "Allocations queued or running at once; allocations being replaced near their time limit are not counted.",
+    ),
+    key(
+        "sbatch_args",
+        Kind::TextList,
+        Some("[]"),
+        "Extra arguments for sbatch, after loky-run's own (so they override them); not --wrap or --parsable.",
+    ),
+    key(
+        "renew_before",
+        Kind::Duration,
+        Some("\"2m\""),
+        "A worker stops taking tasks this long before its allocation's time limit and is replaced from a new allocation.",
+    ),
+];
+
 /// The top-level sections.
-pub(super) const SECTIONS: &[&str] = &["pipeline", "pool", "stage"];
+pub(super) const SECTIONS: &[&str] = &["pipeline", "pool", "slurm", "stage"];
 
 /// A place keys live in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Section {
     Pipeline,
     Pool,
+    Slurm,
     Stage,
 }
 
@@ -324,6 +392,7 @@ impl Section {
         let (own, pool): (&[KeySpec], &[KeySpec]) = match self {
             Section::Pipeline => (PIPELINE_KEYS, &[]),
             Section::Pool => (POOL_KEYS, &[]),
+            Section::Slurm => (SLURM_KEYS, &[]),
             Section::Stage => (STAGE_KEYS, POOL_KEYS),
         };
         own.iter().chain(pool)
@@ -333,18 +402,27 @@ impl Section {
         self.keys().map(|k| k.name)
     }
 
-    /// As written in a file header: `[pipeline]`, `[pool]`, `[[stage]]`.
+    /// Every section, in the order the documents list them.
+    pub(super) const ALL: [Section; 4] = [
+        Section::Pipeline,
+        Section::Pool,
+        Section::Slurm,
+        Section::Stage,
+    ];
+
+    /// As written in a file header: `[pipeline]`, `[pool]`, `[slurm]`, `[[stage]]`.
     pub(super) fn header(self) -> &'static str {
         match self {
             Section::Pipeline => "[pipeline]",
             Section::Pool => "[pool]",
+            Section::Slurm => "[slurm]",
             Section::Stage => "[[stage]]",
         }
     }
 
     /// The sections (other than `self`) where `name` is a valid key, for "belongs in" hints.
     pub(super) fn others_with(self, name: &str) -> Vec<Section> {
-        [Section::Pipeline, Section::Pool, Section::Stage]
+        Section::ALL
             .into_iter()
             .filter(|s| *s != self && s.spec(name).is_some())
             .collect()
@@ -390,6 +468,7 @@ mod tests {
         for table in [
             PIPELINE_KEYS,
             POOL_KEYS,
+            SLURM_KEYS,
             STAGE_KEYS,
             INITIALIZER_KEYS,
             INPUT_KEYS,
@@ -408,6 +487,26 @@ mod tests {
             Section::Stage.names().count(),
             STAGE_KEYS.len() + POOL_KEYS.len()
         );
+        // A `[slurm]` key is nobody else's, so "is a key of [slurm]" hints name one place.
+        for k in SLURM_KEYS {
+            assert_eq!(
+                Section::Slurm.others_with(k.name),
+                Vec::<Section>::new(),
+                "{}",
+                k.name
+            );
+            assert!(
+                !k.doc.contains('|'),
+                "{}: breaks the reference's table",
+                k.name
+            );
+        }
+        // Every section's name is in SECTIONS, and every header names its section.
+        assert_eq!(SECTIONS.len(), Section::ALL.len());
+        for s in Section::ALL {
+            let name = s.header().trim_matches(['[', ']']);
+            assert!(SECTIONS.contains(&name), "{name}");
+        }
     }
 
     #[test]
@@ -419,6 +518,10 @@ mod tests {
         assert_eq!(closest("idle", pool()), Some("idle_timeout"));
         assert_eq!(closest("zzz", pool()), None);
         assert_eq!(closest("pools", SECTIONS.iter().copied()), Some("pool"));
+        assert_eq!(closest("slrum", SECTIONS.iter().copied()), Some("slurm"));
+        let slurm = || Section::Slurm.names();
+        assert_eq!(closest("node", slurm()), Some("nodes"));
+        assert_eq!(closest("timelimit", slurm()), Some("time_limit"));
     }
 
     #[test]

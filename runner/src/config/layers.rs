@@ -14,6 +14,8 @@ use super::keys::{INITIALIZER_KEYS, INPUT_KEYS, Kind, SECTIONS, Section, closest
 pub(crate) enum Target {
     Pipeline,
     Pool,
+    /// `[slurm]`, from `--set` only (it has no environment layer).
+    Slurm,
     /// The stages (indices in the file) of that name.
     Stage(Vec<usize>),
 }
@@ -139,10 +141,24 @@ struct PathProblem {
     help: Option<String>,
 }
 
+impl PathProblem {
+    /// "did you mean `X`?" (the suggestion spelled for its layer by `spell`), the help, or
+    /// both: a near miss here and an exact key elsewhere (`pool.tasks`: `pool.task_timeout`,
+    /// or [slurm]'s `tasks`).
+    fn help(self, spell: impl Fn(&[String]) -> String) -> Option<String> {
+        match (self.suggestion, self.help) {
+            (Some(p), Some(help)) => Some(format!("did you mean `{}`? ({help})", spell(&p))),
+            (Some(p), None) => Some(format!("did you mean `{}`?", spell(&p))),
+            (None, help) => help,
+        }
+    }
+}
+
 fn section_name(section: Section) -> &'static str {
     match section {
         Section::Pipeline => "[pipeline]",
         Section::Pool => "[pool]",
+        Section::Slurm => "[slurm]",
         Section::Stage => "a stage",
     }
 }
@@ -163,7 +179,7 @@ fn check_path(section: Section, path: &[String]) -> Result<Kind, PathProblem> {
             p
         });
         let elsewhere = section.others_with(first);
-        let help = (suggestion.is_none() && !elsewhere.is_empty()).then(|| {
+        let help = (!elsewhere.is_empty()).then(|| {
             let places: Vec<String> = elsewhere.iter().map(|s| s.header().to_string()).collect();
             format!("`{first}` is a key of {}", join_words(&places, "or"))
         });
@@ -251,7 +267,10 @@ pub(crate) fn env_spelling(stage: &str) -> String {
 
 /// Reads `LOKY_RUN_PIPELINE_<KEY>`, `LOKY_RUN_POOL_<KEY>` and `LOKY_RUN_STAGE_<STAGE>_<KEY>`
 /// (sorted by name); every other `LOKY_RUN_*` variable belongs to someone else and is ignored.
-/// `stages` holds the stage names of the file, by index.
+/// `[slurm]` has no environment layer: `LOKY_RUN_SLURM_*` names the test suite's gates
+/// (`LOKY_RUN_SLURM_TESTS`, `LOKY_RUN_SLURM_NODES`, the latter also a `[slurm]` key's name),
+/// and sbatch reads its own `SBATCH_*` variables. `stages` holds the stage names of the file,
+/// by index.
 pub(crate) fn from_env(
     env: &[(String, String)],
     stages: &[Option<String>],
@@ -264,38 +283,38 @@ pub(crate) fn from_env(
     for (var, text) in vars {
         let rest = &var[PREFIX.len()..];
         let layer = Layer::Env(var.clone());
-        let (section, target, stage_spelling, key) = if let Some(key) = rest.strip_prefix("POOL_") {
-            (Section::Pool, Target::Pool, None, key)
-        } else if let Some(key) = rest.strip_prefix("PIPELINE_") {
-            (Section::Pipeline, Target::Pipeline, None, key)
-        } else if let Some(rest) = rest.strip_prefix("STAGE_") {
-            match match_env_stage(rest, stages) {
-                Ok((indices, spelling, key)) => {
-                    (Section::Stage, Target::Stage(indices), Some(spelling), key)
+        let (section, env_section, target, stage_spelling, key) =
+            if let Some(key) = rest.strip_prefix("POOL_") {
+                (Section::Pool, "POOL_", Target::Pool, None, key)
+            } else if let Some(key) = rest.strip_prefix("PIPELINE_") {
+                (Section::Pipeline, "PIPELINE_", Target::Pipeline, None, key)
+            } else if let Some(rest) = rest.strip_prefix("STAGE_") {
+                match match_env_stage(rest, stages) {
+                    Ok((indices, spelling, key)) => (
+                        Section::Stage,
+                        "STAGE_",
+                        Target::Stage(indices),
+                        Some(spelling),
+                        key,
+                    ),
+                    Err(d) => {
+                        diags.push(d.layer_var(var));
+                        continue;
+                    }
                 }
-                Err(d) => {
-                    diags.push(d.layer_var(var));
-                    continue;
+            } else {
+                if let Some(d) = misspelled_section(var, rest) {
+                    diags.push(d);
                 }
-            }
-        } else {
-            if let Some(d) = misspelled_section(var, rest) {
-                diags.push(d);
-            }
-            continue;
-        };
+                continue;
+            };
         let path = vec![key.to_lowercase()];
         let env_name = |p: &[String]| {
             let stage = stage_spelling
                 .as_ref()
                 .map(|s| format!("{s}_"))
                 .unwrap_or_default();
-            let section = match section {
-                Section::Pipeline => "PIPELINE_",
-                Section::Pool => "POOL_",
-                Section::Stage => "STAGE_",
-            };
-            format!("{PREFIX}{section}{stage}{}", p[0].to_uppercase())
+            format!("{PREFIX}{env_section}{stage}{}", p[0].to_uppercase())
         };
         match check_path(section, &path) {
             Ok(kind) => out.push(Override {
@@ -309,32 +328,31 @@ pub(crate) fn from_env(
                     format!("{} (environment variable `{var}`)", problem.what),
                     layer,
                 )
-                .maybe_help(
-                    problem
-                        .suggestion
-                        .map(|p| format!("did you mean `{}`?", env_name(&p)))
-                        .or(problem.help),
-                ),
+                .maybe_help(problem.help(env_name)),
             ),
         }
     }
     out
 }
 
-/// `LOKY_RUN_*` variables of the runner itself (not configuration layers).
-const RUNNER_VARS: [&str; 6] = [
+/// `LOKY_RUN_*` variables of the runner itself and of its test suite (not configuration
+/// layers; fixed public names).
+const RUNNER_VARS: [&str; 7] = [
     "LOG",
     "LISTEN",
     "PLUGIN_PATH",
     "CONNECT",
     "TOKEN",
     "SLURM_TESTS",
+    "SLURM_NODES",
 ];
 
 /// A variable that looks like a configuration layer with a misspelled section
 /// (`LOKY_RUN_POL_MAX_WORKERS`): silently ignoring it would hide the user's setting.
+/// `LOKY_RUN_SLURM_*` is no misspelling: `[slurm]` has no environment layer, and the test
+/// suite's gates live there.
 fn misspelled_section(var: &str, rest: &str) -> Option<Diagnostic> {
-    if RUNNER_VARS.contains(&rest) {
+    if RUNNER_VARS.contains(&rest) || rest.starts_with("SLURM_") {
         return None;
     }
     let (section, key) = rest.split_once('_')?;
@@ -462,7 +480,7 @@ fn stage_hint(
 // ---- --set -------------------------------------------------------------------------------
 
 /// Reads `--set KEY=VALUE` arguments: `pipeline.KEY`, `pool.KEY` (`pool.env.NAME`,
-/// `pool.initializer.args`, ...) or `stage.NAME.KEY`, where `NAME` is matched exactly (the
+/// `pool.initializer.args`, ...), `slurm.KEY` or `stage.NAME.KEY`, where `NAME` is matched exactly (the
 /// longest stage name that fits, since names may contain dots).
 pub(crate) fn from_sets(
     sets: &[String],
@@ -496,6 +514,7 @@ fn parse_set(arg: &str, stages: &[Option<String>]) -> Result<Override, Pending> 
             rest,
         ),
         "pool" => (Section::Pool, Target::Pool, "pool".to_string(), rest),
+        "slurm" => (Section::Slurm, Target::Slurm, "slurm".to_string(), rest),
         "stage" => {
             let best = stages
                 .iter()
@@ -526,7 +545,7 @@ fn parse_set(arg: &str, stages: &[Option<String>]) -> Result<Override, Pending> 
         other => {
             let help = match closest(other, SECTIONS.iter().copied()) {
                 Some(s) => format!("did you mean `{s}.{rest}`?"),
-                None => "keys start with `pipeline.`, `pool.` or `stage.NAME.`".into(),
+                None => "keys start with `pipeline.`, `pool.`, `slurm.` or `stage.NAME.`".into(),
             };
             return Err(Pending(
                 format!("`--set {arg}`: unknown section `{other}`"),
@@ -544,10 +563,7 @@ fn parse_set(arg: &str, stages: &[Option<String>]) -> Result<Override, Pending> 
         }),
         Err(problem) => Err(Pending(
             format!("`--set {arg}`: {}", problem.what),
-            problem
-                .suggestion
-                .map(|p| format!("did you mean `{prefix}.{}`?", p.join(".")))
-                .or(problem.help),
+            problem.help(|p| format!("{prefix}.{}", p.join("."))),
         )),
     }
 }
@@ -676,6 +692,31 @@ mod tests {
         );
     }
 
+    /// The test suite's gates are fixed public names under `LOKY_RUN_SLURM_`, where `[slurm]`
+    /// keys would be if it had an environment layer (`nodes` is one): never configuration,
+    /// never a misspelled section.
+    #[test]
+    fn slurm_gate_variables_are_ignored() {
+        for var in [
+            "LOKY_RUN_SLURM_TESTS",
+            "LOKY_RUN_SLURM_NODES",
+            "LOKY_RUN_SLURM_PARTITION",
+        ] {
+            assert!(
+                misspelled_section(var, &var[PREFIX.len()..]).is_none(),
+                "{var}"
+            );
+            let mut diags = vec![];
+            let got = from_env(&env(&[(var, "1")]), &names(&["squares"]), &mut diags);
+            assert!(
+                got.is_empty() && diags.is_empty(),
+                "{var}: {got:?} {diags:?}"
+            );
+        }
+        // Misspelled sections are still caught next to them.
+        assert!(misspelled_section("LOKY_RUN_POL_RETRIES", "POL_RETRIES").is_some());
+    }
+
     #[test]
     fn set_mapping() {
         let stages = names(&["squares", "a", "a.b"]);
@@ -692,6 +733,8 @@ mod tests {
             "pipeline.name=\"my pipe\"",
             "pipeline.plugins=[\"demo\"]",
             "pool.chunksize=auto",
+            "slurm.partition=2024",
+            "slurm.sbatch_args=[\"--mem=1G\"]",
         ]
         .map(String::from)
         .to_vec();
@@ -716,6 +759,16 @@ mod tests {
         assert_eq!(got[7].target, Target::Stage(vec![1]));
         assert_eq!(got[8].value.as_str(), Some("my pipe"));
         assert_eq!(got[10].value.as_str(), Some("auto"));
+        assert_eq!(
+            (got[11].target.clone(), got[11].path.clone()),
+            (Target::Slurm, vec!["partition".into()])
+        );
+        assert_eq!(
+            got[11].value.as_str(),
+            Some("2024"),
+            "a textual key keeps the text"
+        );
+        assert!(got[12].value.as_array().is_some());
     }
 
     #[test]

@@ -11,8 +11,10 @@
 //!    `pool.<key>`, `LOKY_RUN_STAGE_<STAGE>_<KEY>` → that stage's `<key>`, where `<STAGE>` is the
 //!    stage name upper-cased with `-` and `.` read as `_` (the longest matching stage name wins).
 //!    Every other `LOKY_RUN_*` variable (e.g. `LOKY_RUN_PLUGIN_PATH`) is not configuration and
-//!    is ignored.
-//! 3. **`--set KEY=VALUE`**, in order: `pipeline.<key>`, `pool.<key>`, `stage.<NAME>.<key>`, and
+//!    is ignored. `[slurm]` has no environment layer (sbatch reads its own `SBATCH_*`
+//!    variables; `LOKY_RUN_SLURM_TESTS` and `LOKY_RUN_SLURM_NODES` are the test suite's).
+//! 3. **`--set KEY=VALUE`**, in order: `pipeline.<key>`, `pool.<key>`, `slurm.<key>`,
+//!    `stage.<NAME>.<key>`, and
 //!    one level into tables: `pool.env.<VAR>`, `pool.initializer.task`,
 //!    `pool.initializer.args[.<k>...]`, `stage.<NAME>.input.<kind>`.
 //!
@@ -32,8 +34,8 @@
 //! [`document`] parses the file into a tree that knows every key's and value's span;
 //! [`check`] reports unknown keys and misplaced sections from that tree; [`layers`] turns
 //! variables and `--set` arguments into figment providers (one per variable or argument, so a
-//! value's figment tag says exactly where it came from). Figment merges `[pipeline]` and
-//! `[pool]` in one figment and each stage in its own (figment cannot address one element of the
+//! value's figment tag says exactly where it came from). Figment merges `[pipeline]`,
+//! `[pool]` and `[slurm]` in one figment and each stage in its own (figment cannot address one element of the
 //! `[[stage]]` array); [`extract`] reads the merged values key by key (so that every bad value is
 //! reported), and [`validate`] applies defaults and the cross-key checks.
 
@@ -57,7 +59,10 @@ use figment::Figment;
 use figment::value::Dict;
 
 pub use diagnostic::{ConfigError, Diagnostic, Layer, Location, Origin};
-pub use keys::{INITIALIZER_KEYS, INPUT_KEYS, KeySpec, Kind, PIPELINE_KEYS, POOL_KEYS, STAGE_KEYS};
+pub use keys::{
+    INITIALIZER_KEYS, INPUT_KEYS, KeySpec, Kind, PIPELINE_KEYS, POOL_KEYS, SLURM_DOC, SLURM_KEYS,
+    STAGE_KEYS,
+};
 
 use diagnostic::SourceText;
 use document::{Seg, table_to_dict};
@@ -78,7 +83,8 @@ pub struct LoadOptions {
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub pipeline: Pipeline,
-    /// By key in `--set` spelling: every `pipeline.<key>` and `pool.<key>`, and every
+    /// By key in `--set` spelling: every `pipeline.<key>` and `pool.<key>`, every `slurm.<key>`
+    /// when the pipeline has a `[slurm]` table, and every
     /// `stage.<name>.<key>` (for a pool key, the origin of the effective value: the stage's own,
     /// `[pool]`'s, or [`Layer::Default`]). A few parts of tables also appear
     /// (`pool.initializer.task`, `pool.initializer.args`, each variable of `env`: `pool.env.NAME`).
@@ -125,9 +131,13 @@ pub fn load_with_origins(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
     let file_meta = metadata_for(&src.layer());
     let mut extractor = extract::Extractor::new(&src, &doc);
 
-    // [pipeline] and [pool]: one figment.
+    // [pipeline], [pool] and [slurm]: one figment.
     let mut top = Dict::new();
-    for (name, node) in [("pipeline", sections.pipeline), ("pool", sections.pool)] {
+    for (name, node) in [
+        ("pipeline", sections.pipeline),
+        ("pool", sections.pool),
+        ("slurm", sections.slurm),
+    ] {
         if let Some(node) = node {
             top.insert(name.into(), node.to_figment());
         }
@@ -137,6 +147,7 @@ pub fn load_with_origins(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
         match o.target {
             Target::Pipeline => global = global.merge(o.provider("pipeline")),
             Target::Pool => global = global.merge(o.provider("pool")),
+            Target::Slurm => global = global.merge(o.provider("slurm")),
             Target::Stage(_) => {}
         }
     }
@@ -146,6 +157,7 @@ pub fn load_with_origins(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
         _ => Dict::new(),
     };
     let raw_pool = extractor.pool(&global, &pool_dict, &[Seg::from("pool")], "pool");
+    let raw_slurm = extractor.slurm(&global);
 
     // Each stage: its own figment.
     let mut raw_stages = Vec::new();
@@ -174,6 +186,7 @@ pub fn load_with_origins(opts: &LoadOptions) -> Result<Loaded, ConfigError> {
     let pipeline = resolver.resolve(
         raw_pipeline,
         &raw_pool,
+        raw_slurm,
         raw_stages,
         sections.stages.is_some(),
     );

@@ -110,6 +110,18 @@ chunksize = 16
 launcher = "slurm"
 srun_args = ["--exact", "--mem=1G"]
 
+[slurm]
+partition = "gpu"
+account = "lab"
+qos = "short"
+time_limit = "1h30m"
+nodes = 2
+tasks = 8
+cpus_per_task = 4
+max_allocations = 3
+sbatch_args = ["--mem=8G", "-J", "mine"]
+renew_before = "5m"
+
 [[stage]]
 name = "squares"
 task = "demo::square"
@@ -162,6 +174,21 @@ srun_args = []
         ]
     );
     assert_eq!(p.plugins[1].written, "./plugins/faults");
+    assert_eq!(
+        p.slurm,
+        Some(SlurmAlloc {
+            partition: Some("gpu".into()),
+            account: Some("lab".into()),
+            qos: Some("short".into()),
+            time_limit: Some(Duration::from_secs(90 * 60)),
+            nodes: 2,
+            tasks: 8,
+            cpus_per_task: Some(4),
+            max_allocations: 3,
+            sbatch_args: vec!["--mem=8G".into(), "-J".into(), "mine".into()],
+            renew_before: Duration::from_secs(300),
+        })
+    );
 
     let names: Vec<&str> = p.stages.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["squares", "listed", "from-file", "chained.v2"]);
@@ -267,6 +294,10 @@ fn defaults() {
     let p = fx.load().unwrap();
     assert_eq!(p.output_dir, fx.base().join("out/mini"));
     assert_eq!(p.grace_period, Duration::from_secs(5));
+    assert_eq!(
+        p.slurm, None,
+        "no [slurm] table: no allocations of loky-run's own"
+    );
     let st = &p.stages[0].settings;
     assert_eq!(
         *st,
@@ -328,6 +359,15 @@ fn every_key_in_the_tables_is_read() {
     for k in POOL_KEYS {
         toml += &format!("{} = {}\n", k.name, sample(k.kind));
     }
+    toml += "[slurm]\n";
+    for k in SLURM_KEYS {
+        // renew_before's sample ("1s") must stay below the time limit.
+        let value = match k.name {
+            "time_limit" => "\"1h\"",
+            _ => sample(k.kind),
+        };
+        toml += &format!("{} = {value}\n", k.name);
+    }
     toml += "[[stage]]\n";
     for k in STAGE_KEYS.iter().chain(POOL_KEYS) {
         toml += &format!("{} = {}\n", k.name, sample(k.kind));
@@ -340,6 +380,7 @@ fn every_key_in_the_tables_is_read() {
         .map(|k| format!("pipeline.{}", k.name))
         .collect();
     expected.extend(POOL_KEYS.iter().map(|k| format!("pool.{}", k.name)));
+    expected.extend(SLURM_KEYS.iter().map(|k| format!("slurm.{}", k.name)));
     expected.extend(
         STAGE_KEYS
             .iter()
@@ -372,6 +413,257 @@ fn every_key_in_the_tables_is_read() {
             load_with_origins(&fx.opts(&[], &[])).unwrap_or_else(|e| panic!("{e}\n{toml}"));
         assert_eq!(loaded.origins["stage.s.input"].layer, file, "{}", k.name);
     }
+}
+
+const SLURM_DEFAULTS: SlurmAlloc = SlurmAlloc {
+    partition: None,
+    account: None,
+    qos: None,
+    time_limit: None,
+    nodes: 1,
+    tasks: 1,
+    cpus_per_task: None,
+    max_allocations: 1,
+    sbatch_args: vec![],
+    renew_before: Duration::from_secs(120),
+};
+
+/// MINIMAL with a `[slurm]` table holding `body`.
+fn with_slurm(body: &str) -> String {
+    format!("{MINIMAL}\n[slurm]\n{body}")
+}
+
+#[test]
+fn a_slurm_table_alone_asks_for_the_defaults() {
+    let fx = Fixture::new(&with_slurm(""));
+    let loaded = load_with_origins(&fx.opts(&[], &[])).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(loaded.pipeline.slurm, Some(SLURM_DEFAULTS));
+    for k in SLURM_KEYS {
+        let key = format!("slurm.{}", k.name);
+        assert_eq!(loaded.origins[&key].layer, Layer::Default, "{key}");
+    }
+    // "0s" is no limit of loky-run's own: the partition's default.
+    let fx = Fixture::new(&with_slurm("time_limit = \"0s\"\n"));
+    assert_eq!(fx.load().unwrap().slurm.unwrap().time_limit, None);
+    // A time limit is kept as written; the launcher rounds it up to whole minutes.
+    let fx = Fixture::new(&with_slurm(
+        "time_limit = \"90s\"\nrenew_before = \"30s\"\n",
+    ));
+    let slurm = fx.load().unwrap().slurm.unwrap();
+    assert_eq!(slurm.time_limit, Some(Duration::from_secs(90)));
+    assert_eq!(slurm.renew_before, Duration::from_secs(30));
+}
+
+#[test]
+fn slurm_tasks_default_to_nodes() {
+    let fx = Fixture::new(&with_slurm("nodes = 3\n"));
+    let loaded = load_with_origins(&fx.opts(&[], &[])).unwrap();
+    let slurm = loaded.pipeline.slurm.unwrap();
+    assert_eq!((slurm.nodes, slurm.tasks), (3, 3));
+    assert_eq!(loaded.origins["slurm.tasks"].layer, Layer::Default);
+    let p = fx.load_with(&[], &["slurm.tasks=12"]).unwrap();
+    let slurm = p.slurm.unwrap();
+    assert_eq!((slurm.nodes, slurm.tasks), (3, 12));
+    // Equal is fine: one task per node.
+    let p = fx.load_with(&[], &["slurm.tasks=3"]).unwrap();
+    assert_eq!(p.slurm.unwrap().tasks, 3);
+}
+
+#[test]
+fn slurm_from_set() {
+    // `--set slurm.KEY` alone makes a [slurm] table.
+    let fx = Fixture::new(MINIMAL);
+    let loaded = load_with_origins(&fx.opts(
+        &[],
+        &[
+            "slurm.partition=debug",
+            "slurm.time_limit=2h",
+            "slurm.sbatch_args=[\"--mem=4G\"]",
+            "slurm.max_allocations=2",
+        ],
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        loaded.pipeline.slurm,
+        Some(SlurmAlloc {
+            partition: Some("debug".into()),
+            time_limit: Some(Duration::from_secs(7200)),
+            sbatch_args: vec!["--mem=4G".into()],
+            max_allocations: 2,
+            ..SLURM_DEFAULTS
+        })
+    );
+    assert_eq!(
+        loaded.origins["slurm.partition"].layer,
+        Layer::Set("slurm.partition=debug".into())
+    );
+    assert_eq!(loaded.origins["slurm.nodes"].layer, Layer::Default);
+
+    // Over the file's values; a textual key keeps the text.
+    let fx = Fixture::new(&with_slurm("partition = \"gpu\"\nnodes = 2\n"));
+    let loaded =
+        load_with_origins(&fx.opts(&[], &["slurm.nodes=4", "slurm.account=2024"])).unwrap();
+    let slurm = loaded.pipeline.slurm.unwrap();
+    assert_eq!(slurm.partition.as_deref(), Some("gpu"));
+    assert_eq!((slurm.nodes, slurm.tasks), (4, 4));
+    assert_eq!(slurm.account.as_deref(), Some("2024"));
+    let origin = &loaded.origins["slurm.partition"];
+    assert!(matches!(origin.layer, Layer::File(_)));
+    assert_eq!(origin.location.as_ref().unwrap().line, 12);
+
+    // Unknown keys and bad values from --set.
+    let err = fx.errors(
+        &[],
+        &["slurm.node=2", "slurm.cpus_per_task=0", "slrum.nodes=2"],
+    );
+    assert_eq!(err.diagnostics.len(), 3, "{err}");
+    let d = &err.diagnostics[0];
+    assert_eq!(d.layer, Layer::Set("slurm.node=2".into()));
+    assert!(d.message.contains("unknown key `node` in [slurm]"), "{d}");
+    assert_eq!(d.help.as_deref(), Some("did you mean `slurm.nodes`?"));
+    let d = &err.diagnostics[1];
+    assert!(d.message.contains("unknown section `slrum`"), "{d}");
+    assert_eq!(d.help.as_deref(), Some("did you mean `slurm.nodes`?"));
+    let d = about(&err, "slurm.cpus_per_task");
+    assert!(d.message.contains("must be at least 1, found 0"), "{d}");
+    let err = fx.errors(
+        &[],
+        &["pool.nodes=2", "slurm.max_workers=2", "pool.tasks=2"],
+    );
+    let helps: Vec<&str> = err
+        .diagnostics
+        .iter()
+        .map(|d| d.help.as_deref().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        helps,
+        [
+            "`nodes` is a key of [slurm]",
+            "`max_workers` is a key of [pool] or [[stage]]",
+            "did you mean `pool.task_timeout`? (`tasks` is a key of [slurm])",
+        ]
+    );
+}
+
+#[test]
+fn slurm_checks_across_keys() {
+    let fx = Fixture::new(&with_slurm(
+        "nodes = 2\ntasks = 1\ntime_limit = \"10m\"\nrenew_before = \"10m\"\n\
+         sbatch_args = [\"--exclusive\", \"--wrap=hostname\", \"--parsable\", \"-J\", \"x\"]\n",
+    ));
+    let err = fx.load().unwrap_err();
+    assert_eq!(err.diagnostics.len(), 4, "{err}");
+    let d = about(&err, "slurm.tasks");
+    assert_eq!(d.message, "in [slurm], tasks = 1 is fewer than nodes = 2");
+    assert_eq!(line(d), 13);
+    assert!(
+        d.help.as_deref().unwrap().contains("at least one task"),
+        "{d}"
+    );
+    let d = about(&err, "slurm.renew_before");
+    assert_eq!(
+        d.message,
+        "in [slurm], renew_before = \"10m\" is not shorter than time_limit = \"10m\""
+    );
+    assert_eq!(line(d), 15);
+    assert!(
+        d.help
+            .as_deref()
+            .unwrap()
+            .ends_with("lower renew_before or raise time_limit"),
+        "{d}"
+    );
+    let d = about(&err, "slurm.sbatch_args[1]");
+    assert!(d.message.contains("cannot hold `--wrap`"), "{d}");
+    assert_eq!(line(d), 16);
+    assert_eq!(d.location.as_ref().unwrap().column, 31);
+    let d = about(&err, "slurm.sbatch_args[2]");
+    assert!(d.message.contains("cannot hold `--parsable`"), "{d}");
+
+    // The default renew_before ("2m") counts: the message says it is the default and points
+    // at the time limit that was written.
+    let fx = Fixture::new(&with_slurm("time_limit = \"1m\"\n"));
+    let err = fx.load().unwrap_err();
+    let d = about(&err, "slurm.time_limit");
+    assert_eq!(
+        d.message,
+        "in [slurm], renew_before = \"2m\" (the default) is not shorter than time_limit = \"1m\""
+    );
+    assert_eq!(line(d), 12);
+    // Values from other layers say so.
+    let err = fx.errors(
+        &[],
+        &["slurm.nodes=4", "slurm.tasks=2", "slurm.time_limit=3m"],
+    );
+    let d = about(&err, "slurm.tasks");
+    assert_eq!(
+        d.message,
+        "in [slurm], tasks = 2 from `--set slurm.tasks=2` is fewer than \
+         nodes = 4 from `--set slurm.nodes=4`"
+    );
+    assert!(d.location.is_none());
+    assert_eq!(err.diagnostics.len(), 1, "{err}");
+    // Without a time limit, renew_before is not compared.
+    let fx = Fixture::new(&with_slurm("renew_before = \"1h\"\n"));
+    assert_eq!(
+        fx.load().unwrap().slurm.unwrap().renew_before,
+        Duration::from_secs(3600)
+    );
+}
+
+#[test]
+fn slurm_keys_in_the_wrong_place() {
+    let fx = Fixture::new(&format!(
+        "partition = \"gpu\"\n{}\n[slurm]\nnode = 2\nmax_workers = 3\n[slurmm]\nx = 1\n",
+        MINIMAL.replace("[[stage]]", "[pool]\nnodes = 2\ntasks = 4\n[[stage]]")
+    ));
+    let err = fx.load().unwrap_err();
+    let d = about(&err, "partition");
+    assert_eq!(d.message, "unknown key `partition` at the top level");
+    assert_eq!(
+        d.help.as_deref(),
+        Some("`partition` is a key of [slurm]: put it under that section's header")
+    );
+    let d = about(&err, "pool.nodes");
+    assert_eq!(d.help.as_deref(), Some("`nodes` is a key of [slurm]"));
+    let d = about(&err, "slurm.node");
+    assert_eq!(d.message, "unknown key `node` in [slurm]");
+    assert_eq!(d.help.as_deref(), Some("did you mean `nodes`?"));
+    // A near miss here and the exact key elsewhere: both.
+    let d = about(&err, "pool.tasks");
+    assert_eq!(
+        d.help.as_deref(),
+        Some("did you mean `task_timeout`? (`tasks` is a key of [slurm])")
+    );
+    let d = about(&err, "slurm.max_workers");
+    assert_eq!(
+        d.help.as_deref(),
+        Some("`max_workers` is a key of [pool] or [[stage]]")
+    );
+    let d = about(&err, "slurmm");
+    assert_eq!(d.help.as_deref(), Some("did you mean `[slurm]`?"));
+    // `slurm` must be a table.
+    let fx = Fixture::new(&format!("slurm = 1\n{MINIMAL}"));
+    let err = fx.load().unwrap_err();
+    let d = about(&err, "slurm");
+    assert_eq!(d.message, "`slurm` must be a table");
+}
+
+/// `[slurm]` has no environment layer: `LOKY_RUN_SLURM_TESTS` and `LOKY_RUN_SLURM_NODES`
+/// are the test suite's gates (fixed names), and `nodes` is also a `[slurm]` key.
+#[test]
+fn loky_run_slurm_variables_are_not_configuration() {
+    let fx = Fixture::new(MINIMAL);
+    let env = [
+        ("LOKY_RUN_SLURM_TESTS", "1"),
+        ("LOKY_RUN_SLURM_NODES", "3"),
+        ("LOKY_RUN_SLURM_PARTITION", "gpu"),
+    ];
+    let p = fx.load_with(&env, &[]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.slurm, None);
+    let fx = Fixture::new(&with_slurm("nodes = 2\n"));
+    let p = fx.load_with(&env, &[]).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(p.slurm.unwrap().nodes, 2);
 }
 
 #[test]

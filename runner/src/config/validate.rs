@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::diagnostic::{Diagnostic, Layer, Origin};
-use super::extract::{RawInput, RawPipeline, RawPool, RawStage, Sourced};
-use super::keys::{POOL_KEYS, closest};
+use super::extract::{RawInput, RawPipeline, RawPool, RawSlurm, RawStage, Sourced};
+use super::keys::{POOL_KEYS, SLURM_KEYS, closest};
 use super::model::{
-    ChunkSize, InputSpec, Launcher, OnError, Pipeline, PluginSpec, PoolSettings, Reuse, Stage,
+    ChunkSize, InputSpec, Launcher, OnError, Pipeline, PluginSpec, PoolSettings, Reuse, SlurmAlloc,
+    Stage,
 };
 
 pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -19,6 +20,11 @@ pub(crate) const DEFAULT_MEMORY_GROWTH: u64 = 300_000_000;
 pub(crate) const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(5);
 /// Off a terminal, how often a progress line per running stage.
 pub(crate) const DEFAULT_PROGRESS_INTERVAL: Duration = Duration::from_secs(30);
+/// `[slurm] renew_before`: a worker stops taking tasks this long before its allocation ends.
+pub(crate) const DEFAULT_RENEW_BEFORE: Duration = Duration::from_secs(120);
+/// `sbatch` options loky-run passes itself and depends on: `--wrap` (the command of the
+/// allocation) and `--parsable` (how it reads the job id back).
+const SBATCH_ARGS_OF_OUR_OWN: &[&str] = &["--wrap", "--parsable"];
 
 pub(crate) struct Resolver<'a> {
     pub file: &'a Path,
@@ -42,7 +48,30 @@ fn title(stage: &RawStage) -> String {
     }
 }
 
+/// A value with where it came from when that is not the file: `2 from `--set slurm.nodes=2``,
+/// `"2m" (the default)`.
+fn shown(value: impl std::fmt::Display, origin: &Origin) -> String {
+    match origin.layer {
+        Layer::Default => format!("{value} (the default)"),
+        _ => format!("{value}{}", origin.layer.from_phrase()),
+    }
+}
+
+fn quoted_duration(d: Duration) -> String {
+    format!("\"{}\"", humantime::format_duration(d))
+}
+
 impl Resolver<'_> {
+    /// A problem at `origin`, whose message already says where its values came from.
+    fn error_at(&mut self, origin: &Origin, message: String, help: String, key: &str) {
+        self.diags.push(
+            Diagnostic::new(message, origin.layer.clone())
+                .at(origin.location.clone())
+                .help(help)
+                .key(key.to_string()),
+        );
+    }
+
     fn error(&mut self, origin: &Origin, message: String, help: Option<String>, key: &str) {
         let message = format!("{message}{}", origin.layer.from_phrase());
         self.diags.push(
@@ -67,6 +96,7 @@ impl Resolver<'_> {
         &mut self,
         pipeline: RawPipeline,
         pool: &RawPool,
+        slurm: Option<RawSlurm>,
         stages: Vec<RawStage>,
         has_stage_key: bool,
     ) -> Option<Pipeline> {
@@ -125,6 +155,8 @@ impl Resolver<'_> {
             Some(d) => Some(d),
         };
 
+        let slurm = slurm.map(|raw| self.slurm(&raw));
+
         if stages.is_empty() {
             let help = if has_stage_key {
                 "add a [[stage]] section with a name, a task and an input"
@@ -182,10 +214,117 @@ impl Resolver<'_> {
             grace_period,
             joblog,
             progress_interval,
-            // `[slurm]` is read by the config plumbing (see keys.rs SLURM_KEYS) once it lands.
-            slurm: None,
+            slurm,
             stages,
         })
+    }
+
+    /// `[slurm]` over its defaults, and the checks across its keys. Records where each key
+    /// came from under `slurm.KEY`.
+    fn slurm(&mut self, raw: &RawSlurm) -> SlurmAlloc {
+        let mut origins: Vec<(&str, Origin)> = Vec::new();
+        macro_rules! pick {
+            ($field:ident) => {{
+                origins.push((
+                    stringify!($field),
+                    raw.$field
+                        .as_ref()
+                        .map_or_else(Origin::default_value, |s| s.origin.clone()),
+                ));
+                raw.$field.as_ref().map(|s| s.value.clone())
+            }};
+        }
+        let nodes = pick!(nodes).unwrap_or(1);
+        let alloc = SlurmAlloc {
+            partition: pick!(partition),
+            account: pick!(account),
+            qos: pick!(qos),
+            time_limit: pick!(time_limit).flatten(),
+            nodes,
+            tasks: pick!(tasks).unwrap_or(nodes),
+            cpus_per_task: pick!(cpus_per_task),
+            max_allocations: pick!(max_allocations).unwrap_or(1),
+            sbatch_args: pick!(sbatch_args)
+                .map(|args| args.into_iter().map(|a| a.value).collect())
+                .unwrap_or_default(),
+            renew_before: pick!(renew_before).unwrap_or(DEFAULT_RENEW_BEFORE),
+        };
+        debug_assert_eq!(origins.len(), SLURM_KEYS.len());
+        for (key, origin) in origins {
+            self.origins.insert(format!("slurm.{key}"), origin);
+        }
+
+        // Each node gets at least one task (with the default, `tasks` is `nodes`).
+        if let (Some(tasks), Some(nodes)) = (&raw.tasks, &raw.nodes)
+            && tasks.value < nodes.value
+        {
+            self.error_at(
+                &tasks.origin,
+                format!(
+                    "in [slurm], tasks = {} is fewer than nodes = {}",
+                    shown(tasks.value, &tasks.origin),
+                    shown(nodes.value, &nodes.origin)
+                ),
+                format!(
+                    "each node of an allocation runs at least one task: raise tasks to {} or more, or lower nodes",
+                    nodes.value
+                ),
+                "slurm.tasks",
+            );
+        }
+        // A worker must be able to take tasks at all before it is renewed.
+        if let Some(Sourced {
+            value: Some(limit),
+            origin: limit_origin,
+        }) = &raw.time_limit
+            && alloc.renew_before >= *limit
+        {
+            let renew_origin = raw
+                .renew_before
+                .as_ref()
+                .map_or_else(Origin::default_value, |r| r.origin.clone());
+            // Point at renew_before when it was written, else at time_limit.
+            let (origin, key) = match raw.renew_before {
+                Some(_) => (&renew_origin, "slurm.renew_before"),
+                None => (limit_origin, "slurm.time_limit"),
+            };
+            let message = format!(
+                "in [slurm], renew_before = {} is not shorter than time_limit = {}",
+                shown(quoted_duration(alloc.renew_before), &renew_origin),
+                shown(quoted_duration(*limit), limit_origin)
+            );
+            self.error_at(
+                origin,
+                message,
+                "a worker stops taking tasks renew_before ahead of its allocation's time limit: \
+                 lower renew_before or raise time_limit"
+                    .into(),
+                key,
+            );
+        }
+        // Options loky-run's own submission depends on.
+        if let Some(args) = &raw.sbatch_args {
+            for (i, arg) in args.value.iter().enumerate() {
+                let option = arg
+                    .value
+                    .split_once('=')
+                    .map_or(arg.value.as_str(), |(o, _)| o);
+                if SBATCH_ARGS_OF_OUR_OWN.contains(&option) {
+                    self.error_at(
+                        &arg.origin,
+                        format!(
+                            "`slurm.sbatch_args`{} cannot hold `{option}`: loky-run passes it to sbatch itself",
+                            arg.origin.layer.from_phrase()
+                        ),
+                        "loky-run submits its workers with --wrap and reads the job id with \
+                         --parsable: remove it (other sbatch options may override loky-run's)"
+                            .into(),
+                        &format!("slurm.sbatch_args[{i}]"),
+                    );
+                }
+            }
+        }
+        alloc
     }
 
     fn missing_pipeline_key(&mut self, key: &str, example: &str) {
