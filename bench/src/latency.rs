@@ -103,6 +103,7 @@ fn spec(so: &Path, launcher: Launcher) -> WorkerSpec {
         launcher,
         srun_args: Vec::new(),
         workdir: None,
+        on_demand: None,
     }
 }
 
