@@ -157,6 +157,11 @@ impl Pool {
             self.counters.restarts += 1;
             self.stop_all(StopReason::Restart);
         }
+        // A stage that no longer runs on allocations asked for on demand (back to the local
+        // launcher, say) has no use for them: they are not held for later stages.
+        if spec.on_demand.is_none() {
+            self.end_allocations();
+        }
         self.spec = Some(spec);
         self.size = size;
         stage.clone_into(&mut self.stage);
