@@ -492,3 +492,64 @@ fn an_allocation_sbatch_refuses_fails_the_run_with_what_sbatch_said() {
         r.stderr
     );
 }
+
+#[test]
+fn a_node_lost_under_allocations_on_demand_costs_only_the_tasks_it_held() {
+    use crate::slurm_nodes::{Restore, local_output, node_cmd, node3_busy, sleeps, workers_of};
+    if !crate::slurm_nodes::three_nodes_up() {
+        return;
+    }
+    let _one = cluster_lock();
+    const NAME: &str = "alloc-nodefail";
+    let _cancel = CancelOnDrop(NAME);
+    let fx = Fixture::new();
+    // Three one-node allocations of two tasks: six workers, two per node. Slurm declares
+    // node3 DOWN mid-stage, which ends its allocation and its steps; retries heal the tasks
+    // its workers held.
+    let text = header(
+        NAME,
+        "launcher = \"slurm\"\nchunksize = 1\nretries = 2\nidle_timeout = \"10m\"\n",
+    ) + "\n[slurm]\nnodes = 1\ntasks = 2\nmax_allocations = 3\n"
+        + &sleeps("s", "faults::sleep_ms", &[300; 60], "");
+    fx.write("pipeline.toml", &text);
+    let clean = local_output(
+        &text.replace("\n[slurm]\nnodes = 1\ntasks = 2\nmax_allocations = 3\n", ""),
+        "s",
+    );
+    let child = runner(
+        &fx,
+        &[
+            "pipeline.toml",
+            "--progress",
+            "never",
+            "--events",
+            "events.jsonl",
+            "--joblog",
+            "joblog.jsonl",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut child = KillOnDrop(Some(child));
+    let victims = node3_busy(&fx, &mut child);
+    let _restore = Restore("node3");
+    node_cmd(&["down", "node3"]).assert_code(0);
+    let r = RunResult::from(child.wait_with_output());
+    r.assert_code(0);
+    assert_eq!(
+        std::fs::read(fx.path().join("out/s.jsonl")).unwrap(),
+        clean,
+        "s.jsonl differs from a clean run"
+    );
+    let events = fx.events();
+    let crashed: Vec<Value> = events_of(&events, "worker_exited")
+        .into_iter()
+        .filter(|e| e["reason"] == "crashed")
+        .collect();
+    assert_eq!(workers_of(&crashed), victims, "{crashed:?}");
+    let retried = events_of(&events, "task_retried");
+    assert!((1..=2).contains(&retried.len()), "{retried:?}");
+    wait_until_none_left(NAME);
+}

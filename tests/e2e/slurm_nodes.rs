@@ -109,7 +109,7 @@ pub(crate) fn three_nodes_up() -> bool {
 
 /// Brings a node back (`slurm-node.sh restore`) when dropped, the test failing or not, so that
 /// the next test finds the whole cluster.
-struct Restore(&'static str);
+pub(crate) struct Restore(pub(crate) &'static str);
 
 impl Drop for Restore {
     fn drop(&mut self) {
@@ -127,7 +127,7 @@ impl Drop for Restore {
     }
 }
 
-fn node_cmd(args: &[&str]) -> RunResult {
+pub(crate) fn node_cmd(args: &[&str]) -> RunResult {
     RunResult::from(
         Command::new(script("slurm-node.sh"))
             .args(args)
@@ -227,7 +227,7 @@ fn event_time(e: &Value) -> SystemTime {
 }
 
 /// A stage running `task` (one that sleeps so many ms) on each of `ms`, one per chunk.
-fn sleeps(name: &str, task: &str, ms: &[u64], extra: &str) -> String {
+pub(crate) fn sleeps(name: &str, task: &str, ms: &[u64], extra: &str) -> String {
     let items: Vec<String> = ms.iter().map(u64::to_string).collect();
     format!(
         "\n[[stage]]\nname = \"{name}\"\ntask = \"{task}\"\ninput = {{ items = [{}] }}\nchunksize = 1\n{extra}\n",
@@ -237,7 +237,7 @@ fn sleeps(name: &str, task: &str, ms: &[u64], extra: &str) -> String {
 
 /// Runs `pipeline` (the same text, with `launcher = "slurm"` taken out) locally and returns
 /// `stage`'s output file: what any run of it must write.
-fn local_output(pipeline: &str, stage: &str) -> Vec<u8> {
+pub(crate) fn local_output(pipeline: &str, stage: &str) -> Vec<u8> {
     let fx = Fixture::new();
     let text = pipeline.replace("launcher = \"slurm\"\n", "");
     let p = fx.write("pipeline.toml", &text);
@@ -515,7 +515,7 @@ fn node_lost_mid_stage(action: &str) {
 
 /// Waits until the run in `child` has its 6 workers ready and node3's two have finished a task
 /// each (so they are on their next one); returns their worker ids.
-fn node3_busy(fx: &Fixture, child: &mut KillOnDrop) -> BTreeSet<u64> {
+pub(crate) fn node3_busy(fx: &Fixture, child: &mut KillOnDrop) -> BTreeSet<u64> {
     let events_path = fx.path().join("events.jsonl");
     let victims = wait_for(|| {
         if child.exited() {
@@ -532,7 +532,7 @@ fn node3_busy(fx: &Fixture, child: &mut KillOnDrop) -> BTreeSet<u64> {
 }
 
 /// The `worker` fields of events or joblog lines.
-fn workers_of<'a>(lines: impl IntoIterator<Item = &'a Value>) -> BTreeSet<u64> {
+pub(crate) fn workers_of<'a>(lines: impl IntoIterator<Item = &'a Value>) -> BTreeSet<u64> {
     lines
         .into_iter()
         .map(|l| l["worker"].as_u64().unwrap())
