@@ -12,13 +12,17 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crate::config::InputSpec;
-use crate::protocol::{FrameBuf, MAX_ITEM_BYTES};
+use crate::protocol::{FrameBuf, max_item_bytes};
 
 /// The longest line an input file may have: the largest input a frame carries.
-pub const MAX_LINE_BYTES: usize = MAX_ITEM_BYTES;
+pub fn max_line_bytes() -> usize {
+    max_item_bytes()
+}
 
 /// A line of a stage's own output file holds an item and a few dozen bytes of record around it.
-const MAX_RECORD_BYTES: usize = MAX_ITEM_BYTES + 4096;
+fn max_record_bytes() -> usize {
+    max_item_bytes() + 4096
+}
 
 /// A malformed input file, found before anything runs.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +41,7 @@ pub enum InputError {
         line: u64,
         offset: usize,
     },
-    #[error("{}:{line}: the line is longer than {MAX_LINE_BYTES} bytes, the most an input can be", path.display())]
+    #[error("{}:{line}: the line is longer than {} bytes, the most an input can be", path.display(), max_line_bytes())]
     LineTooLong { path: PathBuf, line: u64 },
     #[error(
         "{}:{line}: a blank line before more values: input k is line k + 1 of the file (and so is its record's index), so a blank line would shift every record after it; remove it (blank lines are allowed only at the end)",
@@ -251,7 +255,7 @@ impl<R: Read> JsonLines<R> {
         let mut blank = None;
         loop {
             self.buf.clear();
-            match read_line(&mut self.reader, &mut self.buf, MAX_LINE_BYTES)? {
+            match read_line(&mut self.reader, &mut self.buf, max_line_bytes())? {
                 LineRead::End => return Ok(Next::End),
                 LineRead::TooLong => {
                     self.line += 1;
@@ -291,7 +295,7 @@ impl InputSource for LinesSource {
         frame.put_bytes_with(|buf| {
             let start = buf.len();
             loop {
-                match read_line(reader, buf, MAX_LINE_BYTES)? {
+                match read_line(reader, buf, max_line_bytes())? {
                     LineRead::End => return Ok(false),
                     LineRead::Line => *line_no += 1,
                     // Checked before the run: the file changed since.
@@ -465,7 +469,7 @@ impl InputSource for FromSource {
     fn next_into(&mut self, frame: &mut FrameBuf) -> io::Result<bool> {
         loop {
             self.line.clear();
-            match read_line(&mut self.reader, &mut self.line, MAX_RECORD_BYTES)? {
+            match read_line(&mut self.reader, &mut self.line, max_record_bytes())? {
                 LineRead::End => {
                     let digest = std::mem::take(&mut self.reader.get_mut().hasher).finalize();
                     let actual: String = digest.iter().map(|b| format!("{b:02x}")).collect();
