@@ -293,12 +293,9 @@ fn one(
             std::thread::sleep(Duration::from_millis(10));
         }
     });
-    let (outcome, wall_s) = match &done {
-        Ok(f) => (String::new(), f.wall.as_secs_f64()),
-        Err(e) => (
-            format!("failed: {}", e.lines().last().unwrap_or("")),
-            f64::NAN,
-        ),
+    let (failed, wall_s) = match &done {
+        Ok(f) => (None, f.wall.as_secs_f64()),
+        Err(e) => (Some(failure(e)), f64::NAN),
     };
     let text = fs::read_to_string(&events).unwrap_or_default();
     let mut worker_peak = 0;
@@ -315,10 +312,11 @@ fn one(
             _ => {}
         }
     }
-    let outcome = if outcome.is_empty() {
-        check_output(&out.join("big.jsonl"), case, bytes)
-    } else {
-        outcome
+    // A run that fails may still have recorded why (a `too_large` record, exit 1).
+    let recorded = check_output(&out.join("big.jsonl"), case, bytes);
+    let outcome = match failed {
+        Some(why) if recorded == "ok" || recorded == "no output" => why,
+        _ => recorded,
     };
     let _ = fs::remove_dir_all(&out);
     Ok(Row {
@@ -361,6 +359,20 @@ fn check_output(path: &Path, case: &str, bytes: u64) -> String {
         "ok".into()
     } else {
         format!("wrong output size {} (expected {expected})", meta.len())
+    }
+}
+
+/// A failed run in a few words: its exit code (2: the runner refused the input before running
+/// anything, e.g. a line over the item limit) or why it did not end.
+fn failure(e: &str) -> String {
+    let status = e
+        .split("wait status 0x")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .and_then(|s| i32::from_str_radix(s, 16).ok());
+    match status {
+        Some(s) if libc::WIFEXITED(s) => format!("exit {}", libc::WEXITSTATUS(s)),
+        _ => format!("failed: {}", e.lines().next().unwrap_or("")),
     }
 }
 
