@@ -513,6 +513,11 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
         {
             return false;
         }
+        // Nothing is queued behind a big item: the next input may be as big, and the runner
+        // would hold both (a big item costs it its size per worker, not twice that).
+        if self.book.held_bytes(worker) > CHUNK_SOFT_BYTES {
+            return false;
+        }
         let Some(per_item) = self.sizer.per_item() else {
             return false;
         };
