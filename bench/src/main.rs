@@ -11,6 +11,7 @@
 //! ratios as a Markdown table (also saved, with every sample, in `target/bench-results.json`).
 //! Every child process runs under a time limit and is killed (with its process group) past it.
 
+mod bigitems;
 mod build;
 mod latency;
 mod proc;
@@ -139,7 +140,8 @@ fn usage() -> &'static str {
     "usage: cargo run --release -p bench -- [--quick] [--reps N] [--only W1,W2,...] [--no-build]\n\
      workloads: cold, throughput, latency, pipeline, restart, payload, rss, memory, makespan\n\
      the soak benchmark (crashes, kills, resumes): cargo run --release -p bench -- soak --help\n\
-     many remote workers over TCP, and HyperQueue: cargo run --release -p bench -- scaling --help"
+     many remote workers over TCP, and HyperQueue: cargo run --release -p bench -- scaling --help\n\
+     big items (256 MiB to GiBs, peak RSS): cargo run --release -p bench -- bigitems --help"
 }
 
 fn parse_options(args: &[OsString]) -> Result<Options, String> {
@@ -201,6 +203,13 @@ fn main() -> ExitCode {
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect();
             std::process::exit(scaling::main(&rest))
+        }
+        Some("bigitems") => {
+            let rest: Vec<String> = args[2..]
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            std::process::exit(bigitems::main(&rest))
         }
         Some("soak") => {
             let rest: Vec<String> = args[2..]

@@ -12,13 +12,17 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crate::config::InputSpec;
-use crate::protocol::{FrameBuf, MAX_ITEM_BYTES};
+use crate::protocol::{FrameBuf, max_item_bytes};
 
 /// The longest line an input file may have: the largest input a frame carries.
-pub const MAX_LINE_BYTES: usize = MAX_ITEM_BYTES;
+pub fn max_line_bytes() -> usize {
+    max_item_bytes()
+}
 
 /// A line of a stage's own output file holds an item and a few dozen bytes of record around it.
-const MAX_RECORD_BYTES: usize = MAX_ITEM_BYTES + 4096;
+fn max_record_bytes() -> usize {
+    max_item_bytes() + 4096
+}
 
 /// A malformed input file, found before anything runs.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +41,7 @@ pub enum InputError {
         line: u64,
         offset: usize,
     },
-    #[error("{}:{line}: the line is longer than {MAX_LINE_BYTES} bytes, the most an input can be", path.display())]
+    #[error("{}:{line}: the line is longer than {} bytes, the most an input can be", path.display(), max_line_bytes())]
     LineTooLong { path: PathBuf, line: u64 },
     #[error(
         "{}:{line}: a blank line before more values: input k is line k + 1 of the file (and so is its record's index), so a blank line would shift every record after it; remove it (blank lines are allowed only at the end)",
@@ -174,7 +178,6 @@ pub fn open(
                 path: path.to_owned(),
                 reader: BufReader::with_capacity(1 << 16, Hashing::new(File::open(path)?)),
                 expected_sha256: sha256.map(str::to_owned),
-                line: Vec::new(),
                 line_no: 0,
                 source: None,
             })
@@ -251,7 +254,7 @@ impl<R: Read> JsonLines<R> {
         let mut blank = None;
         loop {
             self.buf.clear();
-            match read_line(&mut self.reader, &mut self.buf, MAX_LINE_BYTES)? {
+            match read_line(&mut self.reader, &mut self.buf, max_line_bytes())? {
                 LineRead::End => return Ok(Next::End),
                 LineRead::TooLong => {
                     self.line += 1;
@@ -291,7 +294,7 @@ impl InputSource for LinesSource {
         frame.put_bytes_with(|buf| {
             let start = buf.len();
             loop {
-                match read_line(reader, buf, MAX_LINE_BYTES)? {
+                match read_line(reader, buf, max_line_bytes())? {
                     LineRead::End => return Ok(false),
                     LineRead::Line => *line_no += 1,
                     // Checked before the run: the file changed since.
@@ -436,25 +439,9 @@ struct FromSource {
     /// Hashes what it reads: at the end, the file must be the one the stage finished.
     reader: BufReader<Hashing<File>>,
     expected_sha256: Option<String>,
-    line: Vec<u8>,
     line_no: u64,
     /// The index of the record the last input came from.
     source: Option<u64>,
-}
-
-impl FromSource {
-    /// A line of the earlier stage's output that is not one of its records: the file was
-    /// damaged or changed after that stage finished.
-    fn damaged(&self, what: String) -> io::Error {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "{}:{}: not a record of the stage it holds ({what}); the file was changed after that stage finished: rerun it (`--resume --force`, or without --resume)",
-                self.path.display(),
-                self.line_no
-            ),
-        )
-    }
 }
 
 impl InputSource for FromSource {
@@ -462,57 +449,85 @@ impl InputSource for FromSource {
         self.source
     }
 
+    /// Reads the record straight into the frame and moves its output to the front (in place):
+    /// a big output costs its size once, not a line buffer and a copy.
     fn next_into(&mut self, frame: &mut FrameBuf) -> io::Result<bool> {
-        loop {
-            self.line.clear();
-            match read_line(&mut self.reader, &mut self.line, MAX_RECORD_BYTES)? {
-                LineRead::End => {
-                    let digest = std::mem::take(&mut self.reader.get_mut().hasher).finalize();
-                    let actual: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-                    if self.expected_sha256.take().is_some_and(|e| e != actual) {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!(
-                                "{} changed after the stage it holds finished (its SHA-256 is not the one in the manifest): rerun that stage",
-                                self.path.display()
-                            ),
-                        ));
+        let Self {
+            path,
+            reader,
+            expected_sha256,
+            line_no,
+            source,
+        } = self;
+        frame.put_bytes_with(|buf| {
+            let start = buf.len();
+            loop {
+                buf.truncate(start);
+                match read_line(reader, buf, max_record_bytes())? {
+                    LineRead::End => {
+                        let digest = std::mem::take(&mut reader.get_mut().hasher).finalize();
+                        let actual: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+                        if expected_sha256.take().is_some_and(|e| e != actual) {
+                            return Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                format!(
+                                    "{} changed after the stage it holds finished (its SHA-256 is not the one in the manifest): rerun that stage",
+                                    path.display()
+                                ),
+                            ));
+                        }
+                        return Ok(false);
                     }
-                    return Ok(false);
+                    LineRead::Line => *line_no += 1,
+                    LineRead::TooLong => {
+                        *line_no += 1;
+                        return Err(damaged(path, *line_no, "the line is too long".into()));
+                    }
                 }
-                LineRead::Line => self.line_no += 1,
-                LineRead::TooLong => {
-                    self.line_no += 1;
-                    return Err(self.damaged("the line is too long".into()));
+                let record: OutputLine<'_> = match serde_json::from_slice(buf[start..].trim_ascii())
+                {
+                    Ok(record) => record,
+                    Err(e) => {
+                        // serde's "at line 1 column C" is about the record's own text.
+                        let what = format!("{} at column {}", describe_json_error(&e), e.column());
+                        return Err(damaged(path, *line_no, what));
+                    }
+                };
+                if record.index != *line_no - 1 {
+                    let what = format!("index {} where {} belongs", record.index, *line_no - 1);
+                    return Err(damaged(path, *line_no, what));
+                }
+                match (record.output, record.error.is_some()) {
+                    (Some(output), false) => {
+                        let text = output.get().as_bytes();
+                        let (at, len) = (text.as_ptr() as usize - buf.as_ptr() as usize, text.len());
+                        *source = Some(record.index);
+                        buf.copy_within(at..at + len, start);
+                        buf.truncate(start + len);
+                        return Ok(true);
+                    }
+                    // Failed items of the earlier stage are skipped.
+                    (None, true) => {}
+                    _ => {
+                        let what = "neither an output nor an error".into();
+                        return Err(damaged(path, *line_no, what));
+                    }
                 }
             }
-            let record: OutputLine<'_> = match serde_json::from_slice(self.line.trim_ascii()) {
-                Ok(record) => record,
-                Err(e) => {
-                    // serde's "at line 1 column C" is about the record's own text.
-                    let what = format!("{} at column {}", describe_json_error(&e), e.column());
-                    return Err(self.damaged(what));
-                }
-            };
-            if record.index != self.line_no - 1 {
-                return Err(self.damaged(format!(
-                    "index {} where {} belongs",
-                    record.index,
-                    self.line_no - 1
-                )));
-            }
-            match (record.output, record.error.is_some()) {
-                (Some(output), false) => {
-                    frame.put_bytes(output.get().as_bytes());
-                    self.source = Some(record.index);
-                    return Ok(true);
-                }
-                // Failed items of the earlier stage are skipped.
-                (None, true) => {}
-                _ => return Err(self.damaged("neither an output nor an error".into())),
-            }
-        }
+        })
     }
+}
+
+/// A line of the earlier stage's output that is not one of its records: the file was damaged
+/// or changed after that stage finished.
+fn damaged(path: &Path, line_no: u64, what: String) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "{}:{line_no}: not a record of the stage it holds ({what}); the file was changed after that stage finished: rerun it (`--resume --force`, or without --resume)",
+            path.display(),
+        ),
+    )
 }
 
 /// A serde_json error without its position.

@@ -4,19 +4,63 @@
 //! payloads; the hot messages (chunks of task inputs and their results) use a hand-rolled binary
 //! layout so that encoding costs a few copies and no per-item allocation. The same frames travel
 //! over any byte stream: pipes for local workers, TCP for remote ones.
+//!
+//! A frame whose body is larger than [`frame_limit`] (a chunk or a result holding a big item)
+//! goes as a *long frame*: the short frame `[u32 9][tag::LONG][u64 body length]`, then the body
+//! itself (`[u8 tag][payload]`). The reader reserves the body's final size once and reads
+//! straight into it, and the writer writes it from where it already is: an item costs its own
+//! size on each side, not a copy per hop, and may be larger than 4 GiB. Byte strings inside a
+//! payload have a u32 length, or `u32::MAX` and a u64 length for 4 GiB and more.
 
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
-/// Largest frame body accepted from a peer; a larger announced length is a protocol error
-/// (a peer announcing 4 GiB is dropped, not trusted).
+/// Largest (short) frame body accepted from a peer; a larger announced length is a protocol
+/// error (a peer announcing 4 GiB this way is dropped, not trusted).
 pub const MAX_FRAME_LEN: usize = 1 << 30;
 
-/// Largest task input or result that fits in a frame of its own (the frame's headers take the
-/// rest). A larger one gets a `too_large` record instead of breaking the stream.
-pub const MAX_ITEM_BYTES: usize = MAX_FRAME_LEN - 64;
+/// Largest body a long frame may announce. A bound on what a garbled header can make a reader
+/// reserve; the reservation itself is tried (`try_reserve_exact`), never assumed.
+pub const MAX_MESSAGE_LEN: u64 = 1 << 36;
+
+/// Bytes of a long frame's header: `[u32 9][tag::LONG][u64 body length]`.
+pub const LONG_HEADER: usize = 13;
+
+/// A reader keeps a buffer this large for the next frame; a larger one (a big item's) is
+/// released rather than kept resident.
+const KEEP_BUFFER: usize = 32 << 20;
+
+/// Largest task input or result: what a long frame carries less its headers. A larger one gets
+/// a `too_large` record instead of breaking the stream.
+pub fn max_item_bytes() -> usize {
+    static LIMIT: OnceLock<usize> = OnceLock::new();
+    knob(
+        &LIMIT,
+        "LOKY_RUN_TEST_ITEM_BYTES",
+        (MAX_MESSAGE_LEN - 64) as usize,
+    )
+}
+
+/// Frame bodies above this size are sent as long frames.
+pub fn frame_limit() -> usize {
+    static LIMIT: OnceLock<usize> = OnceLock::new();
+    knob(&LIMIT, "LOKY_RUN_TEST_FRAME_BYTES", MAX_FRAME_LEN)
+}
+
+/// A limit that a test may lower through the environment (inherited by workers), so that long
+/// frames and `too_large` are exercised with megabytes instead of gigabytes. Read once.
+fn knob(cell: &OnceLock<usize>, name: &str, default: usize) -> usize {
+    *cell.get_or_init(|| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&n| n >= 64)
+            .map_or(default, |n| n.min(default))
+    })
+}
 
 /// Runner → worker.
 pub mod tag {
@@ -31,11 +75,13 @@ pub mod tag {
     /// First frame of a worker connecting over TCP: its token.
     pub const HELLO: u8 = 9;
     pub const RESULTS: u8 = 11;
+    /// Either way: the header of a long frame (see the module docs); its body follows.
+    pub const LONG: u8 = 12;
 
     /// Whether a worker may send a frame with this tag (anything else means its stream is
     /// not ours: a plugin wrote on the descriptor, or a peer is broken).
     pub fn from_worker(tag: u8) -> bool {
-        matches!(tag, READY | RESULTS)
+        matches!(tag, READY | RESULTS | LONG)
     }
 }
 
@@ -131,9 +177,19 @@ impl FrameBuf {
     pub fn put_raw(&mut self, v: &[u8]) {
         self.buf.extend_from_slice(v);
     }
+    /// The length of a byte string: u32, or `u32::MAX` and a u64 from 4 GiB on.
+    pub fn put_len(&mut self, n: usize) {
+        match u32::try_from(n) {
+            Ok(v) if v != u32::MAX => self.put_u32(v),
+            _ => {
+                self.put_u32(u32::MAX);
+                self.put_u64(n as u64);
+            }
+        }
+    }
     /// A length-prefixed byte string.
     pub fn put_bytes(&mut self, v: &[u8]) {
-        self.put_u32(v.len() as u32);
+        self.put_len(v.len());
         self.buf.extend_from_slice(v);
     }
     /// A length-prefixed byte string that `fill` appends to the buffer itself (no intermediate
@@ -149,8 +205,16 @@ impl FrameBuf {
             self.buf.truncate(at);
             return outcome;
         }
-        let len = (self.buf.len() - at - 4) as u32;
-        self.patch_u32(at, len);
+        let len = self.buf.len() - at - 4;
+        match u32::try_from(len) {
+            Ok(v) if v != u32::MAX => self.patch_u32(at, v),
+            _ => {
+                // 4 GiB or more: the u64 length goes after the marker (the bytes move up by
+                // 8, once per such item).
+                self.buf.splice(at + 4..at + 4, (len as u64).to_le_bytes());
+                self.patch_u32(at, u32::MAX);
+            }
+        }
         Ok(true)
     }
 
@@ -183,9 +247,10 @@ impl FrameBuf {
         self.buf.len() <= 5
     }
 
-    /// Patches the length and returns the whole frame, ready to write.
+    /// Patches the length and returns the whole frame, ready to write with [`send`] (or an
+    /// outbox), which turns a body over [`frame_limit`] into a long frame.
     pub fn finish(&mut self) -> &[u8] {
-        let body = (self.buf.len() - 4) as u32;
+        let body = u32::try_from(self.buf.len() - 4).unwrap_or(u32::MAX);
         self.buf[..4].copy_from_slice(&body.to_le_bytes());
         &self.buf
     }
@@ -206,10 +271,80 @@ impl FrameBuf {
     }
 }
 
+/// The header of a long frame for a body of `body` bytes.
+pub fn long_header(body: usize) -> [u8; LONG_HEADER] {
+    let mut h = [0u8; LONG_HEADER];
+    h[..4].copy_from_slice(&9u32.to_le_bytes());
+    h[4] = tag::LONG;
+    h[5..].copy_from_slice(&(body as u64).to_le_bytes());
+    h
+}
+
+/// How a frame built by [`FrameBuf`] (`frame_len` bytes, its 4-byte length first) goes on the
+/// wire: `None` as it is; `Some(header)`: that long header, then the frame after its length.
+pub fn wire_header(frame_len: usize) -> Option<[u8; LONG_HEADER]> {
+    let body = frame_len.saturating_sub(4);
+    (body > frame_limit()).then(|| long_header(body))
+}
+
 /// Writes one complete frame built by [`FrameBuf`].
 pub fn send(w: &mut impl Write, frame: &[u8]) -> io::Result<()> {
-    w.write_all(frame)?;
+    match wire_header(frame.len()) {
+        None => w.write_all(frame)?,
+        Some(header) => {
+            w.write_all(&header)?;
+            w.write_all(&frame[4..])?;
+        }
+    }
     w.flush()
+}
+
+/// Writes one frame whose body is `head`'s (a frame from [`FrameBuf`], its length not patched)
+/// followed by `tail`, which is written from where it is (a big result is not copied into the
+/// frame first).
+pub fn send_parts(w: &mut impl Write, head: &[u8], tail: &[u8]) -> io::Result<()> {
+    let body = head.len() - 4 + tail.len();
+    let mut first = Vec::with_capacity(LONG_HEADER + head.len());
+    if body > frame_limit() {
+        first.extend_from_slice(&long_header(body));
+    } else {
+        first.extend_from_slice(&(body as u32).to_le_bytes());
+    }
+    first.extend_from_slice(&head[4..]);
+    w.write_all(&first)?;
+    w.write_all(tail)?;
+    w.flush()
+}
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+/// The body length a long frame's header announces, if it is one and within bounds.
+pub fn long_body_len(header_body: &[u8]) -> io::Result<usize> {
+    let n = u64::from_le_bytes(
+        header_body
+            .get(1..9)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| invalid("long frame header of the wrong size".into()))?,
+    );
+    if n == 0 || n > MAX_MESSAGE_LEN || header_body.len() != 9 {
+        return Err(invalid(format!("long frame length {n} out of bounds")));
+    }
+    usize::try_from(n).map_err(|_| invalid(format!("long frame length {n} out of bounds")))
+}
+
+/// A buffer of exactly `n` bytes' capacity, or an error if it cannot be had (a length no
+/// allocation satisfies must not abort the process).
+pub fn reserve_exact(n: usize) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(n).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::OutOfMemory,
+            format!("cannot reserve {n} bytes for a frame: {e}"),
+        )
+    })?;
+    Ok(buf)
 }
 
 /// Reads frames from a byte stream.
@@ -226,8 +361,12 @@ impl<R: Read> FrameReader<R> {
         }
     }
 
-    /// The next frame as `(tag, payload)`, or `None` at a clean end of stream.
+    /// The next frame as `(tag, payload)`, or `None` at a clean end of stream. A long frame
+    /// comes as the frame it carries.
     pub fn next_frame(&mut self) -> io::Result<Option<(u8, &[u8])>> {
+        if self.buf.capacity() > KEEP_BUFFER {
+            self.buf = Vec::new();
+        }
         let mut header = [0u8; 4];
         match read_full(&mut self.inner, &mut header)? {
             0 => return Ok(None),
@@ -258,6 +397,22 @@ impl<R: Read> FrameReader<R> {
                 io::ErrorKind::UnexpectedEof,
                 "truncated frame",
             ));
+        }
+        if self.buf[0] == tag::LONG {
+            let len = long_body_len(&self.buf)?;
+            self.buf = reserve_exact(len)?;
+            let got = (&mut self.inner)
+                .take(len as u64)
+                .read_to_end(&mut self.buf)?;
+            if got < len {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "truncated long frame",
+                ));
+            }
+            if self.buf[0] == tag::LONG {
+                return Err(invalid("a long frame inside a long frame".into()));
+            }
         }
         Ok(Some((self.buf[0], &self.buf[1..])))
     }
@@ -322,7 +477,11 @@ impl<'a> Cursor<'a> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
     }
     pub fn bytes(&mut self) -> io::Result<&'a [u8]> {
-        let n = self.u32()? as usize;
+        let n = match self.u32()? {
+            u32::MAX => usize::try_from(self.u64()?)
+                .map_err(|_| invalid("byte string longer than memory".into()))?,
+            n => n as usize,
+        };
         self.take(n)
     }
     pub fn rest(&self) -> &'a [u8] {
@@ -447,6 +606,73 @@ mod tests {
         assert_eq!(t, tag::INIT);
         assert_eq!(serde_json::from_slice::<InitMsg>(payload).unwrap(), msg);
         assert!(r.next_frame().unwrap().is_none());
+    }
+
+    #[test]
+    fn long_frames_arrive_as_the_frame_they_carry_and_big_buffers_are_not_kept() {
+        let mut f = FrameBuf::new();
+        f.begin(tag::CHUNK);
+        f.put_raw(&vec![7u8; (KEEP_BUFFER + 10) - 1]);
+        let frame = f.finish().to_vec();
+        let mut wire = long_header(frame.len() - 4).to_vec();
+        wire.extend_from_slice(&frame[4..]);
+        send(&mut wire, f.json(tag::STAGE, &"x")).unwrap();
+        let mut r = FrameReader::new(&wire[..]);
+        let (t, payload) = r.next_frame().unwrap().unwrap();
+        assert_eq!((t, payload.len()), (tag::CHUNK, KEEP_BUFFER + 9));
+        assert!(payload.iter().all(|&b| b == 7));
+        let (t, _) = r.next_frame().unwrap().unwrap();
+        assert_eq!(t, tag::STAGE);
+        assert!(r.buf.capacity() <= KEEP_BUFFER, "the big buffer went");
+        // Cut short, nested, or announcing too much: errors, never a huge reservation.
+        assert!(
+            FrameReader::new(&wire[..wire.len() / 2])
+                .next_frame()
+                .is_err()
+        );
+        let nested = [&long_header(2)[..], &[tag::LONG, 0]].concat();
+        assert!(FrameReader::new(&nested[..]).next_frame().is_err());
+        let mut absurd = long_header(1).to_vec();
+        absurd[5..].copy_from_slice(&(MAX_MESSAGE_LEN + 1).to_le_bytes());
+        assert!(FrameReader::new(&absurd[..]).next_frame().is_err());
+    }
+
+    #[test]
+    fn byte_strings_of_4_gib_and_more_have_a_u64_length() {
+        let mut f = FrameBuf::new();
+        f.begin(tag::CHUNK);
+        f.put_len(u32::MAX as usize - 1);
+        f.put_len(u32::MAX as usize);
+        f.put_len(5 << 30);
+        let frame = f.finish();
+        let mut c = Cursor::new(&frame[5..]);
+        assert_eq!(c.u32().unwrap(), u32::MAX - 1);
+        assert_eq!(
+            (c.u32().unwrap(), c.u64().unwrap()),
+            (u32::MAX, u64::from(u32::MAX))
+        );
+        assert_eq!((c.u32().unwrap(), c.u64().unwrap()), (u32::MAX, 5 << 30));
+        // Read back: the marker, then the u64, then that many bytes.
+        let mut wire = u32::MAX.to_le_bytes().to_vec();
+        wire.extend_from_slice(&3u64.to_le_bytes());
+        wire.extend_from_slice(b"abcd");
+        let mut c = Cursor::new(&wire);
+        assert_eq!(c.bytes().unwrap(), b"abc");
+        assert_eq!(c.rest(), b"d");
+    }
+
+    #[test]
+    fn send_parts_is_one_frame_of_head_and_tail() {
+        let mut f = FrameBuf::new();
+        f.begin(tag::RESULTS);
+        f.put_u8(1);
+        let mut wire = Vec::new();
+        send_parts(&mut wire, f.bytes_from(0), b"tail").unwrap();
+        let mut r = FrameReader::new(&wire[..]);
+        assert_eq!(
+            r.next_frame().unwrap().unwrap(),
+            (tag::RESULTS, &b"\x01tail"[..])
+        );
     }
 
     #[test]

@@ -18,8 +18,8 @@ use abi_stable::std_types::RVec;
 use crate::plugin::host::{self, LoadedPlugin};
 use crate::progress::ProgressSlot;
 use crate::protocol::{
-    ChunkHeader, Cursor, FrameBuf, FrameReader, InitMsg, MAX_FRAME_LEN, MAX_ITEM_BYTES, ReadyMsg,
-    ResultsHeader, StageMsg, send, status, tag,
+    ChunkHeader, Cursor, FrameBuf, FrameReader, InitMsg, ReadyMsg, ResultsHeader, StageMsg,
+    max_item_bytes, send, send_parts, status, tag,
 };
 use crate::sys;
 use crate::transport;
@@ -39,6 +39,12 @@ const EXIT_INIT_FAILED: i32 = 71;
 /// that slow chunks still report steadily.
 const FLUSH_AFTER: Duration = Duration::from_millis(2);
 const FLUSH_BYTES: usize = 1 << 20;
+/// A result this large goes in a frame of its own, written from the plugin's buffer (not
+/// copied into the frame).
+const OWN_FRAME_BYTES: usize = 1 << 20;
+/// The plugin's output buffer is released after a result larger than this (a big result's
+/// memory does not stay resident until the next one).
+const KEEP_OUT_BYTES: usize = 32 << 20;
 
 /// Set by the command thread on `STOP`: the task loop stops before its next item.
 static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
@@ -264,13 +270,17 @@ impl Commands {
                 }
                 Ok(Some(reader.frame()))
             }
-            Self::Threaded { rx, current } => match rx.recv() {
-                Ok(frame) => {
-                    *current = frame;
-                    Ok(Some(current.as_slice()))
+            Self::Threaded { rx, current } => {
+                // The last frame is done with: a big one is not kept while the next arrives.
+                drop(std::mem::take(current));
+                match rx.recv() {
+                    Ok(frame) => {
+                        *current = frame;
+                        Ok(Some(current.as_slice()))
+                    }
+                    Err(_) => Ok(None),
                 }
-                Err(_) => Ok(None),
-            },
+            }
         }
     }
 }
@@ -336,9 +346,10 @@ impl ChunkRunner {
                 (true, Some(at)) => sys::monotonic_ns().saturating_sub(at),
                 _ => 0,
             };
-            if out.len() > MAX_ITEM_BYTES {
+            let limit = max_item_bytes();
+            if out.len() > limit {
                 let message = format!(
-                    "the {} is {} bytes, more than a frame carries ({MAX_ITEM_BYTES} bytes)",
+                    "the {} is {} bytes, more than a frame carries ({limit} bytes)",
                     if status == loky_run_plugin::CallStatus::OK {
                         "result"
                     } else {
@@ -346,24 +357,32 @@ impl ChunkRunner {
                     },
                     out.len()
                 );
-                out.clear();
+                *out = RVec::with_capacity(256);
                 out.extend_from_slice(message.as_bytes());
                 status = loky_run_plugin::CallStatus(status::TOO_LARGE);
             }
-            // A large result goes in a frame of its own rather than past the frame limit.
-            if batch.count > 0 && sender.frame.len() + 5 + out.len() > MAX_FRAME_LEN {
-                sender.send(&mut batch, results)?;
-                batch = sender.begin(chunk.chunk_id, position);
+            let last = position + 1 == chunk.count;
+            if out.len() >= OWN_FRAME_BYTES {
+                // A frame of its own, its bytes written from the plugin's buffer.
+                if batch.count > 0 {
+                    sender.send(&mut batch, results)?;
+                    batch = sender.begin(chunk.chunk_id, position);
+                }
+                sender.put_head(status.0, started_us, ran_ns, out.len());
+                batch.count += 1;
+                sender.send_with(&mut batch, results, out)?;
+                if out.capacity() > KEEP_OUT_BYTES {
+                    *out = RVec::with_capacity(256);
+                }
+                if !last {
+                    batch = sender.begin(chunk.chunk_id, position + 1);
+                }
+                continue;
             }
-            sender.frame.put_u8(status.0);
-            if sender.timed {
-                sender.frame.put_u64(started_us);
-                sender.frame.put_u64(ran_ns);
-            }
-            sender.frame.put_bytes(out);
+            sender.put_head(status.0, started_us, ran_ns, out.len());
+            sender.frame.put_raw(out);
             batch.count += 1;
 
-            let last = position + 1 == chunk.count;
             // Without a progress slot (remote workers) every result goes out before the next
             // item starts, so the first unreported item is the one running.
             if !last
@@ -400,8 +419,29 @@ impl ResultSender {
         Batch::begin(&mut self.frame, chunk_id, first, flags)
     }
 
+    /// One result's status, timing (when timed) and length; its bytes follow.
+    fn put_head(&mut self, status: u8, started_us: u64, ran_ns: u64, len: usize) {
+        self.frame.put_u8(status);
+        if self.timed {
+            self.frame.put_u64(started_us);
+            self.frame.put_u64(ran_ns);
+        }
+        self.frame.put_len(len);
+    }
+
     /// Sends the results gathered in the frame, then publishes how many have been written.
     fn send(&mut self, batch: &mut Batch, results: &mut impl Write) -> io::Result<()> {
+        self.send_with(batch, results, &[])
+    }
+
+    /// Like [`Self::send`], the frame's last result's bytes being `tail` (written from where
+    /// they are).
+    fn send_with(
+        &mut self,
+        batch: &mut Batch,
+        results: &mut impl Write,
+        tail: &[u8],
+    ) -> io::Result<()> {
         let busy = batch.started.elapsed().as_nanos() as u64;
         self.frame
             .patch_u32(ResultsHeader::COUNT_OFFSET, batch.count);
@@ -411,7 +451,12 @@ impl ResultSender {
             let rss = self.sample_rss();
             self.frame.patch_u64(ResultsHeader::RSS_OFFSET, rss);
         }
-        if let Err(e) = send(results, self.frame.finish()) {
+        let sent = if tail.is_empty() {
+            send(results, self.frame.finish())
+        } else {
+            send_parts(results, self.frame.bytes_from(0), tail)
+        };
+        if let Err(e) = sent {
             // Say why on stderr (forwarded to the user): the exit status alone would not.
             eprintln!(
                 "loky-run worker: cannot write results to the runner ({e}); was the result \

@@ -5,6 +5,7 @@ mod support;
 
 mod bad_input;
 mod basics;
+mod big_items;
 mod cli_ux;
 mod failures;
 mod pool;

@@ -154,14 +154,26 @@ fn a_task_that_breaks_the_result_stream_mid_chunk_is_the_only_one_charged() {
 }
 
 #[test]
-fn an_output_larger_than_a_frame_gets_a_too_large_record() {
-    let fx = hostile("faults::huge_output", "[1100, 1]", 2);
+fn an_output_larger_than_an_item_may_be_gets_a_too_large_record() {
+    // The limit lowered to 2 MiB (it is 64 GiB): the same path with megabytes.
+    let fx = Fixture::new();
+    let text = header(
+        "hostile",
+        "max_workers = 2\nretries = 2\non_error = \"continue\"",
+    ) + &stage("bad", "faults::huge_output", "{ items = [3, 1] }", "");
+    let p = fx.write("pipeline.toml", &text);
+    let limit = (2u64 << 20).to_string();
+    fx.run_within_env(
+        &[p.to_str().unwrap(), "--events", "events.jsonl"],
+        LIMIT,
+        &[("LOKY_RUN_TEST_ITEM_BYTES", &limit)],
+    )
+    .assert_code(1);
     let records = fx.records("bad");
     assert_eq!(records[0]["error"]["kind"], "too_large", "{}", records[0]);
     let message = records[0]["error"]["message"].as_str().unwrap();
     assert!(
-        message.contains(&(1100u64 * 1024 * 1024 + 2).to_string())
-            && message.contains(&((1u64 << 30) - 64).to_string()),
+        message.contains(&(3u64 * 1024 * 1024 + 2).to_string()) && message.contains(&limit),
         "names the size and the limit: {message}"
     );
     assert_eq!(records[1]["output"].as_str().unwrap().len(), 1 << 20);

@@ -85,7 +85,19 @@ impl Fixture {
     /// test (for the cases that used to loop forever).
     #[track_caller]
     pub(crate) fn run_within(&self, args: &[&str], limit: std::time::Duration) -> RunResult {
+        self.run_within_env(args, limit, &[])
+    }
+
+    /// Like [`Self::run_within`], with more environment variables (`LOKY_RUN_TEST_*` limits).
+    #[track_caller]
+    pub(crate) fn run_within_env(
+        &self,
+        args: &[&str],
+        limit: std::time::Duration,
+        env: &[(&str, &str)],
+    ) -> RunResult {
         let mut cmd = self.command();
+        cmd.envs(env.iter().copied());
         cmd.args(args)
             .args(["--progress", "never"])
             .stdout(Stdio::piped())

@@ -5,7 +5,8 @@
 use std::io::{self, Read};
 
 use loky_run::protocol::{
-    ChunkHeader, Cursor, FrameBuf, FrameReader, MAX_FRAME_LEN, ResultsHeader, send, tag,
+    ChunkHeader, Cursor, FrameBuf, FrameReader, LONG_HEADER, MAX_FRAME_LEN, MAX_MESSAGE_LEN,
+    ResultsHeader, long_header, send, tag,
 };
 use proptest::prelude::*;
 
@@ -47,25 +48,67 @@ impl Read for Pieces {
     }
 }
 
-/// Frames with any tag; mostly small payloads, now and then one larger than a read buffer.
+/// Frames with any tag but `LONG` (a long frame's header, not a frame of its own); mostly
+/// small payloads, now and then one larger than a read buffer.
 pub(crate) fn frames(max: usize) -> impl Strategy<Value = Vec<(u8, Vec<u8>)>> {
     let payload = prop_oneof![
         8 => prop::collection::vec(any::<u8>(), 0..64),
         2 => prop::collection::vec(any::<u8>(), 64..4096),
         1 => (1usize..150_000, any::<u8>()).prop_map(|(n, b)| vec![b; n]),
     ];
-    prop::collection::vec((any::<u8>(), payload), 0..max)
+    let tag = any::<u8>().prop_map(|t| if t == tag::LONG { t + 1 } else { t });
+    prop::collection::vec((tag, payload), 0..max)
+}
+
+/// Whether [`encode`] sends frame `i` as a long frame (every third one: senders do so only
+/// above a gigabyte, or a test's lowered limit).
+pub(crate) fn sent_long(i: usize) -> bool {
+    i % 3 == 2
+}
+
+/// Bytes on the wire of frame `i` with `payload`.
+pub(crate) fn wire_size(i: usize, payload: &[u8]) -> usize {
+    if sent_long(i) {
+        LONG_HEADER + 1 + payload.len()
+    } else {
+        5 + payload.len()
+    }
 }
 
 pub(crate) fn encode(frames: &[(u8, Vec<u8>)]) -> Vec<u8> {
     let mut f = FrameBuf::new();
     let mut wire = Vec::new();
-    for (t, payload) in frames {
+    for (i, (t, payload)) in frames.iter().enumerate() {
         f.begin(*t);
         f.put_raw(payload);
-        send(&mut wire, f.finish()).expect("a Vec takes every write");
+        if sent_long(i) {
+            let frame = f.finish();
+            wire.extend_from_slice(&long_header(frame.len() - 4));
+            wire.extend_from_slice(&frame[4..]);
+        } else {
+            send(&mut wire, f.finish()).expect("a Vec takes every write");
+        }
     }
     wire
+}
+
+/// The body a long frame's header at the start of `rest` announces: `Some(Ok(n))`, or
+/// `Some(Err(()))` for a header out of bounds; `None` when `rest` is not a long frame's header
+/// (or too short to tell).
+pub(crate) fn long_len(rest: &[u8]) -> Option<Result<usize, ()>> {
+    if rest.len() < 5 || rest[4] != tag::LONG {
+        return None;
+    }
+    let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+    if len != 9 {
+        return Some(Err(()));
+    }
+    let n = u64::from_le_bytes(rest.get(5..LONG_HEADER)?.try_into().unwrap());
+    Some(if n == 0 || n > MAX_MESSAGE_LEN {
+        Err(())
+    } else {
+        Ok(n as usize)
+    })
 }
 
 /// Read sizes for [`Pieces`]: from one byte at a time to more than a frame.
@@ -110,6 +153,17 @@ fn reference(bytes: &[u8]) -> (Vec<Vec<u8>>, bool) {
         let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
         if len == 0 || len > MAX_FRAME_LEN || rest.len() - 4 < len {
             return (frames, false);
+        }
+        if let Some(long) = long_len(rest) {
+            let Ok(n) = long else {
+                return (frames, false);
+            };
+            if rest.len() - LONG_HEADER < n || rest[LONG_HEADER] == tag::LONG {
+                return (frames, false);
+            }
+            frames.push(rest[LONG_HEADER..LONG_HEADER + n].to_vec());
+            p += LONG_HEADER + n;
+            continue;
         }
         frames.push(rest[4..4 + len].to_vec());
         p += 4 + len;
@@ -164,11 +218,11 @@ proptest! {
         let (got, clean) = read_all(Pieces::new(wire[..cut].to_vec(), sizes, 0));
         let mut boundary = 0;
         let mut whole = 0;
-        for (_, p) in &frames {
-            if boundary + 5 + p.len() > cut {
+        for (i, (_, p)) in frames.iter().enumerate() {
+            if boundary + wire_size(i, p) > cut {
                 break;
             }
-            boundary += 5 + p.len();
+            boundary += wire_size(i, p);
             whole += 1;
         }
         prop_assert_eq!(got.len(), whole);

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 
 use loky_run::pool::inbox::{Inbox, Poller, Pumped};
 use loky_run::pool::spawn::pipe;
-use loky_run::protocol::{FrameBuf, MAX_FRAME_LEN, tag};
+use loky_run::protocol::{FrameBuf, LONG_HEADER, MAX_FRAME_LEN, long_header, tag};
 use proptest::prelude::*;
 
 use crate::alloc::largest_during;
-use crate::frames::hostile_bytes;
+use crate::frames::{hostile_bytes, long_len, sent_long};
 
 /// How a stream must end for the inbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +39,23 @@ fn reference(bytes: &[u8]) -> (Vec<Vec<u8>>, End) {
         };
         if !tag::from_worker(t) {
             return (frames, End::Corrupt);
+        }
+        if t == tag::LONG {
+            let n = match long_len(rest) {
+                None => return (frames, End::Closed),
+                Some(Err(())) => return (frames, End::Corrupt),
+                Some(Ok(n)) => n,
+            };
+            if rest.len() - LONG_HEADER < n {
+                return (frames, End::Closed);
+            }
+            let body = &rest[LONG_HEADER..LONG_HEADER + n];
+            if body[0] == tag::LONG || !tag::from_worker(body[0]) {
+                return (frames, End::Corrupt);
+            }
+            frames.push(body.to_vec());
+            p += LONG_HEADER + n;
+            continue;
         }
         if rest.len() - 4 < len {
             return (frames, End::Closed);
@@ -104,10 +121,16 @@ fn worker_frames() -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(frame, 0..10).prop_map(|frames| {
         let mut f = FrameBuf::new();
         let mut wire = Vec::new();
-        for (t, p) in frames {
+        for (i, (t, p)) in frames.into_iter().enumerate() {
             f.begin(t);
             f.put_raw(&p);
-            wire.extend_from_slice(f.finish());
+            let frame = f.finish();
+            if sent_long(i) {
+                wire.extend_from_slice(&long_header(frame.len() - 4));
+                wire.extend_from_slice(&frame[4..]);
+            } else {
+                wire.extend_from_slice(frame);
+            }
         }
         wire
     })

@@ -1,10 +1,12 @@
 //! `demo`: small example tasks for loky-run pipelines, benchmarks and tests.
 
+use std::fmt;
 use std::hint::black_box;
 use std::sync::{Mutex, PoisonError};
 use std::thread;
 use std::time::Duration;
 
+use serde::de::{self, Deserialize, Deserializer, Visitor};
 use serde_json::Value;
 
 /// The arguments last given to the `setup` initializer in this worker process.
@@ -59,9 +61,34 @@ pub fn setup(args: Value) {
     *STATE.lock().unwrap_or_else(PoisonError::into_inner) = Some(args);
 }
 
+/// The length in bytes of a JSON string input. The text is measured while it is decoded and
+/// never copied: a big input costs the worker its JSON only (the big-items benchmark).
+pub fn text_len(text: TextLen) -> usize {
+    text.0
+}
+
+/// A JSON string's length in bytes, read from the decoder's (borrowed, when unescaped) text.
+pub struct TextLen(pub usize);
+
+impl<'de> Deserialize<'de> for TextLen {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Len;
+        impl Visitor<'_> for Len {
+            type Value = TextLen;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<TextLen, E> {
+                Ok(TextLen(s.len()))
+            }
+        }
+        d.deserialize_str(Len)
+    }
+}
+
 loky_run_plugin::export_plugin! {
     name: "demo",
-    tasks: [square, cpu, sleep_ms, getenv, pid, echo, state],
+    tasks: [square, cpu, sleep_ms, getenv, pid, echo, state, text_len],
     initializers: [setup],
 }
 
@@ -108,6 +135,14 @@ mod tests {
         assert_eq!(pid(json!(1)), std::process::id());
         assert_eq!(pid(json!(-5)), std::process::id());
         assert_eq!(pid(json!("abc")), std::process::id());
+    }
+
+    #[test]
+    fn text_len_measures_strings_and_refuses_the_rest() {
+        let len = |json: &str| serde_json::from_str::<TextLen>(json).map(text_len);
+        assert_eq!(len(r#""abc""#).unwrap(), 3);
+        assert_eq!(len(r#""a\u00e9""#).unwrap(), 3, "unescaped: a and é");
+        assert!(len("12").is_err());
     }
 
     #[test]

@@ -11,7 +11,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::protocol::{MAX_FRAME_LEN, tag};
+use crate::protocol::{
+    LONG_HEADER, MAX_FRAME_LEN, frame_limit, long_body_len, long_header, reserve_exact, tag,
+};
 use crate::spin::{self, SpinPolicy};
 
 /// The epoll set and the eventfd that other threads use to wake it.
@@ -179,11 +181,13 @@ pub struct Outbox {
     socket: bool,
     /// Frames not fully written, each with how much of it was. Shared with their owner (the
     /// dispatcher keeps a chunk's frame until it is answered): waiting costs no copy.
-    queue: std::collections::VecDeque<(Arc<Vec<u8>>, usize)>,
+    queue: std::collections::VecDeque<Queued>,
     /// Registered in the poller for room to write.
     pub watching: bool,
     /// A write failed: the worker is gone (its exit is seen on the result side).
     broken: bool,
+    /// Frame bodies above this go as long frames ([`frame_limit`]; lower in tests).
+    limit: usize,
 }
 
 impl Outbox {
@@ -197,6 +201,7 @@ impl Outbox {
             queue: std::collections::VecDeque::new(),
             watching: false,
             broken: false,
+            limit: frame_limit(),
         })
     }
 
@@ -219,13 +224,23 @@ impl Outbox {
         if self.broken {
             return false;
         }
+        let body = frame.len().saturating_sub(4);
+        let long = (body > self.limit).then(|| long_header(body));
+        if long.is_some() && !self.socket {
+            grow_pipe(&self.fd);
+        }
         if !self.queue.is_empty() {
-            self.queue.push_back((keep(), 0));
+            self.queue.push_back(Queued {
+                frame: keep(),
+                long,
+                done: 0,
+            });
             return true;
         }
+        let total = wire_len(frame.len(), long.as_ref());
         let mut done = 0;
-        while done < frame.len() {
-            match self.write(&frame[done..]) {
+        while done < total {
+            match self.write(piece(frame, long.as_ref(), done)) {
                 Ok(Some(n)) => done += n,
                 Ok(None) => break,
                 Err(_) => {
@@ -234,20 +249,25 @@ impl Outbox {
                 }
             }
         }
-        if done == frame.len() {
+        if done == total {
             return false;
         }
-        self.queue.push_back((keep(), done));
+        self.queue.push_back(Queued {
+            frame: keep(),
+            long,
+            done,
+        });
         true
     }
 
     /// Writes what is queued as far as possible. Returns whether something still waits.
     pub fn flush(&mut self) -> bool {
-        while let Some((front, offset)) = self.queue.front_mut() {
-            match write_to(self.fd.as_raw_fd(), self.socket, &front[*offset..]) {
+        while let Some(front) = self.queue.front_mut() {
+            let bytes = piece(&front.frame, front.long.as_ref(), front.done);
+            match write_to(self.fd.as_raw_fd(), self.socket, bytes) {
                 Ok(Some(n)) => {
-                    *offset += n;
-                    if *offset == front.len() {
+                    front.done += n;
+                    if front.done == wire_len(front.frame.len(), front.long.as_ref()) {
                         self.queue.pop_front();
                     }
                 }
@@ -268,6 +288,31 @@ impl Outbox {
     }
 }
 
+/// A frame waiting in an [`Outbox`]: on the wire it is `long` (a long frame's header) and the
+/// frame after its length, or the frame as it is; `done` bytes of that went out.
+struct Queued {
+    frame: Arc<Vec<u8>>,
+    long: Option<[u8; LONG_HEADER]>,
+    done: usize,
+}
+
+/// Bytes on the wire of a frame of `len` bytes.
+fn wire_len(len: usize, long: Option<&[u8; LONG_HEADER]>) -> usize {
+    match long {
+        None => len,
+        Some(_) => LONG_HEADER + len - 4,
+    }
+}
+
+/// The next contiguous bytes to write of a frame of which `done` wire bytes went out.
+fn piece<'a>(frame: &'a [u8], long: Option<&'a [u8; LONG_HEADER]>, done: usize) -> &'a [u8] {
+    match long {
+        None => &frame[done..],
+        Some(header) if done < LONG_HEADER => &header[done..],
+        Some(_) => &frame[4 + done - LONG_HEADER..],
+    }
+}
+
 /// One non-blocking write (`send` with MSG_DONTWAIT for a socket): `None` when there is no
 /// room now.
 fn write_to(fd: RawFd, socket: bool, bytes: &[u8]) -> io::Result<Option<usize>> {
@@ -285,6 +330,17 @@ fn write_to(fd: RawFd, socket: bool, bytes: &[u8]) -> io::Result<Option<usize>> 
         }
     };
     outcome(n)
+}
+
+/// A pipe's buffer for big frames: 16 times fewer writes, reads and wakeups than the default
+/// 64 KiB. Asked for when a long frame comes, not for every pipe (big pipe buffers count
+/// against a per-user limit); refused, the pipe keeps its size.
+const BIG_PIPE_BYTES: libc::c_int = 1 << 20;
+
+fn grow_pipe(fd: &OwnedFd) {
+    // SAFETY: fcntl on a valid descriptor we own; F_SETPIPE_SZ only resizes the pipe's buffer
+    // (at most what is already in it is kept), and failing leaves it as it was.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, BIG_PIPE_BYTES) };
 }
 
 fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
@@ -388,6 +444,9 @@ impl Inbox {
                 budget = budget.saturating_sub(n);
                 if buf.len() == *len {
                     let (buf, _) = self.big.take().expect("checked above");
+                    if !body_ok(&buf) {
+                        return Pumped::Corrupt;
+                    }
                     frame(buf);
                 }
             } else {
@@ -407,6 +466,41 @@ impl Inbox {
                     let Some(&first) = staged.get(4) else { break };
                     if !tag::from_worker(first) {
                         return Pumped::Corrupt;
+                    }
+                    if first == tag::LONG {
+                        if staged.len() < LONG_HEADER {
+                            if len != 9 {
+                                return Pumped::Corrupt;
+                            }
+                            break;
+                        }
+                        // Its body gets a buffer of its final size, read into directly.
+                        let Ok(n) = long_body_len(&staged[4..LONG_HEADER]) else {
+                            return Pumped::Corrupt;
+                        };
+                        if len != 9 {
+                            return Pumped::Corrupt;
+                        }
+                        let Ok(mut buf) = reserve_exact(n) else {
+                            return Pumped::Corrupt;
+                        };
+                        if !self.socket {
+                            grow_pipe(&self.fd);
+                        }
+                        let have = (staged.len() - LONG_HEADER).min(n);
+                        buf.extend_from_slice(&staged[LONG_HEADER..LONG_HEADER + have]);
+                        self.start += LONG_HEADER + have;
+                        if have == n {
+                            if !body_ok(&buf) {
+                                return Pumped::Corrupt;
+                            }
+                            frame(buf);
+                            continue;
+                        }
+                        self.start = 0;
+                        self.end = 0;
+                        self.big = Some((buf, n));
+                        break;
                     }
                     if staged.len() >= 4 + len {
                         frame(staged[4..4 + len].to_vec());
@@ -464,6 +558,14 @@ impl Inbox {
         };
         outcome(n)
     }
+}
+
+/// Whether a frame read whole (tag first) is one a worker may send: a long frame's body is
+/// checked once it is all there.
+fn body_ok(frame: &[u8]) -> bool {
+    frame
+        .first()
+        .is_some_and(|&t| t != tag::LONG && tag::from_worker(t))
 }
 
 /// One non-blocking read of at most `want` bytes appended to `buf`'s spare capacity.
@@ -595,6 +697,83 @@ mod tests {
         }
         drop(outbox);
         assert_eq!(reader.join().unwrap(), frames.concat());
+    }
+
+    #[test]
+    fn long_frames_cross_an_outbox_and_an_inbox_in_pieces() {
+        let (r, w) = pipe();
+        let (out_r, out_w) = crate::pool::spawn::pipe().unwrap();
+        let mut outbox = Outbox::new(out_w, false).unwrap();
+        outbox.limit = 1000;
+        let mut f = crate::protocol::FrameBuf::new();
+        let mut frames = Vec::new();
+        for (i, n) in [10usize, 5000, 3, 300_000, 999, 1000]
+            .into_iter()
+            .enumerate()
+        {
+            f.begin(tag::RESULTS);
+            f.put_raw(&vec![i as u8; n]);
+            frames.push(Arc::new(f.finish().to_vec()));
+        }
+        // What the outbox writes is what the inbox reads: move the bytes across by hand.
+        let mut source = std::fs::File::from(out_r);
+        let mut sink = w;
+        let copier = std::thread::spawn(move || std::io::copy(&mut source, &mut sink).unwrap());
+        let mut inbox = Inbox::new(r, false).unwrap();
+        let mut poller = Poller::new().unwrap();
+        poller.add(inbox.fd(), 1).unwrap();
+        let mut got = Vec::new();
+        let mut waiting = false;
+        for frame in &frames {
+            waiting |= outbox.push_shared(frame);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while got.len() < frames.len() {
+            assert!(
+                Instant::now() < deadline,
+                "{} of {} frames",
+                got.len(),
+                frames.len()
+            );
+            if waiting {
+                waiting = outbox.flush();
+            }
+            poller.wait(Duration::from_millis(10), |_| {}).unwrap();
+            assert_ne!(inbox.pump(|f| got.push(f)), Pumped::Corrupt);
+        }
+        drop(outbox);
+        copier.join().unwrap();
+        for (g, f) in got.iter().zip(&frames) {
+            assert_eq!(&g[..], &f[4..], "the frame after its length");
+        }
+    }
+
+    #[test]
+    fn a_long_frame_with_a_bad_body_or_header_is_corrupt() {
+        for bytes in [
+            // A long header announcing 0 bytes, or more than a message may be.
+            [&9u32.to_le_bytes()[..], &[tag::LONG], &0u64.to_le_bytes()].concat(),
+            [
+                &9u32.to_le_bytes()[..],
+                &[tag::LONG],
+                &u64::MAX.to_le_bytes(),
+            ]
+            .concat(),
+            // A header of the wrong size.
+            [&10u32.to_le_bytes()[..], &[tag::LONG], &[0; 9]].concat(),
+            // A body that is not a frame a worker sends.
+            [&long_header(2)[..], &[tag::CHUNK, 0]].concat(),
+            [&long_header(2)[..], &[tag::LONG, 0]].concat(),
+        ] {
+            let (r, mut w) = pipe();
+            let mut inbox = Inbox::new(r, false).unwrap();
+            w.write_all(&bytes).unwrap();
+            assert_eq!(
+                inbox.pump(|_| panic!("no frame")),
+                Pumped::Corrupt,
+                "{bytes:?}"
+            );
+        }
     }
 
     #[test]

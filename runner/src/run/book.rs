@@ -187,6 +187,17 @@ impl Book {
         })
     }
 
+    /// Bytes of the chunk frames a worker holds.
+    pub fn held_bytes(&self, worker: WorkerId) -> usize {
+        self.seats.get(&worker).map_or(0, |s| {
+            s.chunks
+                .iter()
+                .filter_map(|id| self.chunks.get(id))
+                .map(|c| c.frame.len())
+                .sum()
+        })
+    }
+
     /// Whether a worker holds an isolated item.
     pub fn holds_isolated(&self, worker: WorkerId) -> bool {
         self.seats.get(&worker).is_some_and(|s| {

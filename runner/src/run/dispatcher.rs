@@ -42,9 +42,7 @@ use crate::pool::{
     Phase, PoolEvent, Progress, StartFailure, StopReason, WorkerExit, WorkerId, WorkerPool,
     WorkerView,
 };
-use crate::protocol::{
-    ChunkHeader, Cursor, FrameBuf, MAX_FRAME_LEN, MAX_ITEM_BYTES, ResultsHeader, status,
-};
+use crate::protocol::{ChunkHeader, Cursor, FrameBuf, ResultsHeader, max_item_bytes, status};
 use crate::sys::{self, ProcessEnd};
 
 use super::book::{Blame, Book, Chunk, Item};
@@ -517,6 +515,11 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
         {
             return false;
         }
+        // Nothing is queued behind a big item: the next input may be as big, and the runner
+        // would hold both (a big item costs it its size per worker, not twice that).
+        if self.book.held_bytes(worker) > CHUNK_SOFT_BYTES {
+            return false;
+        }
         let Some(per_item) = self.sizer.per_item() else {
             return false;
         };
@@ -606,7 +609,7 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
                 continue;
             }
             let grows = self.frame.len() + 4 + p.input.len();
-            if !items.is_empty() && (grows > CHUNK_SOFT_BYTES || grows > MAX_FRAME_LEN) {
+            if !items.is_empty() && grows > CHUNK_SOFT_BYTES {
                 break;
             }
             let isolated = p.item.isolated;
@@ -661,28 +664,24 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
                 ..Item::fresh(self.next_index)
             };
             self.next_index += 1;
-            let len = self.frame.len() - before - 4;
-            if len > MAX_ITEM_BYTES {
+            // Its length prefix is 4 bytes, or 12 from 4 GiB on (`FrameBuf::put_len`).
+            let mut len = self.frame.len() - before - 4;
+            if len >= u32::MAX as usize {
+                len -= 8;
+            }
+            let limit = max_item_bytes();
+            if len > limit {
                 self.frame.truncate(before);
                 let message = format!(
-                    "input {} is {len} bytes, more than a frame carries ({MAX_ITEM_BYTES} bytes)",
+                    "input {} is {len} bytes, more than a frame carries ({limit} bytes)",
                     item.index
                 );
                 self.log_attempt(item, None, None, ErrorKind::TooLarge.as_str(), None);
                 self.record(item, ErrorKind::TooLarge, &message, None)?;
                 continue;
             }
-            if self.frame.len() > MAX_FRAME_LEN && !items.is_empty() {
-                // It fits alone: it goes first in the next chunk.
-                let input = self.frame.bytes_from(before + 4).to_vec();
-                self.frame.truncate(before);
-                self.requeue.push_front(Pending {
-                    item,
-                    input,
-                    newer_than: None,
-                });
-                break;
-            }
+            // A big input joins the chunk whatever its size (a long frame carries it): moving
+            // it to a chunk of its own would copy it.
             items.push(item);
         }
         if self.next_index >= self.job.total {

@@ -486,6 +486,44 @@ fn short_tasks_are_prefetched_and_long_ones_never() {
 }
 
 #[test]
+fn nothing_is_prefetched_behind_a_big_item() {
+    let mut h = Harness::new(6, 1, |s| s.chunksize = ChunkSize::Fixed(NonZeroUsize::MIN));
+    let big = serde_json::Value::String("x".repeat(CHUNK_SOFT_BYTES));
+    let small = serde_json::json!(1);
+    h.stage.input = InputSpec::Items(vec![
+        small.clone(),
+        small.clone(),
+        big.clone(),
+        big,
+        small.clone(),
+        small,
+    ]);
+    warm!(h, writer, pool, d);
+    settle(&mut d, &h.fake);
+    // Fast answers: small items are prefetched, so the first big one is queued behind the
+    // second small one ...
+    h.fake.answer(&h.fake.sent()[0], Duration::from_micros(5));
+    settle(&mut d, &h.fake);
+    let sent = h.fake.sent();
+    assert_eq!(
+        sent.len(),
+        3,
+        "a small item, then a big one queued behind it"
+    );
+    // ... but nothing behind the big one, though it would be prefetched were it small.
+    h.fake.answer(&sent[1], Duration::from_micros(5));
+    settle(&mut d, &h.fake);
+    assert_eq!(h.fake.sent().len(), 3);
+    h.fake.answer(&h.fake.sent()[2], Duration::from_micros(5));
+    settle(&mut d, &h.fake);
+    assert_eq!(
+        h.fake.sent().len(),
+        4,
+        "the next big one goes once the first is answered"
+    );
+}
+
+#[test]
 fn the_last_tasks_do_not_wait_behind_a_busy_worker() {
     let h = Harness::new(3, 2, |s| s.chunksize = ChunkSize::Fixed(NonZeroUsize::MIN));
     warm!(h, writer, pool, d);
