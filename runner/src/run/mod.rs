@@ -26,7 +26,7 @@ use crate::joblog::Joblog;
 use crate::live::LiveFile;
 use crate::manifest::{Manifest, StageRecord, StageStatus};
 use crate::output::OrderedWriter;
-use crate::pool::{Decision, Pool, decide};
+use crate::pool::{Decision, Pool, StopReason, WorkerId, WorkerPool, decide};
 
 pub struct RunOptions {
     pub events: Option<PathBuf>,
@@ -162,9 +162,8 @@ pub fn execute(
         stages: Vec::new(),
         failed_any: false,
         partial: opts.resume.only.is_some(),
+        prestarted: None,
     };
-    run.write_manifest(false)?;
-    run.live.write(None, Instant::now());
     run.events.emit(&Event::RunStarted {
         pipeline: &pipeline.name,
         file: &pipeline.file,
@@ -172,15 +171,24 @@ pub fn execute(
         pid: std::process::id(),
     });
     let started = Instant::now();
+    let last_run = starts.iter().rposition(runs_a_stage);
+    // The workers take longest to get ready (exec, plugin load): started first, they come up
+    // while the manifest is written.
+    if let Some(first) = starts.iter().position(runs_a_stage) {
+        run.prestart(first);
+    }
+    run.write_manifest(false)?;
+    run.live.write(None, Instant::now());
     for (i, start) in starts.iter().enumerate() {
+        let last = last_run == Some(i);
         let stop = match start {
             resume::StageStart::Keep(record) => run.keep(i, record),
             resume::StageStart::Skip(record) => run.skip(i, record.as_deref()),
-            resume::StageStart::Resume => run.stage(i, Writing::Resume)?,
+            resume::StageStart::Resume => run.stage(i, Writing::Resume, last)?,
             resume::StageStart::Retry { previous_sha256 } => {
-                run.stage(i, Writing::Retry(previous_sha256.as_deref()))?
+                run.stage(i, Writing::Retry(previous_sha256.as_deref()), last)?
             }
-            resume::StageStart::Fresh => run.stage(i, Writing::Fresh)?,
+            resume::StageStart::Fresh => run.stage(i, Writing::Fresh, last)?,
         };
         if stop {
             break;
@@ -188,6 +196,14 @@ pub fn execute(
     }
     run.pool.shutdown();
     run.finish(started, opts.events.clone())
+}
+
+/// Whether a stage start runs the stage (rather than keeping or skipping it).
+fn runs_a_stage(start: &resume::StageStart) -> bool {
+    matches!(
+        start,
+        resume::StageStart::Fresh | resume::StageStart::Resume | resume::StageStart::Retry { .. }
+    )
 }
 
 /// One run of the stages: the state `execute` carries from stage to stage.
@@ -208,6 +224,9 @@ struct Run<'a> {
     failed_any: bool,
     /// `--stage`: the other stages are not run.
     partial: bool,
+    /// The stage whose workers were started before the run's first manifest write, and the
+    /// pool decision taken for it then.
+    prestarted: Option<(usize, Decision)>,
 }
 
 /// How a stage's output starts.
@@ -240,6 +259,40 @@ impl Run<'_> {
             })
     }
 
+    /// Starts the local workers of stage `i`, the first to run (nothing else has touched the
+    /// pool). A failure to start one is left for the stage's own start to report.
+    fn prestart(&mut self, i: usize) {
+        let (stage, planned) = self.plan.stage(i);
+        if planned.spec.launcher != crate::config::Launcher::Local {
+            return;
+        }
+        let decision = decide(
+            self.pool.spec().map(|s| (s, self.pool.size())),
+            &planned.spec,
+            planned.workers,
+            stage.settings.reuse,
+            stage.kill_workers,
+        );
+        self.pool.apply(
+            &decision,
+            planned.spec.clone(),
+            planned.workers,
+            &stage.name,
+            self.joblog.is_some(),
+        );
+        let _ = self.pool.fill();
+        self.prestarted = Some((i, decision));
+    }
+
+    /// The run's last stage is over: every worker is told to exit now, so that their exits
+    /// overlap the output's and the manifest's syncs (`shutdown` then waits for them).
+    fn retire_all(&mut self) {
+        let ids: Vec<WorkerId> = self.pool.workers().map(|w| w.id).collect();
+        for id in ids {
+            self.pool.retire(id, StopReason::Shutdown);
+        }
+    }
+
     /// A stage finished in an earlier run: its output stands (and feeds `from` stages).
     /// Returns whether the run stops here.
     fn keep(&mut self, i: usize, record: &StageRecord) -> bool {
@@ -262,19 +315,26 @@ impl Run<'_> {
         false
     }
 
-    /// Runs stage `i`, its output written as `writing` says. Returns whether the run stops
-    /// here.
-    fn stage(&mut self, i: usize, writing: Writing<'_>) -> Result<bool, RunError> {
+    /// Runs stage `i`, its output written as `writing` says (`last`: no stage runs after it).
+    /// Returns whether the run stops here.
+    fn stage(&mut self, i: usize, writing: Writing<'_>, last: bool) -> Result<bool, RunError> {
         let pipeline = &self.plan.pipeline;
         let stage = &pipeline.stages[i];
         let planned = &self.plan.stages[i];
-        let decision = decide(
-            self.pool.spec().map(|s| (s, self.pool.size())),
-            &planned.spec,
-            planned.workers,
-            stage.settings.reuse,
-            stage.kill_workers,
-        );
+        let prestarted = match self.prestarted.take() {
+            Some((j, decision)) if j == i => Some(decision),
+            _ => None,
+        };
+        let applied = prestarted.is_some();
+        let decision = prestarted.unwrap_or_else(|| {
+            decide(
+                self.pool.spec().map(|s| (s, self.pool.size())),
+                &planned.spec,
+                planned.workers,
+                stage.settings.reuse,
+                stage.kill_workers,
+            )
+        });
         let (from, to) = decision.from_to();
         self.events.emit(&Event::PoolDecision {
             stage: &stage.name,
@@ -289,13 +349,15 @@ impl Run<'_> {
             decision.kind(),
             decision.reason()
         ));
-        self.pool.apply(
-            &decision,
-            planned.spec.clone(),
-            planned.workers,
-            &stage.name,
-            self.joblog.is_some(),
-        );
+        if !applied {
+            self.pool.apply(
+                &decision,
+                planned.spec.clone(),
+                planned.workers,
+                &stage.name,
+                self.joblog.is_some(),
+            );
+        }
 
         let out_dir = self.out_dir().to_owned();
         let from_file = planned
@@ -404,6 +466,9 @@ impl Run<'_> {
         };
         outcome.ok += resumed.ok;
         outcome.failed += resumed.failed;
+        if last || outcome.stopped.is_some() {
+            self.retire_all();
+        }
         let output_sha256 = if outcome.is_interrupted() {
             // Held results stay in the journal: `--resume` takes them back.
             writer.suspend().map(|()| None)
