@@ -163,6 +163,7 @@ pub fn execute(
         failed_any: false,
         partial: opts.resume.only.is_some(),
         prestarted: None,
+        unwritten: Unwritten::FirstWrite,
     };
     run.events.emit(&Event::RunStarted {
         pipeline: &pipeline.name,
@@ -176,22 +177,31 @@ pub fn execute(
     // while the manifest is written.
     if let Some(first) = starts.iter().position(runs_a_stage) {
         run.prestart(first);
+    } else {
+        run.write_manifest(false)?;
     }
-    run.write_manifest(false)?;
     run.live.write(None, Instant::now());
     for (i, start) in starts.iter().enumerate() {
         let last = last_run == Some(i);
         let stop = match start {
-            resume::StageStart::Keep(record) => run.keep(i, record),
-            resume::StageStart::Skip(record) => run.skip(i, record.as_deref()),
-            resume::StageStart::Resume => run.stage(i, Writing::Resume, last)?,
+            resume::StageStart::Keep(record) => Ok(run.keep(i, record)),
+            resume::StageStart::Skip(record) => Ok(run.skip(i, record.as_deref())),
+            resume::StageStart::Resume => run.stage(i, Writing::Resume, last),
             resume::StageStart::Retry { previous_sha256 } => {
-                run.stage(i, Writing::Retry(previous_sha256.as_deref()), last)?
+                run.stage(i, Writing::Retry(previous_sha256.as_deref()), last)
             }
-            resume::StageStart::Fresh => run.stage(i, Writing::Fresh, last)?,
+            resume::StageStart::Fresh => run.stage(i, Writing::Fresh, last),
         };
-        if stop {
-            break;
+        match stop {
+            Ok(false) => {}
+            Ok(true) => break,
+            Err(e) => {
+                // The run ends on this error: what the stages before came to is recorded.
+                if run.unwritten == Unwritten::StageEnd {
+                    let _ = run.manifest.write_unsynced(&pipeline.output_dir);
+                }
+                return Err(e);
+            }
         }
     }
     run.pool.shutdown();
@@ -227,6 +237,20 @@ struct Run<'a> {
     /// The stage whose workers were started before the run's first manifest write, and the
     /// pool decision taken for it then.
     prestarted: Option<(usize, Decision)>,
+    /// What the manifest on disk lacks (see [`Unwritten`]).
+    unwritten: Unwritten,
+}
+
+/// What the in-memory manifest holds that its file does not yet: the next write carries it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unwritten {
+    Nothing,
+    /// The run's first write (synced) is still to come: it is the first stage's start mark.
+    FirstWrite,
+    /// A stage's end mark: the next stage's start mark (or the run's last write) follows at
+    /// once and carries it. Until then the file says the stage is running, which costs a
+    /// `--resume` after a kill in between only a check of the stage's complete output.
+    StageEnd,
 }
 
 /// How a stage's output starts.
@@ -350,6 +374,12 @@ impl Run<'_> {
             decision.reason()
         ));
         if !applied {
+            if matches!(decision, Decision::Restart { .. }) && self.unwritten == Unwritten::StageEnd
+            {
+                // A restart can take seconds: the previous stage's end is recorded first.
+                let _ = self.manifest.write_unsynced(self.out_dir());
+                self.unwritten = Unwritten::Nothing;
+            }
             self.pool.apply(
                 &decision,
                 planned.spec.clone(),
@@ -398,15 +428,21 @@ impl Run<'_> {
             out_dir.join("manifest.json").display()
         ));
         if let Writing::Retry(sha) = writing {
-            // Durable before the output moves aside: a resume must know it is a retry's.
             record.retrying = true;
             record.previous_sha256 = sha.map(str::to_owned);
+        }
+        if self.unwritten == Unwritten::FirstWrite {
+            // The run's first write: synced, like the start of a retry.
+            self.write_manifest(false)?;
+        } else if matches!(writing, Writing::Retry(_)) {
+            // Durable before the output moves aside: a resume must know it is a retry's.
             self.manifest.write(&out_dir).map_err(manifest_error)?;
         } else {
             self.manifest
                 .write_unsynced(&out_dir)
                 .map_err(manifest_error)?;
         }
+        self.unwritten = Unwritten::Nothing;
         let mut writer = match writing {
             Writing::Fresh => OrderedWriter::create(&out_path).map_err(RunError::io_in_run(
                 format!("cannot create {}", out_path.display()),
@@ -490,10 +526,17 @@ impl Run<'_> {
         }
         record.output_sha256 = output_sha256;
         record.finished_at = Some(crate::events::now_rfc3339());
-        // The stage's outcome stands even if this write fails: the final write reports it. Not
-        // synced: its output is durable already (`finish`), so a power cut that loses this mark
-        // costs a `--resume` that finds the stage complete; the run's last write is synced.
-        let _ = self.manifest.write_unsynced(&out_dir);
+        if record.retrying || matches!(writing, Writing::Retry(_)) {
+            // A retry's end is recorded at once: its previous output is gone now (`finish`),
+            // and a resume must not take the stage for a retry still waiting for it. The
+            // stage's outcome stands even if this write fails: the final write reports it. Not
+            // synced: its output is durable already (`finish`), so a power cut that loses this
+            // mark costs a `--resume` that finds the stage complete; the run's last write is
+            // synced.
+            let _ = self.manifest.write_unsynced(&out_dir);
+        } else {
+            self.unwritten = Unwritten::StageEnd;
+        }
         self.live.write(None, Instant::now());
         self.failed_any |= outcome.failed > 0 || outcome.stopped.is_some();
         self.ok_counts.push(outcome.ok);
