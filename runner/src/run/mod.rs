@@ -537,7 +537,11 @@ impl Run<'_> {
         } else {
             self.unwritten = Unwritten::StageEnd;
         }
-        self.live.write(None, Instant::now());
+        let now = Instant::now();
+        // A view, throttled like the stage's own updates (a tiny stage would rewrite it twice).
+        if self.live.due(now) {
+            self.live.write(None, now);
+        }
         self.failed_any |= outcome.failed > 0 || outcome.stopped.is_some();
         self.ok_counts.push(outcome.ok);
         self.console.info(&outcome.finished_line(&stage.name));
