@@ -30,7 +30,8 @@ use std::io::{self, BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::thread::{self, JoinHandle};
+use std::sync::mpsc;
+use std::thread;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -815,10 +816,17 @@ fn sync_parent(path: &Path) {
 
 /// `fdatasync`s the files of a writer every [`SYNC_EVERY`] while there is new data, off the
 /// dispatcher's thread (a sync can take long on a busy disk; the workers must not wait for it).
+///
+/// The thread outlives its writer: once stopped, it waits for the next writer's start (a run's
+/// next stage) instead of exiting, so that a tiny stage does not pay for starting and joining a
+/// thread. At most one such thread waits; a writer that finds none starts one.
 pub struct Syncer {
     shared: Arc<SyncShared>,
-    thread: Option<JoinHandle<()>>,
+    running: bool,
 }
+
+/// How a writer hands its files to the waiting sync thread, if there is one.
+static IDLE_SYNC_THREAD: Mutex<Option<mpsc::Sender<Arc<SyncShared>>>> = Mutex::new(None);
 
 struct SyncShared {
     state: Mutex<SyncState>,
@@ -834,6 +842,8 @@ struct SyncState {
     /// Files whose directory entry is to be made durable once.
     parents: Vec<PathBuf>,
     stop: bool,
+    /// The thread is done with this writer (its last pass is over, its files closed).
+    done: bool,
 }
 
 impl Syncer {
@@ -843,18 +853,23 @@ impl Syncer {
                 files: Vec::new(),
                 parents: Vec::new(),
                 stop: false,
+                done: false,
             }),
             wake: Condvar::new(),
             dirty: AtomicBool::new(false),
             passes: std::sync::atomic::AtomicU64::new(0),
         });
-        let theirs = Arc::clone(&shared);
-        let thread = thread::Builder::new()
-            .name("loky-run-sync".into())
-            .spawn(move || sync_loop(&theirs))?;
+        let idle = lock(&IDLE_SYNC_THREAD).take();
+        if idle.is_none_or(|thread| thread.send(Arc::clone(&shared)).is_err()) {
+            let (tx, rx) = mpsc::channel();
+            let first = Arc::clone(&shared);
+            thread::Builder::new()
+                .name("loky-run-sync".into())
+                .spawn(move || serve(first, &tx, &rx))?;
+        }
         Ok(Self {
             shared,
-            thread: Some(thread),
+            running: true,
         })
     }
 
@@ -883,18 +898,74 @@ impl Syncer {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SyncState> {
-        self.shared
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.shared.state)
     }
 
+    /// Waits for the thread's last pass (and the directory entries still to sync).
     pub(crate) fn stop(&mut self) {
-        self.lock().stop = true;
-        self.shared.wake.notify_all();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        if !std::mem::take(&mut self.running) {
+            return;
         }
+        let mut state = self.lock();
+        state.stop = true;
+        self.shared.wake.notify_all();
+        while !state.done {
+            state = self
+                .shared
+                .wake
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The sync thread: serves one writer after another, waiting for the next while it is the
+/// idle one (see [`Syncer`]).
+fn serve(
+    first: Arc<SyncShared>,
+    tx: &mpsc::Sender<Arc<SyncShared>>,
+    rx: &mpsc::Receiver<Arc<SyncShared>>,
+) {
+    let mut job = first;
+    loop {
+        let waits = {
+            // Marks the writer done even if a sync panics, so that `stop` never waits forever.
+            let done = Done(&job);
+            sync_loop(&job);
+            // Offered before the writer hears it is done: its run's next stage finds it.
+            let mut idle = lock(&IDLE_SYNC_THREAD);
+            let waits = idle.is_none();
+            if waits {
+                *idle = Some(tx.clone());
+            }
+            drop(idle);
+            drop(done);
+            waits
+        };
+        drop(job);
+        if !waits {
+            return; // another thread waits already
+        }
+        match rx.recv() {
+            Ok(next) => job = next,
+            Err(_) => return,
+        }
+    }
+}
+
+/// Tells the writer its thread is done with it (its duplicated descriptors closed).
+struct Done<'a>(&'a SyncShared);
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        let mut state = lock(&self.0.state);
+        state.files.clear();
+        state.done = true;
+        self.0.wake.notify_all();
     }
 }
 
