@@ -160,16 +160,21 @@ impl OrderedWriter {
     /// Starts `<stage>.jsonl` anew (and deletes a journal an earlier run may have left).
     pub fn create(path: &Path) -> io::Result<Self> {
         let journal = journal_path(path);
-        seals::remove(&seals::seals_path(path))?;
-        remove_file(&carried::previous_path(path))?;
-        journal::remove(&journal)?;
+        // Without a journal directory there is nothing of an earlier run to delete (one stat
+        // instead of four calls that fail).
+        let journal_dir = journal.parent().map(Path::symlink_metadata);
+        if !journal_dir.is_some_and(|m| m.is_err_and(|e| e.kind() == io::ErrorKind::NotFound)) {
+            seals::remove(&seals::seals_path(path))?;
+            remove_file(&carried::previous_path(path))?;
+            journal::remove(&journal)?;
+        }
         let file = File::create(path)?;
         let writer = Self::with(
             path,
             Tracked::new(file),
             0,
-            JournalWriter::new(journal, 0),
-            SealWriter::new(seals::seals_path(path), 0),
+            JournalWriter::new(journal, 0).known_absent(),
+            SealWriter::new(seals::seals_path(path), 0).known_absent(),
             0,
         )?;
         // The new directory entry is made durable off the critical path (the syncer's first
@@ -513,6 +518,11 @@ impl OrderedWriter {
         if let Some(c) = carried {
             c.remove()?;
         }
+        // Every journaled record is in the synced file now: the journal's directory entries,
+        // deleted just below, need not be made durable first.
+        let journal = self.journal.path();
+        self.syncer
+            .forget_parents(|p| p == journal || Some(p) == journal.parent());
         self.syncer.stop();
         // The seals first: removing the journal removes their directory once it is empty.
         self.seals.discard()?;
@@ -841,6 +851,8 @@ struct SyncState {
     files: Vec<Arc<File>>,
     /// Files whose directory entry is to be made durable once.
     parents: Vec<PathBuf>,
+    /// The same, with the next pass over the files' data (or when the syncer stops).
+    pass_parents: Vec<PathBuf>,
     stop: bool,
     /// The thread is done with this writer (its last pass is over, its files closed).
     done: bool,
@@ -852,6 +864,7 @@ impl Syncer {
             state: Mutex::new(SyncState {
                 files: Vec::new(),
                 parents: Vec::new(),
+                pass_parents: Vec::new(),
                 stop: false,
                 done: false,
             }),
@@ -885,6 +898,20 @@ impl Syncer {
     pub(crate) fn sync_parent_once(&self, path: &Path) {
         self.lock().parents.push(path.to_owned());
         self.shared.wake.notify_all();
+    }
+
+    /// Makes `path`'s directory entry durable with the next pass over the data (just before
+    /// it), when its file's data becomes durable too; at the latest when the syncer stops.
+    pub(crate) fn sync_parent_with_data(&self, path: &Path) {
+        self.lock().pass_parents.push(path.to_owned());
+    }
+
+    /// Drops the directory-entry syncs asked for `path`s that `unneeded` says are, if the
+    /// thread has not started them.
+    pub(crate) fn forget_parents(&self, unneeded: impl Fn(&Path) -> bool) {
+        let mut state = self.lock();
+        state.parents.retain(|p| !unneeded(p));
+        state.pass_parents.retain(|p| !unneeded(p));
     }
 
     /// How many sync passes have started.
@@ -993,15 +1020,24 @@ fn sync_loop(shared: &SyncShared) {
             continue;
         }
         if state.stop {
+            let parents = std::mem::take(&mut state.pass_parents);
+            drop(state);
+            for p in &parents {
+                sync_parent(p);
+            }
             return;
         }
-        if !shared.dirty.swap(false, Ordering::AcqRel) {
+        let parents = std::mem::take(&mut state.pass_parents);
+        if !shared.dirty.swap(false, Ordering::AcqRel) && parents.is_empty() {
             continue;
         }
         let files = state.files.clone();
         // Counted before syncing: bytes written before this may now reach the disk.
         shared.passes.fetch_add(1, Ordering::AcqRel);
         drop(state);
+        for p in &parents {
+            sync_parent(p);
+        }
         for f in &files {
             let _ = f.sync_data(); // best effort: the end of the stage syncs and reports errors
         }
@@ -1462,6 +1498,49 @@ mod tests {
         drop(w);
         let w = OrderedWriter::resume(&path).unwrap();
         assert_eq!(w.resumed().records(), 0);
+    }
+
+    #[test]
+    fn a_finished_stage_leaves_no_journal_directory_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.jsonl");
+        let mut w = OrderedWriter::create(&path).unwrap();
+        w.ok(1, None, b"1").unwrap(); // held: journaled
+        w.flush().unwrap();
+        assert!(journal_path(&path).exists());
+        w.ok(0, None, b"0").unwrap();
+        w.finish().unwrap();
+        assert!(!dir.path().join(JOURNAL_DIR).exists());
+        // Nothing journaled: nothing created, nothing to delete.
+        let mut w = OrderedWriter::create(&path).unwrap();
+        w.ok(0, None, b"0").unwrap();
+        w.finish().unwrap();
+        assert!(!dir.path().join(JOURNAL_DIR).exists());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"index\":0,\"output\":0}\n"
+        );
+    }
+
+    #[test]
+    fn syncers_one_after_another_and_at_once_all_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = File::create(dir.path().join("f")).unwrap();
+        for _ in 0..3 {
+            let mut s = Syncer::start().unwrap();
+            s.add(&file).unwrap();
+            s.mark_dirty();
+            s.sync_parent_once(&dir.path().join("f"));
+            s.stop();
+            s.stop(); // a second stop is a no-op
+        }
+        let at_once: Vec<Syncer> = (0..3).map(|_| Syncer::start().unwrap()).collect();
+        drop(at_once); // dropping stops them
+        let s = Syncer::start().unwrap();
+        s.sync_parent_with_data(&dir.path().join("f"));
+        s.sync_parent_with_data(&dir.path().join("g"));
+        s.forget_parents(|p| p.ends_with("g"));
+        assert_eq!(s.lock().pass_parents, vec![dir.path().join("f")]);
     }
 
     #[test]
