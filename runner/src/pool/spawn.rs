@@ -90,14 +90,7 @@ pub fn spawn_worker(req: &SpawnRequest<'_>) -> io::Result<SpawnedWorker> {
     env.push((PARENT_ENV.into(), std::process::id().to_string().into()));
     let pid = posix_spawn_worker(&child_fds, &env, req.workdir)?;
     // The worker is reaped with wait4 by its reader thread (for its exit status and peak RSS).
-    drop((
-        cmd_read,
-        res_write,
-        out_write,
-        child_fds,
-        progress_fd,
-        null,
-    ));
+    drop((cmd_read, res_write, out_write, child_fds, progress_fd, null));
     Ok(SpawnedWorker {
         pid,
         commands: cmd_write,
@@ -194,13 +187,22 @@ fn posix_spawn_worker(
         let mut pipe = std::mem::zeroed::<libc::sigset_t>();
         libc::sigemptyset(&raw mut pipe);
         libc::sigaddset(&raw mut pipe, libc::SIGPIPE);
-        check(libc::posix_spawnattr_setsigmask(&raw mut attr.0, &raw const none))?;
-        check(libc::posix_spawnattr_setsigdefault(&raw mut attr.0, &raw const pipe))?;
+        check(libc::posix_spawnattr_setsigmask(
+            &raw mut attr.0,
+            &raw const none,
+        ))?;
+        check(libc::posix_spawnattr_setsigdefault(
+            &raw mut attr.0,
+            &raw const pipe,
+        ))?;
         check(libc::posix_spawnattr_setpgroup(&raw mut attr.0, 0))?;
         let flags = libc::POSIX_SPAWN_SETPGROUP
             | libc::POSIX_SPAWN_SETSIGMASK
             | libc::POSIX_SPAWN_SETSIGDEF;
-        check(libc::posix_spawnattr_setflags(&raw mut attr.0, flags as libc::c_short))?;
+        check(libc::posix_spawnattr_setflags(
+            &raw mut attr.0,
+            flags as libc::c_short,
+        ))?;
         let mut pid: libc::pid_t = 0;
         check(libc::posix_spawn(
             &raw mut pid,

@@ -208,6 +208,23 @@ pub fn execute(
     run.finish(started, opts.events.clone())
 }
 
+/// The pool decision for a stage, in the event log and at -v.
+fn announce(events: &EventLog, console: &Console, stage: &str, decision: &Decision) {
+    let (from, to) = decision.from_to();
+    events.emit(&Event::PoolDecision {
+        stage,
+        decision: decision.kind(),
+        from,
+        to,
+        reason: decision.reason(),
+    });
+    console.debug(&format!(
+        "stage {stage}: pool {} ({})",
+        decision.kind(),
+        decision.reason()
+    ));
+}
+
 /// Whether a stage start runs the stage (rather than keeping or skipping it).
 fn runs_a_stage(start: &resume::StageStart) -> bool {
     matches!(
@@ -297,6 +314,8 @@ impl Run<'_> {
             stage.settings.reuse,
             stage.kill_workers,
         );
+        // Said before the workers start, as for any stage.
+        announce(&self.events, self.console, &stage.name, &decision);
         self.pool.apply(
             &decision,
             planned.spec.clone(),
@@ -359,21 +378,8 @@ impl Run<'_> {
                 stage.kill_workers,
             )
         });
-        let (from, to) = decision.from_to();
-        self.events.emit(&Event::PoolDecision {
-            stage: &stage.name,
-            decision: decision.kind(),
-            from,
-            to,
-            reason: decision.reason(),
-        });
-        self.console.debug(&format!(
-            "stage {}: pool {} ({})",
-            stage.name,
-            decision.kind(),
-            decision.reason()
-        ));
         if !applied {
+            announce(&self.events, self.console, &stage.name, &decision);
             if matches!(decision, Decision::Restart { .. }) && self.unwritten == Unwritten::StageEnd
             {
                 // A restart can take seconds: the previous stage's end is recorded first.
