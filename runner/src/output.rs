@@ -835,8 +835,13 @@ pub struct Syncer {
     running: bool,
 }
 
-/// How a writer hands its files to the waiting sync thread, if there is one.
-static IDLE_SYNC_THREAD: Mutex<Option<mpsc::Sender<Arc<SyncShared>>>> = Mutex::new(None);
+/// How a writer hands its files to the waiting sync thread, if there is one (and which thread
+/// that is).
+static IDLE_SYNC_THREAD: Mutex<Option<(thread::ThreadId, mpsc::Sender<Arc<SyncShared>>)>> =
+    Mutex::new(None);
+
+/// A sync thread no writer took over for this long exits.
+const SYNC_THREAD_IDLE_LIMIT: Duration = Duration::from_secs(30);
 
 struct SyncShared {
     state: Mutex<SyncState>,
@@ -873,12 +878,11 @@ impl Syncer {
             passes: std::sync::atomic::AtomicU64::new(0),
         });
         let idle = lock(&IDLE_SYNC_THREAD).take();
-        if idle.is_none_or(|thread| thread.send(Arc::clone(&shared)).is_err()) {
-            let (tx, rx) = mpsc::channel();
+        if idle.is_none_or(|(_, thread)| thread.send(Arc::clone(&shared)).is_err()) {
             let first = Arc::clone(&shared);
             thread::Builder::new()
                 .name("loky-run-sync".into())
-                .spawn(move || serve(first, &tx, &rx))?;
+                .spawn(move || serve(first))?;
         }
         Ok(Self {
             shared,
@@ -951,36 +955,45 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// The sync thread: serves one writer after another, waiting for the next while it is the
-/// idle one (see [`Syncer`]).
-fn serve(
-    first: Arc<SyncShared>,
-    tx: &mpsc::Sender<Arc<SyncShared>>,
-    rx: &mpsc::Receiver<Arc<SyncShared>>,
-) {
+/// idle one (see [`Syncer`]), at most [`SYNC_THREAD_IDLE_LIMIT`].
+fn serve(first: Arc<SyncShared>) {
+    let me = thread::current().id();
     let mut job = first;
     loop {
-        let waits = {
+        let next = {
             // Marks the writer done even if a sync panics, so that `stop` never waits forever.
             let done = Done(&job);
             sync_loop(&job);
             // Offered before the writer hears it is done: its run's next stage finds it.
             let mut idle = lock(&IDLE_SYNC_THREAD);
-            let waits = idle.is_none();
-            if waits {
-                *idle = Some(tx.clone());
-            }
+            let next = idle.is_none().then(|| {
+                let (tx, rx) = mpsc::channel();
+                *idle = Some((me, tx));
+                rx
+            });
             drop(idle);
             drop(done);
-            waits
+            next
         };
         drop(job);
-        if !waits {
-            return; // another thread waits already
-        }
-        match rx.recv() {
-            Ok(next) => job = next,
-            Err(_) => return,
-        }
+        // None: another thread waits already.
+        let Some(next) = next else { return };
+        job = match next.recv_timeout(SYNC_THREAD_IDLE_LIMIT) {
+            Ok(job) => job,
+            Err(_) => {
+                let mut idle = lock(&IDLE_SYNC_THREAD);
+                if idle.as_ref().is_some_and(|(id, _)| *id == me) {
+                    *idle = None;
+                    return; // nobody can send to it any more
+                }
+                drop(idle);
+                // A writer took it just now: its job is on the way (or it gave up: gone).
+                match next.recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                }
+            }
+        };
     }
 }
 
