@@ -4,8 +4,8 @@
 //! Each local worker has its own process group, and a parent-death signal kills the worker when
 //! the runner dies, even by `kill -9`. What a task started (`sleep 300`, a helper server) is in
 //! that group too, but nobody is left to signal the group: it would live on, reparented to
-//! init. The guardian is started once per run (`loky-run __guardian`, in a session of its
-//! own so that the terminal's signals do not reach it), and the runner tells it, over a pipe,
+//! init. The guardian is started once per run (`loky-run __guardian`, in a process group of
+//! its own so that the terminal's signals do not reach it), and the runner tells it, over a pipe,
 //! each worker group it creates (`+PGID`) and each it has emptied and reaped (`-PGID`). When
 //! the pipe ends (the runner exited, whatever the way), the guardian SIGKILLs every group it
 //! still holds, and exits.
@@ -45,20 +45,17 @@ impl Guardian {
             .name("guardian-start".into())
             .spawn(move || {
                 let mut command = Command::new(sys::self_exe());
+                // Its own process group: Ctrl-C (and a hang-up, sent to the terminal's
+                // foreground group) reaches only the runner. No `pre_exec` (a `setsid` there
+                // made std fork: a copy of the runner's memory map, and its copy-on-write faults
+                // in the runner while its workers start); with none it uses `posix_spawn`.
                 command
                     .arg0("loky-run-guardian")
                     .arg(GUARDIAN_ARG)
                     .stdin(Stdio::from(read))
                     .stdout(Stdio::null())
-                    .stderr(Stdio::null());
-                // SAFETY: setsid is async-signal-safe: the guardian leaves the runner's session
-                // (and process group), so Ctrl-C and a hang-up reach only the runner.
-                unsafe {
-                    command.pre_exec(|| {
-                        libc::setsid();
-                        Ok(())
-                    });
-                }
+                    .stderr(Stdio::null())
+                    .process_group(0);
                 // Not waited for: it exits when the runner's end of the pipe closes, and is
                 // reaped by whoever inherits it (init, once the runner is gone).
                 if let Ok(child) = command.spawn() {

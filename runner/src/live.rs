@@ -2,10 +2,10 @@
 //!
 //! The manifest says what each stage came to once it is over; this file says how far the
 //! running stage is, and who runs it (pid and host, so that `status` can tell a live run from
-//! a killed one). It is rewritten atomically (a temporary file, then a rename: a reader never
-//! sees it torn) at most once a second while a stage runs, and between stages; it is not
-//! synced (it is a view, not a record: nothing is lost with it) and is removed when the run
-//! ends.
+//! a killed one). It is written when the run starts, then rewritten atomically (a temporary
+//! file, then a rename: a reader never sees it torn) at most once a second, while a stage runs
+//! and between stages (a stage shorter than that may never appear in it); it is not synced (it
+//! is a view, not a record: nothing is lost with it) and is removed when the run ends.
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};

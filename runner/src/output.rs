@@ -29,8 +29,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -159,16 +160,21 @@ impl OrderedWriter {
     /// Starts `<stage>.jsonl` anew (and deletes a journal an earlier run may have left).
     pub fn create(path: &Path) -> io::Result<Self> {
         let journal = journal_path(path);
-        seals::remove(&seals::seals_path(path))?;
-        remove_file(&carried::previous_path(path))?;
-        journal::remove(&journal)?;
+        // Without a journal directory there is nothing of an earlier run to delete (one stat
+        // instead of four calls that fail).
+        let journal_dir = journal.parent().map(Path::symlink_metadata);
+        if !journal_dir.is_some_and(|m| m.is_err_and(|e| e.kind() == io::ErrorKind::NotFound)) {
+            seals::remove(&seals::seals_path(path))?;
+            remove_file(&carried::previous_path(path))?;
+            journal::remove(&journal)?;
+        }
         let file = File::create(path)?;
         let writer = Self::with(
             path,
             Tracked::new(file),
             0,
-            JournalWriter::new(journal, 0),
-            SealWriter::new(seals::seals_path(path), 0),
+            JournalWriter::new(journal, 0).known_absent(),
+            SealWriter::new(seals::seals_path(path), 0).known_absent(),
             0,
         )?;
         // The new directory entry is made durable off the critical path (the syncer's first
@@ -512,6 +518,11 @@ impl OrderedWriter {
         if let Some(c) = carried {
             c.remove()?;
         }
+        // Every journaled record is in the synced file now: the journal's directory entries,
+        // deleted just below, need not be made durable first.
+        let journal = self.journal.path();
+        self.syncer
+            .forget_parents(|p| p == journal || Some(p) == journal.parent());
         self.syncer.stop();
         // The seals first: removing the journal removes their directory once it is empty.
         self.seals.discard()?;
@@ -815,10 +826,22 @@ fn sync_parent(path: &Path) {
 
 /// `fdatasync`s the files of a writer every [`SYNC_EVERY`] while there is new data, off the
 /// dispatcher's thread (a sync can take long on a busy disk; the workers must not wait for it).
+///
+/// The thread outlives its writer: once stopped, it waits for the next writer's start (a run's
+/// next stage) instead of exiting, so that a tiny stage does not pay for starting and joining a
+/// thread. At most one such thread waits; a writer that finds none starts one.
 pub struct Syncer {
     shared: Arc<SyncShared>,
-    thread: Option<JoinHandle<()>>,
+    running: bool,
 }
+
+/// How a writer hands its files to the waiting sync thread, if there is one (and which thread
+/// that is).
+static IDLE_SYNC_THREAD: Mutex<Option<(thread::ThreadId, mpsc::Sender<Arc<SyncShared>>)>> =
+    Mutex::new(None);
+
+/// A sync thread no writer took over for this long exits.
+const SYNC_THREAD_IDLE_LIMIT: Duration = Duration::from_secs(30);
 
 struct SyncShared {
     state: Mutex<SyncState>,
@@ -833,7 +856,11 @@ struct SyncState {
     files: Vec<Arc<File>>,
     /// Files whose directory entry is to be made durable once.
     parents: Vec<PathBuf>,
+    /// The same, with the next pass over the files' data (or when the syncer stops).
+    pass_parents: Vec<PathBuf>,
     stop: bool,
+    /// The thread is done with this writer (its last pass is over, its files closed).
+    done: bool,
 }
 
 impl Syncer {
@@ -842,19 +869,24 @@ impl Syncer {
             state: Mutex::new(SyncState {
                 files: Vec::new(),
                 parents: Vec::new(),
+                pass_parents: Vec::new(),
                 stop: false,
+                done: false,
             }),
             wake: Condvar::new(),
             dirty: AtomicBool::new(false),
             passes: std::sync::atomic::AtomicU64::new(0),
         });
-        let theirs = Arc::clone(&shared);
-        let thread = thread::Builder::new()
-            .name("loky-run-sync".into())
-            .spawn(move || sync_loop(&theirs))?;
+        let idle = lock(&IDLE_SYNC_THREAD).take();
+        if idle.is_none_or(|(_, thread)| thread.send(Arc::clone(&shared)).is_err()) {
+            let first = Arc::clone(&shared);
+            thread::Builder::new()
+                .name("loky-run-sync".into())
+                .spawn(move || serve(first))?;
+        }
         Ok(Self {
             shared,
-            thread: Some(thread),
+            running: true,
         })
     }
 
@@ -872,6 +904,20 @@ impl Syncer {
         self.shared.wake.notify_all();
     }
 
+    /// Makes `path`'s directory entry durable with the next pass over the data (just before
+    /// it), when its file's data becomes durable too; at the latest when the syncer stops.
+    pub(crate) fn sync_parent_with_data(&self, path: &Path) {
+        self.lock().pass_parents.push(path.to_owned());
+    }
+
+    /// Drops the directory-entry syncs asked for `path`s that `unneeded` says are, if the
+    /// thread has not started them.
+    pub(crate) fn forget_parents(&self, unneeded: impl Fn(&Path) -> bool) {
+        let mut state = self.lock();
+        state.parents.retain(|p| !unneeded(p));
+        state.pass_parents.retain(|p| !unneeded(p));
+    }
+
     /// How many sync passes have started.
     pub(crate) fn passes(&self) -> u64 {
         self.shared.passes.load(Ordering::Acquire)
@@ -883,18 +929,83 @@ impl Syncer {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SyncState> {
-        self.shared
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.shared.state)
     }
 
+    /// Waits for the thread's last pass (and the directory entries still to sync).
     pub(crate) fn stop(&mut self) {
-        self.lock().stop = true;
-        self.shared.wake.notify_all();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        if !std::mem::take(&mut self.running) {
+            return;
         }
+        let mut state = self.lock();
+        state.stop = true;
+        self.shared.wake.notify_all();
+        while !state.done {
+            state = self
+                .shared
+                .wake
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The sync thread: serves one writer after another, waiting for the next while it is the
+/// idle one (see [`Syncer`]), at most [`SYNC_THREAD_IDLE_LIMIT`].
+fn serve(first: Arc<SyncShared>) {
+    let me = thread::current().id();
+    let mut job = first;
+    loop {
+        let next = {
+            // Marks the writer done even if a sync panics, so that `stop` never waits forever.
+            let done = Done(&job);
+            sync_loop(&job);
+            // Offered before the writer hears it is done: its run's next stage finds it.
+            let mut idle = lock(&IDLE_SYNC_THREAD);
+            let next = idle.is_none().then(|| {
+                let (tx, rx) = mpsc::channel();
+                *idle = Some((me, tx));
+                rx
+            });
+            drop(idle);
+            drop(done);
+            next
+        };
+        drop(job);
+        // None: another thread waits already.
+        let Some(next) = next else { return };
+        job = match next.recv_timeout(SYNC_THREAD_IDLE_LIMIT) {
+            Ok(job) => job,
+            Err(_) => {
+                let mut idle = lock(&IDLE_SYNC_THREAD);
+                if idle.as_ref().is_some_and(|(id, _)| *id == me) {
+                    *idle = None;
+                    return; // nobody can send to it any more
+                }
+                drop(idle);
+                // A writer took it just now: its job is on the way (or it gave up: gone).
+                match next.recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                }
+            }
+        };
+    }
+}
+
+/// Tells the writer its thread is done with it (its duplicated descriptors closed).
+struct Done<'a>(&'a SyncShared);
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        let mut state = lock(&self.0.state);
+        state.files.clear();
+        state.done = true;
+        self.0.wake.notify_all();
     }
 }
 
@@ -922,15 +1033,24 @@ fn sync_loop(shared: &SyncShared) {
             continue;
         }
         if state.stop {
+            let parents = std::mem::take(&mut state.pass_parents);
+            drop(state);
+            for p in &parents {
+                sync_parent(p);
+            }
             return;
         }
-        if !shared.dirty.swap(false, Ordering::AcqRel) {
+        let parents = std::mem::take(&mut state.pass_parents);
+        if !shared.dirty.swap(false, Ordering::AcqRel) && parents.is_empty() {
             continue;
         }
         let files = state.files.clone();
         // Counted before syncing: bytes written before this may now reach the disk.
         shared.passes.fetch_add(1, Ordering::AcqRel);
         drop(state);
+        for p in &parents {
+            sync_parent(p);
+        }
         for f in &files {
             let _ = f.sync_data(); // best effort: the end of the stage syncs and reports errors
         }
@@ -1391,6 +1511,49 @@ mod tests {
         drop(w);
         let w = OrderedWriter::resume(&path).unwrap();
         assert_eq!(w.resumed().records(), 0);
+    }
+
+    #[test]
+    fn a_finished_stage_leaves_no_journal_directory_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.jsonl");
+        let mut w = OrderedWriter::create(&path).unwrap();
+        w.ok(1, None, b"1").unwrap(); // held: journaled
+        w.flush().unwrap();
+        assert!(journal_path(&path).exists());
+        w.ok(0, None, b"0").unwrap();
+        w.finish().unwrap();
+        assert!(!dir.path().join(JOURNAL_DIR).exists());
+        // Nothing journaled: nothing created, nothing to delete.
+        let mut w = OrderedWriter::create(&path).unwrap();
+        w.ok(0, None, b"0").unwrap();
+        w.finish().unwrap();
+        assert!(!dir.path().join(JOURNAL_DIR).exists());
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"index\":0,\"output\":0}\n"
+        );
+    }
+
+    #[test]
+    fn syncers_one_after_another_and_at_once_all_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = File::create(dir.path().join("f")).unwrap();
+        for _ in 0..3 {
+            let mut s = Syncer::start().unwrap();
+            s.add(&file).unwrap();
+            s.mark_dirty();
+            s.sync_parent_once(&dir.path().join("f"));
+            s.stop();
+            s.stop(); // a second stop is a no-op
+        }
+        let at_once: Vec<Syncer> = (0..3).map(|_| Syncer::start().unwrap()).collect();
+        drop(at_once); // dropping stops them
+        let s = Syncer::start().unwrap();
+        s.sync_parent_with_data(&dir.path().join("f"));
+        s.sync_parent_with_data(&dir.path().join("g"));
+        s.forget_parents(|p| p.ends_with("g"));
+        assert_eq!(s.lock().pass_parents, vec![dir.path().join("f")]);
     }
 
     #[test]

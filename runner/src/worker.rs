@@ -83,6 +83,26 @@ pub fn worker_main() -> i32 {
         );
         return 2;
     }
+    if let Some(parent) = std::env::var_os(crate::pool::spawn::PARENT_ENV) {
+        // SAFETY: no other thread exists yet; plugins need not see it.
+        unsafe { std::env::remove_var(crate::pool::spawn::PARENT_ENV) };
+        let parent = parent.to_str().and_then(|p| p.parse::<libc::pid_t>().ok());
+        // SAFETY: prctl(PR_SET_PDEATHSIG) and getppid only set and read this process's state.
+        // The runner may have died before the signal was set: then nobody would ever kill us.
+        let orphan = unsafe {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+                || Some(libc::getppid()) != parent
+        };
+        if orphan {
+            return 1;
+        }
+    }
     for fd in [COMMAND_FD, RESULT_FD, PROGRESS_FD] {
         // SAFETY: fcntl on an fd number; harmless if the fd is not open. Keeps the protocol
         // descriptors out of processes a plugin starts.

@@ -45,6 +45,8 @@ pub struct JournalWriter {
     /// The pass count when every journaled record was last found in `<stage>.jsonl` with no
     /// frame written since: once a whole pass has run after that, the file holds them durably.
     settled_at: Option<u64>,
+    /// No file exists at `path` until one is opened here (nothing to delete before).
+    absent: bool,
 }
 
 impl JournalWriter {
@@ -57,7 +59,14 @@ impl JournalWriter {
             written: 0,
             first_write_pass: None,
             settled_at: None,
+            absent: false,
         }
+    }
+
+    /// The caller knows no journal file exists yet (it just deleted it).
+    pub fn known_absent(mut self) -> Self {
+        self.absent = true;
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -151,12 +160,12 @@ impl JournalWriter {
             if self.append_at < MAGIC.len() as u64 {
                 file.set_len(0)?;
                 file.write_all(MAGIC)?;
-                // The new directory entries survive a power cut too.
-                sync_dir(dir);
+                // The new directory entries survive a power cut too: synced by the syncer with
+                // its first pass over the file's data, off this (the dispatcher's) thread; not
+                // at all if the stage ends before (see `OrderedWriter::finish`).
+                syncer.sync_parent_with_data(&self.path);
                 if new_dir {
-                    if let Some(parent) = dir.parent() {
-                        sync_dir(parent);
-                    }
+                    syncer.sync_parent_with_data(dir);
                 }
             } else {
                 file.set_len(self.append_at)?;
@@ -179,8 +188,10 @@ impl JournalWriter {
     /// Closes and deletes the journal (the stage's `<stage>.jsonl` is complete and durable), and
     /// its directory if that is now empty.
     pub fn discard(&mut self) -> io::Result<()> {
-        self.file = None;
         self.buf.truncate(FRAME_HEADER);
+        if self.file.take().is_none() && self.absent {
+            return Ok(());
+        }
         remove(&self.path)
     }
 }

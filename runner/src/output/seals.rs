@@ -128,6 +128,8 @@ pub struct SealWriter {
     file: Option<File>,
     /// Entries of an existing file to keep (those a resume verified).
     keep: u64,
+    /// No file exists at `path` until one is opened here (nothing to delete before).
+    absent: bool,
 }
 
 impl SealWriter {
@@ -136,7 +138,14 @@ impl SealWriter {
             path,
             file: None,
             keep: keep as u64,
+            absent: false,
         }
+    }
+
+    /// The caller knows no seals file exists yet (it just deleted it).
+    pub fn known_absent(mut self) -> Self {
+        self.absent = true;
+        self
     }
 
     pub fn append(&mut self, seal: Seal, syncer: &Syncer) -> io::Result<()> {
@@ -163,7 +172,9 @@ impl SealWriter {
 
     /// Closes and deletes the seals (the stage's output is complete and durable).
     pub fn discard(&mut self) -> io::Result<()> {
-        self.file = None;
+        if self.file.take().is_none() && self.absent {
+            return Ok(());
+        }
         remove(&self.path)
     }
 }

@@ -4,14 +4,20 @@
 //! `killpg` also reaches what a plugin started) and a parent-death signal (so a `kill -9` of the
 //! runner takes its workers along). The parent-death signal fires when the *thread* that forked
 //! exits: workers are only ever spawned from the runner's main thread.
+//!
+//! A local worker is started with `posix_spawn` (a vfork: no copy of the runner's memory map, no
+//! copy-on-write faults in the runner afterwards); the worker sets its parent-death signal itself
+//! (see [`PARENT_ENV`]).
 
 use std::collections::BTreeMap;
+use std::ffi::{CString, OsString};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use crate::progress::ProgressSlot;
 use crate::sys;
@@ -53,6 +59,11 @@ pub struct SpawnRequest<'a> {
     pub workdir: Option<&'a Path>,
 }
 
+/// Set in a local worker's environment to the runner's pid: the worker sets its parent-death
+/// signal (SIGKILL) and exits at once if its parent is not that process any more (the runner died
+/// before the signal was set: then nobody would ever kill it).
+pub const PARENT_ENV: &str = "LOKY_RUN_PARENT_PID";
+
 pub fn spawn_worker(req: &SpawnRequest<'_>) -> io::Result<SpawnedWorker> {
     let (cmd_read, cmd_write) = pipe()?;
     let (res_read, res_write) = pipe()?;
@@ -63,67 +74,23 @@ pub fn spawn_worker(req: &SpawnRequest<'_>) -> io::Result<SpawnedWorker> {
     }
     let (out_read, out_write) = pipe()?;
     let (progress_fd, progress) = ProgressSlot::create()?;
+    let null = OwnedFd::from(File::open("/dev/null")?);
 
-    // Move the child's ends above the fixed numbers 3..=5 so that the dup2 calls in the child can
-    // never overwrite one source with another.
-    let child_cmd = dup_above(&cmd_read, 10)?;
-    let child_res = dup_above(&res_write, 10)?;
-    let child_progress = dup_above(&progress_fd, 10)?;
-    let (child_cmd_fd, child_res_fd, child_progress_fd) = (
-        child_cmd.as_raw_fd(),
-        child_res.as_raw_fd(),
-        child_progress.as_raw_fd(),
-    );
-    let parent_pid = std::process::id() as libc::pid_t;
-
-    let mut command = Command::new(sys::self_exe());
-    command
-        .arg0("loky-run-worker")
-        .arg(WORKER_ARG)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out_write.try_clone()?))
-        .stderr(Stdio::from(out_write))
-        .process_group(0);
-    set_worker_env(&mut command, req);
-    // SAFETY: only async-signal-safe calls (dup2, prctl, getppid, _exit) run between fork and exec.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::dup2(child_cmd_fd, COMMAND_FD) < 0
-                || libc::dup2(child_res_fd, RESULT_FD) < 0
-                || libc::dup2(child_progress_fd, PROGRESS_FD) < 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            // The runner may have died between fork and prctl: then nobody would ever kill us.
-            if libc::getppid() != parent_pid {
-                libc::_exit(1);
-            }
-            Ok(())
-        });
-    }
-    let child = command.spawn()?;
-    let pid = child.id();
-    // The worker is reaped with wait4 by its reader thread (for its exit status and peak RSS);
-    // dropping `Child` neither waits nor kills.
-    drop(child);
-    drop((
-        cmd_read,
-        res_write,
-        child_cmd,
-        child_res,
-        child_progress,
-        progress_fd,
-    ));
+    // The child's ends, above the numbers 0..=5 they get in the child, so that no dup2 there can
+    // overwrite the source of a later one (and every target loses its close-on-exec flag).
+    let child_fds = [
+        (dup_above(&null, 10)?, 0),
+        (dup_above(&out_write, 10)?, 1),
+        (dup_above(&out_write, 10)?, 2),
+        (dup_above(&cmd_read, 10)?, COMMAND_FD),
+        (dup_above(&res_write, 10)?, RESULT_FD),
+        (dup_above(&progress_fd, 10)?, PROGRESS_FD),
+    ];
+    let mut env = worker_env_vars(req);
+    env.push((PARENT_ENV.into(), std::process::id().to_string().into()));
+    let pid = posix_spawn_worker(&child_fds, &env, req.workdir)?;
+    // The worker is reaped with wait4 by its reader thread (for its exit status and peak RSS).
+    drop((cmd_read, res_write, out_write, child_fds, progress_fd, null));
     Ok(SpawnedWorker {
         pid,
         commands: cmd_write,
@@ -137,19 +104,167 @@ pub fn spawn_worker(req: &SpawnRequest<'_>) -> io::Result<SpawnedWorker> {
 /// The environment of a worker: the runner's, the oversubscription guard, the user's `env`,
 /// then our own variables (last: a user's `env` cannot fake a worker's identity).
 pub fn set_worker_env(command: &mut Command, req: &SpawnRequest<'_>) {
-    let threads = req.threads_per_worker.max(1).to_string();
-    for var in THREAD_LIMIT_VARS {
-        if std::env::var_os(var).is_none() && !req.env.contains_key(var) {
-            command.env(var, &threads);
-        }
-    }
-    command.envs(req.env);
-    command
-        .env("LOKY_WORKER_ID", req.worker_id.to_string())
-        .env("LOKY_STAGE", req.stage);
+    command.envs(worker_env_vars(req));
     if let Some(dir) = req.workdir {
         // srun passes its own directory on to the step (its `--chdir` default).
         command.current_dir(dir);
+    }
+}
+
+/// What a worker's environment sets over the runner's, in order (a later one wins).
+fn worker_env_vars(req: &SpawnRequest<'_>) -> Vec<(OsString, OsString)> {
+    let threads = req.threads_per_worker.max(1).to_string();
+    let mut vars: Vec<(OsString, OsString)> = THREAD_LIMIT_VARS
+        .iter()
+        .filter(|var| std::env::var_os(var).is_none() && !req.env.contains_key(**var))
+        .map(|var| (var.into(), threads.clone().into()))
+        .collect();
+    vars.extend(req.env.iter().map(|(k, v)| (k.into(), v.into())));
+    vars.push(("LOKY_WORKER_ID".into(), req.worker_id.to_string().into()));
+    vars.push(("LOKY_STAGE".into(), req.stage.into()));
+    vars
+}
+
+/// `posix_spawn` of `loky-run __worker` in a process group of its own, with `fds` (source,
+/// number in the child) in place, the runner's environment with `env` over it, in `workdir`.
+/// Signals start unblocked and SIGPIPE at its default, as `std::process::Command` leaves them.
+fn posix_spawn_worker(
+    fds: &[(OwnedFd, RawFd)],
+    env: &[(OsString, OsString)],
+    workdir: Option<&Path>,
+) -> io::Result<u32> {
+    let check = |rc: libc::c_int| {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::from_raw_os_error(rc))
+        }
+    };
+    let nul = |bytes: Vec<u8>| CString::new(bytes).map_err(io::Error::other);
+    let mut vars: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
+    vars.extend(env.iter().cloned());
+    let env: Vec<CString> = vars
+        .into_iter()
+        .map(|(mut k, v)| {
+            k.push("=");
+            k.push(v);
+            nul(k.into_vec())
+        })
+        .collect::<io::Result<_>>()?;
+    let mut envp: Vec<*mut libc::c_char> = env.iter().map(|e| e.as_ptr().cast_mut()).collect();
+    envp.push(std::ptr::null_mut());
+    let path = nul(sys::self_exe().as_os_str().as_bytes().to_vec())?;
+    let args = [c"loky-run-worker".to_owned(), nul(WORKER_ARG.into())?];
+    let argv = [
+        args[0].as_ptr().cast_mut(),
+        args[1].as_ptr().cast_mut(),
+        std::ptr::null_mut(),
+    ];
+    let workdir = workdir
+        .map(|d| nul(d.as_os_str().as_bytes().to_vec()))
+        .transpose()?;
+    let mut actions = SpawnActions::new()?;
+    let mut attr = SpawnAttr::new()?;
+    // SAFETY: the file actions and attributes were initialized (their guards destroy them once);
+    // every pointer handed over is to a live NUL-terminated string or a NULL-terminated array of
+    // them, which outlive the call; the descriptors in `fds` are open.
+    unsafe {
+        for (fd, target) in fds {
+            check(libc::posix_spawn_file_actions_adddup2(
+                &raw mut actions.0,
+                fd.as_raw_fd(),
+                *target,
+            ))?;
+        }
+        if let Some(dir) = &workdir {
+            check(libc::posix_spawn_file_actions_addchdir_np(
+                &raw mut actions.0,
+                dir.as_ptr(),
+            ))?;
+        }
+        let mut none = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigemptyset(&raw mut none);
+        let mut pipe = std::mem::zeroed::<libc::sigset_t>();
+        libc::sigemptyset(&raw mut pipe);
+        libc::sigaddset(&raw mut pipe, libc::SIGPIPE);
+        check(libc::posix_spawnattr_setsigmask(
+            &raw mut attr.0,
+            &raw const none,
+        ))?;
+        check(libc::posix_spawnattr_setsigdefault(
+            &raw mut attr.0,
+            &raw const pipe,
+        ))?;
+        check(libc::posix_spawnattr_setpgroup(&raw mut attr.0, 0))?;
+        let flags = libc::POSIX_SPAWN_SETPGROUP
+            | libc::POSIX_SPAWN_SETSIGMASK
+            | libc::POSIX_SPAWN_SETSIGDEF;
+        check(libc::posix_spawnattr_setflags(
+            &raw mut attr.0,
+            flags as libc::c_short,
+        ))?;
+        let mut pid: libc::pid_t = 0;
+        check(libc::posix_spawn(
+            &raw mut pid,
+            path.as_ptr(),
+            &raw const actions.0,
+            &raw const attr.0,
+            argv.as_ptr(),
+            envp.as_ptr(),
+        ))?;
+        u32::try_from(pid).map_err(|_| io::Error::other("posix_spawn returned no pid"))
+    }
+}
+
+/// Initialized `posix_spawn` file actions, destroyed on drop.
+struct SpawnActions(libc::posix_spawn_file_actions_t);
+
+impl SpawnActions {
+    fn new() -> io::Result<Self> {
+        // SAFETY: an all-zero value is only storage; init fills it before any other use.
+        let mut actions = Self(unsafe { std::mem::zeroed() });
+        // SAFETY: initializing storage owned here.
+        match unsafe { libc::posix_spawn_file_actions_init(&raw mut actions.0) } {
+            0 => Ok(actions),
+            rc => {
+                // Not initialized: nothing to destroy.
+                std::mem::forget(actions);
+                Err(io::Error::from_raw_os_error(rc))
+            }
+        }
+    }
+}
+
+impl Drop for SpawnActions {
+    fn drop(&mut self) {
+        // SAFETY: initialized in `new`, destroyed once.
+        unsafe { libc::posix_spawn_file_actions_destroy(&raw mut self.0) };
+    }
+}
+
+/// Initialized `posix_spawn` attributes, destroyed on drop.
+struct SpawnAttr(libc::posix_spawnattr_t);
+
+impl SpawnAttr {
+    fn new() -> io::Result<Self> {
+        // SAFETY: an all-zero value is only storage; init fills it before any other use.
+        let mut attr = Self(unsafe { std::mem::zeroed() });
+        // SAFETY: initializing storage owned here.
+        match unsafe { libc::posix_spawnattr_init(&raw mut attr.0) } {
+            0 => Ok(attr),
+            rc => {
+                // Not initialized: nothing to destroy.
+                std::mem::forget(attr);
+                Err(io::Error::from_raw_os_error(rc))
+            }
+        }
+    }
+}
+
+impl Drop for SpawnAttr {
+    fn drop(&mut self) {
+        // SAFETY: initialized in `new`, destroyed once.
+        unsafe { libc::posix_spawnattr_destroy(&raw mut self.0) };
     }
 }
 

@@ -269,7 +269,7 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
         self.show_progress(false);
         let now = Instant::now();
         self.progress_line(now);
-        self.update_live(now, false);
+        self.update_live(now);
         Ok(true)
     }
 
@@ -301,9 +301,9 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
         }
     }
 
-    /// Rewrites `.live.json` when due (or now, if `force`).
-    fn update_live(&mut self, now: Instant, force: bool) {
-        if !self.live.as_ref().is_some_and(|l| force || l.due(now)) {
+    /// Rewrites `.live.json` when due.
+    fn update_live(&mut self, now: Instant) {
+        if !self.live.as_ref().is_some_and(|l| l.due(now)) {
             return;
         }
         let progress = self.stage_progress(now);
@@ -327,10 +327,11 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
         self.outcome
     }
 
-    /// Keeps `.live.json` up to date for `loky-run status`.
+    /// Keeps `.live.json` up to date for `loky-run status` (at most once a second, from the
+    /// stage's start on: a tiny stage does not rewrite it).
     pub fn with_live(mut self, live: Option<&'a mut LiveFile>) -> Self {
         self.live = live;
-        self.update_live(Instant::now(), true);
+        self.update_live(Instant::now());
         self
     }
 

@@ -26,7 +26,7 @@ use crate::joblog::Joblog;
 use crate::live::LiveFile;
 use crate::manifest::{Manifest, StageRecord, StageStatus};
 use crate::output::OrderedWriter;
-use crate::pool::{Decision, Pool, decide};
+use crate::pool::{Decision, Pool, StopReason, WorkerId, WorkerPool, decide};
 
 pub struct RunOptions {
     pub events: Option<PathBuf>,
@@ -162,9 +162,9 @@ pub fn execute(
         stages: Vec::new(),
         failed_any: false,
         partial: opts.resume.only.is_some(),
+        prestarted: None,
+        unwritten: Unwritten::FirstWrite,
     };
-    run.write_manifest(false)?;
-    run.live.write(None, Instant::now());
     run.events.emit(&Event::RunStarted {
         pipeline: &pipeline.name,
         file: &pipeline.file,
@@ -172,22 +172,65 @@ pub fn execute(
         pid: std::process::id(),
     });
     let started = Instant::now();
+    let last_run = starts.iter().rposition(runs_a_stage);
+    // The workers take longest to get ready (exec, plugin load): started first, they come up
+    // while the manifest is written.
+    if let Some(first) = starts.iter().position(runs_a_stage) {
+        run.prestart(first);
+    } else {
+        run.write_manifest(false)?;
+    }
+    run.live.write(None, Instant::now());
     for (i, start) in starts.iter().enumerate() {
+        let last = last_run == Some(i);
         let stop = match start {
-            resume::StageStart::Keep(record) => run.keep(i, record),
-            resume::StageStart::Skip(record) => run.skip(i, record.as_deref()),
-            resume::StageStart::Resume => run.stage(i, Writing::Resume)?,
+            resume::StageStart::Keep(record) => Ok(run.keep(i, record)),
+            resume::StageStart::Skip(record) => Ok(run.skip(i, record.as_deref())),
+            resume::StageStart::Resume => run.stage(i, Writing::Resume, last),
             resume::StageStart::Retry { previous_sha256 } => {
-                run.stage(i, Writing::Retry(previous_sha256.as_deref()))?
+                run.stage(i, Writing::Retry(previous_sha256.as_deref()), last)
             }
-            resume::StageStart::Fresh => run.stage(i, Writing::Fresh)?,
+            resume::StageStart::Fresh => run.stage(i, Writing::Fresh, last),
         };
-        if stop {
-            break;
+        match stop {
+            Ok(false) => {}
+            Ok(true) => break,
+            Err(e) => {
+                // The run ends on this error: what the stages before came to is recorded.
+                if run.unwritten == Unwritten::StageEnd {
+                    let _ = run.manifest.write_unsynced(&pipeline.output_dir);
+                }
+                return Err(e);
+            }
         }
     }
     run.pool.shutdown();
     run.finish(started, opts.events.clone())
+}
+
+/// The pool decision for a stage, in the event log and at -v.
+fn announce(events: &EventLog, console: &Console, stage: &str, decision: &Decision) {
+    let (from, to) = decision.from_to();
+    events.emit(&Event::PoolDecision {
+        stage,
+        decision: decision.kind(),
+        from,
+        to,
+        reason: decision.reason(),
+    });
+    console.debug(&format!(
+        "stage {stage}: pool {} ({})",
+        decision.kind(),
+        decision.reason()
+    ));
+}
+
+/// Whether a stage start runs the stage (rather than keeping or skipping it).
+fn runs_a_stage(start: &resume::StageStart) -> bool {
+    matches!(
+        start,
+        resume::StageStart::Fresh | resume::StageStart::Resume | resume::StageStart::Retry { .. }
+    )
 }
 
 /// One run of the stages: the state `execute` carries from stage to stage.
@@ -208,6 +251,23 @@ struct Run<'a> {
     failed_any: bool,
     /// `--stage`: the other stages are not run.
     partial: bool,
+    /// The stage whose workers were started before the run's first manifest write, and the
+    /// pool decision taken for it then.
+    prestarted: Option<(usize, Decision)>,
+    /// What the manifest on disk lacks (see [`Unwritten`]).
+    unwritten: Unwritten,
+}
+
+/// What the in-memory manifest holds that its file does not yet: the next write carries it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unwritten {
+    Nothing,
+    /// The run's first write (synced) is still to come: it is the first stage's start mark.
+    FirstWrite,
+    /// A stage's end mark: the next stage's start mark (or the run's last write) follows at
+    /// once and carries it. Until then the file says the stage is running, which costs a
+    /// `--resume` after a kill in between only a check of the stage's complete output.
+    StageEnd,
 }
 
 /// How a stage's output starts.
@@ -240,6 +300,42 @@ impl Run<'_> {
             })
     }
 
+    /// Starts the local workers of stage `i`, the first to run (nothing else has touched the
+    /// pool). A failure to start one is left for the stage's own start to report.
+    fn prestart(&mut self, i: usize) {
+        let (stage, planned) = self.plan.stage(i);
+        if planned.spec.launcher != crate::config::Launcher::Local {
+            return;
+        }
+        let decision = decide(
+            self.pool.spec().map(|s| (s, self.pool.size())),
+            &planned.spec,
+            planned.workers,
+            stage.settings.reuse,
+            stage.kill_workers,
+        );
+        // Said before the workers start, as for any stage.
+        announce(&self.events, self.console, &stage.name, &decision);
+        self.pool.apply(
+            &decision,
+            planned.spec.clone(),
+            planned.workers,
+            &stage.name,
+            self.joblog.is_some(),
+        );
+        let _ = self.pool.fill();
+        self.prestarted = Some((i, decision));
+    }
+
+    /// The run's last stage is over: every worker is told to exit now, so that their exits
+    /// overlap the output's and the manifest's syncs (`shutdown` then waits for them).
+    fn retire_all(&mut self) {
+        let ids: Vec<WorkerId> = self.pool.workers().map(|w| w.id).collect();
+        for id in ids {
+            self.pool.retire(id, StopReason::Shutdown);
+        }
+    }
+
     /// A stage finished in an earlier run: its output stands (and feeds `from` stages).
     /// Returns whether the run stops here.
     fn keep(&mut self, i: usize, record: &StageRecord) -> bool {
@@ -262,40 +358,42 @@ impl Run<'_> {
         false
     }
 
-    /// Runs stage `i`, its output written as `writing` says. Returns whether the run stops
-    /// here.
-    fn stage(&mut self, i: usize, writing: Writing<'_>) -> Result<bool, RunError> {
+    /// Runs stage `i`, its output written as `writing` says (`last`: no stage runs after it).
+    /// Returns whether the run stops here.
+    fn stage(&mut self, i: usize, writing: Writing<'_>, last: bool) -> Result<bool, RunError> {
         let pipeline = &self.plan.pipeline;
         let stage = &pipeline.stages[i];
         let planned = &self.plan.stages[i];
-        let decision = decide(
-            self.pool.spec().map(|s| (s, self.pool.size())),
-            &planned.spec,
-            planned.workers,
-            stage.settings.reuse,
-            stage.kill_workers,
-        );
-        let (from, to) = decision.from_to();
-        self.events.emit(&Event::PoolDecision {
-            stage: &stage.name,
-            decision: decision.kind(),
-            from,
-            to,
-            reason: decision.reason(),
+        let prestarted = match self.prestarted.take() {
+            Some((j, decision)) if j == i => Some(decision),
+            _ => None,
+        };
+        let applied = prestarted.is_some();
+        let decision = prestarted.unwrap_or_else(|| {
+            decide(
+                self.pool.spec().map(|s| (s, self.pool.size())),
+                &planned.spec,
+                planned.workers,
+                stage.settings.reuse,
+                stage.kill_workers,
+            )
         });
-        self.console.debug(&format!(
-            "stage {}: pool {} ({})",
-            stage.name,
-            decision.kind(),
-            decision.reason()
-        ));
-        self.pool.apply(
-            &decision,
-            planned.spec.clone(),
-            planned.workers,
-            &stage.name,
-            self.joblog.is_some(),
-        );
+        if !applied {
+            announce(&self.events, self.console, &stage.name, &decision);
+            if matches!(decision, Decision::Restart { .. }) && self.unwritten == Unwritten::StageEnd
+            {
+                // A restart can take seconds: the previous stage's end is recorded first.
+                let _ = self.manifest.write_unsynced(self.out_dir());
+                self.unwritten = Unwritten::Nothing;
+            }
+            self.pool.apply(
+                &decision,
+                planned.spec.clone(),
+                planned.workers,
+                &stage.name,
+                self.joblog.is_some(),
+            );
+        }
 
         let out_dir = self.out_dir().to_owned();
         let from_file = planned
@@ -336,15 +434,21 @@ impl Run<'_> {
             out_dir.join("manifest.json").display()
         ));
         if let Writing::Retry(sha) = writing {
-            // Durable before the output moves aside: a resume must know it is a retry's.
             record.retrying = true;
             record.previous_sha256 = sha.map(str::to_owned);
+        }
+        if self.unwritten == Unwritten::FirstWrite {
+            // The run's first write: synced, like the start of a retry.
+            self.write_manifest(false)?;
+        } else if matches!(writing, Writing::Retry(_)) {
+            // Durable before the output moves aside: a resume must know it is a retry's.
             self.manifest.write(&out_dir).map_err(manifest_error)?;
         } else {
             self.manifest
                 .write_unsynced(&out_dir)
                 .map_err(manifest_error)?;
         }
+        self.unwritten = Unwritten::Nothing;
         let mut writer = match writing {
             Writing::Fresh => OrderedWriter::create(&out_path).map_err(RunError::io_in_run(
                 format!("cannot create {}", out_path.display()),
@@ -404,6 +508,9 @@ impl Run<'_> {
         };
         outcome.ok += resumed.ok;
         outcome.failed += resumed.failed;
+        if last || outcome.stopped.is_some() {
+            self.retire_all();
+        }
         let output_sha256 = if outcome.is_interrupted() {
             // Held results stay in the journal: `--resume` takes them back.
             writer.suspend().map(|()| None)
@@ -425,11 +532,22 @@ impl Run<'_> {
         }
         record.output_sha256 = output_sha256;
         record.finished_at = Some(crate::events::now_rfc3339());
-        // The stage's outcome stands even if this write fails: the final write reports it. Not
-        // synced: its output is durable already (`finish`), so a power cut that loses this mark
-        // costs a `--resume` that finds the stage complete; the run's last write is synced.
-        let _ = self.manifest.write_unsynced(&out_dir);
-        self.live.write(None, Instant::now());
+        if record.retrying || matches!(writing, Writing::Retry(_)) {
+            // A retry's end is recorded at once: its previous output is gone now (`finish`),
+            // and a resume must not take the stage for a retry still waiting for it. The
+            // stage's outcome stands even if this write fails: the final write reports it. Not
+            // synced: its output is durable already (`finish`), so a power cut that loses this
+            // mark costs a `--resume` that finds the stage complete; the run's last write is
+            // synced.
+            let _ = self.manifest.write_unsynced(&out_dir);
+        } else {
+            self.unwritten = Unwritten::StageEnd;
+        }
+        let now = Instant::now();
+        // A view, throttled like the stage's own updates (a tiny stage would rewrite it twice).
+        if self.live.due(now) {
+            self.live.write(None, now);
+        }
         self.failed_any |= outcome.failed > 0 || outcome.stopped.is_some();
         self.ok_counts.push(outcome.ok);
         self.console.info(&outcome.finished_line(&stage.name));
