@@ -13,6 +13,7 @@
 
 mod build;
 mod latency;
+mod peers;
 mod proc;
 mod report;
 mod scaling;
@@ -139,7 +140,8 @@ fn usage() -> &'static str {
     "usage: cargo run --release -p bench -- [--quick] [--reps N] [--only W1,W2,...] [--no-build]\n\
      workloads: cold, throughput, latency, pipeline, restart, payload, rss, memory, makespan\n\
      the soak benchmark (crashes, kills, resumes): cargo run --release -p bench -- soak --help\n\
-     many remote workers over TCP, and HyperQueue: cargo run --release -p bench -- scaling --help"
+     many remote workers over TCP, and HyperQueue: cargo run --release -p bench -- scaling --help\n\
+     against multiprocessing.Pool, loky and HyperQueue, interleaved: cargo run --release -p bench -- peers --help"
 }
 
 fn parse_options(args: &[OsString]) -> Result<Options, String> {
@@ -202,6 +204,14 @@ fn main() -> ExitCode {
                 .collect();
             std::process::exit(scaling::main(&rest))
         }
+        Some("peers") => {
+            let rest: Vec<String> = args[2..]
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            std::process::exit(peers::main(&rest))
+        }
+        Some("__cpu") => std::process::exit(peers::cpu_main(args.get(2).and_then(|a| a.to_str()))),
         Some("soak") => {
             let rest: Vec<String> = args[2..]
                 .iter()
