@@ -419,6 +419,24 @@ fn setup(opts: &Options) -> Result<Env, String> {
             return Err("pip install loky failed".into());
         }
     }
+    // orjson makes loky's side write its records faster (loky_bench.py's write_records); without
+    // it the stdlib encoder is used, so a failed install only makes loky's side slower.
+    let has_orjson = Command::new(&python)
+        .args(["-c", "import orjson"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_orjson {
+        println!("== installing orjson into {} (optional)", venv.display());
+        let ok = Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "orjson"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            println!(
+                "   (orjson could not be installed: loky's side writes with the stdlib encoder)"
+            );
+        }
+    }
     let self_exe = std::env::current_exe().map_err(|e| e.to_string())?;
     Ok(Env {
         script: root.join("bench/loky_bench.py"),
@@ -510,6 +528,13 @@ fn machine_info(env: &Env) -> Vec<(&'static str, String)> {
             command_line(
                 Command::new(&env.python).args(["-c", "import loky; print(loky.__version__)"]),
             ),
+        ),
+        (
+            "orjson (loky's output writer)",
+            command_line(Command::new(&env.python).args([
+                "-c",
+                "try:\n import orjson; print(orjson.__version__)\nexcept ImportError: print('not installed: stdlib json')",
+            ])),
         ),
         ("loky-run source", git_state(&env.root)),
     ]
