@@ -1326,3 +1326,34 @@ fn rss(w: &W, c: &Ctx, t: &mut Table) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratios_notes_and_missing_peers() {
+        let mut t = Table::default();
+        t.missing[Peer::Hq.idx()] = Some("--no-hq".to_owned());
+        t.row("w", "time", "ms", Better::Lower)
+            .push(Peer::LokyRun, 10.0)
+            .push(Peer::Pool, 20.0)
+            .push(Peer::Pool, 40.0)
+            .push(Peer::Loky, 50.0)
+            .note(Peer::Loky, "(chunksize 1000)".to_owned());
+        t.row("w", "rate", "tasks/s", Better::Higher)
+            .push(Peer::LokyRun, 4e6)
+            .push(Peer::Pool, 1e6);
+        assert_eq!(ratio(&t.rows[0], Peer::Pool), Some(3.0));
+        assert_eq!(ratio(&t.rows[1], Peer::Pool), Some(4.0));
+        assert_eq!(ratio(&t.rows[1], Peer::Loky), None);
+        let md = t.markdown();
+        assert!(
+            md.contains("| w | time | ms | 10.0 | 30.0 (20.0–40.0) | 50.0 (chunksize 1000) | not run | Pool 3.0×, loky 5.0× |"),
+            "{md}"
+        );
+        assert!(md.contains("HyperQueue: not run (--no-hq)"), "{md}");
+        assert_eq!(cpu_loop(0), 0);
+        assert_eq!(cpu_loop(1), (0..1000u64).map(|i| i * i).sum::<u64>());
+    }
+}
