@@ -423,6 +423,13 @@ def main():
     if fn is None:
         raise SystemExit("%s has no workload %s" % (a.peer, a.cmd))
     result = fn(a)
+    # This process's CPU (Python peers: the parent, i.e. the dispatching side; HyperQueue: server,
+    # worker and client) and that of the children it reaped (workers, task processes).
+    import resource
+
+    for key, who in (("self_cpu_s", resource.RUSAGE_SELF), ("children_cpu_s", resource.RUSAGE_CHILDREN)):
+        r = resource.getrusage(who)
+        result[key] = r.ru_utime + r.ru_stime
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()
 

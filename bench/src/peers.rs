@@ -545,6 +545,16 @@ fn py(w: &W, p: Peer, args: &[&str]) -> Result<(proc::Finished, Value), String> 
     w.loky(&all, LIMIT)
 }
 
+/// ", parent CPU X ms, workers' Y ms" from the CPU times `peers.py` reports.
+fn cpu_of(v: &Value, me: &str, children: &str) -> String {
+    let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN) * 1e3;
+    format!(
+        "; {me} CPU {:.0} ms, {children} {:.0} ms",
+        f("self_cpu_s"),
+        f("children_cpu_s")
+    )
+}
+
 fn scaled(measured: u64) -> String {
     format!("(scaled: measured at {})", num(measured as f64))
 }
@@ -688,9 +698,10 @@ fn throughput(w: &W, c: &Ctx, t: &mut Table) -> Result<(), String> {
         let (a, ev) = w.loky_run(&toml, LIMIT, |_, _| {})?;
         let a_stage = ev.stage("echo")?;
         let mut line = format!(
-            "loky-run {:.0} ms (stage {:.0} ms)",
+            "loky-run {:.0} ms (stage {:.0} ms, CPU of the runner and its workers {:.0} ms)",
             ms(a.wall),
-            a_stage * 1e3
+            a_stage * 1e3,
+            ms(a.cpu)
         );
         t.row("1M tasks", &whole, "tasks/s", Better::Higher)
             .push(Peer::LokyRun, n as f64 / a.wall.as_secs_f64());
@@ -703,10 +714,9 @@ fn throughput(w: &W, c: &Ctx, t: &mut Table) -> Result<(), String> {
                 let rate = c.o.hq_n as f64 / s;
                 let _ = write!(
                     line,
-                    ", HQ {} tasks in {:.2} s ({} tasks/s)",
-                    hq_n,
-                    s,
-                    num(rate)
+                    ", HQ {hq_n} tasks in {s:.2} s ({} tasks/s{})",
+                    num(rate),
+                    cpu_of(&v, "HQ process", "task processes'")
                 );
                 for m in [&whole, &stage_m] {
                     t.row("1M tasks", m, "tasks/s", Better::Higher)
@@ -732,10 +742,11 @@ fn throughput(w: &W, c: &Ctx, t: &mut Table) -> Result<(), String> {
             let s = f64_of(&v, "stage_s")?;
             let _ = write!(
                 line,
-                ", {} {:.0} ms (stage {:.0} ms)",
+                ", {} {:.0} ms (stage {:.0} ms{})",
                 p.label(),
                 ms(b.wall),
-                s * 1e3
+                s * 1e3,
+                cpu_of(&v, "parent", "workers'")
             );
             t.row("1M tasks", &whole, "tasks/s", Better::Higher)
                 .push(p, n as f64 / b.wall.as_secs_f64())
@@ -776,9 +787,10 @@ fn one_per_message(w: &W, c: &Ctx, t: &mut Table) -> Result<(), String> {
         let (a, ev) = w.loky_run(&toml, LIMIT, |_, _| {})?;
         let a_stage = ev.stage("echo")?;
         let mut line = format!(
-            "loky-run {:.0} ms (stage {:.0} ms)",
+            "loky-run {:.0} ms (stage {:.0} ms, CPU of the runner and its workers {:.0} ms)",
             ms(a.wall),
-            a_stage * 1e3
+            a_stage * 1e3,
+            ms(a.cpu)
         );
         t.row("10k one per message", &whole, "tasks/s", Better::Higher)
             .push(Peer::LokyRun, n as f64 / a.wall.as_secs_f64());
@@ -789,7 +801,11 @@ fn one_per_message(w: &W, c: &Ctx, t: &mut Table) -> Result<(), String> {
                 let (_, v) = py(w, p, &["throughput", "--n", &hq_n, "--outdir", "{out}"])?;
                 let s = f64_of(&v, "stage_s")?;
                 let m = hq_n.parse::<f64>().unwrap_or(f64::NAN);
-                let _ = write!(line, ", HQ {hq_n} tasks in {s:.2} s");
+                let _ = write!(
+                    line,
+                    ", HQ {hq_n} tasks in {s:.2} s{}",
+                    cpu_of(&v, "HQ process", "task processes'")
+                );
                 for metric in [&whole, &stage_m] {
                     let r = t
                         .row("10k one per message", metric, "tasks/s", Better::Higher)
@@ -818,10 +834,11 @@ fn one_per_message(w: &W, c: &Ctx, t: &mut Table) -> Result<(), String> {
             let s = f64_of(&v, "stage_s")?;
             let _ = write!(
                 line,
-                ", {} {:.0} ms (stage {:.0} ms)",
+                ", {} {:.0} ms (stage {:.0} ms{})",
                 p.label(),
                 ms(b.wall),
-                s * 1e3
+                s * 1e3,
+                cpu_of(&v, "parent", "workers'")
             );
             t.row("10k one per message", &whole, "tasks/s", Better::Higher)
                 .push(p, n as f64 / b.wall.as_secs_f64());
