@@ -981,8 +981,9 @@ fn chained(w: &W, c: &Ctx, t: &mut Table) -> Result<(), String> {
 }
 
 /// The same loop as `demo::cpu` (plugins/demo): the sum of `i * i` for `i < n * 1000`,
-/// wrapping. HyperQueue's CPU tasks run it as `bench __cpu N`, and the serial baseline of
-/// loky-run and HyperQueue is this function run in a loop.
+/// wrapping. HyperQueue's CPU tasks run it as `bench __cpu N`, and HyperQueue's serial baseline
+/// is this function run in a loop. (Compiled here it ran 1.7× faster per `n` than `demo::cpu`
+/// in the plugin, so loky-run's baseline is the plugin's own function: [`serial_plugin`].)
 pub(crate) fn cpu_loop(n: u64) -> u64 {
     (0..n.saturating_mul(1000)).fold(0u64, |sum, i| {
         let i = std::hint::black_box(i);
@@ -1001,6 +1002,24 @@ pub(crate) fn cpu_main(n: Option<&str>) -> i32 {
     }
 }
 
+/// `tasks` calls of the plugin's `demo::cpu(n)` in this process, through the same entry point
+/// a worker calls: loky-run's serial baseline, the very code its workers run.
+fn serial_plugin(
+    plugin: &loky_run::plugin::host::LoadedPlugin,
+    task: u32,
+    n: u64,
+    tasks: u64,
+) -> f64 {
+    let input = n.to_string();
+    let mut out = abi_stable::std_types::RVec::new();
+    let t = Instant::now();
+    for _ in 0..tasks {
+        out.clear();
+        plugin.call(task, input.as_bytes(), &mut out);
+    }
+    t.elapsed().as_secs_f64()
+}
+
 fn serial_rust(n: u64, tasks: u64) -> f64 {
     let t = Instant::now();
     for _ in 0..tasks {
@@ -1015,18 +1034,28 @@ fn cpu_bound(w: &W, c: &Ctx, t: &mut Table) -> Result<(), String> {
     let tasks = c.o.cpu_tasks;
     let peers = c.peers(t);
     let target_s = c.o.cpu_task_ms / 1e3;
-    // Task sizes: ~20 ms each, in Rust and in Python (the Python loop is ~100× slower per n).
-    let probe = serial_rust(100, 5) / 5.0;
-    let n_rust = ((target_s / probe * 100.0) as u64).max(1);
+    // Task sizes: ~20 ms each, in Rust (the plugin's and this binary's loop) and in Python (the
+    // Python loop is ~100× slower per n).
+    let plugin = loky_run::plugin::host::load(&w.env.plugin, false).map_err(|e| e.to_string())?;
+    let task = plugin
+        .info
+        .find("cpu", loky_run::plugin::TaskKind::Task)
+        .ok_or("the demo plugin exports no task cpu")?;
+    let probe = serial_plugin(&plugin, task, 2_000, 3) / 3.0;
+    let n_plugin = ((target_s / probe * 2_000.0) as u64).max(1);
+    let probe = serial_rust(2_000, 3) / 3.0;
+    let n_rust = ((target_s / probe * 2_000.0) as u64).max(1);
     let n_py = if peers.iter().any(|&p| p != Peer::Hq) {
-        let (_, v) = py(w, Peer::Pool, &["serial", "--tasks", "3", "--work", "20"])?;
+        let (_, v) = py(w, Peer::Pool, &["serial", "--tasks", "3", "--work", "50"])?;
         let per = f64_of(&v, "serial_s")? / 3.0;
-        ((target_s / per * 20.0) as u64).max(1)
+        ((target_s / per * 50.0) as u64).max(1)
     } else {
         0
     };
-    println!("   task sizes: demo::cpu({n_rust}) in Rust, cpu({n_py}) in Python; {tasks} tasks");
-    let items: Vec<String> = (0..tasks).map(|_| n_rust.to_string()).collect();
+    println!(
+        "   task sizes: demo::cpu({n_plugin}) in the plugin, the bench's copy of the loop ({n_rust}) for HyperQueue, cpu({n_py}) in Python; {tasks} tasks"
+    );
+    let items: Vec<String> = (0..tasks).map(|_| n_plugin.to_string()).collect();
     let toml = w.pipeline(
         "cpu",
         "",
@@ -1038,67 +1067,74 @@ fn cpu_bound(w: &W, c: &Ctx, t: &mut Table) -> Result<(), String> {
         ),
     )?;
     let metric = format!(
-        "CPU-bound: {tasks} tasks of ~{} ms, efficiency = (serial time ÷ 2) ÷ wall",
+        "CPU-bound: {tasks} tasks of ~{} ms (sized per language), efficiency = (serial time ÷ 2) ÷ wall",
         c.o.cpu_task_ms
     );
-    let per_task = "diag: serial time per task (loky-run, HQ: the Rust loop; Pool, loky: the same loop in Python)";
+    let per_task = "diag: serial time per task (loky-run: demo::cpu called in-process; HQ: the same loop compiled into the bench binary, which it runs per task; Pool, loky: the loop in Python)";
     let (tasks_s, n_rust_s, n_py_s) = (tasks.to_string(), n_rust.to_string(), n_py.to_string());
     let program = c.cpu_program.display().to_string();
+    // This VM's CPU speed drifts by ±30 % from one second to the next (the serial time of the
+    // same work varied 1.15–1.75 s in one run), so each peer's serial time is sampled right
+    // before and right after its run (a fifth of the tasks each time, scaled) and averaged.
+    let sample = (tasks / 5).max(1);
+    let sample_s = sample.to_string();
+    let scale = tasks as f64 / sample as f64;
+    let serial_of = |p: Peer| -> Result<f64, String> {
+        Ok(scale
+            * match p {
+                Peer::LokyRun => serial_plugin(&plugin, task, n_plugin, sample),
+                Peer::Hq => serial_rust(n_rust, sample),
+                _ => {
+                    let (_, v) = py(w, p, &["serial", "--tasks", &sample_s, "--work", &n_py_s])?;
+                    f64_of(&v, "serial_s")?
+                }
+            })
+    };
+    let eff = |serial: f64, wall: f64| serial / 2.0 / wall * 100.0;
     for i in 0..c.o.reps {
-        let serial = serial_rust(n_rust, tasks);
-        let (_, ev) = w.loky_run(&toml, LIMIT, |_, _| {})?;
-        let a = ev.stage("cpu")?;
-        let eff = |serial: f64, wall: f64| serial / 2.0 / wall * 100.0;
-        let mut line = format!(
-            "Rust serial {serial:.2} s, loky-run {a:.3} s ({:.1} %)",
-            eff(serial, a)
-        );
-        t.row("CPU-bound", &metric, "% of ideal", Better::Higher)
-            .push(Peer::LokyRun, eff(serial, a));
-        t.row("CPU-bound", per_task, "ms", Better::Lower)
-            .push(Peer::LokyRun, serial * 1e3 / tasks as f64);
-        let mut py_serial = None;
-        for &p in &peers {
-            let (wall, base) = if p == Peer::Hq {
-                let (_, v) = py(
-                    w,
-                    p,
-                    &[
-                        "cpu",
-                        "--tasks",
-                        &tasks_s,
-                        "--work",
-                        &n_rust_s,
-                        "--program",
-                        &program,
-                        "--outdir",
-                        "{out}",
-                    ],
-                )?;
-                (f64_of(&v, "wall_s")?, serial)
-            } else {
-                let base = match py_serial {
-                    Some(s) => s,
-                    None => {
-                        let (_, v) = py(w, p, &["serial", "--tasks", &tasks_s, "--work", &n_py_s])?;
-                        let s = f64_of(&v, "serial_s")?;
-                        let _ = write!(line, ", Python serial {s:.2} s");
-                        py_serial = Some(s);
-                        s
-                    }
-                };
-                let (_, v) = py(
-                    w,
-                    p,
-                    &[
-                        "cpu", "--tasks", &tasks_s, "--work", &n_py_s, "--outdir", "{out}",
-                    ],
-                )?;
-                (f64_of(&v, "wall_s")?, base)
+        let mut line = String::new();
+        for p in std::iter::once(Peer::LokyRun).chain(peers.iter().copied()) {
+            let before = serial_of(p)?;
+            let wall = match p {
+                Peer::LokyRun => {
+                    let (_, ev) = w.loky_run(&toml, LIMIT, |_, _| {})?;
+                    ev.stage("cpu")?
+                }
+                Peer::Hq => {
+                    let (_, v) = py(
+                        w,
+                        p,
+                        &[
+                            "cpu",
+                            "--tasks",
+                            &tasks_s,
+                            "--work",
+                            &n_rust_s,
+                            "--program",
+                            &program,
+                            "--outdir",
+                            "{out}",
+                        ],
+                    )?;
+                    f64_of(&v, "wall_s")?
+                }
+                _ => {
+                    let (_, v) = py(
+                        w,
+                        p,
+                        &[
+                            "cpu", "--tasks", &tasks_s, "--work", &n_py_s, "--outdir", "{out}",
+                        ],
+                    )?;
+                    f64_of(&v, "wall_s")?
+                }
             };
+            let after = serial_of(p)?;
+            let base = (before + after) / 2.0;
             let _ = write!(
                 line,
-                ", {} {wall:.3} s ({:.1} %)",
+                "{}{} {wall:.3} s, serial {before:.2}/{after:.2} s ({:.1} %)",
+                if line.is_empty() { "" } else { ", " },
                 p.label(),
                 eff(base, wall)
             );
