@@ -4,10 +4,12 @@ Each subcommand runs one workload with loky's reusable executor (2 workers) and 
 object on stdout. The Rust harness runs these interleaved with the same workloads on loky-run.
 Task functions are defined here (module level, so loky pickles them by value) and match the demo
 plugin's tasks: echo, square, cpu (sum of i*i for i < n*1000, wrapping at 64 bits), sleep_ms.
-Outputs are written as `<stage>.jsonl` records like loky-run's, unless --no-out is given.
+Outputs are written as `<stage>.jsonl` records like loky-run's (batched writes, orjson when
+installed: see write_records), unless --no-out is given.
 """
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -43,14 +45,40 @@ def getpid(_):
     return os.getpid()
 
 
+try:
+    import orjson
+
+    _orjson = orjson.dumps
+
+    def encode(v):
+        return _orjson(v).decode()
+
+except ImportError:  # the stdlib encoder, built once (json.dumps with arguments builds one per call)
+    encode = json.JSONEncoder(separators=(",", ":")).encode
+
+BATCH = 10_000
+
+
 def write_records(path, results):
-    """Writes `{"index": i, "output": r}` lines, like loky-run's output files."""
+    """Writes `{"index": i, "output": r}` lines, like loky-run's output files, the cheapest way we
+    found: one write per batch of pre-joined lines, values serialized by orjson when it is
+    installed. (`json.dumps` per record cost ~2.2 s per 1M records and made loky look ~3× slower
+    than it is.)"""
     count = 0
+    it = iter(results)
     with open(path, "w") as f:
-        for i, r in enumerate(results):
-            f.write('{"index":%d,"output":%s}\n' % (i, json.dumps(r, separators=(",", ":"))))
-            count += 1
-    return count
+        while True:
+            batch = list(itertools.islice(it, BATCH))
+            if not batch:
+                return count
+            f.write("".join(['{"index":%d,"output":%s}\n' % (count + k, encode(r)) for k, r in enumerate(batch)]))
+            count += len(batch)
+
+
+def tee(results, keep):
+    for r in results:
+        keep.append(r)
+        yield r
 
 
 def consume(results):
@@ -114,10 +142,7 @@ def cmd_pipeline(a):
     stages = []
     s = time.perf_counter()
     squares = []
-    with open(os.path.join(a.outdir, "squares.jsonl"), "w") as f:
-        for i, r in enumerate(ex.map(square, range(a.n), chunksize=a.chunksize)):
-            f.write('{"index":%d,"output":%d}\n' % (i, r))
-            squares.append(r)
+    write_records(os.path.join(a.outdir, "squares.jsonl"), tee(ex.map(square, range(a.n), chunksize=a.chunksize), squares))
     stages.append(time.perf_counter() - s)
     s = time.perf_counter()
     write_records(os.path.join(a.outdir, "work.jsonl"), ex.map(cpu, [1] * a.n, chunksize=a.chunksize))

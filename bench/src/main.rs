@@ -14,6 +14,7 @@
 mod bigitems;
 mod build;
 mod latency;
+mod peers;
 mod proc;
 mod report;
 mod scaling;
@@ -141,7 +142,8 @@ fn usage() -> &'static str {
      workloads: cold, throughput, latency, pipeline, restart, payload, rss, memory, makespan\n\
      the soak benchmark (crashes, kills, resumes): cargo run --release -p bench -- soak --help\n\
      many remote workers over TCP, and HyperQueue: cargo run --release -p bench -- scaling --help\n\
-     big items (256 MiB to GiBs, peak RSS): cargo run --release -p bench -- bigitems --help"
+     big items (256 MiB to GiBs, peak RSS): cargo run --release -p bench -- bigitems --help\n\
+     against multiprocessing.Pool, loky and HyperQueue, interleaved: cargo run --release -p bench -- peers --help"
 }
 
 fn parse_options(args: &[OsString]) -> Result<Options, String> {
@@ -211,6 +213,14 @@ fn main() -> ExitCode {
                 .collect();
             std::process::exit(bigitems::main(&rest))
         }
+        Some("peers") => {
+            let rest: Vec<String> = args[2..]
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            std::process::exit(peers::main(&rest))
+        }
+        Some("__cpu") => std::process::exit(peers::cpu_main(args.get(2).and_then(|a| a.to_str()))),
         Some("soak") => {
             let rest: Vec<String> = args[2..]
                 .iter()
@@ -418,6 +428,24 @@ fn setup(opts: &Options) -> Result<Env, String> {
             return Err("pip install loky failed".into());
         }
     }
+    // orjson makes loky's side write its records faster (loky_bench.py's write_records); without
+    // it the stdlib encoder is used, so a failed install only makes loky's side slower.
+    let has_orjson = Command::new(&python)
+        .args(["-c", "import orjson"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_orjson {
+        println!("== installing orjson into {} (optional)", venv.display());
+        let ok = Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "orjson"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            println!(
+                "   (orjson could not be installed: loky's side writes with the stdlib encoder)"
+            );
+        }
+    }
     let self_exe = std::env::current_exe().map_err(|e| e.to_string())?;
     Ok(Env {
         script: root.join("bench/loky_bench.py"),
@@ -509,6 +537,13 @@ fn machine_info(env: &Env) -> Vec<(&'static str, String)> {
             command_line(
                 Command::new(&env.python).args(["-c", "import loky; print(loky.__version__)"]),
             ),
+        ),
+        (
+            "orjson (loky's output writer)",
+            command_line(Command::new(&env.python).args([
+                "-c",
+                "try:\n import orjson; print(orjson.__version__)\nexcept ImportError: print('not installed: stdlib json')",
+            ])),
         ),
         ("loky-run source", git_state(&env.root)),
     ]

@@ -40,19 +40,19 @@ pub(crate) fn run(name: &str, env: &Env, s: &Sizes, rep: &mut Report) -> Result<
 }
 
 /// One workload's scratch directory and helpers.
-struct W<'a> {
-    env: &'a Env,
-    dir: &'a Path,
+pub(crate) struct W<'a> {
+    pub(crate) env: &'a Env,
+    pub(crate) dir: &'a Path,
 }
 
 /// What `--events` recorded of one loky-run run.
 #[derive(Debug, Default)]
-struct Events {
+pub(crate) struct Events {
     /// `(stage, wall_time_s)` of each `stage_finished`.
     stages: Vec<(String, f64)>,
     /// Pool decisions in order (`start`, `reuse`, `restart`, ...).
-    decisions: Vec<String>,
-    worker_pids: Vec<u32>,
+    pub(crate) decisions: Vec<String>,
+    pub(crate) worker_pids: Vec<u32>,
     /// Peak RSS of each exited worker (bytes).
     worker_peaks: Vec<u64>,
     /// When each stage finished (seconds since midnight UTC, millisecond resolution).
@@ -60,7 +60,7 @@ struct Events {
 }
 
 impl Events {
-    fn read(path: &Path) -> Events {
+    pub(crate) fn read(path: &Path) -> Events {
         let mut e = Events::default();
         let text = fs::read_to_string(path).unwrap_or_default();
         for line in text.lines() {
@@ -99,7 +99,7 @@ impl Events {
         }
     }
 
-    fn stage(&self, name: &str) -> Result<f64, String> {
+    pub(crate) fn stage(&self, name: &str) -> Result<f64, String> {
         self.stages
             .iter()
             .find(|(n, _)| n == name)
@@ -109,12 +109,17 @@ impl Events {
 }
 
 impl W<'_> {
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
 
     /// Writes a pipeline file: 2 workers, the demo plugin, `stages` as TOML tables.
-    fn pipeline(&self, name: &str, pool_extra: &str, stages: &str) -> Result<PathBuf, String> {
+    pub(crate) fn pipeline(
+        &self,
+        name: &str,
+        pool_extra: &str,
+        stages: &str,
+    ) -> Result<PathBuf, String> {
         self.pipeline_with(name, "", pool_extra, stages)
     }
 
@@ -138,7 +143,7 @@ impl W<'_> {
     }
 
     /// Runs loky-run on a pipeline with an event log; `during` gets the runner's pid.
-    fn loky_run(
+    pub(crate) fn loky_run(
         &self,
         toml: &Path,
         limit: Duration,
@@ -161,14 +166,15 @@ impl W<'_> {
     }
 
     /// Runs loky-run without an event log (the cold start measures the plain command).
-    fn loky_run_plain(&self, toml: &Path, limit: Duration) -> Result<Finished, String> {
+    pub(crate) fn loky_run_plain(&self, toml: &Path, limit: Duration) -> Result<Finished, String> {
         let mut cmd = Command::new(&self.env.loky_run);
         cmd.arg(toml).args(["--progress", "never", "-q"]);
         proc::run(&mut cmd, self.dir, limit, |_| {})
     }
 
-    /// Runs a subcommand of `loky_bench.py`; returns the process and its JSON answer.
-    fn loky(&self, args: &[&str], limit: Duration) -> Result<(Finished, Value), String> {
+    /// Runs a subcommand of the Python script (`env.script`: `loky_bench.py`, or `peers.py` for
+    /// `bench peers`); returns the process and its JSON answer.
+    pub(crate) fn loky(&self, args: &[&str], limit: Duration) -> Result<(Finished, Value), String> {
         let out = self.path("loky-out");
         let _ = fs::remove_dir_all(&out);
         fs::create_dir_all(&out).map_err(|e| e.to_string())?;
@@ -203,11 +209,11 @@ fn time_of_day(t: &str) -> f64 {
     h * 3600.0 + m * 60.0 + s
 }
 
-fn toml_str(s: &str) -> String {
+pub(crate) fn toml_str(s: &str) -> String {
     serde_json::to_string(s).expect("strings serialize")
 }
 
-fn stage(name: &str, task: &str, input: &str, extra: &str) -> String {
+pub(crate) fn stage(name: &str, task: &str, input: &str, extra: &str) -> String {
     format!(
         "[[stage]]\nname = {}\ntask = {}\ninput = {input}\n{extra}\n",
         toml_str(name),
@@ -219,7 +225,7 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn f64_of(v: &Value, key: &str) -> Result<f64, String> {
+pub(crate) fn f64_of(v: &Value, key: &str) -> Result<f64, String> {
     v[key]
         .as_f64()
         .ok_or_else(|| format!("no number {key:?} in {v}"))
