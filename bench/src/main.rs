@@ -146,6 +146,43 @@ fn usage() -> &'static str {
      against multiprocessing.Pool, loky and HyperQueue, interleaved: cargo run --release -p bench -- peers --help"
 }
 
+/// A subcommand's entry: its arguments parsed (a bad one: the message and the usage, exit 2),
+/// then run (an error: the message, exit 1; `Ok(false)`: a run that failed its checks, exit 1).
+pub(crate) fn subcommand<O>(
+    name: &str,
+    args: &[String],
+    parse: impl FnOnce(&[String]) -> Result<O, String>,
+    usage: &str,
+    run: impl FnOnce(&O) -> Result<bool, String>,
+) -> i32 {
+    let opts = match parse(args) {
+        Ok(o) => o,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("bench {name}: {e}");
+            }
+            eprintln!("{usage}");
+            return 2;
+        }
+    };
+    match run(&opts) {
+        Ok(true) => 0,
+        Ok(false) => 1,
+        Err(e) => {
+            eprintln!("bench {name}: {e}");
+            1
+        }
+    }
+}
+
+/// The arguments after the subcommand's name.
+fn rest_args(args: &[OsString]) -> Vec<String> {
+    args[2..]
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect()
+}
+
 fn parse_options(args: &[OsString]) -> Result<Options, String> {
     let mut opts = Options {
         quick: false,
@@ -199,35 +236,11 @@ fn main() -> ExitCode {
         Some("__pong") => std::process::exit(latency::pong_main(false)),
         Some("__pong_threaded") => std::process::exit(latency::pong_main(true)),
         Some("__latency") => std::process::exit(latency_only(&args)),
-        Some("scaling") => {
-            let rest: Vec<String> = args[2..]
-                .iter()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect();
-            std::process::exit(scaling::main(&rest))
-        }
-        Some("bigitems") => {
-            let rest: Vec<String> = args[2..]
-                .iter()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect();
-            std::process::exit(bigitems::main(&rest))
-        }
-        Some("peers") => {
-            let rest: Vec<String> = args[2..]
-                .iter()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect();
-            std::process::exit(peers::main(&rest))
-        }
+        Some("scaling") => std::process::exit(scaling::main(&rest_args(&args))),
+        Some("bigitems") => std::process::exit(bigitems::main(&rest_args(&args))),
+        Some("peers") => std::process::exit(peers::main(&rest_args(&args))),
         Some("__cpu") => std::process::exit(peers::cpu_main(args.get(2).and_then(|a| a.to_str()))),
-        Some("soak") => {
-            let rest: Vec<String> = args[2..]
-                .iter()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect();
-            std::process::exit(soak::main(&rest))
-        }
+        Some("soak") => std::process::exit(soak::main(&rest_args(&args))),
         _ => {}
     }
     let opts = match parse_options(&args) {

@@ -321,23 +321,7 @@ impl Ctx<'_> {
 
 /// `bench peers ARGS`.
 pub(crate) fn main(args: &[String]) -> i32 {
-    let o = match parse(args) {
-        Ok(o) => o,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("bench peers: {e}");
-            }
-            eprintln!("{}", usage());
-            return 2;
-        }
-    };
-    match run(&o) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("bench peers: {e}");
-            1
-        }
-    }
+    crate::subcommand("peers", args, parse, usage(), |o| run(o).map(|()| true))
 }
 
 fn run(o: &Options) -> Result<(), String> {

@@ -103,23 +103,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
 }
 
 pub(crate) fn main(args: &[String]) -> i32 {
-    let opts = match parse(args) {
-        Ok(o) => o,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("bench scaling: {e}");
-            }
-            eprintln!("{}", usage());
-            return 2;
-        }
-    };
-    match run(&opts) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("bench scaling: {e}");
-            1
-        }
-    }
+    crate::subcommand("scaling", args, parse, usage(), |o| run(o).map(|()| true))
 }
 
 struct Paths {

@@ -140,24 +140,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
 /// `bench soak ...`: runs the benchmark, prints its figures; the exit code says whether every
 /// check held.
 pub(crate) fn main(args: &[String]) -> i32 {
-    let opts = match parse(args) {
-        Ok(o) => o,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("bench soak: {e}");
-            }
-            eprintln!("{}", usage());
-            return 2;
-        }
-    };
-    match run(&opts) {
-        Ok(true) => 0,
-        Ok(false) => 1,
-        Err(e) => {
-            eprintln!("bench soak: {e}");
-            1
-        }
-    }
+    crate::subcommand("soak", args, parse, usage(), run)
 }
 
 /// splitmix64: the benchmark's own random numbers (kill times), reproducible with `--seed`.
