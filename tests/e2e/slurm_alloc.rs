@@ -26,6 +26,11 @@ fn runner(fx: &Fixture, args: &[&str]) -> Command {
     cmd
 }
 
+/// Runs the runner outside any allocation, to its end.
+fn run_outside(fx: &Fixture, args: &[&str]) -> RunResult {
+    RunResult::from(runner(fx, args).output().unwrap())
+}
+
 /// The jobs squeue lists (any state it still shows) named `loky-run:PIPELINE`: the test
 /// pipelines have names of their own.
 fn jobs_named(pipeline: &str) -> Vec<(String, String)> {
@@ -110,7 +115,7 @@ fn allocations_on_demand_run_the_pipeline_and_none_is_left() {
     let local = reference.write("pipeline.toml", &(header(NAME, "") + SQUARES));
     reference.run(&[local.to_str().unwrap()]).assert_code(0);
 
-    let out = runner(
+    let r = run_outside(
         &fx,
         &[
             "pipeline.toml",
@@ -119,10 +124,7 @@ fn allocations_on_demand_run_the_pipeline_and_none_is_left() {
             "--events",
             "events.jsonl",
         ],
-    )
-    .output()
-    .unwrap();
-    let r = RunResult::from(out);
+    );
     r.assert_code(0);
     assert_eq!(
         std::fs::read(fx.path().join("out/squares.jsonl")).unwrap(),
@@ -206,19 +208,15 @@ fn allocations_spread_over_three_nodes() {
         + &pid_stage("a", 24, 200, "")
         + SQUARES;
     fx.write("pipeline.toml", &text);
-    let r = RunResult::from(
-        runner(
-            &fx,
-            &[
-                "pipeline.toml",
-                "--progress",
-                "never",
-                "--events",
-                "events.jsonl",
-            ],
-        )
-        .output()
-        .unwrap(),
+    let r = run_outside(
+        &fx,
+        &[
+            "pipeline.toml",
+            "--progress",
+            "never",
+            "--events",
+            "events.jsonl",
+        ],
     );
     r.assert_code(0);
     let events = fx.events();
@@ -358,11 +356,7 @@ fn kill_9_of_the_runner_while_steps_run_leaves_nothing_and_resume_finishes() {
     // No allocation, so no step, is left.
     wait_until_none_left(NAME);
 
-    let r = RunResult::from(
-        runner(&fx, &["pipeline.toml", "--progress", "never", "--resume"])
-            .output()
-            .unwrap(),
-    );
+    let r = run_outside(&fx, &["pipeline.toml", "--progress", "never", "--resume"]);
     r.assert_code(0);
     let records = fx.records("a");
     assert_eq!(records.len(), 40);
@@ -390,19 +384,15 @@ fn an_allocation_near_its_time_limit_is_drained_and_replaced() {
         + "\n[slurm]\ntime_limit = \"1m\"\nrenew_before = \"45s\"\n"
         + &pid_stage("a", 60, 500, "");
     fx.write("pipeline.toml", &text);
-    let r = RunResult::from(
-        runner(
-            &fx,
-            &[
-                "pipeline.toml",
-                "--progress",
-                "never",
-                "--events",
-                "events.jsonl",
-            ],
-        )
-        .output()
-        .unwrap(),
+    let r = run_outside(
+        &fx,
+        &[
+            "pipeline.toml",
+            "--progress",
+            "never",
+            "--events",
+            "events.jsonl",
+        ],
     );
     r.assert_code(0);
     let events = fx.events();
@@ -440,11 +430,7 @@ fn without_a_slurm_table_outside_an_allocation_the_run_says_what_to_do() {
     let fx = Fixture::new();
     let text = header("alloc-none", "launcher = \"slurm\"") + &pid_stage("a", 1, 1, "");
     fx.write("pipeline.toml", &text);
-    let r = RunResult::from(
-        runner(&fx, &["pipeline.toml", "--progress", "never"])
-            .output()
-            .unwrap(),
-    );
+    let r = run_outside(&fx, &["pipeline.toml", "--progress", "never"]);
     r.assert_code(2);
     assert!(r.stderr.contains("[slurm]"), "{}", r.stderr);
 }
@@ -459,11 +445,7 @@ fn more_workers_than_the_allocations_hold_is_refused_before_anything_is_submitte
         + "\n[slurm]\ntasks = 2\nmax_allocations = 2\n"
         + &pid_stage("a", 1, 1, "");
     fx.write("pipeline.toml", &text);
-    let r = RunResult::from(
-        runner(&fx, &["pipeline.toml", "--progress", "never"])
-            .output()
-            .unwrap(),
-    );
+    let r = run_outside(&fx, &["pipeline.toml", "--progress", "never"]);
     r.assert_code(2);
     assert!(r.stderr.contains("max_allocations"), "{}", r.stderr);
     assert!(jobs_named("alloc-toomany").is_empty());
@@ -480,11 +462,7 @@ fn an_allocation_sbatch_refuses_fails_the_run_with_what_sbatch_said() {
         + "\n[slurm]\npartition = \"no-such-partition\"\n"
         + &pid_stage("a", 1, 1, "");
     fx.write("pipeline.toml", &text);
-    let r = RunResult::from(
-        runner(&fx, &["pipeline.toml", "--progress", "never"])
-            .output()
-            .unwrap(),
-    );
+    let r = run_outside(&fx, &["pipeline.toml", "--progress", "never"]);
     assert_ne!(r.code, 0);
     assert!(
         r.stderr.contains("sbatch") && r.stderr.contains("no-such-partition"),
