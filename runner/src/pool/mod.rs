@@ -774,10 +774,7 @@ impl Pool {
             }
         }
         if let Some(why) = self.allocs.as_ref().and_then(|a| a.given_up()) {
-            let nothing = self.active_count() == 0
-                && self.starting.is_empty()
-                && self.allocs.as_ref().is_some_and(|a| a.list().is_empty());
-            if nothing && self.size > 0 {
+            if self.has_nothing_to_go_on() && self.size > 0 {
                 return Err(PoolError::Slurm(io::Error::other(format!(
                     "no allocation could be had: {why}"
                 ))));
@@ -797,6 +794,14 @@ impl Pool {
             // An error here (no allocation could be had) is the next fill's to report.
             let _ = self.tend_allocations(on_demand, false);
         }
+    }
+
+    /// No worker, no step starting, no allocation: an allocation that cannot be had is the
+    /// run's error, not a warning.
+    fn has_nothing_to_go_on(&self) -> bool {
+        self.active_count() == 0
+            && self.starting.is_empty()
+            && self.allocs.as_ref().is_some_and(|a| a.list().is_empty())
     }
 
     /// Submits allocations; a failure is the run's error only when the pool has nothing
@@ -829,10 +834,7 @@ impl Pool {
                 Ok(())
             }
             Err(e) => {
-                let nothing = self.active_count() == 0
-                    && self.starting.is_empty()
-                    && self.allocs.as_ref().is_some_and(|a| a.list().is_empty());
-                if nothing {
+                if self.has_nothing_to_go_on() {
                     return Err(PoolError::Slurm(io::Error::other(format!(
                         "cannot submit an allocation: {e}"
                     ))));
