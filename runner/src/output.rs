@@ -21,10 +21,11 @@
 //! read again).
 
 pub mod carried;
+mod digest;
+mod held;
 pub mod journal;
 pub mod seals;
 
-use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -38,6 +39,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use carried::Carried;
+use digest::OutputDigest;
+use held::Held;
 use journal::JournalWriter;
 use seals::{Seal, SealWriter};
 
@@ -140,8 +143,8 @@ pub struct OrderedWriter {
     sealed_at: u64,
     /// The next index to write.
     next: u64,
-    pending: BTreeMap<u64, Vec<u8>>,
-    pending_bytes: usize,
+    /// The reorder buffer.
+    held: Held,
     journal: JournalWriter,
     syncer: Syncer,
     resumed: Resumed,
@@ -199,8 +202,7 @@ impl OrderedWriter {
             seals,
             sealed_at,
             next,
-            pending: BTreeMap::new(),
-            pending_bytes: 0,
+            held: Held::default(),
             journal,
             syncer,
             resumed: Resumed::default(),
@@ -263,26 +265,34 @@ impl OrderedWriter {
         sync_parent(path);
 
         let journal_file = journal_path(path);
-        let mut pending = BTreeMap::new();
-        let mut pending_bytes = 0;
+        let mut held = Held::default();
+        let mut held_error = None;
         let (mut ok, mut failed) = (prefix.ok, prefix.failed);
         let scan = journal::read(&journal_file, |r| {
-            if r.index >= prefix.lines && !pending.contains_key(&r.index) {
+            if r.index >= prefix.lines && !held.contains(r.index) && held_error.is_none() {
                 if r.ok {
                     ok += 1;
                 } else {
                     failed += 1;
                 }
-                pending_bytes += r.line.len();
-                pending.insert(r.index, r.line.to_vec());
+                let line = r.line;
+                if let Err(e) = held.push_with(r.index, line.len(), |buf| {
+                    buf.extend_from_slice(line);
+                    Ok(())
+                }) {
+                    held_error = Some(e);
+                }
             }
         })?;
+        if let Some(e) = held_error {
+            return Err(e);
+        }
         let journal = JournalWriter::new(journal_file, scan.valid_len);
         let tracked = Tracked {
             file,
             len: prefix.valid_len,
             crc: prefix.crc,
-            sha: prefix.sha,
+            sha: OutputDigest::new(prefix.sha),
         };
         let seals = SealWriter::new(seals_file, prefix.seals_kept);
         let mut w = Self::with(
@@ -295,16 +305,15 @@ impl OrderedWriter {
         )?;
         let (carried_ok, previous_failed) = match &carried {
             Some(c) => {
-                let taken_again = pending.keys().filter(|i| c.has_ok(**i)).count() as u64;
+                let taken_again = held.indices().filter(|i| c.has_ok(*i)).count() as u64;
                 (c.ok_from(prefix.lines) - taken_again, c.totals().1)
             }
             None => (0, 0),
         };
         ok += carried_ok;
         w.carried = carried;
-        w.resumed_held_max = pending.last_key_value().map(|(k, _)| *k);
-        w.pending = pending;
-        w.pending_bytes = pending_bytes;
+        w.resumed_held_max = held.max_index();
+        w.held = held;
         w.resumed = Resumed {
             ok,
             failed,
@@ -317,7 +326,7 @@ impl OrderedWriter {
         };
         // Journaled results that continue the prefix go to the file now.
         w.drain()?;
-        w.resumed_held_bytes = w.pending_bytes;
+        w.resumed_held_bytes = w.held.bytes();
         w.flush()?;
         Ok(w)
     }
@@ -337,9 +346,9 @@ impl OrderedWriter {
     pub fn pending_bytes(&self) -> usize {
         match self.resumed_held_max {
             Some(max) if self.next <= max => {
-                self.pending_bytes.saturating_sub(self.resumed_held_bytes)
+                self.held.bytes().saturating_sub(self.resumed_held_bytes)
             }
-            _ => self.pending_bytes,
+            _ => self.held.bytes(),
         }
     }
 
@@ -354,7 +363,7 @@ impl OrderedWriter {
         index < self.next
             || self
                 .resumed_held_max
-                .is_some_and(|max| index <= max && self.pending.contains_key(&index))
+                .is_some_and(|max| index <= max && self.held.contains(index))
             || self.carried.as_ref().is_some_and(|c| c.has_ok(index))
     }
 
@@ -365,9 +374,9 @@ impl OrderedWriter {
             write_ok(&mut self.out, index, source, output)?;
             self.advance()
         } else {
-            let mut line = Vec::with_capacity(output.len() + 48);
-            write_ok(&mut line, index, source, output)?;
-            self.hold(index, line)
+            self.hold(index, output.len() + 48, |line| {
+                write_ok(line, index, source, output)
+            })
         }
     }
 
@@ -394,20 +403,26 @@ impl OrderedWriter {
             self.out.write_all(&line)?;
             self.advance()
         } else {
-            self.hold(index, line)
+            self.hold(index, line.len(), |held| {
+                held.extend_from_slice(&line);
+                Ok(())
+            })
         }
     }
 
-    fn hold(&mut self, index: u64, line: Vec<u8>) -> io::Result<()> {
+    /// Holds the record of `index` (about `size` bytes, written by `write`) until the file
+    /// reaches it; the journal has it at once.
+    fn hold(
+        &mut self,
+        index: u64,
+        size: usize,
+        write: impl FnOnce(&mut Vec<u8>) -> io::Result<()>,
+    ) -> io::Result<()> {
         if index < self.next {
             return Ok(()); // already recorded
         }
-        self.journal.append(&line, &self.syncer)?;
-        self.pending_bytes += line.len();
-        if let Some(old) = self.pending.insert(index, line) {
-            self.pending_bytes -= old.len();
-        }
-        Ok(())
+        let line = self.held.push_with(index, size, write)?;
+        self.journal.append(line, &self.syncer)
     }
 
     fn advance(&mut self) -> io::Result<()> {
@@ -421,23 +436,25 @@ impl OrderedWriter {
             if let Some(carried) = &mut self.carried {
                 if let Some(line) = carried.take(self.next)? {
                     self.out.write_all(line)?;
-                    if let Some(extra) = self.pending.remove(&self.next) {
-                        self.pending_bytes -= extra.len();
-                    }
+                    self.held.remove(self.next);
                     self.next += 1;
                     continue;
                 }
+                // One at a time: a carried record may come up inside a held run.
+                let Some(line) = self.held.take_line(self.next) else {
+                    break;
+                };
+                self.out.write_all(&line)?;
+                self.next += 1;
+                continue;
             }
-            let Some(entry) = self.pending.first_entry() else {
+            let Some((run, len)) = self.held.take_run(self.next) else {
                 break;
             };
-            if *entry.key() != self.next {
-                break;
-            }
-            let line = entry.remove();
-            self.pending_bytes -= line.len();
-            self.out.write_all(&line)?;
-            self.next += 1;
+            let written = self.out.write_all(run.bytes());
+            self.held.recycle(run);
+            written?;
+            self.next += len;
         }
         Ok(())
     }
@@ -449,7 +466,7 @@ impl OrderedWriter {
         let wrote = !self.out.buffer().is_empty();
         self.out.flush()?;
         let journaled = self.journal.flush(&self.syncer)?;
-        if self.pending.is_empty() {
+        if self.held.is_empty() {
             // What the journal held is in the file now: written to the disk once, not twice.
             self.journal.drop_unsynced(&self.syncer)?;
         }
@@ -484,7 +501,7 @@ impl OrderedWriter {
     /// come), makes the file durable and deletes the journal.
     /// Returns the SHA-256 of the finished file, in hex.
     pub fn finish(mut self) -> io::Result<String> {
-        let mut pending = std::mem::take(&mut self.pending).into_iter().peekable();
+        let mut pending = std::mem::take(&mut self.held).into_lines().peekable();
         let mut carried = self.carried.take();
         loop {
             // The carried records and the held ones, merged in index order.
@@ -512,7 +529,6 @@ impl OrderedWriter {
                 self.next = h + 1;
             }
         }
-        self.pending_bytes = 0;
         self.out.flush()?;
         self.out.get_ref().file.sync_all()?;
         if let Some(c) = carried {
@@ -528,7 +544,11 @@ impl OrderedWriter {
         self.seals.discard()?;
         self.journal.discard()?;
         self.closed = true;
-        Ok(hex(&self.out.get_ref().sha.clone().finalize()))
+        let sha = std::mem::replace(
+            &mut self.out.get_mut().sha,
+            OutputDigest::new(Sha256::new()),
+        );
+        Ok(hex(&sha.finish()?))
     }
 
     /// The stage was interrupted and will be resumed: makes everything recorded durable, keeping
@@ -588,7 +608,7 @@ struct Tracked {
     file: File,
     len: u64,
     crc: crc32fast::Hasher,
-    sha: Sha256,
+    sha: OutputDigest,
 }
 
 impl Tracked {
@@ -597,7 +617,7 @@ impl Tracked {
             file,
             len: 0,
             crc: crc32fast::Hasher::new(),
-            sha: Sha256::new(),
+            sha: OutputDigest::new(Sha256::new()),
         }
     }
 }
