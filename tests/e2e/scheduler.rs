@@ -232,3 +232,36 @@ fn a_worker_killed_while_it_starts_is_replaced_and_the_stage_runs() {
     assert_eq!(started_pids(&events).len(), 2);
     assert!(!fx.records("s").iter().any(|r| r.get("error").is_some()));
 }
+
+/// A worker sends a result as soon as its task ends, even when the rest of its chunk runs on:
+/// the first of two items in one chunk is in the output while the second still sleeps.
+#[test]
+fn a_result_is_recorded_while_the_rest_of_its_chunk_runs() {
+    let fx = Fixture::new();
+    let text = header("prompt", "max_workers = 1")
+        + &stage(
+            "s",
+            "demo::sleep_ms",
+            "{ items = [10, 600000] }",
+            "chunksize = 2",
+        );
+    let p = fx.write("pipeline.toml", &text);
+    let child = fx
+        .command()
+        .args([p.to_str().unwrap(), "--progress", "never", "-q"])
+        .spawn()
+        .unwrap();
+    let _child = crate::support::KillOnDrop(child);
+    // The second item sleeps ten minutes; the first one's record comes within the minute
+    // `wait_for` allows, or never before the chunk ends.
+    let output = fx.path().join("out").join("s.jsonl");
+    wait_for(|| {
+        let text = std::fs::read_to_string(&output).ok()?;
+        text.lines().next().map(str::to_owned)
+    });
+    let first = &fx.records("s")[0];
+    assert_eq!(
+        (first["index"].as_u64(), first["output"].as_u64()),
+        (Some(0), Some(10))
+    );
+}
