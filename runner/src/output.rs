@@ -531,6 +531,12 @@ impl OrderedWriter {
         }
         self.out.flush()?;
         self.out.get_ref().file.sync_all()?;
+        // The digest before anything is deleted: should it fail, the stage can still resume.
+        let digest = std::mem::replace(
+            &mut self.out.get_mut().sha,
+            OutputDigest::new(Sha256::new()),
+        );
+        let sha = hex(&digest.finish()?);
         if let Some(c) = carried {
             c.remove()?;
         }
@@ -544,11 +550,7 @@ impl OrderedWriter {
         self.seals.discard()?;
         self.journal.discard()?;
         self.closed = true;
-        let sha = std::mem::replace(
-            &mut self.out.get_mut().sha,
-            OutputDigest::new(Sha256::new()),
-        );
-        Ok(hex(&sha.finish()?))
+        Ok(sha)
     }
 
     /// The stage was interrupted and will be resumed: makes everything recorded durable, keeping

@@ -142,44 +142,6 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// A cheap reading of the same clock as [`monotonic_ns`], for what a worker notes per item:
-/// `CLOCK_MONOTONIC_COARSE` (the time of the last kernel tick, read without the TSC: a
-/// fraction of the cost, which on a stage of tiny tasks was 13 % of the workers' CPU) plus
-/// its resolution (one tick), so that it is not earlier than [`monotonic_ns`] read at the same
-/// moment: a running time measured from it is short by at most a tick, never long (a timeout
-/// fires late by at most a tick, never early).
-pub fn monotonic_coarse_ns() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    /// The coarse clock's resolution plus one (0: not asked yet).
-    static RESOLUTION: AtomicU64 = AtomicU64::new(0);
-    let read = |clock| {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `ts` is a valid, writable timespec.
-        unsafe { libc::clock_gettime(clock, &mut ts) };
-        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-    };
-    let mut resolution = RESOLUTION.load(Ordering::Relaxed);
-    if resolution == 0 {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `ts` is a valid, writable timespec.
-        let asked = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-        // Unknown: assume a slow tick (100 Hz).
-        let res = match asked {
-            0 => ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64,
-            _ => 10_000_000,
-        };
-        resolution = res + 1;
-        RESOLUTION.store(resolution, Ordering::Relaxed);
-    }
-    read(libc::CLOCK_MONOTONIC_COARSE) + resolution
-}
-
 /// Microseconds since the Unix epoch, on the wall clock (comparable between hosts).
 pub fn unix_micros() -> u64 {
     std::time::SystemTime::now()

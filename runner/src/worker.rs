@@ -37,7 +37,6 @@ const EXIT_INIT_FAILED: i32 = 71;
 
 /// Results are sent when a chunk ends, or earlier when this much time or data has piled up, so
 /// that slow chunks still report steadily.
-/// (In nanoseconds: 2 ms, on the clock items are timed by, whose tick may be coarser.)
 const FLUSH_AFTER_NS: u64 = 2_000_000;
 const FLUSH_BYTES: usize = 1 << 20;
 /// A result this large goes in a frame of its own, written from the plugin's buffer (not
@@ -349,8 +348,11 @@ impl ChunkRunner {
         let remote = sender.progress.is_none();
         let mut batch = sender.begin(chunk.chunk_id, 0);
         // One clock reading per item, after its call: it is also when the next item starts
-        // (read again after a send, which may wait for the runner).
-        let mut now_ns = sender.clock();
+        // (read again after a send, which may wait for the runner). Two per item were 13 % of
+        // a worker's CPU on tiny tasks. (CLOCK_MONOTONIC_COARSE would be cheaper still, but
+        // it trails this clock by up to two ticks here: a timeout could fire early, and a
+        // result of a short item wait for the end of its chunk.)
+        let mut now_ns = sys::monotonic_ns();
         for position in 0..chunk.count {
             if sender.stop_requested() {
                 // Interrupted: report what is done; the rest of the chunk is left unrun.
@@ -374,7 +376,7 @@ impl ChunkRunner {
             if let Some(progress) = &sender.progress {
                 progress.finish(chunk.chunk_id, position);
             }
-            now_ns = sender.clock();
+            now_ns = sys::monotonic_ns();
             let ran_ns = match sender.timed {
                 true => now_ns.saturating_sub(started_ns),
                 false => 0,
@@ -410,7 +412,7 @@ impl ChunkRunner {
                 if !last {
                     batch = sender.begin(chunk.chunk_id, position + 1);
                 }
-                now_ns = sender.clock();
+                now_ns = sys::monotonic_ns();
                 continue;
             }
             sender.put_head(status.0, started_us, ran_ns, out.len());
@@ -426,7 +428,7 @@ impl ChunkRunner {
             {
                 sender.send(&mut batch, results)?;
                 batch = sender.begin(chunk.chunk_id, position + 1);
-                now_ns = sender.clock();
+                now_ns = sys::monotonic_ns();
             }
         }
         // The chunk's last results (or, for an empty chunk, an empty frame: it tells the
@@ -447,17 +449,6 @@ impl ResultSender {
                 .progress
                 .as_ref()
                 .is_some_and(super::progress::ProgressSlot::stop_requested)
-    }
-
-    /// The clock items are timed by: the precise one when the joblog times each call, else
-    /// the cheap one (a tick's precision is plenty for timeouts and for when results are due).
-    #[inline]
-    fn clock(&self) -> u64 {
-        if self.timed {
-            sys::monotonic_ns()
-        } else {
-            sys::monotonic_coarse_ns()
-        }
     }
 
     fn begin(&mut self, chunk_id: u64, first: u32) -> Batch {
@@ -536,7 +527,7 @@ impl ResultSender {
 struct Batch {
     count: u32,
     started: Instant,
-    /// When its first item started (on [`ResultSender::clock`]).
+    /// When its first item started (on [`sys::monotonic_ns`]).
     opened_ns: u64,
 }
 

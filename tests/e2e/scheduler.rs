@@ -238,11 +238,13 @@ fn a_worker_killed_while_it_starts_is_replaced_and_the_stage_runs() {
 #[test]
 fn a_result_is_recorded_while_the_rest_of_its_chunk_runs() {
     let fx = Fixture::new();
+    // 3 ms: just over the 2 ms after which a worker sends what it has (a clock that only
+    // moves by ticks of 4 ms would often see no time pass).
     let text = header("prompt", "max_workers = 1")
         + &stage(
             "s",
             "demo::sleep_ms",
-            "{ items = [10, 600000] }",
+            "{ items = [3, 600000] }",
             "chunksize = 2",
         );
     let p = fx.write("pipeline.toml", &text);
@@ -262,6 +264,6 @@ fn a_result_is_recorded_while_the_rest_of_its_chunk_runs() {
     let first = &fx.records("s")[0];
     assert_eq!(
         (first["index"].as_u64(), first["output"].as_u64()),
-        (Some(0), Some(10))
+        (Some(0), Some(3))
     );
 }

@@ -120,7 +120,11 @@ impl Held {
             }
             _ => {
                 if self.contains(index) {
+                    // Replacing a held record (rare): the old one stays if the write fails.
+                    let mut line = Vec::with_capacity(size_hint);
+                    write(&mut line)?;
                     self.remove(index);
+                    return self.push_line(index, &line);
                 }
                 let mut run = self.spare.pop().unwrap_or_default();
                 if size_hint > RUN_BYTES {
@@ -166,6 +170,14 @@ impl Held {
                 Err(e)
             }
         }
+    }
+
+    /// [`Self::push_with`] for a line already written (not generic: `push_with` calls it).
+    fn push_line(&mut self, index: u64, line: &[u8]) -> io::Result<&[u8]> {
+        self.push_with(index, line.len(), |buf| {
+            buf.extend_from_slice(line);
+            Ok(())
+        })
     }
 
     /// Takes the run that starts at `index`, if there is one (give it back with
@@ -361,6 +373,9 @@ mod tests {
         .unwrap();
         push(&mut h, 2);
         assert_eq!(h.runs.len(), 3);
+        // A failed replacement keeps the record it would have replaced.
+        let failed = h.push_with(2, 8, |_| Err(io::Error::other("no")));
+        assert!(failed.is_err() && h.contains(2));
         let failed = h.push_with(3, 8, |_| Err(io::Error::other("no")));
         assert!(failed.is_err());
         let failed = h.push_with(9, 8, |b| {
