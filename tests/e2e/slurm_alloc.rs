@@ -400,6 +400,13 @@ fn an_allocation_near_its_time_limit_is_drained_and_replaced() {
     assert!(!draining.is_empty(), "{}", r.stderr);
     let submitted = events_of(&events, "allocation_submitted");
     assert!(submitted.len() >= 2, "{submitted:?}");
+    // The successor is asked for ahead of the drain (7.5 s here: half the 15 s before it),
+    // not when it happens. (Event times are ISO 8601 in UTC, in one format: they sort.)
+    let first_drain = draining[0]["time"].as_str().unwrap();
+    assert!(
+        submitted[1]["time"].as_str().unwrap() < first_drain,
+        "{submitted:?} {draining:?}"
+    );
     let time_limited: Vec<Value> = events_of(&events, "worker_exited")
         .into_iter()
         .filter(|e| e["reason"] == "time_limit")

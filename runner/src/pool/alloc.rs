@@ -77,9 +77,26 @@ impl Allocation {
             && self.time_left(now).is_some_and(|left| left <= renew_before)
     }
 
-    /// Counts towards the pool's capacity and `max_allocations`.
-    fn counts(&self, now: Instant, renew_before: Duration) -> bool {
-        !self.ended() && !self.cancelled && !self.draining && !self.due_to_drain(now, renew_before)
+    /// Due to be replaced: it will drain within `lead` (a successor asked for now is granted
+    /// by then, and the workers move over without waiting for Slurm). The lead is at most half
+    /// the time it runs before draining, so a short allocation is not replaced as it starts.
+    fn due_for_successor(&self, now: Instant, limits: &Limits) -> bool {
+        let Some(granted) = self.granted_left.filter(|g| *g > limits.renew_before) else {
+            return false;
+        };
+        let lead = limits.lead.min((granted - limits.renew_before) / 2);
+        self.time_left(now)
+            .is_some_and(|left| left <= limits.renew_before + lead)
+    }
+
+    /// Counts towards the pool's capacity and `max_allocations`, and gets new steps: not
+    /// over, not cancelled, not draining, and not due for a successor.
+    fn counts(&self, now: Instant, limits: &Limits) -> bool {
+        !self.ended()
+            && !self.cancelled
+            && !self.draining
+            && !self.due_to_drain(now, limits.renew_before)
+            && !self.due_for_successor(now, limits)
     }
 }
 
@@ -90,6 +107,9 @@ pub struct Limits {
     pub tasks: usize,
     pub max_allocations: usize,
     pub renew_before: Duration,
+    /// How long before an allocation drains its successor is asked for: the longest grant
+    /// wait seen in this run plus [`STEP_MARGIN`] (see [`Allocations::plan`]).
+    pub lead: Duration,
 }
 
 impl Limits {
@@ -98,9 +118,14 @@ impl Limits {
             tasks: settings.tasks.max(1) as usize,
             max_allocations: settings.max_allocations.max(1) as usize,
             renew_before: settings.renew_before,
+            lead: STEP_MARGIN,
         }
     }
 }
+
+/// Time for a worker step to start in a granted allocation, added to the grant wait in
+/// [`Limits::lead`].
+pub const STEP_MARGIN: Duration = Duration::from_secs(5);
 
 /// One thing to do, in the order given.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,7 +165,7 @@ pub fn plan(
             actions.push(Action::Cancel(a.job.clone()));
         }
     }
-    let counted: Vec<&Allocation> = allocs.iter().filter(|a| a.counts(now, renew)).collect();
+    let counted: Vec<&Allocation> = allocs.iter().filter(|a| a.counts(now, &limits)).collect();
     // Steps go to granted allocations with room, oldest first.
     let mut missing = missing;
     let mut started: BTreeMap<&str, usize> = BTreeMap::new();
@@ -469,6 +494,9 @@ pub struct Allocations {
     wasted: u32,
     /// Why the pool stopped asking for allocations, once it did.
     given_up: Option<String>,
+    /// The longest an allocation of this run waited in the queue (successors are asked for
+    /// that long ahead).
+    longest_wait: Duration,
 }
 
 impl Allocations {
@@ -483,6 +511,7 @@ impl Allocations {
             submit_after: None,
             wasted: 0,
             given_up: None,
+            longest_wait: Duration::ZERO,
         }
     }
 
@@ -537,6 +566,9 @@ impl Allocations {
             a.state = state;
         }
         for change in &changes {
+            if let Change::Started { waited, .. } = change {
+                self.longest_wait = self.longest_wait.max(*waited);
+            }
             if let Change::Ended { worked, state, .. } = change {
                 if *worked {
                     self.wasted = 0;
@@ -586,7 +618,11 @@ impl Allocations {
         for job in self.homes.values() {
             *used.entry(job.clone()).or_default() += 1;
         }
-        let mut actions = plan(&self.list, &used, size, missing, now, self.limits);
+        let limits = Limits {
+            lead: self.longest_wait + STEP_MARGIN,
+            ..self.limits
+        };
+        let mut actions = plan(&self.list, &used, size, missing, now, limits);
         if self.given_up.is_some() || self.submit_after.is_some_and(|at| now < at) {
             actions.retain(|a| !matches!(a, Action::Submit(_)));
         }
@@ -691,6 +727,7 @@ mod tests {
         tasks: 2,
         max_allocations: 3,
         renew_before: Duration::from_secs(60),
+        lead: Duration::ZERO,
     };
 
     fn alloc(job: &str, state: AllocState, age: u64, now: Instant) -> Allocation {
@@ -829,6 +866,58 @@ mod tests {
         assert_eq!(
             plan(&[granted(30, 50)], &used(&[("1", 2)]), 2, 0, now, LIMITS),
             []
+        );
+    }
+
+    #[test]
+    fn a_successor_is_asked_for_ahead_of_the_drain_and_the_workers_move_to_it() {
+        let now = Instant::now();
+        let limits = Limits {
+            lead: Duration::from_secs(20),
+            ..LIMITS
+        };
+        let granted = |left: u64, with: u64| {
+            let mut a = alloc("1", running(Some(left), now), 9, now);
+            a.granted_left = Some(Duration::from_secs(with));
+            a
+        };
+        // 81 s left (renew_before 60 + lead 20 = 80): nothing yet.
+        assert_eq!(
+            plan(&[granted(81, 600)], &used(&[("1", 2)]), 2, 0, now, limits),
+            []
+        );
+        // 79 s left: a successor, and the workers go on where they are.
+        assert_eq!(
+            plan(&[granted(79, 600)], &used(&[("1", 2)]), 2, 0, now, limits),
+            [Action::Submit(1)]
+        );
+        // The successor granted and idle is kept (not surplus), and gets no steps yet.
+        let successor = alloc("2", running(None, now), 1, now);
+        let allocs = [granted(70, 600), successor.clone()];
+        assert_eq!(plan(&allocs, &used(&[("1", 2)]), 2, 0, now, limits), []);
+        // A worker lost meanwhile is replaced in the successor, not in the old one.
+        assert_eq!(
+            plan(&allocs, &used(&[("1", 1)]), 2, 1, now, limits),
+            [Action::Start {
+                job: "2".into(),
+                count: 1
+            }]
+        );
+        // At renew_before the old one drains; nothing more is submitted.
+        let allocs = [granted(59, 600), successor.clone()];
+        assert_eq!(
+            plan(&allocs, &used(&[("1", 2)]), 2, 0, now, limits),
+            [Action::Drain("1".into())]
+        );
+        // The lead is at most half the time before the drain: granted with 90 s (30 s before
+        // it drains), the successor comes at 75 s left, not at once.
+        assert_eq!(
+            plan(&[granted(80, 90)], &used(&[("1", 2)]), 2, 0, now, limits),
+            []
+        );
+        assert_eq!(
+            plan(&[granted(74, 90)], &used(&[("1", 2)]), 2, 0, now, limits),
+            [Action::Submit(1)]
         );
     }
 
