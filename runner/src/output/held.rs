@@ -229,10 +229,20 @@ impl Held {
         let Some(first) = self.run_containing(index) else {
             return;
         };
-        let Some(run) = self.runs.remove(&first) else {
+        let Some(mut run) = self.runs.remove(&first) else {
             return;
         };
         self.last = None;
+        if index == first {
+            // The first line (the carried path drops them one by one): nothing is copied.
+            let dropped = run.line(run.taken).len();
+            run.taken += 1;
+            self.bytes -= dropped;
+            if run.len() > 0 {
+                self.runs.insert(index + 1, run);
+            }
+            return;
+        }
         self.bytes -= run.bytes_len();
         let at = run.taken + (index - first) as usize;
         let mut keep = |lines: Range<usize>, from_first: u64| {
@@ -385,5 +395,113 @@ mod tests {
         assert!(failed.is_err());
         assert_eq!(h.max_index(), Some(2));
         assert_eq!(h.bytes(), 2 + RUN_BYTES + 1 + 2);
+    }
+
+    /// Against a map of index to line (what the reorder buffer was before runs): any sequence
+    /// of holds (some failing), takes and removals leaves the same records, in the same order.
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::BTreeMap;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Push {
+                index: u64,
+                len: usize,
+                big: bool,
+                fail: bool,
+            },
+            TakeRun(u64),
+            TakeFirstRun,
+            TakeLine(u64),
+            Remove(u64),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                6 => (0..40u64, 1..24usize, prop::bool::weighted(0.05), prop::bool::weighted(0.1))
+                    .prop_map(|(index, len, big, fail)| Op::Push { index, len, big, fail }),
+                1 => (0..40u64).prop_map(Op::TakeRun),
+                2 => Just(Op::TakeFirstRun),
+                1 => (0..40u64).prop_map(Op::TakeLine),
+                1 => (0..40u64).prop_map(Op::Remove),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(300))]
+            #[test]
+            fn held_records_match_a_map_of_lines(ops in prop::collection::vec(op(), 1..200)) {
+                let mut h = Held::default();
+                let mut model: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+                for (n, op) in ops.into_iter().enumerate() {
+                    match op {
+                        Op::Push { index, len, big, fail } => {
+                            let mut line = format!("{index}:{n}:").into_bytes();
+                            line.resize(line.len() + len, b'x');
+                            line.push(b'\n');
+                            let hint = if big { RUN_BYTES + 1 } else { line.len() };
+                            let written = h.push_with(index, hint, |buf| {
+                                buf.extend_from_slice(&line[..line.len() / 2]);
+                                if fail {
+                                    return Err(io::Error::other("refused"));
+                                }
+                                buf.extend_from_slice(&line[line.len() / 2..]);
+                                Ok(())
+                            });
+                            prop_assert_eq!(written.is_ok(), !fail);
+                            if !fail {
+                                model.insert(index, line);
+                            }
+                        }
+                        Op::TakeRun(index) => {
+                            let first = model.keys().next().copied();
+                            let taken = h.take_run(index);
+                            prop_assert_eq!(taken.is_some(), first == Some(index));
+                            if let Some((run, len)) = taken {
+                                let mut expected = Vec::new();
+                                for i in index..index + len {
+                                    expected.extend(model.remove(&i).unwrap_or_default());
+                                }
+                                prop_assert_eq!(run.bytes(), &expected[..]);
+                                h.recycle(run);
+                            }
+                        }
+                        Op::TakeFirstRun => {
+                            if let Some(first) = model.keys().next().copied() {
+                                let (run, len) = h.take_run(first).expect("a run starts there");
+                                let mut expected = Vec::new();
+                                for i in first..first + len {
+                                    expected.extend(model.remove(&i).unwrap_or_default());
+                                }
+                                prop_assert_eq!(run.bytes(), &expected[..]);
+                            }
+                        }
+                        Op::TakeLine(index) => {
+                            let first = model.keys().next().copied();
+                            let line = h.take_line(index);
+                            prop_assert_eq!(line.is_some(), first == Some(index));
+                            if let Some(line) = line {
+                                prop_assert_eq!(Some(line), model.remove(&index));
+                            }
+                        }
+                        Op::Remove(index) => {
+                            h.remove(index);
+                            model.remove(&index);
+                        }
+                    }
+                    prop_assert_eq!(h.bytes(), model.values().map(Vec::len).sum::<usize>());
+                    prop_assert_eq!(h.max_index(), model.keys().next_back().copied());
+                    prop_assert_eq!(h.is_empty(), model.is_empty());
+                    prop_assert!(h.indices().eq(model.keys().copied()));
+                    for i in 0..42 {
+                        prop_assert_eq!(h.contains(i), model.contains_key(&i));
+                    }
+                }
+                let lines: Vec<(u64, Vec<u8>)> = h.into_lines().collect();
+                prop_assert_eq!(lines, model.into_iter().collect::<Vec<_>>());
+            }
+        }
     }
 }
