@@ -1,8 +1,8 @@
 //! Stage results: `<output_dir>/<stage>.jsonl`, one line per input, in input order, recorded
 //! durably as they complete.
 //!
-//! Results arrive in completion order; a small reorder buffer holds those that are ahead of the
-//! next index to write. The dispatcher bounds that buffer (it stops handing out inputs far ahead
+//! Results arrive in completion order; a small reorder buffer (`held.rs`: runs of consecutive
+//! records) holds those that are ahead of the next index to write. The dispatcher bounds that buffer (it stops handing out inputs far ahead
 //! of the write position), so memory stays flat whatever the number of tasks.
 //!
 //! Durability: `<stage>.jsonl` only ever holds a contiguous prefix (line k is the record of input
