@@ -2,8 +2,9 @@
 //! durably as they complete.
 //!
 //! Results arrive in completion order; a small reorder buffer (`held.rs`: runs of consecutive
-//! records) holds those that are ahead of the next index to write. The dispatcher bounds that buffer (it stops handing out inputs far ahead
-//! of the write position), so memory stays flat whatever the number of tasks.
+//! records) holds those that are ahead of the next index to write. The dispatcher bounds that
+//! buffer (it stops handing out inputs far ahead of the write position), so memory stays flat
+//! whatever the number of tasks.
 //!
 //! Durability: `<stage>.jsonl` only ever holds a contiguous prefix (line k is the record of input
 //! k), so it is the journal of that prefix; every result held in the reorder buffer is also
