@@ -276,11 +276,7 @@ impl OrderedWriter {
                 } else {
                     failed += 1;
                 }
-                let line = r.line;
-                if let Err(e) = held.push_with(r.index, line.len(), |buf| {
-                    buf.extend_from_slice(line);
-                    Ok(())
-                }) {
+                if let Err(e) = held.push_line(r.index, r.line) {
                     held_error = Some(e);
                 }
             }

@@ -346,13 +346,13 @@ impl ChunkRunner {
             .get(chunk.plugin as usize)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no such plugin"))?;
         let remote = sender.progress.is_none();
-        let mut batch = sender.begin(chunk.chunk_id, 0);
         // One clock reading per item, after its call: it is also when the next item starts
         // (read again after a send, which may wait for the runner). Two per item were 13 % of
         // a worker's CPU on tiny tasks. (CLOCK_MONOTONIC_COARSE would be cheaper still, but
         // it trails this clock by up to two ticks here: a timeout could fire early, and a
         // result of a short item wait for the end of its chunk.)
         let mut now_ns = sys::monotonic_ns();
+        let mut batch = sender.begin(chunk.chunk_id, 0, now_ns);
         for position in 0..chunk.count {
             if sender.stop_requested() {
                 // Interrupted: report what is done; the rest of the chunk is left unrun.
@@ -365,9 +365,6 @@ impl ChunkRunner {
             } else {
                 now_ns
             };
-            if batch.count == 0 {
-                batch.opened_ns = started_ns;
-            }
             let started_us = if sender.timed { sys::unix_micros() } else { 0 };
             if let Some(progress) = &sender.progress {
                 progress.start(chunk.chunk_id, position, started_ns);
@@ -401,7 +398,7 @@ impl ChunkRunner {
                 // A frame of its own, its bytes written from the plugin's buffer.
                 if batch.count > 0 {
                     sender.send(&mut batch, results)?;
-                    batch = sender.begin(chunk.chunk_id, position);
+                    batch = sender.begin(chunk.chunk_id, position, sys::monotonic_ns());
                 }
                 sender.put_head(status.0, started_us, ran_ns, out.len());
                 batch.count += 1;
@@ -409,10 +406,10 @@ impl ChunkRunner {
                 if out.capacity() > KEEP_OUT_BYTES {
                     *out = RVec::with_capacity(256);
                 }
-                if !last {
-                    batch = sender.begin(chunk.chunk_id, position + 1);
-                }
                 now_ns = sys::monotonic_ns();
+                if !last {
+                    batch = sender.begin(chunk.chunk_id, position + 1, now_ns);
+                }
                 continue;
             }
             sender.put_head(status.0, started_us, ran_ns, out.len());
@@ -427,8 +424,8 @@ impl ChunkRunner {
                     || now_ns.saturating_sub(batch.opened_ns) >= FLUSH_AFTER_NS)
             {
                 sender.send(&mut batch, results)?;
-                batch = sender.begin(chunk.chunk_id, position + 1);
                 now_ns = sys::monotonic_ns();
+                batch = sender.begin(chunk.chunk_id, position + 1, now_ns);
             }
         }
         // The chunk's last results (or, for an empty chunk, an empty frame: it tells the
@@ -451,9 +448,10 @@ impl ResultSender {
                 .is_some_and(super::progress::ProgressSlot::stop_requested)
     }
 
-    fn begin(&mut self, chunk_id: u64, first: u32) -> Batch {
+    /// A results frame for the chunk's items from `first` on, opened at `now_ns`.
+    fn begin(&mut self, chunk_id: u64, first: u32, now_ns: u64) -> Batch {
         let flags = if self.timed { ResultsHeader::TIMED } else { 0 };
-        Batch::begin(&mut self.frame, chunk_id, first, flags)
+        Batch::begin(&mut self.frame, chunk_id, first, flags, now_ns)
     }
 
     /// One result's status, timing (when timed) and length; its bytes follow.
@@ -479,7 +477,7 @@ impl ResultSender {
         results: &mut impl Write,
         tail: &[u8],
     ) -> io::Result<()> {
-        let busy = batch.started.elapsed().as_nanos() as u64;
+        let busy = sys::monotonic_ns().saturating_sub(batch.opened_ns);
         self.frame
             .patch_u32(ResultsHeader::COUNT_OFFSET, batch.count);
         self.frame.patch_u64(ResultsHeader::BUSY_OFFSET, busy);
@@ -526,13 +524,12 @@ impl ResultSender {
 /// The results frame being filled: which positions of the chunk it holds, since when.
 struct Batch {
     count: u32,
-    started: Instant,
-    /// When its first item started (on [`sys::monotonic_ns`]).
+    /// When it was opened (on [`sys::monotonic_ns`]): about when its first item started.
     opened_ns: u64,
 }
 
 impl Batch {
-    fn begin(frame: &mut FrameBuf, chunk_id: u64, first: u32, flags: u32) -> Self {
+    fn begin(frame: &mut FrameBuf, chunk_id: u64, first: u32, flags: u32, now_ns: u64) -> Self {
         ResultsHeader {
             chunk_id,
             first,
@@ -545,8 +542,7 @@ impl Batch {
         debug_assert_eq!(frame.len(), ResultsHeader::LEN);
         Self {
             count: 0,
-            started: Instant::now(),
-            opened_ns: 0,
+            opened_ns: now_ns,
         }
     }
 }

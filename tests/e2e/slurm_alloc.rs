@@ -31,6 +31,15 @@ fn run_outside(fx: &Fixture, args: &[&str]) -> RunResult {
     RunResult::from(runner(fx, args).output().unwrap())
 }
 
+/// Arguments for a run of `pipeline.toml` with its events in `events.jsonl`.
+const WITH_EVENTS: &[&str] = &[
+    "pipeline.toml",
+    "--progress",
+    "never",
+    "--events",
+    "events.jsonl",
+];
+
 /// The jobs squeue lists (any state it still shows) named `loky-run:PIPELINE`: the test
 /// pipelines have names of their own.
 fn jobs_named(pipeline: &str) -> Vec<(String, String)> {
@@ -115,16 +124,7 @@ fn allocations_on_demand_run_the_pipeline_and_none_is_left() {
     let local = reference.write("pipeline.toml", &(header(NAME, "") + SQUARES));
     reference.run(&[local.to_str().unwrap()]).assert_code(0);
 
-    let r = run_outside(
-        &fx,
-        &[
-            "pipeline.toml",
-            "--progress",
-            "never",
-            "--events",
-            "events.jsonl",
-        ],
-    );
+    let r = run_outside(&fx, WITH_EVENTS);
     r.assert_code(0);
     assert_eq!(
         std::fs::read(fx.path().join("out/squares.jsonl")).unwrap(),
@@ -208,16 +208,7 @@ fn allocations_spread_over_three_nodes() {
         + &pid_stage("a", 24, 200, "")
         + SQUARES;
     fx.write("pipeline.toml", &text);
-    let r = run_outside(
-        &fx,
-        &[
-            "pipeline.toml",
-            "--progress",
-            "never",
-            "--events",
-            "events.jsonl",
-        ],
-    );
+    let r = run_outside(&fx, WITH_EVENTS);
     r.assert_code(0);
     let events = fx.events();
     let ready = events_of(&events, "worker_ready");
@@ -324,20 +315,11 @@ fn kill_9_of_the_runner_while_steps_run_leaves_nothing_and_resume_finishes() {
         + &pid_stage("a", 40, 250, "")
         + SQUARES;
     fx.write("pipeline.toml", &text);
-    let child = runner(
-        &fx,
-        &[
-            "pipeline.toml",
-            "--progress",
-            "never",
-            "--events",
-            "events.jsonl",
-        ],
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
+    let child = runner(&fx, WITH_EVENTS)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let mut child = KillOnDrop(Some(child));
     let events_path = fx.path().join("events.jsonl");
     wait_for(|| (events_of(&read_events(&events_path), "worker_ready").len() >= 2).then_some(()));
@@ -384,16 +366,7 @@ fn an_allocation_near_its_time_limit_is_drained_and_replaced() {
         + "\n[slurm]\ntime_limit = \"1m\"\nrenew_before = \"45s\"\n"
         + &pid_stage("a", 60, 500, "");
     fx.write("pipeline.toml", &text);
-    let r = run_outside(
-        &fx,
-        &[
-            "pipeline.toml",
-            "--progress",
-            "never",
-            "--events",
-            "events.jsonl",
-        ],
-    );
+    let r = run_outside(&fx, WITH_EVENTS);
     r.assert_code(0);
     let events = fx.events();
     let draining = events_of(&events, "allocation_draining");

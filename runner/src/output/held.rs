@@ -173,7 +173,7 @@ impl Held {
     }
 
     /// [`Self::push_with`] for a line already written (not generic: `push_with` calls it).
-    fn push_line(&mut self, index: u64, line: &[u8]) -> io::Result<&[u8]> {
+    pub(crate) fn push_line(&mut self, index: u64, line: &[u8]) -> io::Result<&[u8]> {
         self.push_with(index, line.len(), |buf| {
             buf.extend_from_slice(line);
             Ok(())
@@ -210,9 +210,14 @@ impl Held {
         if *entry.key() != index {
             return None;
         }
-        let mut run = entry.remove();
-        let range = run.line(run.taken);
-        let line = run.lines[range].to_vec();
+        let run = entry.remove();
+        Some(self.drop_first_line(index, run))
+    }
+
+    /// Takes the first line of `run` (taken out of the map, where it started at `index`) and
+    /// puts the rest back from `index + 1`: nothing is copied but that line.
+    fn drop_first_line(&mut self, index: u64, mut run: Run) -> Vec<u8> {
+        let line = run.lines[run.line(run.taken)].to_vec();
         run.taken += 1;
         self.bytes -= line.len();
         if self.last.is_some_and(|(first, _)| first == index) {
@@ -221,7 +226,7 @@ impl Held {
         if run.len() > 0 {
             self.runs.insert(index + 1, run);
         }
-        Some(line)
+        line
     }
 
     /// Drops the record of `index` if one is held (its run is split around it).
@@ -229,18 +234,13 @@ impl Held {
         let Some(first) = self.run_containing(index) else {
             return;
         };
-        let Some(mut run) = self.runs.remove(&first) else {
+        let Some(run) = self.runs.remove(&first) else {
             return;
         };
         self.last = None;
         if index == first {
-            // The first line (the carried path drops them one by one): nothing is copied.
-            let dropped = run.line(run.taken).len();
-            run.taken += 1;
-            self.bytes -= dropped;
-            if run.len() > 0 {
-                self.runs.insert(index + 1, run);
-            }
+            // The carried path drops them one by one from the front.
+            self.drop_first_line(index, run);
             return;
         }
         self.bytes -= run.bytes_len();

@@ -749,6 +749,13 @@ mod tests {
         }
     }
 
+    /// Allocation `job`, granted with `with` seconds and `left` seconds left now.
+    fn granted(job: &str, left: u64, with: u64, now: Instant) -> Allocation {
+        let mut a = alloc(job, running(Some(left), now), 9, now);
+        a.granted_left = Some(Duration::from_secs(with));
+        a
+    }
+
     fn queued() -> AllocState {
         AllocState::Queued { reason: None }
     }
@@ -832,11 +839,7 @@ mod tests {
     #[test]
     fn an_allocation_near_its_time_limit_drains_gets_a_successor_and_is_cancelled_once_empty() {
         let now = Instant::now();
-        let granted = |left: u64, with: u64| {
-            let mut a = alloc("1", running(Some(left), now), 9, now);
-            a.granted_left = Some(Duration::from_secs(with));
-            a
-        };
+        let granted = |left, with| granted("1", left, with, now);
         // 100 s left of 600: the workers go on.
         assert_eq!(
             plan(&[granted(100, 600)], &used(&[("1", 2)]), 2, 0, now, LIMITS),
@@ -876,11 +879,7 @@ mod tests {
             lead: Duration::from_secs(20),
             ..LIMITS
         };
-        let granted = |left: u64, with: u64| {
-            let mut a = alloc("1", running(Some(left), now), 9, now);
-            a.granted_left = Some(Duration::from_secs(with));
-            a
-        };
+        let granted = |left, with| granted("1", left, with, now);
         // 81 s left (renew_before 60 + lead 20 = 80): nothing yet.
         assert_eq!(
             plan(&[granted(81, 600)], &used(&[("1", 2)]), 2, 0, now, limits),
