@@ -321,9 +321,11 @@ fn a_second_runner_on_the_same_outputs_is_refused() {
     let p = fx.write("pipeline.toml", &pipeline(20_000));
     let child = spawn(&fx, &p);
     let events = fx.path().join("events.jsonl");
+    // The stage has started, so its manifest is written: workers are started ahead of it, so
+    // `worker_started` alone could leave nothing for the resume below.
     wait_for(|| {
         let text = std::fs::read_to_string(&events).ok()?;
-        text.contains("worker_started").then_some(())
+        text.contains("stage_started").then_some(())
     });
     fx.run(&[p.to_str().unwrap(), "--resume"])
         .assert_code(2)

@@ -243,9 +243,11 @@ fn a_queued_allocation_is_shown_and_kill_9_of_the_runner_cancels_it() {
     ) + "\n[slurm]\nsbatch_args = [\"--begin=now+3600\"]\n"
         + &pid_stage("a", 2, 10, "");
     fx.write("pipeline.toml", &text);
+    // stderr goes to a file, read while the runner runs.
+    let stderr_path = fx.path().join("stderr.txt");
     let child = runner(&fx, &["pipeline.toml", "--events", "events.jsonl"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
         .spawn()
         .unwrap();
     let mut child = KillOnDrop(Some(child));
@@ -282,6 +284,14 @@ fn a_queued_allocation_is_shown_and_kill_9_of_the_runner_cancels_it() {
     assert_eq!(json[0]["state"], "queued");
     assert_eq!(json[0]["reason"], "BeginTime");
 
+    // The progress line (stderr is not a terminal) says so too, within a progress interval.
+    wait_for(|| {
+        let stderr = std::fs::read_to_string(&stderr_path).ok()?;
+        stderr
+            .contains("Slurm allocations: 1 queued (BeginTime)")
+            .then_some(())
+    });
+
     // kill -9: the guardian cancels what the runner had asked for.
     let pid = child.0.as_ref().unwrap().id();
     // SAFETY: kill(2) of our own child.
@@ -291,13 +301,7 @@ fn a_queued_allocation_is_shown_and_kill_9_of_the_runner_cancels_it() {
         assert!(Instant::now() < deadline, "the runner did not die");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let out = child.wait_with_output();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    // The progress line (stderr is not a terminal) said so too.
-    assert!(
-        stderr.contains("Slurm allocations: 1 queued (BeginTime)"),
-        "{stderr}"
-    );
+    child.wait_with_output();
     wait_until_none_left(NAME);
 }
 
