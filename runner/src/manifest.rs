@@ -119,6 +119,12 @@ pub struct StageRecord {
     pub retrying: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_sha256: Option<String>,
+    /// The stage is over but its output was still being made durable when this was written (a
+    /// small output, synced off the critical path: see `OrderedWriter::finish_soon`). A power
+    /// cut may have cut it short: `--resume` keeps it only if it has `output_sha256`, and
+    /// continues the stage otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub output_unsynced: bool,
 }
 
 impl StageRecord {
@@ -142,6 +148,7 @@ impl StageRecord {
             output_sha256: None,
             retrying: false,
             previous_sha256: None,
+            output_unsynced: false,
         }
     }
 

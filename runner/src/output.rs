@@ -497,7 +497,24 @@ impl OrderedWriter {
     /// workers that cannot start): writes what is held (after a stop some indices may never
     /// come), makes the file durable and deletes the journal.
     /// Returns the SHA-256 of the finished file, in hex.
-    pub fn finish(mut self) -> io::Result<String> {
+    pub fn finish(self) -> io::Result<String> {
+        self.finish_with(false).map(|(sha, _)| sha)
+    }
+
+    /// As [`OrderedWriter::finish`], but a small output written in one go (no journal, no
+    /// seals, nothing carried over: under a megabyte, never resumed) is made durable on the
+    /// sync thread instead of before this returns; the returned [`PendingSync`] tells when.
+    /// A stage of a few tasks then does not wait for the disk before the next one starts. The
+    /// data reached the kernel: a kill of the runner loses none of it, a power cut can.
+    pub fn finish_soon(self) -> io::Result<(String, Option<PendingSync>)> {
+        self.finish_with(true)
+    }
+
+    fn finish_with(mut self, defer: bool) -> io::Result<(String, Option<PendingSync>)> {
+        let defer = defer
+            && self.carried.is_none()
+            && self.journal.never_written()
+            && self.seals.never_written();
         let mut pending = std::mem::take(&mut self.held).into_lines().peekable();
         let mut carried = self.carried.take();
         loop {
@@ -527,7 +544,9 @@ impl OrderedWriter {
             }
         }
         self.out.flush()?;
-        self.out.get_ref().file.sync_all()?;
+        if !defer {
+            self.out.get_ref().file.sync_all()?;
+        }
         // The digest before anything is deleted: should it fail, the stage can still resume.
         let digest = std::mem::replace(
             &mut self.out.get_mut().sha,
@@ -542,12 +561,18 @@ impl OrderedWriter {
         let journal = self.journal.path();
         self.syncer
             .forget_parents(|p| p == journal || Some(p) == journal.parent());
-        self.syncer.stop();
+        let pending = if defer {
+            // No journal nor seals to delete: nothing waits for the sync.
+            Some(self.syncer.stop_soon())
+        } else {
+            self.syncer.stop();
+            None
+        };
         // The seals first: removing the journal removes their directory once it is empty.
         self.seals.discard()?;
         self.journal.discard()?;
         self.closed = true;
-        Ok(sha)
+        Ok((sha, pending))
     }
 
     /// The stage was interrupted and will be resumed: makes everything recorded durable, keeping
@@ -878,6 +903,10 @@ struct SyncState {
     /// The same, with the next pass over the files' data (or when the syncer stops).
     pass_parents: Vec<PathBuf>,
     stop: bool,
+    /// With `stop`: the last pass syncs the files' data too (see [`Syncer::stop_soon`]).
+    sync_at_stop: bool,
+    /// What that last sync failed with.
+    error: Option<io::Error>,
     /// The thread is done with this writer (its last pass is over, its files closed).
     done: bool,
 }
@@ -890,6 +919,8 @@ impl Syncer {
                 parents: Vec::new(),
                 pass_parents: Vec::new(),
                 stop: false,
+                sync_at_stop: false,
+                error: None,
                 done: false,
             }),
             wake: Condvar::new(),
@@ -966,6 +997,46 @@ impl Syncer {
                 .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);
         }
+    }
+}
+
+impl Syncer {
+    /// Stops without waiting: the thread's last pass syncs the files' data and the directory
+    /// entries still to sync, and the returned handle tells when that is over.
+    pub(crate) fn stop_soon(&mut self) -> PendingSync {
+        let shared = Arc::clone(&self.shared);
+        if std::mem::take(&mut self.running) {
+            let mut state = self.lock();
+            state.stop = true;
+            state.sync_at_stop = true;
+            self.shared.wake.notify_all();
+        }
+        PendingSync { shared }
+    }
+}
+
+/// A finished output being made durable on the sync thread ([`OrderedWriter::finish_soon`]).
+pub struct PendingSync {
+    shared: Arc<SyncShared>,
+}
+
+impl PendingSync {
+    /// The output is durable (or its sync failed: [`PendingSync::wait`] says how).
+    pub fn is_done(&self) -> bool {
+        lock(&self.shared.state).done
+    }
+
+    /// Waits until the output is durable, as long as the disk takes (as `finish` would).
+    pub fn wait(self) -> io::Result<()> {
+        let mut state = lock(&self.shared.state);
+        while !state.done {
+            state = self
+                .shared
+                .wake
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        state.error.take().map_or(Ok(()), Err)
     }
 }
 
@@ -1053,9 +1124,14 @@ fn sync_loop(shared: &SyncShared) {
         }
         if state.stop {
             let parents = std::mem::take(&mut state.pass_parents);
+            let files = state.sync_at_stop.then(|| state.files.clone());
             drop(state);
             for p in &parents {
                 sync_parent(p);
+            }
+            let failed = files.iter().flatten().find_map(|f| f.sync_data().err());
+            if failed.is_some() {
+                lock(&shared.state).error = failed;
             }
             return;
         }
@@ -1321,6 +1397,48 @@ mod tests {
             !seals::seals_path(&path).exists(),
             "finish deletes the seals"
         );
+    }
+
+    #[test]
+    fn finish_soon_leaves_the_sync_of_a_small_fresh_output_to_the_sync_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.jsonl");
+        let mut w = OrderedWriter::create(&path).unwrap();
+        w.ok(1, None, b"1").unwrap(); // held in memory only: no journal
+        w.ok(0, None, b"0").unwrap();
+        let (sha, pending) = w.finish_soon().unwrap();
+        let pending = pending.expect("a small fresh output is synced later");
+        pending.wait().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"index\":0,\"output\":0}\n{\"index\":1,\"output\":1}\n"
+        );
+        assert_eq!(sha, crate::manifest::sha256_file(&path).unwrap());
+
+        // What has a journal, seals or an earlier run's records is synced before it returns.
+        let mut w = OrderedWriter::create(&path).unwrap();
+        w.ok(1, None, b"1").unwrap();
+        w.flush().unwrap(); // journaled
+        w.ok(0, None, b"0").unwrap();
+        assert!(w.finish_soon().unwrap().1.is_none(), "journaled");
+        written(&path, 3_000, 1_000);
+        let w = OrderedWriter::resume(&path).unwrap();
+        assert!(w.finish_soon().unwrap().1.is_none(), "resumed, sealed");
+    }
+
+    #[test]
+    fn pending_syncs_of_stages_one_after_another_all_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let pending: Vec<PendingSync> = (0..20)
+            .map(|i| {
+                let mut w = OrderedWriter::create(&dir.path().join(format!("{i}.jsonl"))).unwrap();
+                w.ok(0, None, b"0").unwrap();
+                w.finish_soon().unwrap().1.unwrap()
+            })
+            .collect();
+        for p in pending {
+            p.wait().unwrap();
+        }
     }
 
     #[test]

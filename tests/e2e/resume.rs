@@ -435,3 +435,76 @@ fn a_finished_output_changed_afterwards_is_refused_on_resume_and_rerun_with_forc
         expected_slow_output()
     );
 }
+
+/// A small stage's output is made durable while the next stage starts, so a power cut just
+/// after a stage ended can leave a manifest that says the stage is done (`output_unsynced`)
+/// over an output cut short. `--resume` continues such a stage rather than refusing its output
+/// as changed, and keeps one whose output is whole.
+#[test]
+fn a_done_stage_whose_output_a_power_cut_cut_short_continues_on_resume() {
+    let fx = Fixture::new();
+    let p = counted_pipeline(&fx, 1, "");
+    fx.run(&[p.to_str().unwrap()]).assert_code(0);
+    let mut m = manifest(&fx);
+    let stages = m["stages"].as_array().unwrap();
+    assert!(
+        stages.iter().all(|s| s.get("output_unsynced").is_none()),
+        "the run's end waited for every output to be durable: {stages:?}"
+    );
+    let clean: Vec<Vec<u8>> = ["a", "b", "c"]
+        .iter()
+        .map(|s| output_bytes(&fx, s))
+        .collect();
+
+    // What the power cut left: `a` and `b` done but not yet durable, `b`'s output cut after
+    // 7 records, `c` running.
+    m["status"] = "running".into();
+    m["exit_code"] = Value::Null;
+    m["finished_at"] = Value::Null;
+    m["stages"][0]["output_unsynced"] = true.into();
+    m["stages"][1]["output_unsynced"] = true.into();
+    m["stages"][2]["status"] = "running".into();
+    std::fs::write(fx.path().join("out/manifest.json"), m.to_string()).unwrap();
+    let b = fx.path().join("out/b.jsonl");
+    let cut: usize = clean[1]
+        .split_inclusive(|&c| c == b'\n')
+        .take(7)
+        .map(<[u8]>::len)
+        .sum();
+    std::fs::write(&b, &clean[1][..cut]).unwrap();
+
+    fx.run(&[p.to_str().unwrap(), "--resume"])
+        .assert_code(0)
+        .assert_stderr_has(&["b.jsonl"]);
+    assert_eq!(line_count(&fx.path().join("a.txt")), 20, "a was kept");
+    assert_eq!(
+        line_count(&fx.path().join("b.txt")),
+        33,
+        "b ran only the 13 tasks its output lost"
+    );
+    for (i, s) in ["a", "b", "c"].iter().enumerate() {
+        assert_eq!(output_bytes(&fx, s), clean[i], "{s}.jsonl");
+    }
+    let mut m = manifest(&fx);
+    assert!(m["stages"][1].get("output_unsynced").is_none(), "{m}");
+    assert_eq!(m["stages"][1]["status"], "done");
+
+    // Changed in place, with every record still there: no power cut does that. Refused as
+    // for any finished stage.
+    m["status"] = "running".into();
+    m["stages"][0]["output_unsynced"] = true.into();
+    std::fs::write(fx.path().join("out/manifest.json"), m.to_string()).unwrap();
+    let a = String::from_utf8(clean[0].clone()).unwrap();
+    let first = a.lines().next().unwrap();
+    let changed = first
+        .replacen("\"output\":", "\"output\":[", 1)
+        .replacen('}', "]}", 1);
+    std::fs::write(
+        fx.path().join("out/a.jsonl"),
+        a.replacen(first, &changed, 1),
+    )
+    .unwrap();
+    fx.run(&[p.to_str().unwrap(), "--resume"])
+        .assert_code(2)
+        .assert_stderr_has(&["a.jsonl", "changed after the stage finished"]);
+}

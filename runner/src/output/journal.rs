@@ -69,6 +69,11 @@ impl JournalWriter {
         self
     }
 
+    /// No file was ever written at `path` by this writer, and none was there before.
+    pub fn never_written(&self) -> bool {
+        self.file.is_none() && self.absent
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

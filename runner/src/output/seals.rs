@@ -148,6 +148,11 @@ impl SealWriter {
         self
     }
 
+    /// No file was ever written at `path` by this writer, and none was there before.
+    pub fn never_written(&self) -> bool {
+        self.file.is_none() && self.absent
+    }
+
     pub fn append(&mut self, seal: Seal, syncer: &Syncer) -> io::Result<()> {
         if self.file.is_none() {
             if let Some(dir) = self.path.parent() {

@@ -167,6 +167,9 @@ pub struct Dispatcher<'a, P: WorkerPool> {
     last_progress_line: Instant,
     /// Where `loky-run status` reads how the stage is doing.
     live: Option<&'a mut LiveFile>,
+    /// Called after each event: the run's own bookkeeping between stages that must not wait
+    /// for the stage's end (see [`Dispatcher::with_tick`]).
+    tick: Option<&'a mut dyn FnMut()>,
     /// Results recorded by the run being resumed: ok and failed.
     resumed_ok_failed: (u64, u64),
     started: Instant,
@@ -218,6 +221,7 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
             live_shown: 0,
             last_progress_line: Instant::now(),
             live: None,
+            tick: None,
             resumed_ok_failed,
             started: Instant::now(),
             started_at: crate::events::now_rfc3339(),
@@ -270,6 +274,9 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
         let now = Instant::now();
         self.progress_line(now);
         self.update_live(now);
+        if let Some(tick) = self.tick.as_deref_mut() {
+            tick();
+        }
         Ok(true)
     }
 
@@ -338,6 +345,12 @@ impl<'a, P: WorkerPool> Dispatcher<'a, P> {
     /// Keeps a joblog of every attempt (the pool must have been told to time tasks).
     pub fn with_joblog(mut self, joblog: Option<&'a mut Joblog>) -> Self {
         self.joblog = joblog;
+        self
+    }
+
+    /// Calls `tick` after each event the stage handles (it must be cheap).
+    pub fn with_tick(mut self, tick: Option<&'a mut dyn FnMut()>) -> Self {
+        self.tick = tick;
         self
     }
 

@@ -25,7 +25,7 @@ use crate::input;
 use crate::joblog::Joblog;
 use crate::live::LiveFile;
 use crate::manifest::{Manifest, StageRecord, StageStatus};
-use crate::output::OrderedWriter;
+use crate::output::{OrderedWriter, PendingSync};
 use crate::pool::{Decision, Pool, StopReason, WorkerId, WorkerPool, decide};
 
 pub struct RunOptions {
@@ -164,6 +164,7 @@ pub fn execute(
         partial: opts.resume.only.is_some(),
         prestarted: None,
         unwritten: Unwritten::FirstWrite,
+        syncing: Syncing::default(),
     };
     run.events.emit(&Event::RunStarted {
         pipeline: &pipeline.name,
@@ -197,6 +198,7 @@ pub fn execute(
             Ok(true) => break,
             Err(e) => {
                 // The run ends on this error: what the stages before came to is recorded.
+                let _ = run.settle_syncs(true);
                 if run.unwritten == Unwritten::StageEnd {
                     let _ = run.manifest.write_unsynced(&pipeline.output_dir);
                 }
@@ -256,6 +258,40 @@ struct Run<'a> {
     prestarted: Option<(usize, Decision)>,
     /// What the manifest on disk lacks (see [`Unwritten`]).
     unwritten: Unwritten,
+    /// Finished stages whose output the sync thread is making durable.
+    syncing: Syncing,
+}
+
+/// Finished stages whose output the sync thread is making durable (by stage index): their
+/// manifest records say `output_unsynced` until it is.
+#[derive(Default)]
+struct Syncing {
+    pending: Vec<(usize, PendingSync)>,
+    /// The first sync that failed, and its stage.
+    failed: Option<(usize, std::io::Error)>,
+}
+
+impl Syncing {
+    /// Clears `output_unsynced` of the outputs made durable since the last call (of all of
+    /// them, waiting as long as the disk takes, with `wait`). Returns whether any changed.
+    fn settle(&mut self, stages: &mut [StageRecord], wait: bool) -> bool {
+        let before = self.pending.len();
+        let mut i = 0;
+        while i < self.pending.len() {
+            if !wait && !self.pending[i].1.is_done() {
+                i += 1;
+                continue;
+            }
+            let (stage, pending) = self.pending.swap_remove(i);
+            match pending.wait() {
+                Ok(()) => stages[stage].output_unsynced = false,
+                Err(e) => {
+                    self.failed.get_or_insert((stage, e));
+                }
+            }
+        }
+        self.pending.len() != before
+    }
 }
 
 /// What the in-memory manifest holds that its file does not yet: the next write carries it.
@@ -329,6 +365,23 @@ impl Run<'_> {
 
     /// The run's last stage is over: every worker is told to exit now, so that their exits
     /// overlap the output's and the manifest's syncs (`shutdown` then waits for them).
+    /// Takes note of the finished outputs made durable since the last call (of all of them,
+    /// once each is, with `wait`), for the next manifest write. A failed sync is the run's
+    /// error, as a failed write is: the stage's output may not survive a power cut.
+    fn settle_syncs(&mut self, wait: bool) -> Result<(), RunError> {
+        self.syncing.settle(&mut self.manifest.stages, wait);
+        match self.syncing.failed.take() {
+            Some((stage, e)) => {
+                let path = output_file(self.out_dir(), &self.manifest.stages[stage].name);
+                Err(RunError::io_in_run(format!(
+                    "cannot write {}",
+                    path.display()
+                ))(e))
+            }
+            None => Ok(()),
+        }
+    }
+
     fn retire_all(&mut self) {
         let ids: Vec<WorkerId> = self.pool.workers().map(|w| w.id).collect();
         for id in ids {
@@ -383,6 +436,7 @@ impl Run<'_> {
             if matches!(decision, Decision::Restart { .. }) && self.unwritten == Unwritten::StageEnd
             {
                 // A restart can take seconds: the previous stage's end is recorded first.
+                self.settle_syncs(false)?;
                 let _ = self.manifest.write_unsynced(self.out_dir());
                 self.unwritten = Unwritten::Nothing;
             }
@@ -437,6 +491,7 @@ impl Run<'_> {
             record.retrying = true;
             record.previous_sha256 = sha.map(str::to_owned);
         }
+        self.settle_syncs(false)?;
         if self.unwritten == Unwritten::FirstWrite {
             // The run's first write: synced, like the start of a retry.
             self.write_manifest(false)?;
@@ -501,9 +556,19 @@ impl Run<'_> {
             if let Some(joblog) = &mut self.joblog {
                 joblog.set_stage(&stage.name);
             }
+            // An earlier stage's output made durable meanwhile is recorded so at once: until
+            // then a `--resume` could not tell a changed output from one a power cut cut short.
+            let settling = !self.syncing.pending.is_empty();
+            let (syncing, manifest) = (&mut self.syncing, &mut self.manifest);
+            let mut settle = || {
+                if syncing.settle(&mut manifest.stages, false) {
+                    let _ = manifest.write_unsynced(&out_dir);
+                }
+            };
             Dispatcher::new(job, &mut self.pool, &mut writer, &self.events, self.console)
                 .with_joblog(self.joblog.as_mut())
                 .with_live(Some(&mut self.live))
+                .with_tick(settling.then_some(&mut settle))
                 .run()?
         };
         outcome.ok += resumed.ok;
@@ -511,9 +576,17 @@ impl Run<'_> {
         if last || outcome.stopped.is_some() {
             self.retire_all();
         }
+        let mut pending_sync = None;
         let output_sha256 = if outcome.is_interrupted() {
             // Held results stay in the journal: `--resume` takes them back.
             writer.suspend().map(|()| None)
+        } else if !last && matches!(writing, Writing::Fresh) {
+            // The next stage need not wait for the disk: a small output is synced while it
+            // starts (the run's end waits for it).
+            writer.finish_soon().map(|(sha, pending)| {
+                pending_sync = pending;
+                Some(sha)
+            })
         } else {
             writer.finish().map(Some)
         }
@@ -531,6 +604,10 @@ impl Run<'_> {
             record.previous_sha256 = None;
         }
         record.output_sha256 = output_sha256;
+        record.output_unsynced = pending_sync.is_some();
+        if let Some(pending) = pending_sync {
+            self.syncing.pending.push((i, pending));
+        }
         record.finished_at = Some(crate::events::now_rfc3339());
         if record.retrying || matches!(writing, Writing::Retry(_)) {
             // A retry's end is recorded at once: its previous output is gone now (`finish`),
@@ -557,6 +634,9 @@ impl Run<'_> {
     }
 
     fn finish(mut self, started: Instant, events: Option<PathBuf>) -> Result<RunReport, RunError> {
+        // Every output is durable before the run says it is over. A failed sync ends the run
+        // like a failed write: its stage stays marked unsynced, for `--resume` to check.
+        self.settle_syncs(true)?;
         let interrupted = self.stages.iter().find_map(|(_, o, _)| match o.stopped {
             Some(StageStop::Interrupted(sig)) => Some(sig),
             _ => None,

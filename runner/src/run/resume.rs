@@ -226,6 +226,9 @@ pub fn prepare(
         }
     };
 
+    let mut prev = prev;
+    settle_unsynced(out_dir, &mut prev.stages, console);
+
     // What changed, stage by stage (by position).
     let now = &manifest.stages;
     let mut changes: Vec<(usize, String)> = Vec::new();
@@ -494,6 +497,54 @@ fn only_stage(
         ));
     }
     Ok(())
+}
+
+/// Finished stages whose output was still being made durable when the manifest was last
+/// written (`output_unsynced`). One that is what the manifest recorded is kept (and synced
+/// now). One with fewer lines than the stage recorded was cut short by a power cut: it
+/// continues like a stage that was running. Any other difference is a change, refused as for
+/// any finished stage.
+fn settle_unsynced(out_dir: &Path, stages: &mut [StageRecord], console: &Console) {
+    for stage in stages.iter_mut().filter(|s| s.output_unsynced) {
+        stage.output_unsynced = false;
+        if !stage.status.is_finished() {
+            continue;
+        }
+        let path = output_file(out_dir, &stage.name);
+        if finished_output_problem(out_dir, stage).is_none() {
+            // Durable before this run builds on it (best effort: a failure shows at the end).
+            let _ = std::fs::File::open(&path).and_then(|f| f.sync_data());
+            continue;
+        }
+        let lines = count_lines(&path).unwrap_or(0);
+        if lines < stage.ok + stage.failed {
+            console.warn(&format!(
+                "stage {}: its output {} lost its last records (it was not on disk yet when the run stopped: a power cut?): the stage continues from what it holds",
+                stage.name,
+                path.display()
+            ));
+            stage.status = StageStatus::Running;
+            stage.output_sha256 = None;
+        }
+    }
+}
+
+/// Newlines in a file (a missing file has none).
+fn count_lines(path: &Path) -> std::io::Result<u64> {
+    use std::io::Read;
+    let mut file = match std::fs::File::open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        other => other?,
+    };
+    let mut buf = vec![0; 1 << 16];
+    let mut lines = 0;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(lines);
+        }
+        lines += buf[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+    }
 }
 
 /// Why the output of a finished stage cannot be kept, if it cannot: it is gone, or it is not
