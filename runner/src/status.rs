@@ -358,7 +358,10 @@ fn stage_report(
     now: SystemTime,
     limit: FailureLimit,
 ) -> Result<StageStatusReport, StatusError> {
-    let running = record.status == StageStatus::Running;
+    // The runner records a stage's start in the manifest lazily (within a second): a stage
+    // still marked pending that the runner says it runs, or that has an output, was started.
+    let running = record.status == StageStatus::Running
+        || (record.status == StageStatus::Pending && (live.is_some() || output.exists()));
     let mut report = StageStatusReport {
         name: record.name.clone(),
         task: record.task.clone(),
@@ -384,6 +387,7 @@ fn stage_report(
     match (running, live) {
         (true, Some(p)) => {
             // A stage on the move: its counts are the runner's.
+            report.state = StageStatus::Running.as_str().into();
             let started = humantime::parse_rfc3339_weak(&p.started_at).ok();
             let elapsed_s = started
                 .map(|t| now.duration_since(t).unwrap_or_default().as_secs_f64())

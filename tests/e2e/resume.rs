@@ -508,3 +508,57 @@ fn a_done_stage_whose_output_a_power_cut_cut_short_continues_on_resume() {
         .assert_code(2)
         .assert_stderr_has(&["a.jsonl", "changed after the stage finished"]);
 }
+
+/// A stage's start reaches the manifest up to 100 ms after it (so that stages of a few tasks
+/// do not each wait for the manifest's rename): a runner killed before that leaves the stage
+/// marked pending over the records it wrote. `status` shows what they are, and `--resume`
+/// continues the stage from them instead of starting it over.
+#[test]
+fn a_stage_killed_before_its_start_was_recorded_continues_from_its_records() {
+    let fx = Fixture::new();
+    let p = counted_pipeline(&fx, 1, "");
+    fx.run(&[p.to_str().unwrap()]).assert_code(0);
+    let clean: Vec<Vec<u8>> = ["a", "b", "c"]
+        .iter()
+        .map(|s| output_bytes(&fx, s))
+        .collect();
+    let mut m = manifest(&fx);
+    m["status"] = "running".into();
+    m["exit_code"] = Value::Null;
+    m["finished_at"] = Value::Null;
+    for i in [1, 2] {
+        let name = m["stages"][i]["name"].clone();
+        let task = m["stages"][i]["task"].clone();
+        let fingerprint = m["stages"][i]["fingerprint"].clone();
+        m["stages"][i] = serde_json::json!({
+            "name": name, "status": "pending", "task": task, "output": format!("{}.jsonl", name.as_str().unwrap()),
+            "fingerprint": fingerprint, "tasks": 0, "ok": 0, "failed": 0, "retried": 0,
+            "not_run": 0, "wall_time_s": 0.0, "pool_decision": null,
+        });
+    }
+    std::fs::write(fx.path().join("out/manifest.json"), m.to_string()).unwrap();
+    let cut: usize = clean[1]
+        .split_inclusive(|&c| c == b'\n')
+        .take(7)
+        .map(<[u8]>::len)
+        .sum();
+    std::fs::write(fx.path().join("out/b.jsonl"), &clean[1][..cut]).unwrap();
+    std::fs::remove_file(fx.path().join("out/c.jsonl")).unwrap();
+
+    let s: Value = serde_json::from_str(&fx.run(&["status", "out", "--json"]).stdout).unwrap();
+    // No `.live.json` says who ran it: "unknown", with what its output holds.
+    assert_eq!(s["stages"][1]["state"], "unknown", "{s}");
+    assert_eq!(s["stages"][1]["done"], 7, "{s}");
+    assert_eq!(s["stages"][2]["state"], "pending", "{s}");
+
+    fx.run(&[p.to_str().unwrap(), "--resume"]).assert_code(0);
+    assert_eq!(line_count(&fx.path().join("a.txt")), 20, "a was kept");
+    assert_eq!(
+        line_count(&fx.path().join("b.txt")),
+        33,
+        "b ran only the 13 tasks it had no record of"
+    );
+    for (i, s) in ["a", "b", "c"].iter().enumerate() {
+        assert_eq!(output_bytes(&fx, s), clean[i], "{s}.jsonl");
+    }
+}

@@ -165,6 +165,7 @@ pub fn execute(
         prestarted: None,
         unwritten: Unwritten::FirstWrite,
         syncing: Syncing::default(),
+        marks_due: Instant::now(),
     };
     run.events.emit(&Event::RunStarted {
         pipeline: &pipeline.name,
@@ -199,7 +200,7 @@ pub fn execute(
             Err(e) => {
                 // The run ends on this error: what the stages before came to is recorded.
                 let _ = run.settle_syncs(true);
-                if run.unwritten == Unwritten::StageEnd {
+                if run.unwritten == Unwritten::Marks {
                     let _ = run.manifest.write_unsynced(&pipeline.output_dir);
                 }
                 return Err(e);
@@ -260,6 +261,8 @@ struct Run<'a> {
     unwritten: Unwritten,
     /// Finished stages whose output the sync thread is making durable.
     syncing: Syncing,
+    /// When stage marks not written yet are due in the file (see [`Unwritten::Marks`]).
+    marks_due: Instant,
 }
 
 /// Finished stages whose output the sync thread is making durable (by stage index): their
@@ -300,11 +303,19 @@ enum Unwritten {
     Nothing,
     /// The run's first write (synced) is still to come: it is the first stage's start mark.
     FirstWrite,
-    /// A stage's end mark: the next stage's start mark (or the run's last write) follows at
-    /// once and carries it. Until then the file says the stage is running, which costs a
-    /// `--resume` after a kill in between only a check of the stage's complete output.
-    StageEnd,
+    /// Stage marks: a stage's end, and the starts of stages that do not read from another
+    /// (a `from` stage's start is written at once: it carries its source's end, which a
+    /// resume needs to continue it). They are written at most [`MARKS_AFTER`] after the
+    /// last write (at a stage's start, or on the dispatcher's tick), and with a pool restart
+    /// and the run's end. Until then the file says such a stage is pending or running, which
+    /// costs a `--resume` after a kill only a check of the stage's output: it continues the
+    /// stage from what its output holds. Stages of a few tasks then do not each wait for a
+    /// rename of the manifest.
+    Marks,
 }
+
+/// How long stage marks may wait for a manifest write.
+const MARKS_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// How a stage's output starts.
 #[derive(Clone, Copy)]
@@ -433,12 +444,12 @@ impl Run<'_> {
         });
         if !applied {
             announce(&self.events, self.console, &stage.name, &decision);
-            if matches!(decision, Decision::Restart { .. }) && self.unwritten == Unwritten::StageEnd
-            {
+            if matches!(decision, Decision::Restart { .. }) && self.unwritten == Unwritten::Marks {
                 // A restart can take seconds: the previous stage's end is recorded first.
                 self.settle_syncs(false)?;
                 let _ = self.manifest.write_unsynced(self.out_dir());
                 self.unwritten = Unwritten::Nothing;
+                self.marks_due = Instant::now() + MARKS_AFTER;
             }
             self.pool.apply(
                 &decision,
@@ -495,15 +506,22 @@ impl Run<'_> {
         if self.unwritten == Unwritten::FirstWrite {
             // The run's first write: synced, like the start of a retry.
             self.write_manifest(false)?;
+            self.unwritten = Unwritten::Nothing;
         } else if matches!(writing, Writing::Retry(_)) {
             // Durable before the output moves aside: a resume must know it is a retry's.
             self.manifest.write(&out_dir).map_err(manifest_error)?;
-        } else {
+            self.unwritten = Unwritten::Nothing;
+        } else if planned.from.is_some() || Instant::now() >= self.marks_due {
             self.manifest
                 .write_unsynced(&out_dir)
                 .map_err(manifest_error)?;
+            self.unwritten = Unwritten::Nothing;
+        } else {
+            self.unwritten = Unwritten::Marks;
         }
-        self.unwritten = Unwritten::Nothing;
+        if self.unwritten == Unwritten::Nothing {
+            self.marks_due = Instant::now() + MARKS_AFTER;
+        }
         let mut writer = match writing {
             Writing::Fresh => OrderedWriter::create(&out_path).map_err(RunError::io_in_run(
                 format!("cannot create {}", out_path.display()),
@@ -556,13 +574,23 @@ impl Run<'_> {
             if let Some(joblog) = &mut self.joblog {
                 joblog.set_stage(&stage.name);
             }
-            // An earlier stage's output made durable meanwhile is recorded so at once: until
-            // then a `--resume` could not tell a changed output from one a power cut cut short.
-            let settling = !self.syncing.pending.is_empty();
-            let (syncing, manifest) = (&mut self.syncing, &mut self.manifest);
+            // The file catches up with the stage marks once the stage has run for a while, and
+            // an earlier stage's output made durable meanwhile is recorded so at once (until
+            // then a `--resume` could not tell a changed output from one a power cut cut short).
+            let settling = !self.syncing.pending.is_empty() || self.unwritten != Unwritten::Nothing;
+            let (syncing, manifest, unwritten, marks_due) = (
+                &mut self.syncing,
+                &mut self.manifest,
+                &mut self.unwritten,
+                &mut self.marks_due,
+            );
             let mut settle = || {
-                if syncing.settle(&mut manifest.stages, false) {
-                    let _ = manifest.write_unsynced(&out_dir);
+                let settled = syncing.settle(&mut manifest.stages, false);
+                let now = Instant::now();
+                let due = *unwritten != Unwritten::Nothing && now >= *marks_due;
+                if (settled || due) && manifest.write_unsynced(&out_dir).is_ok() {
+                    *unwritten = Unwritten::Nothing;
+                    *marks_due = now + MARKS_AFTER;
                 }
             };
             Dispatcher::new(job, &mut self.pool, &mut writer, &self.events, self.console)
@@ -618,7 +646,7 @@ impl Run<'_> {
             // synced.
             let _ = self.manifest.write_unsynced(&out_dir);
         } else {
-            self.unwritten = Unwritten::StageEnd;
+            self.unwritten = Unwritten::Marks;
         }
         let now = Instant::now();
         // A view, throttled like the stage's own updates (a tiny stage would rewrite it twice).

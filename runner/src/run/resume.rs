@@ -351,7 +351,10 @@ pub fn prepare(
                 }
                 StageStart::Keep(Box::new(kept))
             }
-            (_, Some(b)) if matches!(b.status, StageStatus::Running | StageStatus::Interrupted) => {
+            (_, Some(b))
+                if matches!(b.status, StageStatus::Running | StageStatus::Interrupted)
+                    || (b.status == StageStatus::Pending && output_there(out_dir, &b.name)) =>
+            {
                 record.wall_time_s = b.wall_time_s; // time spent so far
                 StageStart::Resume
             }
@@ -527,6 +530,15 @@ fn settle_unsynced(out_dir: &Path, stages: &mut [StageRecord], console: &Console
             stage.output_sha256 = None;
         }
     }
+}
+
+/// Whether a stage has an output (or a journal) in `out_dir`. A stage the manifest says is
+/// pending has one only if the run that wrote the manifest started it (the outputs of stages
+/// to run afresh are deleted before a run's first manifest write), without recording that yet:
+/// see `Unwritten::Marks`.
+fn output_there(out_dir: &Path, stage: &str) -> bool {
+    let path = output_file(out_dir, stage);
+    path.exists() || output::journal_path(&path).exists()
 }
 
 /// Newlines in a file (a missing file has none).
