@@ -200,9 +200,11 @@ fn the_quickstart_on_slurm_writes_the_same_outputs_as_locally() {
     let r = salloc(
         &fx,
         2,
-        "$LOKY slurm.toml --progress never --events events.jsonl; echo \"runner=$?\"",
+        &format!(
+            "$LOKY slurm.toml --progress never --events events.jsonl; echo \"runner=$?\"; {LIST_WORKER_STEPS}"
+        ),
     );
-    assert!(r.stdout.contains("runner=0"), "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(runner_code_and_steps(&r), (0, 0), "{}", r.stderr);
 
     for stage in ["squares", "copied", "work"] {
         let read = |dir: &str| std::fs::read(fx.path().join(dir).join(format!("{stage}.jsonl")));
@@ -222,13 +224,15 @@ fn the_quickstart_on_slurm_writes_the_same_outputs_as_locally() {
     assert!(["1", "2"].contains(&s[1]["output"].as_str().unwrap()));
 
     let events = fx.events();
+    // Steps join as they connect: the second may come after the quickstart's short work is
+    // done (then it is given up at the end). Each that came is its own step.
     let ready = events_of(&events, "worker_ready");
-    assert_eq!(ready.len(), 2, "{ready:?}");
+    assert!((1..=2).contains(&ready.len()), "{ready:?}");
     let steps: BTreeSet<&str> = ready
         .iter()
         .map(|e| e["slurm_step"].as_str().expect("a step id"))
         .collect();
-    assert_eq!(steps.len(), 2);
+    assert_eq!(steps.len(), ready.len(), "{ready:?}");
     assert!(ready.iter().all(|e| e["slurm_job"].is_string()));
     assert!(
         events_of(&events, "worker_started")
