@@ -254,14 +254,27 @@ fn reuse_keeps_the_steps_kill_workers_starts_new_ones_resize_adds_one() {
             vec!["150"; n].join(", ")
         )
     };
+    // Steps join a stage as they connect, so a, c and d are rendezvous stages of as many
+    // tasks as workers: each ends only once all its workers run at once (every step of the
+    // pool has connected, whatever the machine's load).
+    let meet = |name: &str, n: usize, extra: &str| {
+        let item = format!(
+            "{{ path = \"{}\", count = {n}, timeout_ms = 60000 }}",
+            fx.path().join(name).display()
+        );
+        format!(
+            "[[stage]]\nname = \"{name}\"\ntask = \"faults::rendezvous\"\ninput = {{ items = [{}] }}\nchunksize = 1\n{extra}\n",
+            vec![item; n].join(", ")
+        )
+    };
     // --overlap: a third worker step may share the allocation's two CPUs.
     let text = header(
         "steps",
         "max_workers = 2\nlauncher = \"slurm\"\nsrun_args = [\"--overlap\"]",
-    ) + &pid_stage("a", 6, "")
+    ) + &meet("a", 2, "")
         + &pid_stage("b", 6, "")
-        + &pid_stage("c", 6, "kill_workers = true")
-        + &pid_stage("d", 9, "max_workers = 3");
+        + &meet("c", 2, "kill_workers = true")
+        + &meet("d", 3, "max_workers = 3");
     fx.write("pipeline.toml", &text);
     let r = salloc(
         &fx,
@@ -306,18 +319,23 @@ fn reuse_keeps_the_steps_kill_workers_starts_new_ones_resize_adds_one() {
         pids(&fx.outputs("c")),
         pids(&fx.outputs("d")),
     );
+    assert_eq!(a.len(), 2, "a ran on both workers at once");
     assert!(
         b.is_subset(&a),
         "reuse: the same processes ({a:?} vs {b:?})"
     );
     assert!(a.is_disjoint(&c), "kill_workers: fresh processes");
-    assert!(c.len() <= 2 && d.len() <= 3);
+    assert_eq!((c.len(), d.len()), (2, 3));
+    assert!(c.is_subset(&d), "resize kept c's workers");
     let ready_pids: BTreeSet<u64> = ready_per_stage
         .iter()
         .filter(|(s, _)| s == "c" || s == "d")
         .map(|(_, e)| e["pid"].as_u64().unwrap())
         .collect();
-    assert!(d.is_subset(&ready_pids), "resize kept c's workers");
+    assert!(
+        d.is_subset(&ready_pids),
+        "d ran on c's workers and the one it added"
+    );
     // Nothing exited between the start of c and the end of d but for shutdown.
     let exits = events_of(&events, "worker_exited");
     assert!(
