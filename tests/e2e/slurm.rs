@@ -353,30 +353,31 @@ fn a_cancelled_worker_step_is_a_crash_retried_and_no_step_is_left() {
     }
     let _one = cluster_lock();
     let fx = Fixture::new();
+    // Two rendezvous tasks that need three arrivals: each worker appends its pid to `met` and
+    // waits, so once `met` has two lines both steps are mid-task, and they stay so until the
+    // retry of the cancelled one's task arrives on a replacement step.
+    let met = fx.path().join("met");
+    let item = format!(
+        "{{ path = \"{}\", count = 3, timeout_ms = 60000 }}",
+        met.display()
+    );
     let text = header(
         "scancel",
         "max_workers = 2\nlauncher = \"slurm\"\nretries = 1\nchunksize = 1",
     ) + &format!(
-        "[[stage]]\nname = \"s\"\ntask = \"faults::sleep_ms\"\ninput = {{ items = [{}] }}\n",
-        ["300"; 12].join(", ")
+        "[[stage]]\nname = \"s\"\ntask = \"faults::rendezvous\"\ninput = {{ items = [{item}, {item}] }}\n"
     );
     fx.write("pipeline.toml", &text);
-    // Cancel step 0 once both workers run tasks (each is busy all the time: 12 tasks of 300 ms).
     let script = format!(
         r#"$LOKY pipeline.toml --progress never --events events.jsonl &
 runner=$!
-until grep -q '"slurm_step":"1"' events.jsonl 2>/dev/null; do kill -0 $runner || break; sleep 0.05; done
-until [ "$(grep -c '"worker_ready"' events.jsonl)" -ge 2 ]; do kill -0 $runner || break; sleep 0.05; done
-sleep 0.4
+until [ "$(cat met 2>/dev/null | wc -l)" -ge 2 ]; do kill -0 $runner || break; sleep 0.05; done
 scancel "$SLURM_JOB_ID.0"
 wait $runner; echo "runner=$?"; {LIST_WORKER_STEPS}"#
     );
     let r = salloc(&fx, 2, &script);
     assert_eq!(runner_code_and_steps(&r), (0, 0), "{}", r.stderr);
 
-    let records = fx.records("s");
-    assert_eq!(records.len(), 12);
-    assert!(records.iter().all(|r| r["output"] == 300), "{records:?}");
     let events = fx.events();
     let retried = events_of(&events, "task_retried");
     assert_eq!(retried.len(), 1, "{retried:?}");
@@ -387,8 +388,20 @@ wait $runner; echo "runner=$?"; {LIST_WORKER_STEPS}"#
         .collect();
     assert_eq!(crashed.len(), 1, "{crashed:?}");
     assert!(crashed[0]["signal"].is_string(), "{crashed:?}");
-    // The replacement is a new step.
-    assert_eq!(events_of(&events, "worker_ready").len(), 3);
+    // The replacement is a new step, and the retry ran there: the two tasks' results come
+    // from step 1 and the new step, none from the cancelled step 0.
+    let ready = events_of(&events, "worker_ready");
+    assert_eq!(ready.len(), 3, "{ready:?}");
+    let records = fx.records("s");
+    assert_eq!(records.len(), 2);
+    assert!(records.iter().all(|r| r["output"].is_u64()), "{records:?}");
+    let outputs: Vec<Value> = records.iter().map(|r| r["output"].clone()).collect();
+    let survivors: BTreeSet<u64> = ready
+        .iter()
+        .filter(|e| e["slurm_step"] != "0")
+        .map(|e| e["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(pids(&outputs), survivors, "{ready:?}");
 }
 
 #[test]
