@@ -86,13 +86,20 @@ input = { from = "b" }
 #[test]
 fn equal_pool_settings_keep_the_same_worker_processes() {
     let fx = Fixture::new();
+    // `first` is a rendezvous of two tasks: it ends only once both workers run one at once
+    // (one worker alone could otherwise do all of it before the other is ready).
+    let item = format!(
+        "{{ path = \"{}\", count = 2, timeout_ms = 60000 }}",
+        fx.path().join("met").display()
+    );
     let text = header("reuse", "max_workers = 2")
+        + &stage(
+            "first",
+            "faults::rendezvous",
+            &format!("{{ items = [{item}, {item}] }}"),
+            "chunksize = 1",
+        )
         + r#"
-[[stage]]
-name = "first"
-task = "demo::pid"
-input = { items = [30, 30, 30, 30, 30, 30] }
-
 [[stage]]
 name = "second"
 task = "demo::pid"
@@ -112,15 +119,17 @@ input = { items = [30, 30, 30, 30, 30, 30] }
         v
     };
     let (first, second) = (pids("first"), pids("second"));
-    assert!(!first.is_empty());
+    assert_eq!(first.len(), 2, "first ran on both workers");
     assert_eq!(first, second);
     let events = fx.events();
-    let started = started_pids(&events);
+    let mut started = started_pids(&events);
     assert_eq!(
         started.len(),
         2,
         "only two workers were ever started: {events:?}"
     );
+    started.sort();
+    assert_eq!(started, first, "the workers started are the ones that ran");
     let decisions: Vec<&Value> = events
         .iter()
         .filter(|e| e["event"] == "pool_decision")

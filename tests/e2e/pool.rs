@@ -193,9 +193,14 @@ fn reuse_never_restarts_every_stage() {
 fn idle_workers_exit_and_are_respawned_when_work_arrives() {
     let fx = Fixture::new();
     // One long task keeps one worker busy; the other idles past the timeout and exits. Then a
-    // stage with four workers starts from the one survivor.
+    // stage with four workers starts from the one survivor. The long task lasts until that
+    // exit is in the event log (however late the second worker starts), or fails after 60 s.
+    let long = format!(
+        "{{ items = [{{ path = \"{}\", text = '\"reason\":\"idle_timeout\"', timeout_ms = 60000 }}] }}",
+        fx.path().join("events.jsonl").display()
+    );
     let text = header("idle", "max_workers = 2\nidle_timeout = \"200ms\"")
-        + &stage("long", "demo::sleep_ms", "{ items = [1500] }", "")
+        + &stage("long", "faults::wait_for_text", &long, "")
         + &stage(
             "later",
             "demo::pid",

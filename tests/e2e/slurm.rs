@@ -200,9 +200,11 @@ fn the_quickstart_on_slurm_writes_the_same_outputs_as_locally() {
     let r = salloc(
         &fx,
         2,
-        "$LOKY slurm.toml --progress never --events events.jsonl; echo \"runner=$?\"",
+        &format!(
+            "$LOKY slurm.toml --progress never --events events.jsonl; echo \"runner=$?\"; {LIST_WORKER_STEPS}"
+        ),
     );
-    assert!(r.stdout.contains("runner=0"), "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(runner_code_and_steps(&r), (0, 0), "{}", r.stderr);
 
     for stage in ["squares", "copied", "work"] {
         let read = |dir: &str| std::fs::read(fx.path().join(dir).join(format!("{stage}.jsonl")));
@@ -222,13 +224,15 @@ fn the_quickstart_on_slurm_writes_the_same_outputs_as_locally() {
     assert!(["1", "2"].contains(&s[1]["output"].as_str().unwrap()));
 
     let events = fx.events();
+    // Steps join as they connect: the second may come after the quickstart's short work is
+    // done (then it is given up at the end). Each that came is its own step.
     let ready = events_of(&events, "worker_ready");
-    assert_eq!(ready.len(), 2, "{ready:?}");
+    assert!((1..=2).contains(&ready.len()), "{ready:?}");
     let steps: BTreeSet<&str> = ready
         .iter()
         .map(|e| e["slurm_step"].as_str().expect("a step id"))
         .collect();
-    assert_eq!(steps.len(), 2);
+    assert_eq!(steps.len(), ready.len(), "{ready:?}");
     assert!(ready.iter().all(|e| e["slurm_job"].is_string()));
     assert!(
         events_of(&events, "worker_started")
@@ -250,14 +254,27 @@ fn reuse_keeps_the_steps_kill_workers_starts_new_ones_resize_adds_one() {
             vec!["150"; n].join(", ")
         )
     };
+    // Steps join a stage as they connect, so a, c and d are rendezvous stages of as many
+    // tasks as workers: each ends only once all its workers run at once (every step of the
+    // pool has connected, whatever the machine's load).
+    let meet = |name: &str, n: usize, extra: &str| {
+        let item = format!(
+            "{{ path = \"{}\", count = {n}, timeout_ms = 60000 }}",
+            fx.path().join(name).display()
+        );
+        format!(
+            "[[stage]]\nname = \"{name}\"\ntask = \"faults::rendezvous\"\ninput = {{ items = [{}] }}\nchunksize = 1\n{extra}\n",
+            vec![item; n].join(", ")
+        )
+    };
     // --overlap: a third worker step may share the allocation's two CPUs.
     let text = header(
         "steps",
         "max_workers = 2\nlauncher = \"slurm\"\nsrun_args = [\"--overlap\"]",
-    ) + &pid_stage("a", 6, "")
+    ) + &meet("a", 2, "")
         + &pid_stage("b", 6, "")
-        + &pid_stage("c", 6, "kill_workers = true")
-        + &pid_stage("d", 9, "max_workers = 3");
+        + &meet("c", 2, "kill_workers = true")
+        + &meet("d", 3, "max_workers = 3");
     fx.write("pipeline.toml", &text);
     let r = salloc(
         &fx,
@@ -302,18 +319,23 @@ fn reuse_keeps_the_steps_kill_workers_starts_new_ones_resize_adds_one() {
         pids(&fx.outputs("c")),
         pids(&fx.outputs("d")),
     );
+    assert_eq!(a.len(), 2, "a ran on both workers at once");
     assert!(
         b.is_subset(&a),
         "reuse: the same processes ({a:?} vs {b:?})"
     );
     assert!(a.is_disjoint(&c), "kill_workers: fresh processes");
-    assert!(c.len() <= 2 && d.len() <= 3);
+    assert_eq!((c.len(), d.len()), (2, 3));
+    assert!(c.is_subset(&d), "resize kept c's workers");
     let ready_pids: BTreeSet<u64> = ready_per_stage
         .iter()
         .filter(|(s, _)| s == "c" || s == "d")
         .map(|(_, e)| e["pid"].as_u64().unwrap())
         .collect();
-    assert!(d.is_subset(&ready_pids), "resize kept c's workers");
+    assert!(
+        d.is_subset(&ready_pids),
+        "d ran on c's workers and the one it added"
+    );
     // Nothing exited between the start of c and the end of d but for shutdown.
     let exits = events_of(&events, "worker_exited");
     assert!(
@@ -331,30 +353,31 @@ fn a_cancelled_worker_step_is_a_crash_retried_and_no_step_is_left() {
     }
     let _one = cluster_lock();
     let fx = Fixture::new();
+    // Two rendezvous tasks that need three arrivals: each worker appends its pid to `met` and
+    // waits, so once `met` has two lines both steps are mid-task, and they stay so until the
+    // retry of the cancelled one's task arrives on a replacement step.
+    let met = fx.path().join("met");
+    let item = format!(
+        "{{ path = \"{}\", count = 3, timeout_ms = 60000 }}",
+        met.display()
+    );
     let text = header(
         "scancel",
         "max_workers = 2\nlauncher = \"slurm\"\nretries = 1\nchunksize = 1",
     ) + &format!(
-        "[[stage]]\nname = \"s\"\ntask = \"faults::sleep_ms\"\ninput = {{ items = [{}] }}\n",
-        ["300"; 12].join(", ")
+        "[[stage]]\nname = \"s\"\ntask = \"faults::rendezvous\"\ninput = {{ items = [{item}, {item}] }}\n"
     );
     fx.write("pipeline.toml", &text);
-    // Cancel step 0 once both workers run tasks (each is busy all the time: 12 tasks of 300 ms).
     let script = format!(
         r#"$LOKY pipeline.toml --progress never --events events.jsonl &
 runner=$!
-until grep -q '"slurm_step":"1"' events.jsonl 2>/dev/null; do kill -0 $runner || break; sleep 0.05; done
-until [ "$(grep -c '"worker_ready"' events.jsonl)" -ge 2 ]; do kill -0 $runner || break; sleep 0.05; done
-sleep 0.4
+until [ "$(cat met 2>/dev/null | wc -l)" -ge 2 ]; do kill -0 $runner || break; sleep 0.05; done
 scancel "$SLURM_JOB_ID.0"
 wait $runner; echo "runner=$?"; {LIST_WORKER_STEPS}"#
     );
     let r = salloc(&fx, 2, &script);
     assert_eq!(runner_code_and_steps(&r), (0, 0), "{}", r.stderr);
 
-    let records = fx.records("s");
-    assert_eq!(records.len(), 12);
-    assert!(records.iter().all(|r| r["output"] == 300), "{records:?}");
     let events = fx.events();
     let retried = events_of(&events, "task_retried");
     assert_eq!(retried.len(), 1, "{retried:?}");
@@ -365,8 +388,20 @@ wait $runner; echo "runner=$?"; {LIST_WORKER_STEPS}"#
         .collect();
     assert_eq!(crashed.len(), 1, "{crashed:?}");
     assert!(crashed[0]["signal"].is_string(), "{crashed:?}");
-    // The replacement is a new step.
-    assert_eq!(events_of(&events, "worker_ready").len(), 3);
+    // The replacement is a new step, and the retry ran there: the two tasks' results come
+    // from step 1 and the new step, none from the cancelled step 0.
+    let ready = events_of(&events, "worker_ready");
+    assert_eq!(ready.len(), 3, "{ready:?}");
+    let records = fx.records("s");
+    assert_eq!(records.len(), 2);
+    assert!(records.iter().all(|r| r["output"].is_u64()), "{records:?}");
+    let outputs: Vec<Value> = records.iter().map(|r| r["output"].clone()).collect();
+    let survivors: BTreeSet<u64> = ready
+        .iter()
+        .filter(|e| e["slurm_step"] != "0")
+        .map(|e| e["pid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(pids(&outputs), survivors, "{ready:?}");
 }
 
 #[test]

@@ -53,6 +53,18 @@ pub struct Rendezvous {
     pub timeout_ms: u64,
 }
 
+/// Input of `wait_for_text`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitForText {
+    /// The file to watch (it need not exist yet).
+    pub path: PathBuf,
+    /// What it must come to contain.
+    pub text: String,
+    /// How long to wait for it, in milliseconds.
+    pub timeout_ms: u64,
+}
+
 /// Input of `spawn_sleeper`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -234,6 +246,30 @@ pub fn rendezvous(input: Rendezvous) -> Result<u32, String> {
             return Err(format!(
                 "only {arrived} of {} arrived within {} ms",
                 input.count, input.timeout_ms
+            ));
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Waits until `path` contains `text`: returns how many milliseconds that took, or an error if
+/// it did not within the time limit. A task that runs until something else has happened (an
+/// event in the runner's log, say), however loaded the machine.
+pub fn wait_for_text(input: WaitForText) -> Result<u64, String> {
+    let started = std::time::Instant::now();
+    let limit = Duration::from_millis(input.timeout_ms);
+    loop {
+        // Not there yet (or unreadable for now): look again.
+        let text = std::fs::read_to_string(&input.path).unwrap_or_default();
+        if text.contains(&input.text) {
+            return Ok(started.elapsed().as_millis() as u64);
+        }
+        if started.elapsed() >= limit {
+            return Err(format!(
+                "{} did not contain {:?} within {} ms",
+                input.path.display(),
+                input.text,
+                input.timeout_ms
             ));
         }
         thread::sleep(Duration::from_millis(5));
@@ -499,6 +535,7 @@ loky_run_plugin::export_plugin! {
         redirect_result_fd,
         huge_output,
         rendezvous,
+        wait_for_text,
         spawn_sleeper,
         crash_randomly,
         fail_while,
@@ -591,6 +628,33 @@ mod tests {
             serde_json::from_value(json!({"path": "/tmp/x", "value": [1, 2]})).unwrap();
         assert_eq!(input.path, Path::new("/tmp/x"));
         assert_eq!(input.value, json!([1, 2]));
+    }
+
+    #[test]
+    fn wait_for_text_returns_once_the_file_has_it_and_fails_at_its_limit() {
+        let dir = scratch_dir("wait_for_text");
+        let path = dir.join("log");
+        let wait = |timeout_ms| {
+            wait_for_text(WaitForText {
+                path: path.clone(),
+                text: "\"done\"".into(),
+                timeout_ms,
+            })
+        };
+        let err = wait(20).unwrap_err();
+        assert!(err.contains("did not contain"), "{err}");
+        std::fs::write(&path, "{\"a\":1}\n").unwrap();
+        assert!(wait(20).is_err());
+        let writer = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                thread::sleep(Duration::from_millis(50));
+                std::fs::write(&path, "{\"a\":1}\n{\"b\":\"done\"}\n").unwrap();
+            })
+        };
+        assert!(wait(60_000).unwrap() < 60_000);
+        writer.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
