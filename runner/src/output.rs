@@ -501,9 +501,10 @@ impl OrderedWriter {
         self.finish_with(false).map(|(sha, _)| sha)
     }
 
-    /// As [`OrderedWriter::finish`], but a small output written in one go (no journal, no
-    /// seals, nothing carried over: under a megabyte, never resumed) is made durable on the
-    /// sync thread instead of before this returns; the returned [`PendingSync`] tells when.
+    /// As [`OrderedWriter::finish`], but a small output written in one go (under a megabyte:
+    /// no seals; never resumed, nothing carried over; nothing journaled that a sync may have
+    /// made durable) is made durable on the sync thread instead of before this returns; the
+    /// returned [`PendingSync`] tells when.
     /// A stage of a few tasks then does not wait for the disk before the next one starts. The
     /// data reached the kernel: a kill of the runner loses none of it, a power cut can.
     pub fn finish_soon(self) -> io::Result<(String, Option<PendingSync>)> {
@@ -513,7 +514,7 @@ impl OrderedWriter {
     fn finish_with(mut self, defer: bool) -> io::Result<(String, Option<PendingSync>)> {
         let defer = defer
             && self.carried.is_none()
-            && self.journal.never_written()
+            && self.journal.nothing_durable(&self.syncer)
             && self.seals.never_written();
         let mut pending = std::mem::take(&mut self.held).into_lines().peekable();
         let mut carried = self.carried.take();
@@ -562,8 +563,8 @@ impl OrderedWriter {
         self.syncer
             .forget_parents(|p| p == journal || Some(p) == journal.parent());
         let pending = if defer {
-            // No journal nor seals to delete: nothing waits for the sync.
-            Some(self.syncer.stop_soon())
+            // The journal holds nothing durable: it goes without waiting for the sync.
+            Some(self.syncer.stop_soon(&self.out.get_ref().file)?)
         } else {
             self.syncer.stop();
             None
@@ -1001,17 +1002,20 @@ impl Syncer {
 }
 
 impl Syncer {
-    /// Stops without waiting: the thread's last pass syncs the files' data and the directory
-    /// entries still to sync, and the returned handle tells when that is over.
-    pub(crate) fn stop_soon(&mut self) -> PendingSync {
+    /// Stops without waiting: the thread's last pass syncs the data of `file` (of the writer's
+    /// files, the only one still needed) and the directory entries still to sync, and the
+    /// returned handle tells when that is over.
+    pub(crate) fn stop_soon(&mut self, file: &File) -> io::Result<PendingSync> {
+        let file = Arc::new(file.try_clone()?);
         let shared = Arc::clone(&self.shared);
         if std::mem::take(&mut self.running) {
             let mut state = self.lock();
+            state.files = vec![file];
             state.stop = true;
             state.sync_at_stop = true;
             self.shared.wake.notify_all();
         }
-        PendingSync { shared }
+        Ok(PendingSync { shared })
     }
 }
 
@@ -1415,12 +1419,35 @@ mod tests {
         );
         assert_eq!(sha, crate::manifest::sha256_file(&path).unwrap());
 
-        // What has a journal, seals or an earlier run's records is synced before it returns.
+        // Journaled, but with no sync pass since: the journal is deleted, the sync deferred.
         let mut w = OrderedWriter::create(&path).unwrap();
         w.ok(1, None, b"1").unwrap();
-        w.flush().unwrap(); // journaled
+        w.flush().unwrap();
+        assert!(journal_path(&path).exists());
         w.ok(0, None, b"0").unwrap();
-        assert!(w.finish_soon().unwrap().1.is_none(), "journaled");
+        let (_, pending) = w.finish_soon().unwrap();
+        assert!(!journal_path(&path).exists());
+        pending
+            .expect("nothing durable was journaled")
+            .wait()
+            .unwrap();
+
+        // What a sync may have made durable in the journal, seals or an earlier run's records
+        // wait for the output's sync.
+        let mut w = OrderedWriter::create(&path).unwrap();
+        w.ok(1, None, b"1").unwrap();
+        w.flush().unwrap();
+        let passes = w.syncer.passes();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while w.syncer.passes() == passes {
+            assert!(std::time::Instant::now() < deadline, "no sync pass in 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        w.ok(0, None, b"0").unwrap();
+        assert!(
+            w.finish_soon().unwrap().1.is_none(),
+            "journaled, then synced"
+        );
         written(&path, 3_000, 1_000);
         let w = OrderedWriter::resume(&path).unwrap();
         assert!(w.finish_soon().unwrap().1.is_none(), "resumed, sealed");

@@ -69,9 +69,14 @@ impl JournalWriter {
         self
     }
 
-    /// No file was ever written at `path` by this writer, and none was there before.
-    pub fn never_written(&self) -> bool {
-        self.file.is_none() && self.absent
+    /// Nothing this writer journaled can be on disk yet, so deleting the journal loses nothing
+    /// a power cut would have kept: no journal was there before, and no sync pass started
+    /// since its first frame was written (see [`JournalWriter::drop_unsynced`]), if any was.
+    pub fn nothing_durable(&self, syncer: &Syncer) -> bool {
+        self.absent
+            && self
+                .first_write_pass
+                .is_none_or(|pass| pass == syncer.passes())
     }
 
     pub fn path(&self) -> &Path {
