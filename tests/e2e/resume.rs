@@ -475,7 +475,7 @@ fn a_done_stage_whose_output_a_power_cut_cut_short_continues_on_resume() {
 
     fx.run(&[p.to_str().unwrap(), "--resume"])
         .assert_code(0)
-        .assert_stderr_has(&["b.jsonl"]);
+        .assert_stderr_has(&["b.jsonl", "a kept", "b continues"]);
     assert_eq!(line_count(&fx.path().join("a.txt")), 20, "a was kept");
     assert_eq!(
         line_count(&fx.path().join("b.txt")),
@@ -561,4 +561,29 @@ fn a_stage_killed_before_its_start_was_recorded_continues_from_its_records() {
     for (i, s) in ["a", "b", "c"].iter().enumerate() {
         assert_eq!(output_bytes(&fx, s), clean[i], "{s}.jsonl");
     }
+}
+
+/// `--stage` runs one stage of a changed pipeline: a stage that has no record at its position
+/// in the earlier run gets this run's pending record, and its old output is deleted, not taken
+/// for one this run started (which `--resume` would continue).
+#[test]
+fn an_earlier_pipelines_output_is_not_continued_after_a_stage_run() {
+    let fx = Fixture::new();
+    let v1 = header("staged", "max_workers = 2")
+        + &stage("a", "demo::square", "{ items = [1] }", "")
+        + &stage("b", "demo::square", "{ items = [1, 2, 3] }", "");
+    let p = fx.write("pipeline.toml", &v1);
+    fx.run(&[p.to_str().unwrap()]).assert_code(0);
+    let v2 = header("staged", "max_workers = 2")
+        + &stage("a", "demo::square", "{ items = [1] }", "")
+        + &stage("n", "demo::square", "{ items = [5] }", "")
+        + &stage("b", "demo::square", "{ items = [10, 20, 30] }", "");
+    fx.write("pipeline.toml", &v2);
+    fx.run(&["run", "--stage", "n", p.to_str().unwrap()])
+        .assert_code(0);
+    fx.run(&[p.to_str().unwrap(), "--resume"]).assert_code(0);
+    assert_eq!(
+        fx.outputs("b"),
+        [Value::from(100), Value::from(400), Value::from(900)]
+    );
 }

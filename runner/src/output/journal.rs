@@ -69,9 +69,11 @@ impl JournalWriter {
         self
     }
 
-    /// Nothing this writer journaled can be on disk yet, so deleting the journal loses nothing
-    /// a power cut would have kept: no journal was there before, and no sync pass started
-    /// since its first frame was written (see [`JournalWriter::drop_unsynced`]), if any was.
+    /// Nothing this writer journaled was made durable on purpose, so deleting the journal
+    /// loses at most what a power cut may lose anyway: no journal was there before, and no
+    /// sync pass started since its first frame was written (see
+    /// [`JournalWriter::drop_unsynced`]), if any was; a pass already under way then may have
+    /// caught it, and that is the last second's.
     pub fn nothing_durable(&self, syncer: &Syncer) -> bool {
         self.absent
             && self

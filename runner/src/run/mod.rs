@@ -295,6 +295,19 @@ impl Syncing {
         }
         self.pending.len() != before
     }
+
+    /// Waits until the output of `stage` is durable, if it is being made so.
+    fn wait_for(&mut self, stages: &mut [StageRecord], stage: usize) {
+        if let Some(k) = self.pending.iter().position(|(s, _)| *s == stage) {
+            let (_, pending) = self.pending.swap_remove(k);
+            match pending.wait() {
+                Ok(()) => stages[stage].output_unsynced = false,
+                Err(e) => {
+                    self.failed.get_or_insert((stage, e));
+                }
+            }
+        }
+    }
 }
 
 /// What the in-memory manifest holds that its file does not yet: the next write carries it.
@@ -381,6 +394,11 @@ impl Run<'_> {
     /// error, as a failed write is: the stage's output may not survive a power cut.
     fn settle_syncs(&mut self, wait: bool) -> Result<(), RunError> {
         self.syncing.settle(&mut self.manifest.stages, wait);
+        self.sync_failure()
+    }
+
+    /// The first failed sync not reported yet, as the run's error.
+    fn sync_failure(&mut self) -> Result<(), RunError> {
         match self.syncing.failed.take() {
             Some((stage, e)) => {
                 let path = output_file(self.out_dir(), &self.manifest.stages[stage].name);
@@ -473,6 +491,12 @@ impl Run<'_> {
             crate::config::InputSpec::File(path) => Some(path.as_path()),
             _ => from_file.as_deref(),
         };
+        if let Some(j) = planned.from {
+            // What this stage computes from its source must not outlive the source in a power
+            // cut: the source's output is durable before it is read.
+            self.syncing.wait_for(&mut self.manifest.stages, j);
+            self.sync_failure()?;
+        }
         let from_sha256 = planned
             .from
             .and_then(|j| self.manifest.stages[j].output_sha256.clone());

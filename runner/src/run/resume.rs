@@ -204,7 +204,10 @@ pub fn prepare(
                 pipeline.stages.len()
             ]));
         };
-        let prev = previous.ok().flatten();
+        let mut prev = previous.ok().flatten();
+        if let Some(prev) = &mut prev {
+            settle_unsynced(out_dir, &mut prev.stages, console);
+        }
         let mut starts = vec![StageStart::Fresh; pipeline.stages.len()];
         return only_stage(plan, manifest, prev.as_ref(), only, &mut starts, console)
             .map(|()| Prepared::Run(starts));
@@ -487,8 +490,15 @@ fn only_stage(
         }
         starts[i] = StageStart::Skip(kept);
     }
+    // Deleted too: the outputs of the stages whose record is now this run's pending one (the
+    // stage was not at this position in the earlier run). A pending stage's output is taken
+    // for one its run started (see `output_there`).
     let reset_names: Vec<String> = (0..starts.len())
-        .filter(|i| reset[*i] || *i == only && matches!(starts[*i], StageStart::Fresh))
+        .filter(|i| {
+            reset[*i]
+                || *i == only && matches!(starts[*i], StageStart::Fresh)
+                || matches!(starts[*i], StageStart::Skip(None))
+        })
         .map(name)
         .collect();
     discard(out_dir, reset_names.iter().map(String::as_str))?;
@@ -515,12 +525,14 @@ fn settle_unsynced(out_dir: &Path, stages: &mut [StageRecord], console: &Console
         }
         let path = output_file(out_dir, &stage.name);
         if finished_output_problem(out_dir, stage).is_none() {
-            // Durable before this run builds on it (best effort: a failure shows at the end).
-            let _ = std::fs::File::open(&path).and_then(|f| f.sync_data());
+            // Durable before this run builds on it; if it cannot be made so, it stays marked.
+            let synced = std::fs::File::open(&path).and_then(|f| f.sync_data());
+            stage.output_unsynced = synced.is_err();
             continue;
         }
+        // A power cut can take a new file's directory entry too.
         let lines = count_lines(&path).unwrap_or(0);
-        if lines < stage.ok + stage.failed {
+        if !path.exists() || lines < stage.ok + stage.failed {
             console.warn(&format!(
                 "stage {}: its output {} lost its last records (it was not on disk yet when the run stopped: a power cut?): the stage continues from what it holds",
                 stage.name,
