@@ -460,7 +460,9 @@ fn foreign_connections_are_rejected_and_the_run_is_unaffected() {
     assert!(records.iter().all(|r| r["output"] == 200));
     let events = fx.events();
     assert_eq!(events_of(&events, "connection_rejected").len(), 3);
-    assert_eq!(events_of(&events, "worker_ready").len(), 2);
+    // Slurm steps join as they connect: the second may come after the first did the work.
+    let ready = events_of(&events, "worker_ready").len();
+    assert!((1..=2).contains(&ready), "{ready} workers ready");
     assert!(
         events_of(&events, "worker_exited")
             .iter()
