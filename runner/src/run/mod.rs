@@ -687,8 +687,12 @@ impl Run<'_> {
 
     fn finish(mut self, started: Instant, events: Option<PathBuf>) -> Result<RunReport, RunError> {
         // Every output is durable before the run says it is over. A failed sync ends the run
-        // like a failed write: its stage stays marked unsynced, for `--resume` to check.
-        self.settle_syncs(true)?;
+        // like a failed write: its stage stays marked unsynced, for `--resume` to check, and
+        // the stage marks not written yet are (the run itself still running, to be resumed).
+        if let Err(e) = self.settle_syncs(true) {
+            let _ = self.manifest.write_unsynced(self.out_dir());
+            return Err(e);
+        }
         let interrupted = self.stages.iter().find_map(|(_, o, _)| match o.stopped {
             Some(StageStop::Interrupted(sig)) => Some(sig),
             _ => None,
