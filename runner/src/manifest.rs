@@ -40,6 +40,9 @@ pub struct Manifest {
     /// the manifest is rewritten at every stage's start and end, and a pipeline of many stages
     /// made that quadratic.
     pub config: Box<serde_json::value::RawValue>,
+    /// The file on disk marks a stage `output_unsynced` (as of the last write that succeeded).
+    #[serde(skip)]
+    unsynced_on_disk: std::cell::Cell<bool>,
 }
 
 #[derive(Debug, Serialize)]
@@ -232,6 +235,7 @@ impl Manifest {
             events: None,
             joblog: None,
             config: config_json(pipeline)?,
+            unsynced_on_disk: std::cell::Cell::new(false),
         })
     }
 
@@ -247,7 +251,20 @@ impl Manifest {
         self.write_with(dir, false)
     }
 
+    /// Whether the file on disk marks a stage whose output was not durable yet: a write is
+    /// then worth making once it is (see `StageRecord::output_unsynced`).
+    pub fn unsynced_on_disk(&self) -> bool {
+        self.unsynced_on_disk.get()
+    }
+
     fn write_with(&self, dir: &Path, sync: bool) -> io::Result<()> {
+        self.write_file(dir, sync)?;
+        self.unsynced_on_disk
+            .set(self.stages.iter().any(|s| s.output_unsynced));
+        Ok(())
+    }
+
+    fn write_file(&self, dir: &Path, sync: bool) -> io::Result<()> {
         let tmp = dir.join(".manifest.json.tmp");
         // One write: serde_json writes in small pieces, each a syscall on an unbuffered file.
         let mut text = serde_json::to_vec_pretty(self)?;

@@ -598,8 +598,8 @@ impl Run<'_> {
             if let Some(joblog) = &mut self.joblog {
                 joblog.set_stage(&stage.name);
             }
-            // The file catches up with the stage marks once the stage has run for a while, and
-            // an earlier stage's output made durable meanwhile is recorded so at once (until
+            // The file catches up with the stage marks once they are due, and with an earlier
+            // stage's output made durable meanwhile at once if the file says it is not (until
             // then a `--resume` could not tell a changed output from one a power cut cut short).
             let settling = !self.syncing.pending.is_empty() || self.unwritten != Unwritten::Nothing;
             let (syncing, manifest, unwritten, marks_due) = (
@@ -609,7 +609,8 @@ impl Run<'_> {
                 &mut self.marks_due,
             );
             let mut settle = || {
-                let settled = syncing.settle(&mut manifest.stages, false);
+                let settled =
+                    syncing.settle(&mut manifest.stages, false) && manifest.unsynced_on_disk();
                 let now = Instant::now();
                 let due = *unwritten != Unwritten::Nothing && now >= *marks_due;
                 if (settled || due) && manifest.write_unsynced(&out_dir).is_ok() {
