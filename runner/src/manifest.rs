@@ -251,6 +251,19 @@ impl Manifest {
         self.write_with(dir, false)
     }
 
+    /// Writes and syncs the new manifest, then replaces the old one with it only if `ready`
+    /// (called in between) says so: `Ok(false)` leaves the old one in place.
+    pub fn write_once(&self, dir: &Path, ready: impl FnOnce() -> bool) -> io::Result<bool> {
+        let tmp = self.write_tmp(dir, true)?;
+        if !ready() {
+            return Ok(false);
+        }
+        std::fs::rename(&tmp, dir.join("manifest.json"))?;
+        self.unsynced_on_disk
+            .set(self.stages.iter().any(|s| s.output_unsynced));
+        Ok(true)
+    }
+
     /// Whether the file on disk marks a stage whose output was not durable yet: a write is
     /// then worth making once it is (see `StageRecord::output_unsynced`).
     pub fn unsynced_on_disk(&self) -> bool {
@@ -265,6 +278,12 @@ impl Manifest {
     }
 
     fn write_file(&self, dir: &Path, sync: bool) -> io::Result<()> {
+        let tmp = self.write_tmp(dir, sync)?;
+        std::fs::rename(&tmp, dir.join("manifest.json"))
+    }
+
+    /// The manifest in `.manifest.json.tmp` (synced with `sync`), for a rename over the file.
+    fn write_tmp(&self, dir: &Path, sync: bool) -> io::Result<PathBuf> {
         let tmp = dir.join(".manifest.json.tmp");
         // One write: serde_json writes in small pieces, each a syscall on an unbuffered file.
         let mut text = serde_json::to_vec_pretty(self)?;
@@ -274,7 +293,7 @@ impl Manifest {
         if sync {
             f.sync_all()?;
         }
-        std::fs::rename(&tmp, dir.join("manifest.json"))
+        Ok(tmp)
     }
 }
 

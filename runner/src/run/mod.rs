@@ -287,7 +287,11 @@ impl Syncing {
             }
             let (stage, pending) = self.pending.swap_remove(i);
             match pending.wait() {
-                Ok(()) => stages[stage].output_unsynced = false,
+                Ok(()) => {
+                    if let Some(record) = stages.get_mut(stage) {
+                        record.output_unsynced = false;
+                    }
+                }
                 Err(e) => {
                     self.failed.get_or_insert((stage, e));
                 }
@@ -633,9 +637,9 @@ impl Run<'_> {
         let output_sha256 = if outcome.is_interrupted() {
             // Held results stay in the journal: `--resume` takes them back.
             writer.suspend().map(|()| None)
-        } else if !last && matches!(writing, Writing::Fresh) {
+        } else if matches!(writing, Writing::Fresh) {
             // The next stage need not wait for the disk: a small output is synced while it
-            // starts (the run's end waits for it).
+            // starts, or while the last manifest is written (the run's end waits for it).
             writer.finish_soon().map(|(sha, pending)| {
                 pending_sync = pending;
                 Some(sha)
@@ -687,13 +691,6 @@ impl Run<'_> {
     }
 
     fn finish(mut self, started: Instant, events: Option<PathBuf>) -> Result<RunReport, RunError> {
-        // Every output is durable before the run says it is over. A failed sync ends the run
-        // like a failed write: its stage stays marked unsynced, for `--resume` to check, and
-        // the stage marks not written yet are (the run itself still running, to be resumed).
-        if let Err(e) = self.settle_syncs(true) {
-            let _ = self.manifest.write_unsynced(self.out_dir());
-            return Err(e);
-        }
         let interrupted = self.stages.iter().find_map(|(_, o, _)| match o.stopped {
             Some(StageStop::Interrupted(sig)) => Some(sig),
             _ => None,
@@ -713,7 +710,41 @@ impl Run<'_> {
         };
         self.manifest.exit_code = Some(exit_code);
         self.manifest.finished_at = Some(crate::events::now_rfc3339());
-        self.write_manifest(true)?;
+        // Every output is durable before the run says it is over: the last manifest is written
+        // and synced while the outputs still being synced are, and replaces the old one only
+        // once they are (one disk wait instead of two). A failed sync ends the run like a
+        // failed write: its stage stays marked unsynced, for `--resume` to check, and the run
+        // is left running, to be resumed.
+        self.settle_syncs(false)?;
+        let syncing: Vec<usize> = self.syncing.pending.iter().map(|(i, _)| *i).collect();
+        for &i in &syncing {
+            self.manifest.stages[i].output_unsynced = false;
+        }
+        let pending = &mut self.syncing;
+        let replaced = self
+            .manifest
+            .write_once(self.plan.pipeline.output_dir.as_path(), || {
+                pending.settle(&mut [], true);
+                pending.failed.is_none()
+            })
+            .map_err(|source| RunError::Io {
+                context: format!(
+                    "cannot write {}",
+                    self.out_dir().join("manifest.json").display()
+                ),
+                source,
+                resumable: true,
+            })?;
+        if !replaced {
+            for &i in &syncing {
+                self.manifest.stages[i].output_unsynced = true;
+            }
+            self.manifest.status = "running";
+            self.manifest.exit_code = None;
+            self.manifest.finished_at = None;
+            let _ = self.manifest.write_unsynced(self.out_dir());
+            self.settle_syncs(false)?;
+        }
         self.live.remove();
         if let Some(failure) = self.live.failure() {
             self.console.warn(&format!(
