@@ -74,6 +74,13 @@ pub(crate) fn run(
     let killed = watchdog.join().unwrap_or(false);
     // `Child` never waits on drop; the process is already reaped.
     drop(child);
+    // What it left in its process group (loky's workers end after their parent) would compete
+    // with the next measurement: waited for, a few seconds at most, outside the measured time.
+    let settle = Instant::now() + Duration::from_secs(5);
+    // SAFETY: killpg with signal 0 only checks whether the group has a process.
+    while unsafe { libc::killpg(pid as libc::pid_t, 0) } == 0 && Instant::now() < settle {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
     let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
     if killed {
