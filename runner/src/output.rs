@@ -566,7 +566,7 @@ impl OrderedWriter {
             // The journal holds nothing durable: it goes without waiting for the sync.
             Some(self.syncer.stop_soon(&self.out.get_ref().file)?)
         } else {
-            self.syncer.stop();
+            self.syncer.stop()?;
             None
         };
         // The seals first: removing the journal removes their directory once it is empty.
@@ -584,7 +584,7 @@ impl OrderedWriter {
         self.seal()?;
         self.out.get_ref().file.sync_data()?;
         self.journal.sync()?;
-        self.syncer.stop();
+        self.syncer.stop()?;
         self.closed = true;
         Ok(())
     }
@@ -983,10 +983,12 @@ impl Syncer {
         lock(&self.shared.state)
     }
 
-    /// Waits for the thread's last pass (and the directory entries still to sync).
-    pub(crate) fn stop(&mut self) {
+    /// Waits for the thread's last pass (and the directory entries still to sync). Returns
+    /// the first error a pass met: the kernel reports a failed writeback once per open file,
+    /// and a pass on a duplicate of the writer's descriptor is the one that hears it.
+    pub(crate) fn stop(&mut self) -> io::Result<()> {
         if !std::mem::take(&mut self.running) {
-            return;
+            return Ok(());
         }
         let mut state = self.lock();
         state.stop = true;
@@ -998,6 +1000,7 @@ impl Syncer {
                 .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);
         }
+        state.error.take().map_or(Ok(()), Err)
     }
 }
 
@@ -1105,7 +1108,7 @@ impl Drop for Done<'_> {
 
 impl Drop for Syncer {
     fn drop(&mut self) {
-        self.stop();
+        let _ = self.stop(); // an error path already: the error that led here is reported
     }
 }
 
@@ -1133,9 +1136,14 @@ fn sync_loop(shared: &SyncShared) {
             for p in &parents {
                 sync_parent(p);
             }
-            let failed = files.iter().flatten().find_map(|f| f.sync_data().err());
-            if failed.is_some() {
-                lock(&shared.state).error = failed;
+            let mut failed = None;
+            for f in files.iter().flatten() {
+                if let Err(e) = f.sync_data() {
+                    failed.get_or_insert(e);
+                }
+            }
+            if let Some(e) = failed {
+                lock(&shared.state).error.get_or_insert(e);
             }
             return;
         }
@@ -1150,10 +1158,17 @@ fn sync_loop(shared: &SyncShared) {
         for p in &parents {
             sync_parent(p);
         }
+        // An error is kept for the end of the stage: the kernel tells it only once, here.
+        let mut failed = None;
         for f in &files {
-            let _ = f.sync_data(); // best effort: the end of the stage syncs and reports errors
+            if let Err(e) = f.sync_data() {
+                failed.get_or_insert(e);
+            }
         }
         state = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(e) = failed {
+            state.error.get_or_insert(e);
+        }
     }
 }
 
@@ -1708,8 +1723,8 @@ mod tests {
             s.add(&file).unwrap();
             s.mark_dirty();
             s.sync_parent_once(&dir.path().join("f"));
-            s.stop();
-            s.stop(); // a second stop is a no-op
+            s.stop().unwrap();
+            s.stop().unwrap(); // a second stop is a no-op
         }
         let at_once: Vec<Syncer> = (0..3).map(|_| Syncer::start().unwrap()).collect();
         drop(at_once); // dropping stops them

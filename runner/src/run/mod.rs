@@ -715,35 +715,41 @@ impl Run<'_> {
         // once they are (one disk wait instead of two). A failed sync ends the run like a
         // failed write: its stage stays marked unsynced, for `--resume` to check, and the run
         // is left running, to be resumed.
-        self.settle_syncs(false)?;
+        self.syncing.settle(&mut self.manifest.stages, false);
         let syncing: Vec<usize> = self.syncing.pending.iter().map(|(i, _)| *i).collect();
         for &i in &syncing {
             self.manifest.stages[i].output_unsynced = false;
         }
-        let pending = &mut self.syncing;
-        let replaced = self
-            .manifest
-            .write_once(self.plan.pipeline.output_dir.as_path(), || {
-                pending.settle(&mut [], true);
-                pending.failed.is_none()
-            })
-            .map_err(|source| RunError::Io {
-                context: format!(
-                    "cannot write {}",
-                    self.out_dir().join("manifest.json").display()
-                ),
+        let out_dir = self.plan.pipeline.output_dir.clone();
+        let replaced = match self.syncing.failed {
+            Some(_) => Ok(false),
+            None => {
+                let pending = &mut self.syncing;
+                self.manifest.write_once(&out_dir, || {
+                    pending.settle(&mut [], true);
+                    pending.failed.is_none()
+                })
+            }
+        };
+        if !matches!(replaced, Ok(true)) {
+            self.syncing.settle(&mut [], true);
+            let _ = std::fs::remove_file(out_dir.join(".manifest.json.tmp"));
+            if let Some((stage, _)) = &self.syncing.failed {
+                self.manifest.stages[*stage].output_unsynced = true;
+            }
+            if matches!(self.manifest.status, "succeeded" | "failed") {
+                // Not over on disk: `--resume` checks what could not be made durable.
+                self.manifest.status = "running";
+                self.manifest.exit_code = None;
+                self.manifest.finished_at = None;
+            }
+            let _ = self.manifest.write_unsynced(&out_dir);
+            replaced.map_err(|source| RunError::Io {
+                context: format!("cannot write {}", out_dir.join("manifest.json").display()),
                 source,
                 resumable: true,
             })?;
-        if !replaced {
-            for &i in &syncing {
-                self.manifest.stages[i].output_unsynced = true;
-            }
-            self.manifest.status = "running";
-            self.manifest.exit_code = None;
-            self.manifest.finished_at = None;
-            let _ = self.manifest.write_unsynced(self.out_dir());
-            self.settle_syncs(false)?;
+            self.sync_failure()?;
         }
         self.live.remove();
         if let Some(failure) = self.live.failure() {
