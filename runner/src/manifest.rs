@@ -254,14 +254,7 @@ impl Manifest {
     /// Writes and syncs the new manifest, then replaces the old one with it only if `ready`
     /// (called in between) says so: `Ok(false)` leaves the old one in place.
     pub fn write_once(&self, dir: &Path, ready: impl FnOnce() -> bool) -> io::Result<bool> {
-        let tmp = self.write_tmp(dir, true)?;
-        if !ready() {
-            return Ok(false);
-        }
-        std::fs::rename(&tmp, dir.join("manifest.json"))?;
-        self.unsynced_on_disk
-            .set(self.stages.iter().any(|s| s.output_unsynced));
-        Ok(true)
+        self.replace(dir, true, ready)
     }
 
     /// Whether the file on disk marks a stage whose output was not durable yet: a write is
@@ -271,15 +264,18 @@ impl Manifest {
     }
 
     fn write_with(&self, dir: &Path, sync: bool) -> io::Result<()> {
-        self.write_file(dir, sync)?;
-        self.unsynced_on_disk
-            .set(self.stages.iter().any(|s| s.output_unsynced));
-        Ok(())
+        self.replace(dir, sync, || true).map(drop)
     }
 
-    fn write_file(&self, dir: &Path, sync: bool) -> io::Result<()> {
+    fn replace(&self, dir: &Path, sync: bool, ready: impl FnOnce() -> bool) -> io::Result<bool> {
         let tmp = self.write_tmp(dir, sync)?;
-        std::fs::rename(&tmp, dir.join("manifest.json"))
+        if !ready() {
+            return Ok(false);
+        }
+        std::fs::rename(&tmp, dir.join("manifest.json"))?;
+        self.unsynced_on_disk
+            .set(self.stages.iter().any(|s| s.output_unsynced));
+        Ok(true)
     }
 
     /// The manifest in `.manifest.json.tmp` (synced with `sync`), for a rename over the file.

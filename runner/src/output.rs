@@ -990,21 +990,14 @@ impl Syncer {
         if !std::mem::take(&mut self.running) {
             return Ok(());
         }
-        let mut state = self.lock();
-        state.stop = true;
-        self.shared.wake.notify_all();
-        while !state.done {
-            state = self
-                .shared
-                .wake
-                .wait(state)
-                .unwrap_or_else(PoisonError::into_inner);
+        {
+            let mut state = self.lock();
+            state.stop = true;
+            self.shared.wake.notify_all();
         }
-        state.error.take().map_or(Ok(()), Err)
+        self.shared.wait_done()
     }
-}
 
-impl Syncer {
     /// Stops without waiting: the thread's last pass syncs the data of `file` (of the writer's
     /// files, the only one still needed) and the directory entries still to sync, and the
     /// returned handle tells when that is over.
@@ -1035,10 +1028,16 @@ impl PendingSync {
 
     /// Waits until the output is durable, as long as the disk takes (as `finish` would).
     pub fn wait(self) -> io::Result<()> {
-        let mut state = lock(&self.shared.state);
+        self.shared.wait_done()
+    }
+}
+
+impl SyncShared {
+    /// Waits until the thread is done with the writer; the first error its passes met.
+    fn wait_done(&self) -> io::Result<()> {
+        let mut state = lock(&self.state);
         while !state.done {
             state = self
-                .shared
                 .wake
                 .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);

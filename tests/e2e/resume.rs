@@ -443,48 +443,27 @@ fn a_finished_output_changed_afterwards_is_refused_on_resume_and_rerun_with_forc
 #[test]
 fn a_done_stage_whose_output_a_power_cut_cut_short_continues_on_resume() {
     let fx = Fixture::new();
-    let p = counted_pipeline(&fx, 1, "");
-    fx.run(&[p.to_str().unwrap()]).assert_code(0);
+    let (p, clean) = counted_run(&fx);
     let mut m = manifest(&fx);
     let stages = m["stages"].as_array().unwrap();
     assert!(
         stages.iter().all(|s| s.get("output_unsynced").is_none()),
         "the run's end waited for every output to be durable: {stages:?}"
     );
-    let clean: Vec<Vec<u8>> = ["a", "b", "c"]
-        .iter()
-        .map(|s| output_bytes(&fx, s))
-        .collect();
 
     // What the power cut left: `a` and `b` done but not yet durable, `b`'s output cut after
     // 7 records, `c` running.
-    m["status"] = "running".into();
-    m["exit_code"] = Value::Null;
-    m["finished_at"] = Value::Null;
+    reopen(&mut m);
     m["stages"][0]["output_unsynced"] = true.into();
     m["stages"][1]["output_unsynced"] = true.into();
     m["stages"][2]["status"] = "running".into();
-    std::fs::write(fx.path().join("out/manifest.json"), m.to_string()).unwrap();
-    let b = fx.path().join("out/b.jsonl");
-    let cut: usize = clean[1]
-        .split_inclusive(|&c| c == b'\n')
-        .take(7)
-        .map(<[u8]>::len)
-        .sum();
-    std::fs::write(&b, &clean[1][..cut]).unwrap();
+    write_manifest(&fx, &m);
+    keep_records(&fx, "b", &clean[1], 7);
 
     fx.run(&[p.to_str().unwrap(), "--resume"])
         .assert_code(0)
         .assert_stderr_has(&["b.jsonl", "a kept", "b continues"]);
-    assert_eq!(line_count(&fx.path().join("a.txt")), 20, "a was kept");
-    assert_eq!(
-        line_count(&fx.path().join("b.txt")),
-        33,
-        "b ran only the 13 tasks its output lost"
-    );
-    for (i, s) in ["a", "b", "c"].iter().enumerate() {
-        assert_eq!(output_bytes(&fx, s), clean[i], "{s}.jsonl");
-    }
+    assert_only_b_ran_again(&fx, &clean, "b ran only the 13 tasks its output lost");
     let mut m = manifest(&fx);
     assert!(m["stages"][1].get("output_unsynced").is_none(), "{m}");
     assert_eq!(m["stages"][1]["status"], "done");
@@ -493,7 +472,7 @@ fn a_done_stage_whose_output_a_power_cut_cut_short_continues_on_resume() {
     // for any finished stage.
     m["status"] = "running".into();
     m["stages"][0]["output_unsynced"] = true.into();
-    std::fs::write(fx.path().join("out/manifest.json"), m.to_string()).unwrap();
+    write_manifest(&fx, &m);
     let a = String::from_utf8(clean[0].clone()).unwrap();
     let first = a.lines().next().unwrap();
     let changed = first
@@ -516,16 +495,9 @@ fn a_done_stage_whose_output_a_power_cut_cut_short_continues_on_resume() {
 #[test]
 fn a_stage_killed_before_its_start_was_recorded_continues_from_its_records() {
     let fx = Fixture::new();
-    let p = counted_pipeline(&fx, 1, "");
-    fx.run(&[p.to_str().unwrap()]).assert_code(0);
-    let clean: Vec<Vec<u8>> = ["a", "b", "c"]
-        .iter()
-        .map(|s| output_bytes(&fx, s))
-        .collect();
+    let (p, clean) = counted_run(&fx);
     let mut m = manifest(&fx);
-    m["status"] = "running".into();
-    m["exit_code"] = Value::Null;
-    m["finished_at"] = Value::Null;
+    reopen(&mut m);
     for i in [1, 2] {
         let name = m["stages"][i]["name"].clone();
         let task = m["stages"][i]["task"].clone();
@@ -536,13 +508,8 @@ fn a_stage_killed_before_its_start_was_recorded_continues_from_its_records() {
             "not_run": 0, "wall_time_s": 0.0, "pool_decision": null,
         });
     }
-    std::fs::write(fx.path().join("out/manifest.json"), m.to_string()).unwrap();
-    let cut: usize = clean[1]
-        .split_inclusive(|&c| c == b'\n')
-        .take(7)
-        .map(<[u8]>::len)
-        .sum();
-    std::fs::write(fx.path().join("out/b.jsonl"), &clean[1][..cut]).unwrap();
+    write_manifest(&fx, &m);
+    keep_records(&fx, "b", &clean[1], 7);
     std::fs::remove_file(fx.path().join("out/c.jsonl")).unwrap();
 
     let s: Value = serde_json::from_str(&fx.run(&["status", "out", "--json"]).stdout).unwrap();
@@ -552,14 +519,49 @@ fn a_stage_killed_before_its_start_was_recorded_continues_from_its_records() {
     assert_eq!(s["stages"][2]["state"], "pending", "{s}");
 
     fx.run(&[p.to_str().unwrap(), "--resume"]).assert_code(0);
+    assert_only_b_ran_again(&fx, &clean, "b ran only the 13 tasks it had no record of");
+}
+
+/// A finished run of [`counted_pipeline`] (20 inputs per stage), and its three outputs.
+fn counted_run(fx: &Fixture) -> (PathBuf, Vec<Vec<u8>>) {
+    let p = counted_pipeline(fx, 1, "");
+    fx.run(&[p.to_str().unwrap()]).assert_code(0);
+    let outputs = ["a", "b", "c"]
+        .iter()
+        .map(|s| output_bytes(fx, s))
+        .collect();
+    (p, outputs)
+}
+
+/// Makes a finished run's manifest say the run is still going.
+fn reopen(m: &mut Value) {
+    m["status"] = "running".into();
+    m["exit_code"] = Value::Null;
+    m["finished_at"] = Value::Null;
+}
+
+fn write_manifest(fx: &Fixture, m: &Value) {
+    std::fs::write(fx.path().join("out/manifest.json"), m.to_string()).unwrap();
+}
+
+/// Cuts `<stage>.jsonl` back to the first `records` lines of `clean`.
+fn keep_records(fx: &Fixture, stage: &str, clean: &[u8], records: usize) {
+    let cut: usize = clean
+        .split_inclusive(|&c| c == b'\n')
+        .take(records)
+        .map(<[u8]>::len)
+        .sum();
+    let path = fx.path().join("out").join(format!("{stage}.jsonl"));
+    std::fs::write(path, &clean[..cut]).unwrap();
+}
+
+/// After a resume of a [`counted_run`] cut back to 7 records of `b`: `a` was kept, `b` ran
+/// the 13 others, and every output is the clean run's.
+fn assert_only_b_ran_again(fx: &Fixture, clean: &[Vec<u8>], b_why: &str) {
     assert_eq!(line_count(&fx.path().join("a.txt")), 20, "a was kept");
-    assert_eq!(
-        line_count(&fx.path().join("b.txt")),
-        33,
-        "b ran only the 13 tasks it had no record of"
-    );
+    assert_eq!(line_count(&fx.path().join("b.txt")), 33, "{b_why}");
     for (i, s) in ["a", "b", "c"].iter().enumerate() {
-        assert_eq!(output_bytes(&fx, s), clean[i], "{s}.jsonl");
+        assert_eq!(output_bytes(fx, s), clean[i], "{s}.jsonl");
     }
 }
 

@@ -285,16 +285,8 @@ impl Syncing {
                 i += 1;
                 continue;
             }
-            let (stage, pending) = self.pending.swap_remove(i);
-            match pending.wait() {
-                Ok(()) => {
-                    if let Some(record) = stages.get_mut(stage) {
-                        record.output_unsynced = false;
-                    }
-                }
-                Err(e) => {
-                    self.failed.get_or_insert((stage, e));
-                }
+            if let Some(stage) = self.complete(i) {
+                stages[stage].output_unsynced = false;
             }
         }
         self.pending.len() != before
@@ -303,12 +295,28 @@ impl Syncing {
     /// Waits until the output of `stage` is durable, if it is being made so.
     fn wait_for(&mut self, stages: &mut [StageRecord], stage: usize) {
         if let Some(k) = self.pending.iter().position(|(s, _)| *s == stage) {
-            let (_, pending) = self.pending.swap_remove(k);
-            match pending.wait() {
-                Ok(()) => stages[stage].output_unsynced = false,
-                Err(e) => {
-                    self.failed.get_or_insert((stage, e));
-                }
+            if let Some(stage) = self.complete(k) {
+                stages[stage].output_unsynced = false;
+            }
+        }
+    }
+
+    /// Waits for every sync, leaving the records alone (see `Run::finish`).
+    fn wait_all(&mut self) {
+        while !self.pending.is_empty() {
+            self.complete(0);
+        }
+    }
+
+    /// Waits for the sync at `k` and takes it off the list: its stage if it succeeded (a
+    /// failure is kept in `failed`).
+    fn complete(&mut self, k: usize) -> Option<usize> {
+        let (stage, pending) = self.pending.swap_remove(k);
+        match pending.wait() {
+            Ok(()) => Some(stage),
+            Err(e) => {
+                self.failed.get_or_insert((stage, e));
+                None
             }
         }
     }
@@ -615,11 +623,11 @@ impl Run<'_> {
             let mut settle = || {
                 let settled =
                     syncing.settle(&mut manifest.stages, false) && manifest.unsynced_on_disk();
-                let now = Instant::now();
-                let due = *unwritten != Unwritten::Nothing && now >= *marks_due;
+                // The clock only while marks wait: this runs after every event of the stage.
+                let due = *unwritten != Unwritten::Nothing && Instant::now() >= *marks_due;
                 if (settled || due) && manifest.write_unsynced(&out_dir).is_ok() {
                     *unwritten = Unwritten::Nothing;
-                    *marks_due = now + MARKS_AFTER;
+                    *marks_due = Instant::now() + MARKS_AFTER;
                 }
             };
             Dispatcher::new(job, &mut self.pool, &mut writer, &self.events, self.console)
@@ -726,13 +734,13 @@ impl Run<'_> {
             None => {
                 let pending = &mut self.syncing;
                 self.manifest.write_once(&out_dir, || {
-                    pending.settle(&mut [], true);
+                    pending.wait_all();
                     pending.failed.is_none()
                 })
             }
         };
         if !matches!(replaced, Ok(true)) {
-            self.syncing.settle(&mut [], true);
+            self.syncing.wait_all();
             let _ = std::fs::remove_file(out_dir.join(".manifest.json.tmp"));
             if let Some((stage, _)) = &self.syncing.failed {
                 self.manifest.stages[*stage].output_unsynced = true;
