@@ -140,6 +140,7 @@ mod finite;
 pub struct ReadmeExample;
 
 use std::cell::{Cell, RefCell};
+use std::ffi::c_void;
 use std::fmt::Display;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Once;
@@ -176,6 +177,32 @@ impl CallStatus {
     pub const BAD_INPUT: Self = Self(3);
     /// No task has that index; the buffer holds a message.
     pub const UNKNOWN_TASK: Self = Self(4);
+    /// A streamed output ([`PluginModule::call_streamed`]) did not reach the host whole: the
+    /// host declined it or refused a write, or its second encoding was not the length the first
+    /// announced. The buffer holds a message. Since 0.2.1.
+    pub const STREAM_ABORTED: Self = Self(5);
+}
+
+/// Where a streamed call ([`PluginModule::call_streamed`]) sends an output too big to return in
+/// one buffer: the host's callbacks behind an opaque pointer. Since 0.2.1.
+///
+/// The plugin encodes the output once to measure it. Up to `inline_limit` bytes it is returned
+/// in the call's buffer, as [`PluginModule::call`] does. Longer, the plugin calls `begin` with its
+/// exact length, encodes it a second time and hands it over through `write`, in order, a piece
+/// at a time: neither side ever holds the whole encoding.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct OutputSink {
+    /// Outputs of up to this many bytes come back in the call's buffer.
+    pub inline_limit: u64,
+    /// The host's state, passed back to `begin` and `write`.
+    pub ctx: *mut c_void,
+    /// Announces an output of exactly `len` bytes, before its first `write`. `false`: the host
+    /// does not take it, and the call ends with [`CallStatus::STREAM_ABORTED`].
+    pub begin: extern "C" fn(ctx: *mut c_void, len: u64) -> bool,
+    /// The output's next bytes. `false`: the host could not take them, and the call ends with
+    /// [`CallStatus::STREAM_ABORTED`].
+    pub write: extern "C" fn(ctx: *mut c_void, bytes: RSlice<'_, u8>) -> bool,
 }
 
 /// Whether an exported function is a task or an initializer.
@@ -221,6 +248,17 @@ pub struct PluginModule {
     #[sabi(missing_field(option))]
     pub check_input:
         extern "C" fn(index: u32, input: RSlice<'_, u8>, out: &mut RVec<u8>) -> CallStatus,
+    /// [`Self::call`], an output longer than the sink's `inline_limit` going through the
+    /// [`OutputSink`] instead of `out`. On [`CallStatus::OK`] either `out` holds the output or
+    /// the sink received all of it; otherwise `out` holds the message (and what the sink got is
+    /// to be discarded). Since 0.2.1; a plugin built against 0.2.0 has none.
+    #[sabi(missing_field(option))]
+    pub call_streamed: extern "C" fn(
+        index: u32,
+        input: RSlice<'_, u8>,
+        sink: &mut OutputSink,
+        out: &mut RVec<u8>,
+    ) -> CallStatus,
 }
 
 impl RootModule for PluginModuleRef {
@@ -251,7 +289,13 @@ pub mod __private {
     /// The symbol abi_stable looks up in a library (`ROOT_MODULE_LOADER_NAME`); checked by a test.
     pub const ROOT_SYMBOL: &str = "_1as_0lib_1header_0root_bmodule_bloader";
 
-    pub type Adapter = fn(&[u8], &mut RVec<u8>) -> Result<(), Failure>;
+    pub type Adapter = fn(&[u8], &mut Output<'_>) -> Result<(), Failure>;
+
+    /// Where a call's output goes: the buffer, or (a streamed call) the sink when it is long.
+    pub struct Output<'a> {
+        buf: &'a mut RVec<u8>,
+        sink: Option<&'a mut OutputSink>,
+    }
 
     thread_local! {
         static IN_TASK: Cell<bool> = const { Cell::new(false) };
@@ -298,6 +342,27 @@ pub mod __private {
         input: &[u8],
         out: &mut RVec<u8>,
     ) -> CallStatus {
+        guarded(adapters, index, input, out, None)
+    }
+
+    /// [`guarded_call`] with a sink for a long output.
+    pub fn guarded_call_streamed(
+        adapters: &[Adapter],
+        index: u32,
+        input: &[u8],
+        sink: &mut OutputSink,
+        out: &mut RVec<u8>,
+    ) -> CallStatus {
+        guarded(adapters, index, input, out, Some(sink))
+    }
+
+    fn guarded(
+        adapters: &[Adapter],
+        index: u32,
+        input: &[u8],
+        out: &mut RVec<u8>,
+        sink: Option<&mut OutputSink>,
+    ) -> CallStatus {
         install_panic_hook();
         out.clear();
         let Some(adapter) = adapters.get(index as usize) else {
@@ -305,7 +370,9 @@ pub mod __private {
             return CallStatus::UNKNOWN_TASK;
         };
         IN_TASK.with(|t| t.set(true));
-        let result = panic::catch_unwind(AssertUnwindSafe(|| adapter(input, out)));
+        let result = panic::catch_unwind(AssertUnwindSafe(|| {
+            adapter(input, &mut Output { buf: out, sink })
+        }));
         IN_TASK.with(|t| t.set(false));
         match result {
             Ok(Ok(())) => CallStatus::OK,
@@ -399,11 +466,145 @@ pub mod __private {
         out
     }
 
-    fn encode<T: Serialize>(value: &T, out: &mut RVec<u8>) -> Result<(), Failure> {
-        crate::finite::to_writer(&mut *out, value).map_err(|e| Failure {
+    fn encode_failure(e: serde_json::Error) -> Failure {
+        Failure {
             status: CallStatus::TASK_ERROR,
             message: format!("the task's output could not be encoded as JSON: {e}"),
-        })
+        }
+    }
+
+    fn aborted(message: String) -> Failure {
+        Failure {
+            status: CallStatus::STREAM_ABORTED,
+            message,
+        }
+    }
+
+    fn encode<T: Serialize>(value: &T, output: &mut Output<'_>) -> Result<(), Failure> {
+        let Some(sink) = output.sink.as_deref_mut() else {
+            return crate::finite::to_writer(&mut *output.buf, value).map_err(encode_failure);
+        };
+        // First pass: the output itself while it is short, its length in any case.
+        let mut measured = Capped {
+            buf: &mut *output.buf,
+            limit: sink.inline_limit,
+            len: 0,
+        };
+        crate::finite::to_writer(&mut measured, value).map_err(encode_failure)?;
+        let len = measured.len;
+        if len <= sink.inline_limit {
+            return Ok(());
+        }
+        *output.buf = RVec::new();
+        if !(sink.begin)(sink.ctx, len) {
+            return Err(aborted(format!(
+                "the runner declined the task's output of {len} bytes"
+            )));
+        }
+        // Second pass: straight to the host, a piece at a time.
+        let mut streamed = ToSink {
+            sink,
+            pending: Vec::new(),
+            left: len,
+            refused: false,
+        };
+        let encoded = crate::finite::to_writer(&mut streamed, value);
+        let flushed = encoded.is_ok() && streamed.flush_pending();
+        if streamed.refused {
+            return Err(aborted(
+                "the runner stopped taking the task's output".to_owned(),
+            ));
+        }
+        match encoded {
+            Err(e) => Err(aborted(format!(
+                "the task's output could not be encoded a second time ({e}): its Serialize \
+                 impl does not give the same JSON twice"
+            ))),
+            Ok(()) if !flushed || streamed.left != 0 => Err(aborted(format!(
+                "the task's output was {len} bytes, then {} the second time it was encoded: \
+                 its Serialize impl does not give the same JSON twice",
+                len - streamed.left
+            ))),
+            Ok(()) => Ok(()),
+        }
+    }
+
+    /// Keeps the first `limit` bytes written and counts them all.
+    struct Capped<'a> {
+        buf: &'a mut RVec<u8>,
+        limit: u64,
+        len: u64,
+    }
+
+    impl std::io::Write for Capped<'_> {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.len += bytes.len() as u64;
+            if self.len <= self.limit {
+                self.buf.extend_from_slice(bytes);
+            } else if !self.buf.is_empty() {
+                self.buf.clear();
+            }
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Bytes gathered before a `write` to the host (a big piece goes as it is).
+    const SINK_PIECE: usize = 1 << 20;
+
+    /// Hands an output to the host, never more than the `left` bytes it announced.
+    struct ToSink<'a> {
+        sink: &'a mut OutputSink,
+        pending: Vec<u8>,
+        left: u64,
+        refused: bool,
+    }
+
+    impl ToSink<'_> {
+        fn hand_over(&mut self, bytes: &[u8]) -> bool {
+            if bytes.is_empty() {
+                return true;
+            }
+            let ok = (self.sink.write)(self.sink.ctx, RSlice::from_slice(bytes));
+            self.refused |= !ok;
+            ok
+        }
+
+        fn flush_pending(&mut self) -> bool {
+            let pending = std::mem::take(&mut self.pending);
+            let ok = self.hand_over(&pending);
+            self.pending = pending;
+            self.pending.clear();
+            ok
+        }
+    }
+
+    impl std::io::Write for ToSink<'_> {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            let n = bytes.len() as u64;
+            if n > self.left {
+                // Longer than announced: the host could not frame it.
+                self.left = 0;
+                return Err(std::io::Error::other("longer than the first encoding"));
+            }
+            self.left -= n;
+            if self.pending.len() + bytes.len() <= SINK_PIECE {
+                self.pending.extend_from_slice(bytes);
+                return Ok(bytes.len());
+            }
+            if !self.flush_pending() || (bytes.len() > SINK_PIECE && !self.hand_over(bytes)) {
+                return Err(std::io::Error::other("the runner refused the output"));
+            }
+            if bytes.len() <= SINK_PIECE {
+                self.pending.extend_from_slice(bytes);
+            }
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
 
     /// Wraps a task's return value so that the right encoding is picked by method resolution
@@ -426,11 +627,11 @@ pub mod __private {
     }
 
     pub trait ViaResult {
-        fn loky_finish(&self, out: &mut RVec<u8>) -> Result<(), Failure>;
+        fn loky_finish(&self, out: &mut Output<'_>) -> Result<(), Failure>;
     }
 
     impl<T: Serialize, E: Display> ViaResult for &&Ret<Result<T, E>> {
-        fn loky_finish(&self, out: &mut RVec<u8>) -> Result<(), Failure> {
+        fn loky_finish(&self, out: &mut Output<'_>) -> Result<(), Failure> {
             match self.take() {
                 Ok(value) => encode(&value, out),
                 Err(error) => Err(Failure {
@@ -442,11 +643,11 @@ pub mod __private {
     }
 
     pub trait ViaValue {
-        fn loky_finish(&self, out: &mut RVec<u8>) -> Result<(), Failure>;
+        fn loky_finish(&self, out: &mut Output<'_>) -> Result<(), Failure>;
     }
 
     impl<T: Serialize> ViaValue for &Ret<T> {
-        fn loky_finish(&self, out: &mut RVec<u8>) -> Result<(), Failure> {
+        fn loky_finish(&self, out: &mut Output<'_>) -> Result<(), Failure> {
             encode(&self.take(), out)
         }
     }
@@ -465,11 +666,11 @@ pub mod __private {
     }
 
     pub trait ViaNothing {
-        fn loky_finish(&self, out: &mut RVec<u8>) -> Result<(), Failure>;
+        fn loky_finish(&self, out: &mut Output<'_>) -> Result<(), Failure>;
     }
 
     impl<T> ViaNothing for Ret<T> {
-        fn loky_finish(&self, _out: &mut RVec<u8>) -> Result<(), Failure> {
+        fn loky_finish(&self, _out: &mut Output<'_>) -> Result<(), Failure> {
             #[allow(clippy::let_unit_value)]
             let () = NotAnOutput::<T>::ERROR;
             unreachable!("a build with this task fails")
@@ -483,6 +684,12 @@ pub mod __private {
         tasks: Vec<TaskInfo>,
         call: extern "C" fn(u32, RSlice<'_, u8>, &mut RVec<u8>) -> CallStatus,
         check_input: extern "C" fn(u32, RSlice<'_, u8>, &mut RVec<u8>) -> CallStatus,
+        call_streamed: extern "C" fn(
+            u32,
+            RSlice<'_, u8>,
+            &mut OutputSink,
+            &mut RVec<u8>,
+        ) -> CallStatus,
     ) -> PluginModuleRef {
         let tasks: &'static [TaskInfo] = Box::leak(tasks.into_boxed_slice());
         PluginModule {
@@ -491,6 +698,7 @@ pub mod __private {
             tasks: RSlice::from_slice(tasks),
             call,
             check_input,
+            call_streamed,
         }
         .leak_into_prefix()
     }
@@ -604,6 +812,22 @@ macro_rules! export_plugin {
         }
 
         #[doc(hidden)]
+        extern "C" fn __loky_plugin_call_streamed(
+            index: u32,
+            input: $crate::__private::RSlice<'_, u8>,
+            sink: &mut $crate::OutputSink,
+            out: &mut $crate::__private::RVec<u8>,
+        ) -> $crate::CallStatus {
+            $crate::__private::guarded_call_streamed(
+                __LOKY_PLUGIN_ADAPTERS,
+                index,
+                input.as_slice(),
+                sink,
+                out,
+            )
+        }
+
+        #[doc(hidden)]
         fn __loky_plugin_root() -> $crate::PluginModuleRef {
             let tasks = vec![
                 $( $crate::__private::task_info(
@@ -625,6 +849,7 @@ macro_rules! export_plugin {
                 tasks,
                 __loky_plugin_call,
                 __loky_plugin_check,
+                __loky_plugin_call_streamed,
             )
         }
 
@@ -675,11 +900,138 @@ mod tests {
         panic!("{msg}")
     }
     pub(crate) fn init(_args: serde_json::Value) {}
+    pub(crate) fn text(n: usize) -> String {
+        "ab\"".repeat(n)
+    }
+
+    /// Encodes to one more byte each time it is encoded: not the same JSON twice.
+    pub(crate) struct Growing(Cell<usize>);
+    impl Serialize for Growing {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let n = self.0.get();
+            self.0.set(n + 1);
+            s.serialize_str(&"x".repeat(n))
+        }
+    }
+    pub(crate) fn growing(n: usize) -> Growing {
+        Growing(Cell::new(n))
+    }
 
     export_plugin! {
         name: "selftest",
-        tasks: [double, half, boom],
+        tasks: [double, half, boom, text, growing],
         initializers: [init],
+    }
+
+    /// What a host's sink saw.
+    #[derive(Default)]
+    struct Seen {
+        announced: Option<u64>,
+        bytes: Vec<u8>,
+        writes: usize,
+        accept_begin: bool,
+        accept_writes: usize,
+    }
+
+    extern "C" fn seen_begin(ctx: *mut c_void, len: u64) -> bool {
+        // SAFETY: `ctx` is the `Seen` that `streamed` passes for this call, borrowed by nothing
+        // else while the call runs.
+        let seen = unsafe { &mut *ctx.cast::<Seen>() };
+        seen.announced = Some(len);
+        seen.accept_begin
+    }
+
+    extern "C" fn seen_write(ctx: *mut c_void, bytes: RSlice<'_, u8>) -> bool {
+        // SAFETY: as in `seen_begin`.
+        let seen = unsafe { &mut *ctx.cast::<Seen>() };
+        if seen.writes == seen.accept_writes {
+            return false;
+        }
+        seen.writes += 1;
+        seen.bytes.extend_from_slice(bytes.as_slice());
+        true
+    }
+
+    fn streamed(index: u32, input: &str, limit: u64, mut seen: Seen) -> (CallStatus, String, Seen) {
+        let mut out = RVec::new();
+        let mut sink = OutputSink {
+            inline_limit: limit,
+            ctx: (&raw mut seen).cast(),
+            begin: seen_begin,
+            write: seen_write,
+        };
+        let status = __loky_plugin_call_streamed(
+            index,
+            RSlice::from_slice(input.as_bytes()),
+            &mut sink,
+            &mut out,
+        );
+        (status, String::from_utf8(out.to_vec()).unwrap(), seen)
+    }
+
+    fn accepting() -> Seen {
+        Seen {
+            accept_begin: true,
+            accept_writes: usize::MAX,
+            ..Seen::default()
+        }
+    }
+
+    #[test]
+    fn a_short_output_comes_back_in_the_buffer() {
+        let (status, out, seen) = streamed(3, "2", 64, accepting());
+        assert_eq!((status, out.as_str()), (CallStatus::OK, r#""ab\"ab\"""#));
+        assert_eq!((seen.announced, seen.writes), (None, 0));
+    }
+
+    #[test]
+    fn a_long_output_goes_through_the_sink_with_its_exact_length() {
+        // 3 MiB of text, escaped: pieces of 1 MiB and large writes between the escapes.
+        let n = 1 << 20;
+        let (status, out, seen) = streamed(3, &n.to_string(), 1000, accepting());
+        assert_eq!(status, CallStatus::OK, "{out}");
+        assert!(out.is_empty());
+        let (_, plain) = call(3, &n.to_string());
+        assert_eq!(seen.announced, Some(plain.len() as u64));
+        assert_eq!(seen.bytes, plain.as_bytes());
+        assert!(seen.writes >= 2, "{}", seen.writes);
+        // An error or a panic is still a message in the buffer.
+        assert_eq!(streamed(1, "3", 0, accepting()).0, CallStatus::TASK_ERROR);
+        assert_eq!(streamed(2, "\"x\"", 0, accepting()).0, CallStatus::PANIC);
+    }
+
+    #[test]
+    fn a_declined_or_refused_output_aborts_the_call() {
+        let declined = Seen {
+            accept_begin: false,
+            ..accepting()
+        };
+        let (status, message, seen) = streamed(3, "100", 10, declined);
+        assert_eq!(status, CallStatus::STREAM_ABORTED);
+        assert!(message.contains("402 bytes"), "{message}");
+        assert_eq!(seen.writes, 0);
+
+        let refused = Seen {
+            accept_writes: 1,
+            ..accepting()
+        };
+        let (status, _, seen) = streamed(3, &(3 << 20).to_string(), 10, refused);
+        assert_eq!(status, CallStatus::STREAM_ABORTED);
+        assert_eq!(seen.writes, 1);
+    }
+
+    #[test]
+    fn an_output_that_encodes_differently_twice_aborts_the_call() {
+        let (status, message, seen) = streamed(4, "20", 4, accepting());
+        assert_eq!(status, CallStatus::STREAM_ABORTED);
+        assert!(
+            message.contains("not give the same JSON twice"),
+            "{message}"
+        );
+        assert_eq!(seen.announced, Some(22));
+        assert!(seen.bytes.len() <= 22);
+        // Without a sink it is one encoding, which is fine.
+        assert_eq!(call(4, "2"), (CallStatus::OK, r#""xx""#.to_owned()));
     }
 
     fn call(index: u32, input: &str) -> (CallStatus, String) {
@@ -708,9 +1060,9 @@ mod tests {
         let module = __loky_plugin_root();
         let tasks = module.tasks();
         let names: Vec<&str> = tasks.iter().map(|t| t.name.as_str()).collect();
-        assert_eq!(names, ["double", "half", "boom", "init"]);
+        assert_eq!(names, ["double", "half", "boom", "text", "growing", "init"]);
         assert_eq!(tasks[0].input_type.as_str(), "i64");
-        assert_eq!(tasks[3].kind, TaskKind::INITIALIZER);
+        assert_eq!(tasks[5].kind, TaskKind::INITIALIZER);
         assert_eq!(module.name().as_str(), "selftest");
     }
 
@@ -733,7 +1085,7 @@ mod tests {
             message,
             "task `double` expects `i64`: invalid type: string \"x\", expected i64"
         );
-        assert_eq!(call(3, "{}"), (CallStatus::OK, "null".to_owned()));
+        assert_eq!(call(5, "{}"), (CallStatus::OK, "null".to_owned()));
         assert_eq!(call(9, "1").0, CallStatus::UNKNOWN_TASK);
     }
 }

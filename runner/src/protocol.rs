@@ -50,6 +50,13 @@ pub fn frame_limit() -> usize {
     knob(&LIMIT, "LOKY_RUN_TEST_FRAME_BYTES", MAX_FRAME_LEN)
 }
 
+/// A task's result longer than this is streamed from the plugin to the runner (encoded twice,
+/// never held whole in the worker), when the plugin can (loky-run-plugin 0.2.1 on).
+pub fn stream_above() -> usize {
+    static LIMIT: OnceLock<usize> = OnceLock::new();
+    knob(&LIMIT, "LOKY_RUN_TEST_STREAM_BYTES", 16 << 20)
+}
+
 /// A limit that a test may lower through the environment (inherited by workers), so that long
 /// frames and `too_large` are exercised with megabytes instead of gigabytes. Read once.
 fn knob(cell: &OnceLock<usize>, name: &str, default: usize) -> usize {
@@ -303,7 +310,15 @@ pub fn send(w: &mut impl Write, frame: &[u8]) -> io::Result<()> {
 /// followed by `tail`, which is written from where it is (a big result is not copied into the
 /// frame first).
 pub fn send_parts(w: &mut impl Write, head: &[u8], tail: &[u8]) -> io::Result<()> {
-    let body = head.len() - 4 + tail.len();
+    send_head(w, head, tail.len())?;
+    w.write_all(tail)?;
+    w.flush()
+}
+
+/// Writes the start of a frame like [`send_parts`]'s: its length, then `head`'s bytes; the
+/// caller writes the `tail_len` bytes of its tail next.
+pub fn send_head(w: &mut impl Write, head: &[u8], tail_len: usize) -> io::Result<()> {
+    let body = head.len() - 4 + tail_len;
     let mut first = Vec::with_capacity(LONG_HEADER + head.len());
     if body > frame_limit() {
         first.extend_from_slice(&long_header(body));
@@ -311,9 +326,7 @@ pub fn send_parts(w: &mut impl Write, head: &[u8], tail: &[u8]) -> io::Result<()
         first.extend_from_slice(&(body as u32).to_le_bytes());
     }
     first.extend_from_slice(&head[4..]);
-    w.write_all(&first)?;
-    w.write_all(tail)?;
-    w.flush()
+    w.write_all(&first)
 }
 
 fn invalid(message: String) -> io::Error {

@@ -6,6 +6,7 @@
 //! initializer once, then runs chunks of task inputs until told to stop or until the runner
 //! goes away (end of the command stream), whichever comes first.
 
+use std::ffi::c_void;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::os::fd::FromRawFd;
@@ -13,13 +14,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use abi_stable::std_types::RVec;
+use abi_stable::std_types::{RSlice, RVec};
+use loky_run_plugin::{CallStatus, OutputSink};
 
 use crate::plugin::host::{self, LoadedPlugin};
 use crate::progress::ProgressSlot;
 use crate::protocol::{
     ChunkHeader, Cursor, FrameBuf, FrameReader, InitMsg, ReadyMsg, ResultsHeader, StageMsg,
-    max_item_bytes, send, send_parts, status, tag,
+    max_item_bytes, send, send_head, send_parts, status, stream_above, tag,
 };
 use crate::sys;
 use crate::transport;
@@ -334,7 +336,7 @@ impl ChunkRunner {
         self.results.stop_requested()
     }
 
-    fn run_chunk(&mut self, payload: &[u8], results: &mut impl Write) -> io::Result<()> {
+    fn run_chunk<W: Write>(&mut self, payload: &[u8], results: &mut W) -> io::Result<()> {
         let mut cursor = Cursor::new(payload);
         let chunk = ChunkHeader::read(&mut cursor)?;
         let Self {
@@ -369,9 +371,71 @@ impl ChunkRunner {
             if let Some(progress) = &sender.progress {
                 progress.start(chunk.chunk_id, position, started_ns);
             }
-            let mut status = plugin.call(chunk.task, input, out);
+            let mut stream = StreamCtx {
+                sender: &mut *sender,
+                batch: &mut batch,
+                results: &mut *results,
+                chunk_id: chunk.chunk_id,
+                position,
+                started_us,
+                started_ns,
+                announced: None,
+                written: 0,
+                too_large: None,
+                error: None,
+            };
+            let mut sink = OutputSink {
+                inline_limit: stream_above() as u64,
+                ctx: (&raw mut stream).cast(),
+                begin: stream_begin::<W>,
+                write: stream_write::<W>,
+            };
+            let streamed = plugin.call_streamed(chunk.task, input, &mut sink, out);
+            let StreamCtx {
+                announced,
+                written,
+                too_large,
+                error,
+                ..
+            } = stream;
+            let mut status = match streamed {
+                Some(status) => status,
+                None => plugin.call(chunk.task, input, out),
+            };
             if let Some(progress) = &sender.progress {
                 progress.finish(chunk.chunk_id, position);
+            }
+            if let Some(e) = error {
+                return Err(e);
+            }
+            let last = position + 1 == chunk.count;
+            if let Some(len) = announced {
+                if status != CallStatus::OK || written != len {
+                    // The frame's head is out and its body cannot be completed: end the stream
+                    // (the runner retries the item as after a crash).
+                    eprintln!(
+                        "loky-run worker: the result of item {position} of chunk {} broke off \
+                         after {written} of its {len} bytes: {}",
+                        chunk.chunk_id,
+                        String::from_utf8_lossy(out)
+                    );
+                    return Err(io::Error::other("a streamed result broke off"));
+                }
+                sender.finish_stream(&mut batch, results)?;
+                now_ns = sys::monotonic_ns();
+                if !last {
+                    batch = sender.begin(chunk.chunk_id, position + 1, now_ns);
+                }
+                continue;
+            }
+            if let Some(len) = too_large {
+                let message = format!(
+                    "the result is {len} bytes, more than a frame carries ({} bytes)",
+                    max_item_bytes()
+                );
+                *out = RVec::with_capacity(256);
+                out.extend_from_slice(message.as_bytes());
+                status = CallStatus(status::TOO_LARGE);
             }
             now_ns = sys::monotonic_ns();
             let ran_ns = match sender.timed {
@@ -393,7 +457,6 @@ impl ChunkRunner {
                 out.extend_from_slice(message.as_bytes());
                 status = loky_run_plugin::CallStatus(status::TOO_LARGE);
             }
-            let last = position + 1 == chunk.count;
             if out.len() >= OWN_FRAME_BYTES {
                 // A frame of its own, its bytes written from the plugin's buffer.
                 if batch.count > 0 {
@@ -477,6 +540,35 @@ impl ResultSender {
         results: &mut impl Write,
         tail: &[u8],
     ) -> io::Result<()> {
+        self.patch(batch);
+        let sent = if tail.is_empty() {
+            send(results, self.frame.finish())
+        } else {
+            send_parts(results, self.frame.bytes_from(0), tail)
+        };
+        self.sent(batch, sent)
+    }
+
+    /// Writes the frame's head for a last result of `tail_len` bytes that the plugin streams
+    /// next ([`StreamCtx`]); [`Self::finish_stream`] once they are written.
+    fn send_head(
+        &mut self,
+        batch: &Batch,
+        results: &mut impl Write,
+        tail_len: usize,
+    ) -> io::Result<()> {
+        self.patch(batch);
+        send_head(results, self.frame.bytes_from(0), tail_len).inspect_err(report_send_error)
+    }
+
+    /// The streamed result is written: the frame is complete.
+    fn finish_stream(&mut self, batch: &mut Batch, results: &mut impl Write) -> io::Result<()> {
+        let flushed = results.flush();
+        self.sent(batch, flushed)
+    }
+
+    /// The header's count, busy time and RSS, before the frame goes out.
+    fn patch(&mut self, batch: &Batch) {
         let busy = sys::monotonic_ns().saturating_sub(batch.opened_ns);
         self.frame
             .patch_u32(ResultsHeader::COUNT_OFFSET, batch.count);
@@ -486,17 +578,12 @@ impl ResultSender {
             let rss = self.sample_rss();
             self.frame.patch_u64(ResultsHeader::RSS_OFFSET, rss);
         }
-        let sent = if tail.is_empty() {
-            send(results, self.frame.finish())
-        } else {
-            send_parts(results, self.frame.bytes_from(0), tail)
-        };
+    }
+
+    /// Counts the frame's results as written once it went out.
+    fn sent(&mut self, batch: &mut Batch, sent: io::Result<()>) -> io::Result<()> {
         if let Err(e) = sent {
-            // Say why on stderr (forwarded to the user): the exit status alone would not.
-            eprintln!(
-                "loky-run worker: cannot write results to the runner ({e}); was the result \
-                 descriptor closed by a task?"
-            );
+            report_send_error(&e);
             return Err(e);
         }
         self.written += u64::from(batch.count);
@@ -519,6 +606,108 @@ impl ResultSender {
             }
         }
     }
+}
+
+/// Says why on stderr (forwarded to the user): the exit status alone would not.
+fn report_send_error(e: &io::Error) {
+    eprintln!(
+        "loky-run worker: cannot write results to the runner ({e}); was the result descriptor \
+         closed by a task?"
+    );
+}
+
+/// The worker's side of a streamed call ([`OutputSink`]): a result over [`stream_above`] goes
+/// out in a frame of its own, its head written when the plugin announces its length and its
+/// bytes as the plugin encodes them.
+struct StreamCtx<'a, W: Write> {
+    sender: &'a mut ResultSender,
+    batch: &'a mut Batch,
+    results: &'a mut W,
+    chunk_id: u64,
+    position: u32,
+    started_us: u64,
+    started_ns: u64,
+    /// The length the plugin announced, once the frame's head is out.
+    announced: Option<u64>,
+    written: u64,
+    /// Declined: longer than an item may be (a `too_large` record instead).
+    too_large: Option<u64>,
+    /// The result stream failed: the worker ends.
+    error: Option<io::Error>,
+}
+
+impl<W: Write> StreamCtx<'_, W> {
+    fn begin(&mut self, len: u64) -> bool {
+        if self.announced.is_some() || self.error.is_some() {
+            return false;
+        }
+        if len > max_item_bytes() as u64 {
+            self.too_large = Some(len);
+            return false;
+        }
+        let now = sys::monotonic_ns();
+        let ran_ns = match self.sender.timed {
+            true => now.saturating_sub(self.started_ns),
+            false => 0,
+        };
+        // The results before this one go first, in their own frame.
+        if self.batch.count > 0
+            && let Err(e) = self.sender.send(self.batch, self.results)
+        {
+            self.error = Some(e);
+            return false;
+        }
+        *self.batch = self.sender.begin(self.chunk_id, self.position, now);
+        self.sender
+            .put_head(status::OK, self.started_us, ran_ns, len as usize);
+        self.batch.count = 1;
+        match self
+            .sender
+            .send_head(self.batch, self.results, len as usize)
+        {
+            Ok(()) => {
+                self.announced = Some(len);
+                true
+            }
+            Err(e) => {
+                self.error = Some(e);
+                false
+            }
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> bool {
+        let Some(len) = self.announced else {
+            return false;
+        };
+        if self.error.is_some() || self.written + bytes.len() as u64 > len {
+            return false;
+        }
+        match self.results.write_all(bytes) {
+            Ok(()) => {
+                self.written += bytes.len() as u64;
+                true
+            }
+            Err(e) => {
+                report_send_error(&e);
+                self.error = Some(e);
+                false
+            }
+        }
+    }
+}
+
+extern "C" fn stream_begin<W: Write>(ctx: *mut c_void, len: u64) -> bool {
+    // SAFETY: `ctx` is the `StreamCtx<W>` that `run_chunk` made for this call: alive until the
+    // call returns, and touched by nothing else while the plugin runs it.
+    let ctx = unsafe { &mut *ctx.cast::<StreamCtx<'_, W>>() };
+    ctx.begin(len)
+}
+
+extern "C" fn stream_write<W: Write>(ctx: *mut c_void, bytes: RSlice<'_, u8>) -> bool {
+    // SAFETY: as in `stream_begin`.
+    let ctx = unsafe { &mut *ctx.cast::<StreamCtx<'_, W>>() };
+    ctx.write(bytes.as_slice())
 }
 
 /// The results frame being filled: which positions of the chunk it holds, since when.

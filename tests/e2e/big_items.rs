@@ -31,6 +31,17 @@ fn text(len: usize, seed: usize) -> String {
 
 #[test]
 fn inputs_and_results_larger_than_a_frame_pass_whole_and_in_order() {
+    big_items_pass(&LIMITS);
+}
+
+#[test]
+fn results_streamed_from_the_plugin_pass_whole_and_in_order() {
+    // Results over 256 KiB go through the plugin's sink (encoded twice, never held whole).
+    let [frame, item] = LIMITS;
+    big_items_pass(&[frame, item, ("LOKY_RUN_TEST_STREAM_BYTES", "262144")]);
+}
+
+fn big_items_pass(env: &[(&str, &str)]) {
     let fx = Fixture::new();
     let inputs = vec![
         json!(1),
@@ -54,7 +65,7 @@ fn inputs_and_results_larger_than_a_frame_pass_whole_and_in_order() {
         + &stage("lens", "demo::text_len", "{ from = \"echo\" }", "")
         + &stage("out", "faults::huge_output", "{ items = [3, 0, 1] }", "");
     let p = fx.write("pipeline.toml", &text_);
-    fx.run_within_env(&[p.to_str().unwrap()], LIMIT, &LIMITS)
+    fx.run_within_env(&[p.to_str().unwrap()], LIMIT, env)
         .assert_code(1);
     assert_eq!(fx.outputs("echo"), inputs);
     assert_eq!(fx.outputs("again"), inputs);

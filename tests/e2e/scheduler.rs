@@ -155,31 +155,68 @@ fn a_task_that_breaks_the_result_stream_mid_chunk_is_the_only_one_charged() {
 
 #[test]
 fn an_output_larger_than_an_item_may_be_gets_a_too_large_record() {
-    // The limit lowered to 2 MiB (it is 64 GiB): the same path with megabytes.
+    // The limit lowered to 2 MiB (it is 64 GiB): the same path with megabytes. Twice: the
+    // output returned whole, and streamed from the plugin (declined when it announces its size).
+    for stream in [None, Some("65536")] {
+        let fx = Fixture::new();
+        let text = header(
+            "hostile",
+            "max_workers = 2\nretries = 2\non_error = \"continue\"",
+        ) + &stage("bad", "faults::huge_output", "{ items = [3, 1] }", "");
+        let p = fx.write("pipeline.toml", &text);
+        let limit = (2u64 << 20).to_string();
+        let mut env = vec![("LOKY_RUN_TEST_ITEM_BYTES", limit.as_str())];
+        env.extend(stream.map(|bytes| ("LOKY_RUN_TEST_STREAM_BYTES", bytes)));
+        fx.run_within_env(
+            &[p.to_str().unwrap(), "--events", "events.jsonl"],
+            LIMIT,
+            &env,
+        )
+        .assert_code(1);
+        let records = fx.records("bad");
+        assert_eq!(records[0]["error"]["kind"], "too_large", "{}", records[0]);
+        let message = records[0]["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(&(3u64 * 1024 * 1024 + 2).to_string()) && message.contains(&limit),
+            "names the size and the limit: {message}"
+        );
+        assert_eq!(records[1]["output"].as_str().unwrap().len(), 1 << 20);
+        // Not retried (it would be as large again), and no worker was lost over it.
+        assert!(records[0]["error"].get("attempts").is_none());
+        assert!(exits(&fx.events(), "crashed").is_empty());
+    }
+}
+
+#[test]
+fn a_streamed_output_that_changes_between_its_two_encodings_fails_without_a_torn_record() {
+    // Over the (lowered) streaming threshold an output is encoded to measure it, then again
+    // into the result stream; one whose second encoding differs cannot be framed. Its worker
+    // ends, the item is retried as after a crash, and no partial output is ever written.
     let fx = Fixture::new();
     let text = header(
         "hostile",
-        "max_workers = 2\nretries = 2\non_error = \"continue\"",
-    ) + &stage("bad", "faults::huge_output", "{ items = [3, 1] }", "");
+        "max_workers = 2\nretries = 1\non_error = \"continue\"",
+    ) + &stage(
+        "bad",
+        "faults::unstable_output",
+        "{ items = [100000, 10] }",
+        "",
+    ) + &stage("after", "faults::huge_output", "{ items = [1] }", "");
     let p = fx.write("pipeline.toml", &text);
-    let limit = (2u64 << 20).to_string();
     fx.run_within_env(
         &[p.to_str().unwrap(), "--events", "events.jsonl"],
         LIMIT,
-        &[("LOKY_RUN_TEST_ITEM_BYTES", &limit)],
+        &[("LOKY_RUN_TEST_STREAM_BYTES", "65536")],
     )
     .assert_code(1);
     let records = fx.records("bad");
-    assert_eq!(records[0]["error"]["kind"], "too_large", "{}", records[0]);
-    let message = records[0]["error"]["message"].as_str().unwrap();
-    assert!(
-        message.contains(&(3u64 * 1024 * 1024 + 2).to_string()) && message.contains(&limit),
-        "names the size and the limit: {message}"
-    );
-    assert_eq!(records[1]["output"].as_str().unwrap().len(), 1 << 20);
-    // Not retried (it would be as large again), and no worker was lost over it.
-    assert!(records[0]["error"].get("attempts").is_none());
-    assert!(exits(&fx.events(), "crashed").is_empty());
+    assert_eq!(records[0]["error"]["kind"], "crashed", "{}", records[0]);
+    assert_eq!(records[0]["error"]["attempts"], 2, "{}", records[0]);
+    // Under the threshold it is encoded once, and is fine.
+    assert_eq!(records[1]["output"], "u".repeat(10));
+    // A streamed output that does not change passes whole.
+    assert_eq!(fx.outputs("after")[0].as_str().map(str::len), Some(1 << 20));
+    assert_eq!(exits(&fx.events(), "crashed").len(), 2);
 }
 
 #[test]

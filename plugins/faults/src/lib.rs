@@ -405,6 +405,24 @@ pub fn huge_output(mb: u64) -> Result<String, String> {
     String::from_utf8(text).map_err(|e| e.to_string())
 }
 
+/// An output whose JSON is one byte longer each time it is encoded: a `Serialize` impl that
+/// is not deterministic.
+pub struct Unstable(std::cell::Cell<usize>);
+
+impl serde::Serialize for Unstable {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let len = self.0.get();
+        self.0.set(len + 1);
+        s.serialize_str(&"u".repeat(len))
+    }
+}
+
+/// Returns a string of `len` bytes the first time it is encoded, one more the next: streamed
+/// (an output over the runner's streaming threshold is encoded twice), it cannot be framed.
+pub fn unstable_output(len: usize) -> Unstable {
+    Unstable(std::cell::Cell::new(len))
+}
+
 /// Initializer that kills the worker with SIGSEGV.
 pub fn init_segfault(_args: Value) {
     die_by_sigsegv()
@@ -534,6 +552,7 @@ loky_run_plugin::export_plugin! {
         close_result_fd,
         redirect_result_fd,
         huge_output,
+        unstable_output,
         rendezvous,
         wait_for_text,
         spawn_sleeper,

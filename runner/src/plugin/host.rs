@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use abi_stable::library::{LibraryError, RawLibrary, RootModule, lib_header_from_raw_library};
 use abi_stable::std_types::{RSlice, RVec};
-use loky_run_plugin::{CallStatus, PluginModuleRef};
+use loky_run_plugin::{CallStatus, OutputSink, PluginModuleRef};
 
 use super::{PluginInfo, TaskInfo, TaskKind};
 
@@ -59,6 +59,20 @@ impl LoadedPlugin {
     #[inline]
     pub fn call(&self, index: u32, input: &[u8], out: &mut RVec<u8>) -> CallStatus {
         (self.module.call())(index, RSlice::from_slice(input), out)
+    }
+
+    /// [`Self::call`] with a sink for an output over its `inline_limit`; `None` when the
+    /// plugin was built against a loky-run-plugin without streamed calls (before 0.2.1).
+    #[inline]
+    pub fn call_streamed(
+        &self,
+        index: u32,
+        input: &[u8],
+        sink: &mut OutputSink,
+        out: &mut RVec<u8>,
+    ) -> Option<CallStatus> {
+        let call = self.module.call_streamed()?;
+        Some(call(index, RSlice::from_slice(input), sink, out))
     }
 
     /// Decodes one input for function `index` without calling it; `None` when the plugin was
