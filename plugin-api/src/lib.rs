@@ -677,6 +677,10 @@ pub mod __private {
         }
     }
 
+    /// What [`PluginModule::call_streamed`] points to.
+    pub type StreamedCall =
+        extern "C" fn(u32, RSlice<'_, u8>, &mut OutputSink, &mut RVec<u8>) -> CallStatus;
+
     /// Builds the module; called once, when the runner loads the plugin.
     pub fn build_module(
         name: &'static str,
@@ -684,12 +688,7 @@ pub mod __private {
         tasks: Vec<TaskInfo>,
         call: extern "C" fn(u32, RSlice<'_, u8>, &mut RVec<u8>) -> CallStatus,
         check_input: extern "C" fn(u32, RSlice<'_, u8>, &mut RVec<u8>) -> CallStatus,
-        call_streamed: extern "C" fn(
-            u32,
-            RSlice<'_, u8>,
-            &mut OutputSink,
-            &mut RVec<u8>,
-        ) -> CallStatus,
+        call_streamed: StreamedCall,
     ) -> PluginModuleRef {
         let tasks: &'static [TaskInfo] = Box::leak(tasks.into_boxed_slice());
         PluginModule {
