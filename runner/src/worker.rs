@@ -429,33 +429,19 @@ impl ChunkRunner {
                 continue;
             }
             if let Some(len) = too_large {
-                let message = format!(
-                    "the result is {len} bytes, more than a frame carries ({} bytes)",
-                    max_item_bytes()
-                );
-                *out = RVec::with_capacity(256);
-                out.extend_from_slice(message.as_bytes());
-                status = CallStatus(status::TOO_LARGE);
+                status = replace_too_large(out, "result", len);
             }
             now_ns = sys::monotonic_ns();
             let ran_ns = match sender.timed {
                 true => now_ns.saturating_sub(started_ns),
                 false => 0,
             };
-            let limit = max_item_bytes();
-            if out.len() > limit {
-                let message = format!(
-                    "the {} is {} bytes, more than a frame carries ({limit} bytes)",
-                    if status == loky_run_plugin::CallStatus::OK {
-                        "result"
-                    } else {
-                        "error message"
-                    },
-                    out.len()
-                );
-                *out = RVec::with_capacity(256);
-                out.extend_from_slice(message.as_bytes());
-                status = loky_run_plugin::CallStatus(status::TOO_LARGE);
+            if out.len() > max_item_bytes() {
+                let what = match status {
+                    CallStatus::OK => "result",
+                    _ => "error message",
+                };
+                status = replace_too_large(out, what, out.len() as u64);
             }
             if out.len() >= OWN_FRAME_BYTES {
                 // A frame of its own, its bytes written from the plugin's buffer.
@@ -606,6 +592,18 @@ impl ResultSender {
             }
         }
     }
+}
+
+/// Replaces an output over the item limit (`what` of `len` bytes) with the message of its
+/// `too_large` record.
+fn replace_too_large(out: &mut RVec<u8>, what: &str, len: u64) -> CallStatus {
+    let message = format!(
+        "the {what} is {len} bytes, more than a frame carries ({} bytes)",
+        max_item_bytes()
+    );
+    *out = RVec::with_capacity(256);
+    out.extend_from_slice(message.as_bytes());
+    CallStatus(status::TOO_LARGE)
 }
 
 /// Says why on stderr (forwarded to the user): the exit status alone would not.
